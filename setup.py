@@ -1,0 +1,21 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="parsgd",
+    version="0.1.0",
+    description="Data-parallel mini-batch SGD as explicit message passing: a NumPy MLP and a ZeroMQ parameter server",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(exclude=["tests", "benchmarks"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "numpy>=1.22,<3",
+        "pyzmq>=23,<28",
+        "msgpack>=1.0,<2",
+        "click>=8.0,<9",
+        "matplotlib>=3.5,<4",
+        "threadpoolctl>=3.1,<4",
+    ],
+    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    entry_points={"console_scripts": ["parsgd=parsgd.cli:main"]},
+)
