@@ -1,0 +1,141 @@
+"""A ReLU MLP with softmax cross-entropy, on ONE flat parameter vector.
+
+    python -m pytest tests/test_mlp.py -q
+
+All parameters live in one contiguous vector (what travels between server and workers);
+`layer_views` gives (W, b) views into it, in the order W1, b1, W2, b2, ...
+Gradients are written into a caller-provided flat buffer, so hot loops allocate nothing
+beyond the per-batch-size activation buffers kept in a `Workspace`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def layer_shapes(sizes) -> list[tuple[int, ...]]:
+    """[(784, 256), (256,), (256, 128), (128,), ...] for sizes (784, 256, 128, ...)."""
+    shapes = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        shapes += [(fan_in, fan_out), (fan_out,)]
+    return shapes
+
+
+def n_params(sizes) -> int:
+    return sum(int(np.prod(s)) for s in layer_shapes(sizes))
+
+
+def layer_views(flat: np.ndarray, sizes) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(W, b) views into `flat`; writing a view writes the flat vector."""
+    views, offset = [], 0
+    for shape in layer_shapes(sizes):
+        size = int(np.prod(shape))
+        views.append(flat[offset:offset + size].reshape(shape))
+        offset += size
+    assert offset == flat.size, "flat vector does not match the layer sizes"
+    return list(zip(views[0::2], views[1::2]))
+
+
+def named_arrays(flat: np.ndarray, sizes) -> dict[str, np.ndarray]:
+    """{'W1': ..., 'b1': ..., ...}: the layout of model.npz."""
+    out = {}
+    for i, (w, b) in enumerate(layer_views(flat, sizes), start=1):
+        out[f"W{i}"], out[f"b{i}"] = w, b
+    return out
+
+
+def init_params(sizes, seed: int, dtype="float32") -> np.ndarray:
+    """He-normal weights (std sqrt(2 / fan_in)), zero biases; drawn in float64 so both dtypes agree."""
+    rng = np.random.default_rng([seed, 0x4D4C50])  # "MLP": independent of the data-order stream
+    flat = np.zeros(n_params(sizes), dtype=np.float64)
+    for w, _ in layer_views(flat, sizes):
+        w[...] = rng.standard_normal(w.shape) * np.sqrt(2.0 / w.shape[0])
+    return flat.astype(dtype)
+
+
+class Workspace:
+    """Activation buffers reused across calls, one set per batch size seen (a few at most)."""
+
+    def __init__(self, sizes, dtype):
+        self.sizes, self.dtype = tuple(sizes), np.dtype(dtype)
+        self._by_rows: dict[int, list[np.ndarray]] = {}
+
+    def activations(self, rows: int) -> list[np.ndarray]:
+        """Per layer (rows, width) outputs, then per hidden layer (rows, width) back-prop deltas."""
+        bufs = self._by_rows.get(rows)
+        if bufs is None:
+            widths = list(self.sizes[1:]) + list(self.sizes[1:-1])
+            bufs = [np.empty((rows, width), self.dtype) for width in widths]
+            self._by_rows[rows] = bufs
+        return bufs
+
+
+def forward(params, sizes, x, ws: Workspace) -> list[np.ndarray]:
+    """Activations of every layer for x (B, n_in); the last entry holds the logits (B, n_out)."""
+    acts = ws.activations(x.shape[0])[:len(sizes) - 1]
+    layers = layer_views(params, sizes)
+    h = x
+    for i, (w, b) in enumerate(layers):
+        z = acts[i]
+        np.matmul(h, w, out=z)  # (B, fan_in) @ (fan_in, fan_out) -> (B, fan_out)
+        z += b
+        if i < len(layers) - 1:
+            np.maximum(z, 0, out=z)  # ReLU in place
+        h = z
+    return acts
+
+
+def _log_softmax_inplace(z: np.ndarray) -> np.ndarray:
+    """z <- log softmax(z) row-wise, with the max subtracted first (stable log-sum-exp)."""
+    z -= z.max(axis=1, keepdims=True)
+    z -= np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return z
+
+
+def loss_and_grad(params, sizes, x, y, grad_out, ws: Workspace, scale=None) -> tuple[float, int]:
+    """Writes scale * d(sum of row losses)/d(params) into grad_out; returns (loss_sum, correct).
+
+    scale defaults to 1 / rows, i.e. the gradient of the mean loss over x.
+    """
+    rows = x.shape[0]
+    scale = 1.0 / rows if scale is None else scale
+    acts = forward(params, sizes, x, ws)
+    logits = acts[-1]
+    idx = np.arange(rows)
+    correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
+    logp = _log_softmax_inplace(logits)
+    loss_sum = float(-logp[idx, y].sum())
+    dz = np.exp(logp, out=logp)  # softmax - onehot is dLoss/dlogits per row
+    dz[idx, y] -= 1.0
+    dz *= scale
+    layers = layer_views(params, sizes)
+    grads = layer_views(grad_out, sizes)
+    deltas = ws.activations(rows)[len(sizes) - 1:]
+    for i in range(len(layers) - 1, -1, -1):
+        h_prev = x if i == 0 else acts[i - 1]
+        gw, gb = grads[i]
+        np.matmul(h_prev.T, dz, out=gw)  # (fan_in, B) @ (B, fan_out) -> (fan_in, fan_out)
+        np.sum(dz, axis=0, out=gb)
+        if i > 0:
+            dh = deltas[i - 1]
+            np.matmul(dz, layers[i][0].T, out=dh)  # (B, fan_out) @ (fan_out, fan_in) -> (B, fan_in)
+            dh *= h_prev > 0  # ReLU derivative
+            dz = dh
+    return loss_sum, correct
+
+
+def loss_sum_only(params, sizes, x, y, ws: Workspace) -> float:
+    """Sum of row losses: the finite-difference oracle's function."""
+    logp = _log_softmax_inplace(forward(params, sizes, x, ws)[-1])
+    return float(-logp[np.arange(x.shape[0]), y].sum())
+
+
+def evaluate(params, sizes, x, y, ws: Workspace, chunk: int = 2048) -> tuple[float, float]:
+    """(mean loss, accuracy) over a whole set, in chunks so memory stays bounded."""
+    loss, correct = 0.0, 0
+    for lo in range(0, x.shape[0], chunk):
+        xs, ys = x[lo:lo + chunk], y[lo:lo + chunk]
+        logp = _log_softmax_inplace(forward(params, sizes, xs, ws)[-1])
+        correct += int(np.count_nonzero(logp.argmax(axis=1) == ys))
+        loss -= float(logp[np.arange(xs.shape[0]), ys].sum())
+    n = max(1, x.shape[0])
+    return loss / n, correct / n
