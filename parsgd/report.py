@@ -1,0 +1,222 @@
+"""Comparison table and experiment_report.txt from run directories (numbers come only from the logs).
+
+    python -c "from parsgd.runs import load_runs; from parsgd.report import *; \
+rs = load_runs(['results/sequential', 'results/ps-p2']); print(format_table(comparison_rows(rs, rs[0])))"
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+
+from parsgd.runs import Run
+
+# Span names of comm.jsonl grouped into what the report calls them.
+CATEGORIES = {"serialize": ("serialize",), "transfer": ("send", "recv"), "wait": ("wait",),
+              "deserialize": ("deserialize",), "compute": ("compute",), "update": ("update", "aggregate")}
+ROLE_ORDER = ("server", "worker")
+
+# (row key, header, format) of the comparison table, left to right.
+COLUMNS = [("run", "run", "{}"), ("P", "P", "{:d}"), ("total_s", "total s", "{:.2f}"),
+           ("s_per_epoch", "s/epoch", "{:.3f}"), ("speedup", "speedup", "{:.2f}x"),
+           ("efficiency", "effic.", "{:.0%}"), ("train_acc", "train acc", "{:.4f}"),
+           ("test_acc", "test acc", "{:.4f}"), ("train_loss", "train loss", "{:.4f}"),
+           ("test_loss", "test loss", "{:.4f}"), ("comm_share", "comm %", "{:.1%}"),
+           ("bytes_per_step", "KB/step", "{:.1f}")]
+_SCALE = {"bytes_per_step": 1e-3}
+
+
+def with_baseline(runs: list[Run], baseline: Run) -> list[Run]:
+    """`runs` with the baseline first (added if the caller did not include it)."""
+    rest = [r for r in runs if r is not baseline and r.path != baseline.path]
+    return [baseline, *rest]
+
+
+def comparison_rows(runs: list[Run], baseline: Run) -> list[dict]:
+    """One row per run (baseline first): speedup = baseline total / run total, efficiency = speedup / P.
+
+    s/epoch is the mean of metrics.jsonl epoch_time_s; bytes/step is (sent + received) / steps.
+    """
+    base_total = float(baseline.summary["total_time_s"])
+    rows = []
+    for run in with_baseline(runs, baseline):
+        s, last = run.summary, run.metrics[-1]
+        total, p = float(s["total_time_s"]), run.workers
+        speedup = base_total / total if total > 0 else None
+        comm_share = s.get("comm_share")
+        if comm_share is None:
+            busy = run.column("comm_s").sum() + run.column("compute_s").sum()
+            comm_share = float(run.column("comm_s").sum() / busy) if busy > 0 else 0.0
+        steps = s.get("steps")
+        moved = float(run.column("bytes_sent").sum() + run.column("bytes_recv").sum())
+        rows.append({
+            "run": run.label, "mode": run.mode, "transport": run.transport, "P": p,
+            "total_s": total, "s_per_epoch": float(run.column("epoch_time_s").mean()),
+            "speedup": speedup, "efficiency": speedup / p if speedup is not None else None,
+            "train_acc": float(s.get("final_train_acc", last["train_acc"])),
+            "test_acc": float(s.get("final_test_acc", last["test_acc"])),
+            "train_loss": float(s.get("final_train_loss", last["train_loss"])),
+            "test_loss": float(s.get("final_test_loss", last["test_loss"])),
+            "comm_share": float(comm_share),
+            "bytes_per_step": moved / steps if steps else None,
+            "steps": steps, "path": str(run.path)})
+    return rows
+
+
+def comm_breakdown(run: Run) -> dict:
+    """Per role ("server", "worker"): seconds and shares (summing to 1) of each span category.
+
+    Reads comm.jsonl when present, else summary.json's time_breakdown; {} for runs with neither.
+    Worker seconds are summed over all worker ranks. Returns
+    {role: {"seconds": {category: s}, "shares": {category: f}, "total_s": s, "ranks": n, "source": file}}.
+    """
+    comm = run.comm
+    if comm is not None and len(comm):
+        source = "comm.jsonl"
+        per_role = {role: comm.seconds_by_span(role) for role in ROLE_ORDER if (comm.role == role).any()}
+        ranks = {role: len({k for r, k in comm.tracks() if r == role}) for role in per_role}
+    else:
+        source = "summary.json"
+        per_role = {role: spans for role, spans in (run.summary.get("time_breakdown") or {}).items() if spans}
+        ranks = {role: (run.workers if role == "worker" else 1) for role in per_role}
+    out = {}
+    for role, spans in per_role.items():
+        seconds = {cat: float(sum(spans.get(s, 0.0) for s in names)) for cat, names in CATEGORIES.items()}
+        known = {s for names in CATEGORIES.values() for s in names}
+        other = sum(v for s, v in spans.items() if s not in known)
+        if other:
+            seconds["other"] = float(other)
+        total = sum(seconds.values())
+        shares = {cat: (v / total if total > 0 else 0.0) for cat, v in seconds.items()}
+        out[role] = {"seconds": seconds, "shares": shares, "total_s": total,
+                     "ranks": ranks.get(role, 1), "source": source}
+    return out
+
+
+def _cell(key: str, fmt: str, value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (int, float)) and key in _SCALE:
+        value = value * _SCALE[key]
+    try:
+        return fmt.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def format_table(rows: list[dict], columns=None) -> str:
+    """Aligned plain-text table of comparison_rows(); the CLI prints it as is.
+
+    `columns` is a list of (key, header, format); default COLUMNS. Text is left-aligned, numbers right.
+    """
+    columns = [c for c in (columns or COLUMNS) if not rows or c[0] in rows[0]]
+    cells = [[_cell(k, f, row.get(k)) for k, _, f in columns] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, (_, h, _) in enumerate(columns)]
+    left = [i == 0 or (rows and isinstance(rows[0].get(k), str)) for i, (k, _, _) in enumerate(columns)]
+
+    def line(values):
+        return "  ".join(v.ljust(w) if lf else v.rjust(w) for v, w, lf in zip(values, widths, left)).rstrip()
+
+    out = [line([h for _, h, _ in columns]), line(["-" * w for w in widths])]
+    return "\n".join(out + [line(r) for r in cells])
+
+
+def describe_config(config: dict, dataset: str | None = None) -> str:
+    """One line naming the training configuration (also used as plot titles)."""
+    hidden = ",".join(str(h) for h in config.get("hidden", []))
+    n = config.get("num_samples")
+    return (f"{dataset or config.get('dataset', '?')}{f' (n={n})' if n else ''}, "
+            f"{config.get('epochs')} epochs, batch {config.get('batch_size')}, lr {config.get('lr')}, "
+            f"momentum {config.get('momentum')}, hidden {hidden}, {config.get('dtype')}, seed {config.get('seed')}")
+
+
+def describe_blas(machine: dict) -> str:
+    blas = machine.get("blas") or []
+    if not blas:
+        return "none detected"
+    return "; ".join(f"{b.get('internal_api', '?')} {b.get('version') or ''}".strip()
+                     + (f" ({b['architecture']})" if b.get("architecture") else "")
+                     + f", {b.get('num_threads', '?')} thread(s)" for b in blas)
+
+
+def _comm_section(run: Run) -> list[str]:
+    bd = comm_breakdown(run)
+    out = [f"{run.label}  ({run.path})"]
+    if not bd:
+        return out + ["  no communication log in this run directory", ""]
+    steps = run.summary.get("steps")
+    total = float(run.summary["total_time_s"])
+    if steps:
+        moved = run.column("bytes_sent").sum() + run.column("bytes_recv").sum()
+        out.append(f"  {steps} steps, {1e3 * total / steps:.2f} ms wall time per step, "
+                   f"{moved / steps / 1e3:.1f} KB moved per step, "
+                   f"comm share {float(run.summary.get('comm_share') or 0):.1%}")
+    roles = [r for r in ROLE_ORDER if r in bd]
+    cats = list(dict.fromkeys(c for r in roles for c in bd[r]["seconds"]))
+    rows = []
+    for cat in cats:
+        row = {"span": cat}
+        for role in roles:
+            row[f"{role}_s"] = bd[role]["seconds"].get(cat, 0.0)
+            row[f"{role}_share"] = bd[role]["shares"].get(cat, 0.0)
+        rows.append(row)
+    rows.append({"span": "total", **{k: v for role in roles for k, v in
+                                     ((f"{role}_s", bd[role]["total_s"]), (f"{role}_share", 1.0))}})
+    cols = [("span", "span", "{}")]
+    for role in roles:
+        who = f"{role} x{bd[role]['ranks']}" if role == "worker" else role
+        cols += [(f"{role}_s", f"{who} s", "{:.4f}"), (f"{role}_share", f"{role} %", "{:.1%}")]
+    table = format_table(rows, cols)
+    out += ["  " + ln for ln in table.splitlines()]
+    return out + [f"  (source: {bd[roles[0]]['source']})", ""]
+
+
+HOW_TO_READ = """\
+How to read this
+  speedup = total time of the baseline ({base}) / total time of the run; efficiency = speedup / P,
+  so 100% means perfect linear scaling. s/epoch is the mean epoch wall time from metrics.jsonl.
+  comm % is the share of step time spent communicating (summary.json comm_share); KB/step counts
+  bytes sent plus received per optimisation step. With the same seed every configuration should
+  reach nearly the same accuracy and loss: a large gap means a correctness problem, not a speed one.
+  In the communication sections, transfer = send + recv and update includes aggregation; worker
+  seconds are summed over all workers, and a worker's recv also contains its idle time waiting for
+  the next task, so a large worker transfer share with a large server wait share means the workers
+  are starved by the server (or by each other), not by the network. Shares of each role sum to 100%.
+"""
+
+
+def write_report(out_dir, runs: list[Run], baseline: Run, config=None, machine: dict | None = None) -> Path:
+    """Write OUT_DIR/experiment_report.txt and return its path (`parsgd experiment` calls this).
+
+    `config`: the RunConfig (or its dict) the experiment used; default: the baseline's config.json.
+    `machine`: {"cores", "blas", "platform"} (rundir.machine_info()); default: the baseline's.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if config is None:
+        config = baseline.config
+    elif hasattr(config, "to_dict"):
+        config = config.to_dict()
+    machine = machine if machine is not None else baseline.meta.get("machine", {})
+    versions = baseline.meta.get("versions", {})
+    runs = with_baseline(runs, baseline)
+    ps_runs = [r for r in runs if r.mode == "ps" or r.has_comm]
+    now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    lines = [
+        "parsgd experiment report", "=" * 24,
+        f"date:          {now}",
+        f"configuration: {describe_config(config, baseline.dataset)}",
+        f"machine:       {machine.get('cores', '?')} cores, host {baseline.meta.get('host', '?')}"
+        + (f", {machine['platform']}" if machine.get("platform") else ""),
+        f"BLAS:          {describe_blas(machine)}",
+        "versions:      " + (", ".join(f"{k} {v}" for k, v in versions.items()) or "unknown"),
+        f"runs:          {', '.join(str(r.path) for r in runs)}",
+        "", "Comparison", "-" * 10, format_table(comparison_rows(runs, baseline)), "",
+        "Communication overhead (parameter-server runs)", "-" * 46]
+    for run in ps_runs:
+        lines += _comm_section(run)
+    if not ps_runs:
+        lines += ["no parameter-server runs in this experiment", ""]
+    lines.append(HOW_TO_READ.format(base=baseline.label))
+    path = out_dir / "experiment_report.txt"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

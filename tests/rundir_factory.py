@@ -1,0 +1,125 @@
+"""Writes realistic run directories (as rundir.py and ps/commlog.py would) for the reading-side tests.
+
+Numbers are internally consistent (summary == metrics == comm.jsonl) but the tests must not rely
+on the exact values: they recompute what they check from the files.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+SIZES = (784, 32, 10)
+N_PARAMS = sum(a * b + b for a, b in zip(SIZES[:-1], SIZES[1:]))
+PARAM_BYTES = 4 * N_PARAMS
+
+
+def _config(mode, workers, transport, epochs, batch_size):
+    return {"config": {"dataset": "synthetic", "data_dir": None, "num_samples": 2048, "epochs": epochs,
+                       "batch_size": batch_size, "lr": 0.1, "momentum": 0.9, "hidden": list(SIZES[1:-1]),
+                       "seed": 42, "dtype": "float32", "workers": workers, "extra": {}},
+            "mode": mode, "transport": transport, "dataset": "synthetic",
+            "versions": {"parsgd": "0.1.0", "python": "3.11.2", "numpy": np.__version__, "pyzmq": "26.0.0"},
+            "host": "testhost", "started": "2026-01-01T12:00:00+00:00",
+            "machine": {"cores": 2, "platform": "Linux-test",
+                        "blas": [{"internal_api": "openblas", "version": "0.3.21", "num_threads": 1,
+                                  "architecture": "Haswell"}]}}
+
+
+def _simulate_ps(rng, workers, steps, t0):
+    """Spans of `steps` synchronous PS steps starting at t0; returns (spans, end time)."""
+    spans, t = [], t0
+    worker_free = [t0] * workers
+
+    def add(role, rank, step, span, start, dur, nbytes=0):
+        spans.append({"role": role, "rank": rank, "step": step, "span": span,
+                      "t": round(start, 7), "dur": round(dur, 7), "bytes": int(nbytes)})
+        return start + dur
+
+    for step in steps:
+        t = add("server", 0, step, "serialize", t, 2e-5)
+        arrive = []
+        for w in range(workers):
+            sent = add("server", 0, step, "send", t, 1e-4 + 5e-5 * rng.random(), PARAM_BYTES)
+            add("worker", w, step, "recv", worker_free[w], sent - worker_free[w], PARAM_BYTES)
+            u = add("worker", w, step, "deserialize", sent, 1e-5)
+            u = add("worker", w, step, "compute", u, 1.5e-3 * (1 + 0.2 * rng.random()))
+            u = add("worker", w, step, "serialize", u, 1e-5)
+            worker_free[w] = add("worker", w, step, "send", u, 1e-4, PARAM_BYTES)
+            arrive.append(worker_free[w])
+            t = sent
+        t = add("server", 0, step, "wait", t, max(arrive) - t)
+        for w in range(workers):
+            t = add("server", 0, step, "recv", t, 2e-5, PARAM_BYTES)
+            t = add("server", 0, step, "deserialize", t, 1e-5)
+        t = add("server", 0, step, "aggregate", t, 3e-5)
+        t = add("server", 0, step, "update", t, 5e-5)
+    return spans, t
+
+
+def make_run(root, mode: str = "sequential", workers: int = 1, transport: str | None = None,
+             epochs: int = 3, steps_per_epoch: int = 6, batch_size: int = 128, name: str | None = None,
+             seed: int = 0) -> Path:
+    """Write one run directory under `root` and return its path."""
+    rng = np.random.default_rng([seed, workers, len(mode)])
+    path = Path(root) / (name or f"{mode}-p{workers}" + (f"-{transport}" if transport else ""))
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(_config(mode, workers, transport, epochs, batch_size), indent=2))
+    metrics, spans, t = [], [], 0.05
+    for epoch in range(1, epochs + 1):
+        start = t
+        if mode == "ps":
+            steps = range((epoch - 1) * steps_per_epoch, epoch * steps_per_epoch)
+            new, t = _simulate_ps(rng, workers, steps, t)
+            spans += new
+            compute = sum(s["dur"] for s in new if s["span"] == "compute") / workers
+            comm = sum(s["dur"] for s in new if s["role"] == "server" and s["span"] != "update"
+                       and s["span"] != "aggregate")
+            nbytes = PARAM_BYTES * workers * steps_per_epoch
+        else:
+            compute = steps_per_epoch * 6e-3 / workers
+            comm = 0.0 if mode == "sequential" else steps_per_epoch * 1.5e-3
+            t += compute + comm
+            nbytes = 0 if mode == "sequential" else PARAM_BYTES * workers * steps_per_epoch
+        t += 0.01  # evaluation
+        loss = 2.3 * np.exp(-0.6 * epoch) + 0.05 * rng.random()
+        metrics.append({"epoch": epoch, "train_loss": loss, "train_acc": 1 - loss / 2.6,
+                        "test_loss": loss * 1.1, "test_acc": 1 - loss * 1.1 / 2.6,
+                        "epoch_time_s": t - start, "compute_s": compute, "comm_s": comm,
+                        "bytes_sent": nbytes, "bytes_recv": nbytes})
+    if mode == "ps":
+        for w in range(workers):  # the STOP message arrives outside any step
+            spans.append({"role": "worker", "rank": w, "step": -1, "span": "recv", "t": t, "dur": 1e-4, "bytes": 40})
+    with open(path / "metrics.jsonl", "w") as f:
+        f.writelines(json.dumps(m) + "\n" for m in metrics)
+    breakdown = {}
+    if spans:
+        with open(path / "comm.jsonl", "w") as f:
+            f.writelines(json.dumps(s) + "\n" for s in spans)
+        for s in spans:
+            role = breakdown.setdefault(s["role"], {})
+            role[s["span"]] = role.get(s["span"], 0.0) + s["dur"]
+    comm_total = sum(m["comm_s"] for m in metrics)
+    busy = comm_total + sum(m["compute_s"] for m in metrics)
+    last = metrics[-1]
+    summary = {"mode": mode, "workers": workers, "transport": transport, "dataset": "synthetic",
+               "epochs": epochs, "batch_size": batch_size, "steps": epochs * steps_per_epoch,
+               "total_time_s": t + 0.02, "final_train_loss": last["train_loss"],
+               "final_train_acc": last["train_acc"], "final_test_loss": last["test_loss"],
+               "final_test_acc": last["test_acc"], "comm_share": comm_total / busy if busy else 0.0,
+               "time_breakdown": breakdown}
+    (path / "summary.json").write_text(json.dumps(summary, indent=2))
+    arrays = {}
+    for i, (a, b) in enumerate(zip(SIZES[:-1], SIZES[1:]), 1):
+        arrays[f"W{i}"] = rng.standard_normal((a, b)).astype(np.float32)
+        arrays[f"b{i}"] = np.zeros(b, np.float32)
+    np.savez(path / "model.npz", **arrays)
+    return path
+
+
+def make_experiment(root) -> dict[str, Path]:
+    """sequential, pool P=2 and ps P=2 (shm) run directories under `root`."""
+    return {"sequential": make_run(root, "sequential", 1),
+            "pool": make_run(root, "pool", 2),
+            "ps": make_run(root, "ps", 2, "shm")}
