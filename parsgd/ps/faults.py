@@ -1,0 +1,104 @@
+"""Fault injection in a worker, seeded and logged so a run can be replayed.
+
+    parsgd worker --connect ADDR --faults "kill@40"
+    parsgd worker --connect ADDR --faults "drop=0.1,seed=7"
+
+Items, comma-separated:  kill@STEP (SIGKILL itself), crash@STEP (exit 1), stop@STEP:SECONDS
+(SIGSTOP itself; a child process sends SIGCONT after SECONDS: a zombie), hang@STEP:SECONDS (a slow
+but alive worker), nan@STEP (a NaN gradient), drop=P / dup=P (drop or duplicate each outgoing
+GRAD with probability P), delay=P:SECONDS, seed=N (the PRNG of the probabilistic faults).
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+
+class FaultSpecError(ValueError):
+    """The --faults text cannot be parsed; the message shows the accepted items."""
+
+
+ONCE = ("kill", "crash", "stop", "hang", "nan")
+RATES = ("drop", "dup", "delay")
+HELP = "kill@STEP, crash@STEP, stop@STEP:SECONDS, hang@STEP:SECONDS, nan@STEP, drop=P, dup=P, delay=P:SECONDS, seed=N"
+
+
+class FaultPlan:
+    def __init__(self, at: dict, rates: dict, seed: int, echo=print):
+        self.at, self.rates, self.echo = at, rates, echo
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.fired: set = set()
+
+    @classmethod
+    def parse(cls, spec: str, echo=print) -> "FaultPlan":
+        at, rates, seed = {}, {}, 0
+        for item in filter(None, (s.strip() for s in (spec or "").split(","))):
+            try:
+                if "@" in item:
+                    kind, _, when = item.partition("@")
+                    step, _, secs = when.partition(":")
+                    if kind not in ONCE:
+                        raise ValueError
+                    at[int(step.removeprefix("step"))] = (kind, float(secs.rstrip("s") or 0))
+                else:
+                    kind, _, value = item.partition("=")
+                    if kind == "seed":
+                        seed = int(value)
+                    elif kind in RATES:
+                        p, _, secs = value.partition(":")
+                        rates[kind] = (float(p), float(secs.rstrip("s") or 0))
+                        if not 0 <= rates[kind][0] <= 1:
+                            raise ValueError
+                    else:
+                        raise ValueError
+            except ValueError:
+                raise FaultSpecError(f"bad --faults item {item!r}: use {HELP}") from None
+        plan = cls(at, rates, seed, echo)
+        if at or rates:
+            echo(f"fault injection: {spec} (seed {seed})")
+        return plan
+
+    def _due(self, step: int, kinds) -> tuple | None:
+        fault = self.at.get(step)
+        if fault and fault[0] in kinds and step not in self.fired:
+            self.fired.add(step)
+            self.echo(f"fault injection: {fault[0]} at step {step}")
+            return fault
+        return None
+
+    def before_compute(self, step: int, rank: int) -> None:
+        fault = self._due(step, ("kill", "crash", "stop", "hang"))
+        if fault is None:
+            return
+        kind, secs = fault
+        if kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif kind == "crash":
+            raise SystemExit(1)
+        elif kind == "stop":
+            subprocess.Popen([sys.executable, "-c",
+                              f"import os, signal, time; time.sleep({secs}); os.kill({os.getpid()}, signal.SIGCONT)"],
+                             start_new_session=True)
+            os.kill(os.getpid(), signal.SIGSTOP)
+        elif kind == "hang":
+            time.sleep(secs)
+
+    def corrupt(self, step: int, rank: int, grad) -> None:
+        if self._due(step, ("nan",)):
+            grad[0] = float("nan")
+
+    def outgoing(self, step: int, rank: int) -> range:
+        """How many copies of this GRAD to send: 0 (dropped), 1, or 2 (duplicated)."""
+        copies = 1
+        if "drop" in self.rates and self.rng.random() < self.rates["drop"][0]:
+            copies = 0
+        elif "dup" in self.rates and self.rng.random() < self.rates["dup"][0]:
+            copies = 2
+        if "delay" in self.rates and self.rng.random() < self.rates["delay"][0]:
+            time.sleep(self.rates["delay"][1])
+        return range(copies)

@@ -1,0 +1,97 @@
+"""Same-host payload path: one shared-memory segment per worker session.
+
+Layout (float array of the run's dtype): [params (n) | gradient slot for shard 0 (n) | ... | shard N-1].
+The server creates the segment at WELCOME and writes the parameters into it before each TASK;
+the worker writes each shard's gradient into that shard's slot and sends a GRAD without payload.
+ZeroMQ still carries every message. The name is unlinked as soon as the worker has attached (READY)
+or gone, so a SIGKILLed process leaves nothing in /dev/shm except during a registration handshake;
+`sweep_stale` removes those leftovers of dead servers on the next start.
+"""
+from __future__ import annotations
+
+import os
+import re
+from multiprocessing import resource_tracker, shared_memory
+from pathlib import Path
+
+import numpy as np
+
+PREFIX = "parsgd"
+_NAME = re.compile(rf"^{PREFIX}_(\d+)_[0-9a-f]+$")
+
+
+class SessionBuffer:
+    """A worker session's segment, mapped as params + per-shard gradient slots."""
+
+    def __init__(self, shm: shared_memory.SharedMemory, n: int, shards: int, dtype, owner: bool):
+        self.shm, self.owner = shm, owner
+        self.array = np.ndarray(((shards + 1) * n,), dtype=dtype, buffer=shm.buf)
+        self.params = self.array[:n]
+        self.slots = self.array[n:].reshape(shards, n)
+        self.name = shm.name
+        self.unlinked = False
+
+    @classmethod
+    def create(cls, session: int, n: int, shards: int, dtype) -> "SessionBuffer":
+        size = (shards + 1) * n * np.dtype(dtype).itemsize
+        shm = shared_memory.SharedMemory(name=f"{PREFIX}_{os.getpid()}_{session:x}", create=True, size=size)
+        return cls(shm, n, shards, dtype, owner=True)
+
+    @classmethod
+    def attach(cls, name: str, n: int, shards: int, dtype) -> "SessionBuffer":
+        if not _NAME.match(name):
+            raise ValueError(f"not a parsgd shared-memory name: {name!r}")
+        shm = shared_memory.SharedMemory(name=name)
+        # The attaching side must not let Python's resource tracker unlink the server's segment.
+        try:
+            resource_tracker.unregister(shm._name, "shared_memory")  # noqa: SLF001 (py < 3.13)
+        except Exception:
+            pass
+        if shm.size < (shards + 1) * n * np.dtype(dtype).itemsize:
+            shm.close()
+            raise ValueError(f"shared-memory segment {name} is smaller than the model")
+        return cls(shm, n, shards, dtype, owner=False)
+
+    def unlink(self) -> None:
+        """Remove the name; the mapping stays valid for both sides until they close it."""
+        if self.owner and not self.unlinked:
+            self.unlinked = True
+            try:
+                self.shm.unlink()
+            except FileNotFoundError:
+                pass
+
+    def close(self) -> None:
+        self.unlink()
+        self.params = self.slots = self.array = None
+        try:
+            self.shm.close()
+        except BufferError:  # a view is still alive somewhere; the OS frees it at exit
+            pass
+
+
+def sweep_stale(root: str = "/dev/shm") -> int:
+    """Unlink parsgd segments whose creating process is gone; returns how many."""
+    removed = 0
+    folder = Path(root)
+    if not folder.is_dir():
+        return 0
+    for path in folder.iterdir():
+        m = _NAME.match(path.name)
+        if m and not _pid_alive(int(m.group(1))):
+            try:
+                path.unlink()
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,124 @@
+"""Socket options, loopback checks and CURVE keys: how parsgd's ZeroMQ sockets are set up.
+
+The constants follow shared/FAULTS.md (c): small HWMs so a stuck peer becomes a fast EAGAIN,
+ROUTER_MANDATORY so nothing is dropped silently, ROUTER_HANDOVER for restarted workers, a short
+handshake timeout against half-open connections, ZMTP heartbeats under the application ones,
+and MAXMSGSIZE so libzmq refuses an oversized frame before allocating it.
+
+Keys (`parsgd keygen DIR`):  DIR/server.key(_secret), DIR/worker.key(_secret), and
+DIR/authorized/*.key: the worker public keys the server accepts (the ZAP allowlist).
+"""
+from __future__ import annotations
+
+import ipaddress
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import zmq
+
+HWM = 16
+HANDSHAKE_IVL_MS = 5000
+ZMTP_HEARTBEAT_IVL_MS = 1000
+ZMTP_HEARTBEAT_TIMEOUT_MS = 3000
+RECONNECT_IVL_MS = 100
+RECONNECT_IVL_MAX_MS = 2000
+
+
+class KeysError(Exception):
+    """Keys are missing or unreadable; the message names the file and the fix."""
+
+
+def is_loopback(address: str) -> bool:
+    """True for ipc://, inproc:// and tcp:// on 127.0.0.0/8, ::1 or localhost."""
+    scheme = address.split("://", 1)[0]
+    if scheme in ("ipc", "inproc"):
+        return True
+    if scheme != "tcp":
+        return False
+    host = urlsplit(address).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # '*', an interface name or a host name
+        return False
+
+
+def _common(sock: zmq.Socket, max_frame_bytes: int) -> None:
+    sock.setsockopt(zmq.SNDHWM, HWM)
+    sock.setsockopt(zmq.RCVHWM, HWM)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
+    sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, ZMTP_HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.LINGER, 0)
+
+
+def configure_router(ctx: zmq.Context, sock: zmq.Socket, opts, max_frame_bytes: int):
+    """Server socket options and, with opts.keys_dir, CURVE + a ZAP allowlist; returns the authenticator."""
+    from parsgd.ps.server import ServerExit
+
+    _common(sock, max_frame_bytes)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    if not opts.keys_dir:
+        if not is_loopback(opts.bind):
+            raise ServerExit(f"--bind {opts.bind} is not a loopback address: binding it needs CURVE keys "
+                             "(`parsgd keygen DIR`, then --keys DIR on the server and the workers)")
+        return None
+    from zmq.auth.thread import ThreadAuthenticator
+    keys = Path(opts.keys_dir)
+    public, secret = load_keypair(keys / "server.key_secret")
+    allowed = keys / "authorized"
+    if not allowed.is_dir() or not any(allowed.glob("*.key")):
+        raise ServerExit(f"{allowed} holds no worker public keys: run `parsgd keygen {keys}` "
+                         "or copy each worker's .key file there")
+    auth = ThreadAuthenticator(ctx)
+    auth.start()
+    auth.configure_curve(domain="*", location=str(allowed))
+    sock.curve_secretkey, sock.curve_publickey = secret, public
+    sock.curve_server = True
+    return auth
+
+
+def configure_dealer(sock: zmq.Socket, max_frame_bytes: int, keys_dir: str | None) -> None:
+    """Worker socket options and, with keys_dir, this worker's keypair and the server's public key."""
+    _common(sock, max_frame_bytes)
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+    if keys_dir:
+        keys = Path(keys_dir)
+        public, secret = load_keypair(keys / "worker.key_secret")
+        server_public, _ = load_keypair(keys / "server.key")
+        sock.curve_secretkey, sock.curve_publickey = secret, public
+        sock.curve_serverkey = server_public
+
+
+def load_keypair(path: Path) -> tuple[bytes, bytes | None]:
+    import zmq.auth
+    if not path.is_file():
+        raise KeysError(f"missing key file {path}: create keys with `parsgd keygen {path.parent}`")
+    try:
+        return zmq.auth.load_certificate(str(path))
+    except (ValueError, OSError) as exc:
+        raise KeysError(f"cannot read key file {path}: {exc}") from None
+
+
+def keygen(directory) -> list[Path]:
+    """Write a server and a worker keypair, and allow that worker key on the server."""
+    import zmq.auth
+    d = Path(directory)
+    if d.exists() and not d.is_dir():
+        raise KeysError(f"{d} is a file: pass a folder for the keys")
+    (d / "authorized").mkdir(parents=True, exist_ok=True)
+    d.chmod(0o700)
+    written = []
+    for name in ("server", "worker"):
+        public, secret = zmq.auth.create_certificates(str(d), name)
+        written += [Path(public), Path(secret)]
+    shutil.copy(d / "worker.key", d / "authorized" / "worker.key")
+    written.append(d / "authorized" / "worker.key")
+    return written

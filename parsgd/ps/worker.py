@@ -1,0 +1,284 @@
+"""A worker: registers with the server, loads the data itself, computes shard gradients until STOP.
+
+    parsgd worker --connect tcp://127.0.0.1:5555
+
+It may start before the server (it retries HELLO until --connect-timeout). A heartbeat thread
+with its own socket keeps the session alive while a long shard computes. If the server goes
+silent for liveness x heartbeat, the worker registers again (a restarted server is welcome) and
+gives up after --connect-timeout with a clear message.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import click
+import numpy as np
+import zmq
+from threadpoolctl import threadpool_limits
+
+from parsgd import __version__
+from parsgd.config import RunConfig
+from parsgd.data import epoch_order, load_dataset
+from parsgd.mlp import Workspace, loss_and_grad, n_params
+from parsgd.ps import protocol as P
+from parsgd.ps.commlog import CommLog
+from parsgd.ps.faults import FaultPlan
+from parsgd.ps.shm import SessionBuffer
+from parsgd.ps.sockets import configure_dealer
+
+HELLO_RETRY_S = 1.0           # resend HELLO this often while no server answers (Lazy Pirate)
+STATUS_EVERY_S = 5.0
+DEFAULT_HEARTBEAT_S = 1.0
+DEFAULT_LIVENESS = 3
+
+
+class WorkerExit(Exception):
+    """The worker cannot go on; the message says why (exit 1)."""
+
+
+@dataclass
+class WorkerOptions:
+    connect: str = "tcp://127.0.0.1:5555"
+    connect_timeout: float = 60.0
+    data_dir: str | None = None
+    keys_dir: str | None = None
+    faults: str = ""
+    name: str = ""
+
+
+class Heartbeats(threading.Thread):
+    """Sends HEARTBEAT every interval from its own socket, whatever the main thread is doing."""
+
+    def __init__(self, ctx, opts: WorkerOptions, incarnation: int, session: int, interval: float):
+        super().__init__(daemon=True, name="parsgd-heartbeat")
+        self.ctx, self.opts, self.interval = ctx, opts, interval
+        self.msg = P.Heartbeat(incarnation, session)
+        self.halt = threading.Event()
+
+    def run(self):
+        sock = self.ctx.socket(zmq.DEALER)
+        configure_dealer(sock, P.HEADER_MAX, self.opts.keys_dir)
+        sock.connect(self.opts.connect)
+        try:
+            while not self.halt.wait(self.interval):
+                try:
+                    sock.send_multipart(self.msg.to_frames(), flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+        finally:
+            sock.close(linger=0)
+
+
+class Worker:
+    def __init__(self, opts: WorkerOptions, echo=click.echo):
+        self.opts, self.echo = opts, echo
+        self.ctx = zmq.Context()
+        self.ctx.linger = 0
+        self.sock = None
+        self.log = CommLog()
+        self.data = self.data_key = None
+        self.heartbeats: Heartbeats | None = None
+        self.buf: SessionBuffer | None = None
+        self.faults = FaultPlan.parse(opts.faults, echo=echo)
+        self._limits = threadpool_limits(1)  # P workers share the cores: one BLAS thread each
+        self._orders: dict[int, np.ndarray] = {}
+
+    # -- registration ----------------------------------------------------------------------------
+    def _new_socket(self, max_bytes: int = P.HEADER_MAX) -> None:
+        if self.sock is not None:
+            self.sock.close(linger=0)
+        self.sock = self.ctx.socket(zmq.DEALER)
+        configure_dealer(self.sock, max_bytes, self.opts.keys_dir)
+        self.sock.connect(self.opts.connect)
+
+    def _register(self) -> P.Welcome:
+        """HELLO until a WELCOME arrives or --connect-timeout runs out."""
+        start = time.monotonic()
+        deadline = start + self.opts.connect_timeout
+        next_status = start + STATUS_EVERY_S
+        self.session = random.SystemRandom().getrandbits(62) + 1
+        self._new_socket()
+        while True:
+            hello = P.Hello(__version__, P.PROTOCOL_VERSION, socket.gethostname(), os.getpid(),
+                            self.log.now(), self.session, self.opts.name)
+            t_sent = self.log.now()
+            self.sock.send_multipart(hello.to_frames())
+            if self.sock.poll(int(HELLO_RETRY_S * 1000)):
+                msg = self._recv()
+                if isinstance(msg, P.Welcome) and msg.session == self.session:
+                    t_recv = self.log.now()
+                    self.log.offset += msg.t_server - (t_sent + t_recv) / 2  # midpoint clock estimate
+                    return msg
+                if isinstance(msg, P.Error) and msg.code in ("VERSION", "BUSY"):
+                    raise WorkerExit(f"server refused this worker: {msg.message}")
+                continue
+            now = time.monotonic()
+            if now >= deadline:
+                raise WorkerExit(f"no parameter server answered at {self.opts.connect} within "
+                                 f"{self.opts.connect_timeout:g} s: start `parsgd server` there, or check "
+                                 "--connect and --connect-timeout")
+            if now >= next_status:
+                self.echo(f"waiting for the server at {self.opts.connect}, {deadline - now:.0f} s left")
+                next_status = now + STATUS_EVERY_S
+            self._new_socket()  # Lazy Pirate: a fresh socket rather than a queue of stale HELLOs
+
+    def _setup(self, welcome: P.Welcome) -> None:
+        cfg = RunConfig.from_dict(welcome.config)
+        if self.opts.data_dir:
+            cfg = cfg.replace(data_dir=self.opts.data_dir)
+        key = (cfg.dataset, cfg.data_dir, cfg.num_samples, cfg.seed, cfg.dtype)
+        self.cfg, self.rank, self.incarnation = cfg, welcome.rank, welcome.incarnation
+        self.hb_s, self.liveness = welcome.heartbeat_s, welcome.liveness
+        self._start_heartbeats()
+        if key != self.data_key:
+            self.data = load_dataset(cfg.dataset, cfg.data_dir, cfg.num_samples, cfg.seed, cfg.dtype,
+                                     log=self.echo)
+            self.data_key, self._orders = key, {}
+        self.sizes, n = cfg.sizes, n_params(cfg.sizes)
+        self.ws = Workspace(self.sizes, cfg.dtype)
+        self.grads = np.zeros((cfg.workers, n), cfg.dtype)  # one per shard: a sent buffer is never reused early
+        self.rows = np.empty((cfg.batch_size, self.data.x_train.shape[1]), self.data.x_train.dtype)
+        self._close_buf()
+        if welcome.shm:
+            try:
+                self.buf = SessionBuffer.attach(welcome.shm, n, cfg.workers, cfg.dtype)
+            except (OSError, ValueError) as exc:
+                self.echo(f"shared memory unavailable ({exc}); parameters will travel through the socket")
+        self.sock.setsockopt(zmq.MAXMSGSIZE, n * np.dtype(cfg.dtype).itemsize + P.HEADER_MAX + 256)
+        self.sock.send_multipart(P.Ready(self.incarnation, self.session, self.data.fingerprint(),
+                                         len(self.data.y_train), len(self.data.y_test),
+                                         self.buf is not None).to_frames())
+        self.echo(f"worker {self.rank}: registered with {self.opts.connect}"
+                  f"{' (shared memory)' if self.buf else ''}")
+
+    def _start_heartbeats(self) -> None:
+        self._stop_heartbeats()
+        self.heartbeats = Heartbeats(self.ctx, self.opts, self.incarnation, self.session, self.hb_s)
+        self.heartbeats.start()
+
+    def _stop_heartbeats(self) -> None:
+        if self.heartbeats is not None:
+            self.heartbeats.halt.set()
+            self.heartbeats.join(timeout=2)
+            self.heartbeats = None
+
+    def _close_buf(self) -> None:
+        if self.buf is not None:
+            self.buf.close()
+            self.buf = None
+
+    # -- work --------------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Register, work until STOP (exit 0); re-register after a lost server or a stale session."""
+        old = signal.signal(signal.SIGTERM, _raise_exit)
+        try:
+            while True:
+                self._setup(self._register())
+                outcome = self._work()
+                if outcome == "stop":
+                    return 0
+                self.echo(f"worker {self.rank}: {outcome}; registering again")
+        finally:
+            signal.signal(signal.SIGTERM, old)
+            self.close()
+
+    def _work(self) -> str:
+        silent_limit = self.hb_s * self.liveness
+        last_heard = time.monotonic()
+        while True:
+            t = self.log.now()
+            if not self.sock.poll(int(min(silent_limit, 1.0) * 1000)):
+                if time.monotonic() - last_heard > silent_limit:
+                    return f"server silent for {time.monotonic() - last_heard:.1f} s"
+                continue
+            waited = self.log.now()
+            frames = self._recv_frames()
+            last_heard = time.monotonic()
+            if frames is None:
+                continue
+            recvd = self.log.now()
+            try:
+                msg = P.decode(frames)
+            except P.ProtocolError as exc:
+                self.echo(f"worker {self.rank}: ignored a bad message from the server ({exc})")
+                continue
+            if isinstance(msg, P.Task):
+                if msg.incarnation != self.incarnation or msg.session != self.session:
+                    continue
+                self.log.add("wait", msg.step, t, end=waited)
+                self.log.add("recv", msg.step, waited, P.frames_nbytes(frames), end=recvd)
+                self.log.add("deserialize", msg.step, recvd)
+                self._compute(msg)
+            elif isinstance(msg, P.Stop):
+                self._send_logs()
+                self.echo(f"worker {self.rank}: stopped by the server ({msg.reason})")
+                return "stop"
+            elif isinstance(msg, P.Error):
+                if msg.code in ("STALE", "NOT_REGISTERED"):
+                    return f"the server does not know this session ({msg.message})"
+                raise WorkerExit(f"server refused this worker: {msg.message}")
+
+    def _compute(self, task: P.Task) -> None:
+        self.faults.before_compute(task.step, self.rank)
+        t = self.log.now()
+        order = self._orders.get(task.epoch)
+        if order is None:
+            self._orders = {task.epoch: epoch_order(len(self.data.y_train), self.cfg.seed, task.epoch)}
+            order = self._orders[task.epoch]
+        idx = order[task.lo:task.hi]
+        rows = self.rows[:idx.size]
+        np.take(self.data.x_train, idx, axis=0, out=rows)
+        params = task.params if task.params is not None else self.buf.params
+        grad = self.buf.slots[task.shard] if self.buf is not None else self.grads[task.shard]
+        loss_sum, correct = loss_and_grad(params, self.sizes, rows, self.data.y_train[idx], grad, self.ws)
+        self.faults.corrupt(task.step, self.rank, grad)
+        end = self.log.add("compute", task.step, t)
+        msg = P.Grad(self.incarnation, self.session, task.step, task.shard, task.lo, task.hi, idx.size,
+                     loss_sum, correct, end - t, None if self.buf is not None else grad)
+        frames = msg.to_frames()
+        t = self.log.add("serialize", task.step, end)
+        for copy in self.faults.outgoing(task.step, self.rank):
+            self.sock.send_multipart(frames, copy=False)
+        self.log.add("send", task.step, t, P.frames_nbytes(frames))
+
+    def _recv_frames(self):
+        try:
+            return P.recv_frames(self.sock, 2, self.sock.getsockopt(zmq.MAXMSGSIZE) + P.HEADER_MAX)
+        except P.ProtocolError as exc:
+            self.echo(f"worker: dropped an oversized message ({exc})")
+            return None
+
+    def _recv(self):
+        frames = self._recv_frames()
+        try:
+            return None if frames is None else P.decode(frames)
+        except P.ProtocolError:
+            return None
+
+    def _send_logs(self) -> None:
+        """Spans in chunks no larger than a gradient frame, then an empty chunk that ends them."""
+        spans = self.log.as_array()
+        rows = max(1, n_params(self.sizes) * np.dtype(self.cfg.dtype).itemsize // (5 * 8))
+        self.sock.setsockopt(zmq.LINGER, 2000)  # the LOGS must leave before the socket closes
+        for lo in range(0, len(spans), rows):
+            chunk = np.ascontiguousarray(spans[lo:lo + rows])
+            self.sock.send_multipart(P.Logs(self.incarnation, self.session, self.rank, chunk).to_frames())
+        self.sock.send_multipart(P.Logs(self.incarnation, self.session, self.rank,
+                                        np.zeros((0, 5))).to_frames())
+
+    def close(self) -> None:
+        self._stop_heartbeats()
+        self._close_buf()
+        if self.sock is not None:
+            self.sock.close()
+        self.ctx.term()
+
+
+def _raise_exit(signum, _frame):
+    raise WorkerExit(f"stopped by {signal.Signals(signum).name}")

@@ -1,0 +1,87 @@
+"""Sequential and Pool trainers: learning, determinism, and Pool == sequential as an oracle."""
+import json
+
+import numpy as np
+import pytest
+
+from parsgd.config import RunConfig
+from parsgd.data import make_synthetic
+from parsgd.rundir import RunDir
+from parsgd.train import PoolTrainer, Trainer, shard_bounds
+
+
+def quiet(_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def data64():
+    return make_synthetic(2048, 500, seed=3, dtype="float64")
+
+
+def test_shard_bounds_cover_the_batch_contiguously():
+    for lo, hi, parts in [(0, 256, 2), (100, 201, 3), (7, 10, 3), (0, 5, 4)]:
+        b = shard_bounds(lo, hi, parts)
+        assert b[0][0] == lo and b[-1][1] == hi and len(b) == parts
+        assert all(x[1] == y[0] for x, y in zip(b, b[1:]))
+        sizes = [e - s for s, e in b]
+        assert max(sizes) - min(sizes) <= 1
+
+
+def test_loss_decreases_and_accuracy_beats_chance_on_synthetic():
+    data = make_synthetic(4096, 1000, seed=0)
+    cfg = RunConfig(dataset="synthetic", epochs=3, hidden=(64,), seed=0)
+    trainer = Trainer(cfg, data, echo=quiet)
+    trainer.run()
+    losses = [m["train_loss"] for m in trainer.metrics]
+    assert losses[0] > losses[1] > losses[2]
+    assert trainer.metrics[-1]["test_acc"] > 0.6
+
+
+def test_same_seed_gives_byte_identical_model_files(tmp_path):
+    data = make_synthetic(1024, 200, seed=1)
+    cfg = RunConfig(dataset="synthetic", epochs=1, hidden=(32, 16), seed=5)
+    blobs = []
+    for name in ("a", "b"):
+        rd = RunDir(tmp_path / name, cfg, "sequential", dataset="synthetic")
+        Trainer(cfg, data, echo=quiet).run(rd)
+        blobs.append((tmp_path / name / "model.npz").read_bytes())
+    assert blobs[0] == blobs[1]
+    other = RunDir(tmp_path / "c", cfg.replace(seed=6), "sequential")
+    Trainer(cfg.replace(seed=6), data, echo=quiet).run(other)
+    assert (tmp_path / "c" / "model.npz").read_bytes() != blobs[0]
+    with np.load(tmp_path / "a" / "model.npz") as z:
+        assert sorted(z.files) == ["W1", "W2", "W3", "b1", "b2", "b3"]
+        assert z["W1"].shape == (784, 32) and z["b3"].shape == (10,)
+
+
+def test_run_directory_files_have_the_documented_fields(tmp_path):
+    data = make_synthetic(512, 100, seed=1)
+    cfg = RunConfig(dataset="synthetic", epochs=2, hidden=(16,), batch_size=100)
+    Trainer(cfg, data, echo=quiet).run(RunDir(tmp_path, cfg, "sequential", dataset="synthetic"))
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    for m in metrics:
+        assert set(m) >= {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s",
+                          "compute_s", "comm_s", "bytes_sent", "bytes_recv"}
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["mode"] == "sequential" and summary["steps"] == 2 * 6  # 512 rows / 100 -> 6 batches
+    assert summary["final_test_acc"] == metrics[-1]["test_acc"]
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["config"]["hidden"] == [16] and config["machine"]["cores"] >= 1
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_pool_baseline_equals_sequential_in_float64(data64, workers):
+    # 2048 rows at batch 100: 20 full batches and a final partial one of 48; 100 / 3 does not split evenly
+    cfg = RunConfig(dataset="synthetic", epochs=1, batch_size=100, hidden=(32, 16), dtype="float64", seed=9)
+    seq = Trainer(cfg, data64, echo=quiet)
+    seq.run()
+    pool = PoolTrainer(cfg.replace(workers=workers), data64, echo=quiet)
+    try:
+        pool.run()
+    finally:
+        pool.close()
+    assert np.max(np.abs(pool.params - seq.params)) < 1e-8
+    assert pool.metrics[0]["train_loss"] == pytest.approx(seq.metrics[0]["train_loss"], rel=1e-9)
+    assert pool.metrics[0]["bytes_sent"] > 0
