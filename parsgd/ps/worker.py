@@ -34,6 +34,9 @@ from parsgd.ps.sockets import configure_dealer
 
 HELLO_RETRY_S = 1.0           # resend HELLO this often while no server answers (Lazy Pirate)
 STATUS_EVERY_S = 5.0
+# A worker learns the model size only from WELCOME, but libzmq applies MAXMSGSIZE only to new
+# connections: cap frames at the protocol's largest payload (the server is one the user chose).
+MAX_FRAME_BYTES = P.MAX_ELEMENTS * 8 + P.HEADER_MAX
 DEFAULT_HEARTBEAT_S = 1.0
 DEFAULT_LIVENESS = 3
 
@@ -88,13 +91,14 @@ class Worker:
         self.faults = FaultPlan.parse(opts.faults, echo=echo)
         self._limits = threadpool_limits(1)  # P workers share the cores: one BLAS thread each
         self._orders: dict[int, np.ndarray] = {}
+        self.max_msg_bytes = 2 * P.HEADER_MAX  # until WELCOME says how large the model is
 
     # -- registration ----------------------------------------------------------------------------
-    def _new_socket(self, max_bytes: int = P.HEADER_MAX) -> None:
+    def _new_socket(self) -> None:
         if self.sock is not None:
             self.sock.close(linger=0)
         self.sock = self.ctx.socket(zmq.DEALER)
-        configure_dealer(self.sock, max_bytes, self.opts.keys_dir)
+        configure_dealer(self.sock, MAX_FRAME_BYTES, self.opts.keys_dir)
         self.sock.connect(self.opts.connect)
 
     def _register(self) -> P.Welcome:
@@ -150,7 +154,7 @@ class Worker:
                 self.buf = SessionBuffer.attach(welcome.shm, n, cfg.workers, cfg.dtype)
             except (OSError, ValueError) as exc:
                 self.echo(f"shared memory unavailable ({exc}); parameters will travel through the socket")
-        self.sock.setsockopt(zmq.MAXMSGSIZE, n * np.dtype(cfg.dtype).itemsize + P.HEADER_MAX + 256)
+        self.max_msg_bytes = n * np.dtype(cfg.dtype).itemsize + 2 * P.HEADER_MAX
         self.sock.send_multipart(P.Ready(self.incarnation, self.session, self.data.fingerprint(),
                                          len(self.data.y_train), len(self.data.y_test),
                                          self.buf is not None).to_frames())
@@ -249,7 +253,7 @@ class Worker:
 
     def _recv_frames(self):
         try:
-            return P.recv_frames(self.sock, 2, self.sock.getsockopt(zmq.MAXMSGSIZE) + P.HEADER_MAX)
+            return P.recv_frames(self.sock, 2, self.max_msg_bytes)
         except P.ProtocolError as exc:
             self.echo(f"worker: dropped an oversized message ({exc})")
             return None

@@ -1,0 +1,122 @@
+"""Real server and worker processes for integration tests: free loopback ports, output capture, cleanup.
+
+    from procs import Procs     # inside a test:  with Procs() as p: s = p.server(...); p.worker(addr)
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+PY = [sys.executable, "-m", "parsgd"]
+SMALL = ["--dataset", "synthetic", "--num-samples", "2000", "--epochs", "1", "--hidden", "32,16",
+         "--batch-size", "100"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    def __init__(self, argv, log: Path, env=None):
+        self.argv, self.log_path = argv, log
+        self.log = open(log, "wb")
+        self.p = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                                  start_new_session=True)
+        self.pid = self.p.pid
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait(self, timeout=120) -> int:
+        try:
+            return self.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"{self.argv[3]} did not exit within {timeout} s:\n{self.output()[-3000:]}")
+
+    def wait_for(self, text: str, timeout=60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.output():
+                return
+            if self.p.poll() is not None:
+                raise AssertionError(f"exited ({self.p.returncode}) before printing {text!r}:\n{self.output()[-3000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"no {text!r} within {timeout} s:\n{self.output()[-3000:]}")
+
+    def signal(self, sig) -> None:
+        if self.p.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.p.wait()
+
+
+class Procs:
+    """Starts processes in a tmp folder; kills whatever is still running on exit."""
+
+    def __init__(self, tmp: Path):
+        self.tmp, self.all = Path(tmp), []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.all:
+            p.kill()
+        for p in self.all:
+            p.log.close()
+
+    def start(self, name: str, args, env=None) -> Proc:
+        proc = Proc(PY + list(args), self.tmp / f"{name}-{len(self.all)}.log", env)
+        self.all.append(proc)
+        return proc
+
+    def server(self, out, workers, *extra, port=None, env=None) -> tuple[Proc, str]:
+        address = f"tcp://127.0.0.1:{port or free_port()}"
+        proc = self.start("server", ["server", "--bind", address, "--workers", str(workers), "--out", str(out),
+                                     "--wait-timeout", "60", *extra], env)
+        return proc, address
+
+    def worker(self, address, *extra, env=None) -> Proc:
+        return self.start("worker", ["worker", "--connect", address, "--connect-timeout", "60", *extra], env)
+
+
+def load_params(run_dir) -> np.ndarray:
+    with np.load(Path(run_dir) / "model.npz") as z:
+        names = sorted(z.files, key=lambda n: (int(n[1:]), n[0] == "b"))
+        return np.concatenate([z[n].ravel() for n in names])
+
+
+def events(run_dir) -> list[dict]:
+    path = Path(run_dir) / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def sequential_params(tmp: Path, *args) -> np.ndarray:
+    """The oracle: `parsgd train` with the same options."""
+    out = tmp / "sequential"
+    subprocess.run(PY + ["train", *args, "--out", str(out)], check=True, capture_output=True, timeout=300)
+    return load_params(out)
+
+
+def no_traceback(*procs) -> None:
+    for p in procs:
+        assert "Traceback" not in p.output(), p.output()[-3000:]

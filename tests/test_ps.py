@@ -1,0 +1,164 @@
+"""The parameter server with real processes on free loopback ports, against the sequential oracle."""
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from parsgd.data import write_idx
+from parsgd.mlp import n_params
+from procs import PY, Procs, load_params, no_traceback, sequential_params
+
+# 2030 rows at batch 100: 20 full batches and a final partial one of 30; 100 rows split unevenly for P = 3
+ARGS = ["--dataset", "synthetic", "--num-samples", "2030", "--epochs", "1", "--hidden", "32,16",
+        "--batch-size", "100", "--dtype", "float64", "--seed", "11"]
+N_PARAMS = n_params((784, 32, 16, 10))
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory):
+    return sequential_params(tmp_path_factory.mktemp("oracle"), *ARGS)
+
+
+def launch(out, workers, transport, *extra, timeout=180):
+    return subprocess.run(PY + ["launch", "--workers", str(workers), "--transport", transport, *ARGS,
+                                "--out", str(out), *extra], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("workers,transport", [(1, "ipc"), (2, "tcp"), (2, "shm"), (3, "shm"), (4, "tcp")])
+def test_parameter_server_equals_sequential(tmp_path, oracle, workers, transport):
+    result = launch(tmp_path / "run", workers, transport)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert np.max(np.abs(load_params(tmp_path / "run") - oracle)) < 1e-8
+    assert "where time went" in result.stdout and "[worker 0]" in result.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["mode"] == "ps" and summary["transport"] == transport and summary["workers"] == workers
+
+
+def test_by_hand_with_workers_started_before_the_server(tmp_path, oracle):
+    with Procs(tmp_path) as p:
+        port = __import__("procs").free_port()
+        address = f"tcp://127.0.0.1:{port}"
+        workers = [p.worker(address) for _ in range(2)]
+        time.sleep(1.5)  # the workers are retrying HELLO by now
+        server, _ = p.server(tmp_path / "run", 2, *ARGS, port=port)
+        assert server.wait() == 0, server.output()
+        assert all(w.wait(30) == 0 for w in workers)
+        no_traceback(server, *workers)
+    assert np.max(np.abs(load_params(tmp_path / "run") - oracle)) < 1e-8
+
+
+def _idx_dataset(folder: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    mnist = folder / "mnist"
+    mnist.mkdir(parents=True)
+    write_idx(mnist / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (300, 28, 28), dtype=np.uint8))
+    write_idx(mnist / "train-labels-idx1-ubyte.gz", rng.integers(0, 10, 300, dtype=np.uint8))
+    write_idx(mnist / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (50, 28, 28), dtype=np.uint8))
+    write_idx(mnist / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, 50, dtype=np.uint8))
+
+
+def test_worker_with_different_data_is_turned_away_and_the_run_goes_on(tmp_path):
+    _idx_dataset(tmp_path / "right", 1)
+    _idx_dataset(tmp_path / "wrong", 2)
+    with Procs(tmp_path) as p:
+        server, address = p.server(tmp_path / "run", 1, "--dataset", "mnist", "--data-dir", str(tmp_path / "right"),
+                                   "--epochs", "2", "--batch-size", "50", "--hidden", "16")
+        server.wait_for("waiting for 1 workers")
+        bad = p.worker(address, "--data-dir", str(tmp_path / "wrong"))
+        assert bad.wait(60) == 1
+        assert "different data" in bad.output() and "error: " in bad.output()
+        good = p.worker(address)
+        assert server.wait() == 0, server.output()
+        assert good.wait(30) == 0
+        assert "turned away worker" in server.output()
+        no_traceback(server, bad, good)
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_comm_log_has_every_field_step_and_role_and_true_byte_counts(tmp_path):
+    result = launch(tmp_path / "run", 2, "tcp")
+    assert result.returncode == 0, result.stdout[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "comm.jsonl").read_text().splitlines()]
+    assert all(set(r) == {"role", "rank", "step", "span", "t", "dur", "bytes"} for r in rows)
+    steps = 21  # 20 full batches and one partial
+    payload = N_PARAMS * 8
+    for role, spans in (("server", {"serialize", "send", "wait", "recv", "deserialize", "aggregate", "update"}),
+                        ("worker", {"wait", "recv", "deserialize", "compute", "serialize", "send"})):
+        mine = [r for r in rows if r["role"] == role]
+        for step in range(steps):
+            assert spans <= {r["span"] for r in mine if r["step"] == step}, (role, step)
+        for r in mine:
+            if r["span"] in ("send", "recv"):  # a header of a few dozen bytes plus the whole vector
+                assert 0 < r["bytes"] - payload < 300, r
+            assert r["dur"] >= 0
+    assert {r["rank"] for r in rows if r["role"] == "worker"} == {0, 1}
+    metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    sends = sum(r["bytes"] for r in rows if r["role"] == "server" and r["span"] == "send")
+    assert metrics["bytes_sent"] == sends and metrics["comm_s"] > 0
+
+
+def test_shared_memory_keeps_payloads_off_the_socket_and_leaves_no_segment(tmp_path):
+    before = {p.name for p in Path("/dev/shm").iterdir() if p.name.startswith("parsgd_")}
+    result = launch(tmp_path / "run", 2, "shm")
+    assert result.returncode == 0, result.stdout[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "comm.jsonl").read_text().splitlines()]
+    assert max(r["bytes"] for r in rows if r["span"] in ("send", "recv")) < 300
+    after = {p.name for p in Path("/dev/shm").iterdir() if p.name.startswith("parsgd_")}
+    assert after <= before
+
+
+def _descendants(pid: int) -> set[int]:
+    children, found = {}, set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo = [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found.add(c)
+            todo.append(c)
+    return found
+
+
+def _alive(pids) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
+@pytest.mark.parametrize("interrupt", [False, True])
+def test_launch_leaves_no_process_behind(tmp_path, interrupt):
+    args = [a if a != "1" else "30" for a in ARGS] if interrupt else ARGS  # 30 epochs: still running at SIGINT
+    proc = subprocess.Popen(PY + ["launch", "--workers", "2", *args, "--out", str(tmp_path / "run")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: set[int] = set()
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        seen |= _descendants(proc.pid)
+        if interrupt and "epoch   1/" in line:
+            seen |= _descendants(proc.pid)
+            proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=60)
+    assert len(seen) >= 3, "".join(lines)  # the server and two workers were seen
+    deadline = time.monotonic() + 5
+    while _alive(seen) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(seen), "".join(lines)
+    assert code == (130 if interrupt else 0), "".join(lines)
+    assert "Traceback" not in "".join(lines)
