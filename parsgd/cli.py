@@ -344,6 +344,11 @@ def keygen(directory):
         click.echo(str(path))
 
 
+# --- reports: experiment, plot, trace (owned by the reports work; keep other commands above) ---
+
+# --- end of reports ---
+
+
 def main():
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     cli(prog_name="parsgd")
