@@ -36,6 +36,12 @@ def shard_bounds(lo: int, hi: int, parts: int) -> list[tuple[int, int]]:
     return bounds
 
 
+def batch_rows(step: int, n: int, batch_size: int) -> int:
+    """Rows in the batch of global step `step` (the last batch of an epoch may be short)."""
+    b = step % math.ceil(n / batch_size)
+    return min(n, (b + 1) * batch_size) - b * batch_size
+
+
 def epoch_line(m: dict, epochs: int) -> str:
     return (f"epoch {m['epoch']:>3}/{epochs}  loss {m['train_loss']:.4f}  train acc {m['train_acc']:.4f}"
             f"  test acc {m['test_acc']:.4f}  {m['epoch_time_s']:.2f} s")
@@ -175,13 +181,15 @@ def _pool_init(sizes, dtype, data: Dataset | None) -> None:
 
 
 def _pool_shard_gradient(args):
-    params, idx = args
+    """The shard's share of the batch-mean gradient: d(sum of its row losses)/d(params) / batch."""
+    params, idx, batch = args
     st = _pool_state
     data = st["data"]
     if st["grad"] is None:
         st["grad"] = np.empty_like(params)
     x = np.take(data.x_train, idx, axis=0)
-    loss_sum, correct = loss_and_grad(params, st["sizes"], x, data.y_train[idx], st["grad"], st["ws"])
+    loss_sum, correct = loss_and_grad(params, st["sizes"], x, data.y_train[idx], st["grad"], st["ws"],
+                                      scale=1.0 / batch)
     return st["grad"], loss_sum, correct
 
 
@@ -213,12 +221,13 @@ class PoolTrainer(Trainer):
 
     def batch_gradient(self, epoch, step, order, lo, hi):
         shards = shard_bounds(lo, hi, self.cfg.workers)
-        results = self.pool.map(_pool_shard_gradient, [(self.params, order[a:b]) for a, b in shards])
-        batch = hi - lo
+        results = self.pool.map(_pool_shard_gradient, [(self.params, order[a:b], hi - lo) for a, b in shards])
         loss_sum, correct = 0.0, 0
-        self.grad.fill(0)
-        for (a, b), (g, ls, c) in zip(shards, results):
-            self.grad += g * ((b - a) / batch)  # count-weighted mean, summed in shard order
+        for i, (g, ls, c) in enumerate(results):  # summed in shard order
+            if i == 0:
+                self.grad[...] = g
+            else:
+                self.grad += g
             loss_sum += ls
             correct += c
         self.bytes_sent += self.params.nbytes * len(shards)

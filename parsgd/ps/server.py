@@ -12,6 +12,7 @@ anything stale is refused. One thread, `poll` with a timeout: no wait is unbound
 from __future__ import annotations
 
 import json
+import math
 import random
 import signal
 import socket
@@ -164,12 +165,11 @@ class ParameterServer(Trainer):
             self._serve_until(lambda: all(st.done), waited)
             self.log.add("wait", step, wait_start, end=wait_start + waited[0])
             t = self.log.now()
-            batch = hi - lo
-            for s, (a, b) in enumerate(st.shards):  # shard order, never arrival order
-                np.multiply(st.src[s], (b - a) / batch, out=self.grad if s == 0 else self.scratch)
-                if s:
-                    self.grad += self.scratch
-            finite = bool(np.isfinite(self.grad).all())
+            np.copyto(self.grad, st.src[0])
+            for src in st.src[1:]:  # shard order, never arrival order
+                self.grad += src
+            # NaN or Inf anywhere makes the sum non-finite: one read-only pass, no temporary
+            finite = math.isfinite(np.add.reduce(self.grad)) and math.isfinite(sum(st.loss))
             self.log.add("aggregate", step, t)
             if finite:
                 break

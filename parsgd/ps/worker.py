@@ -31,6 +31,7 @@ from parsgd.ps.commlog import CommLog
 from parsgd.ps.faults import FaultPlan
 from parsgd.ps.shm import SessionBuffer
 from parsgd.ps.sockets import configure_dealer
+from parsgd.train import batch_rows
 
 HELLO_RETRY_S = 1.0           # resend HELLO this often while no server answers (Lazy Pirate)
 STATUS_EVERY_S = 5.0
@@ -240,7 +241,10 @@ class Worker:
         np.take(self.data.x_train, idx, axis=0, out=rows)
         params = task.params if task.params is not None else self.buf.params
         grad = self.buf.slots[task.shard] if self.buf is not None else self.grads[task.shard]
-        loss_sum, correct = loss_and_grad(params, self.sizes, rows, self.data.y_train[idx], grad, self.ws)
+        # The shard's share of the batch mean (sum of its row gradients / batch rows): the server only adds.
+        batch = batch_rows(task.step, len(self.data.y_train), self.cfg.batch_size)
+        loss_sum, correct = loss_and_grad(params, self.sizes, rows, self.data.y_train[idx], grad, self.ws,
+                                          scale=1.0 / batch)
         self.faults.corrupt(task.step, self.rank, grad)
         end = self.log.add("compute", task.step, t)
         msg = P.Grad(self.incarnation, self.session, task.step, task.shard, task.lo, task.hi, idx.size,
