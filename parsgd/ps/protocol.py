@@ -50,6 +50,7 @@ ERROR_CODES = ("VERSION", "DATA_MISMATCH", "STALE", "BAD_MESSAGE", "NOT_REGISTER
 
 class ProtocolError(ValueError):
     """A message is malformed or not acceptable; the text says what is wrong."""
+    first_frame: bytes = b""   # set by recv_frames: who sent the refused message, if known
 
 
 class VersionMismatch(ProtocolError):
@@ -427,9 +428,12 @@ def recv_frames(socket: zmq.Socket, max_frames: int, max_bytes: int, flags: int 
 
     Call after poll reports POLLIN (or pass flags=zmq.NOBLOCK). On breach the rest of the
     message is drained and discarded, then ProtocolError is raised: the socket stays in sync.
+    Its `first_frame` holds up to 255 bytes of the first frame (a ROUTER's peer identity), so
+    the caller can tell who sent it.
     """
     frames, total, breach = [], 0, False
     frame = socket.recv(flags, copy=False)
+    first = bytes(frame.buffer[:255])
     while True:
         if not breach:
             frames.append(frame)
@@ -444,8 +448,10 @@ def recv_frames(socket: zmq.Socket, max_frames: int, max_bytes: int, flags: int 
         except zmq.Again:
             raise ProtocolError("multipart message ended early") from None
     if breach:
-        raise ProtocolError(f"message refused: too many frames/bytes "
+        exc = ProtocolError(f"message refused: too many frames/bytes "
                             f"(limits {max_frames} frames, {max_bytes} bytes)")
+        exc.first_frame = first
+        raise exc
     return frames
 
 

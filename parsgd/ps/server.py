@@ -37,6 +37,9 @@ LOGS_TIMEOUT_S = 10.0         # how long to wait for workers' LOGS at the end
 POLL_MAX_S = 0.1              # longest single poll, so signals and timers are seen promptly
 QUARANTINE_AFTER = 3          # protocol errors from one unregistered peer before it is ignored
 MAX_TRACKED_PEERS = 4096      # bound on the strike and quarantine tables
+PENDING_SLACK = 8             # welcomed-but-not-READY peers allowed beyond --workers; the oldest goes first
+REGISTER_TIMEOUT_S = 60.0     # a welcomed peer must send READY within this (it loads its data meanwhile)
+HOSTILE_EVENTS_PER_S = 50     # events of one kind about refused messages per second; the rest are counted
 
 
 class ServerExit(Exception):
@@ -53,6 +56,7 @@ class ServerOptions:
     checkpoint_every: int = 0
     shm: bool = True
     keys_dir: str | None = None
+    register_timeout: float = REGISTER_TIMEOUT_S
 
 
 @dataclass
@@ -66,6 +70,7 @@ class Peer:
     ready: bool = False
     buf: SessionBuffer | None = None
     params_step: int = -1
+    welcomed: float = 0.0
 
 
 @dataclass
@@ -120,6 +125,9 @@ class ParameterServer(Trainer):
         self.by_identity: dict[bytes, int] = {}
         self.strikes: OrderedDict[bytes, int] = OrderedDict()
         self.quarantined: OrderedDict[bytes, None] = OrderedDict()
+        self._event_budget: dict[str, int] = {}
+        self._suppressed: dict[str, int] = {}
+        self._event_window = 0.0
         self.shard_grads = np.empty((self.n_shards, self.params.size), self.params.dtype)
         self.send_buf = np.empty_like(self.params)
         self.worker_logs: dict[int, np.ndarray] = {}
@@ -288,8 +296,9 @@ class ParameterServer(Trainer):
         t = self.log.now()
         try:
             frames = P.recv_frames(self.sock, self.max_frames, self.max_bytes)
-        except P.ProtocolError as exc:
-            self.events("protocol_error", error=str(exc))
+        except P.ProtocolError as exc:  # too many frames or bytes: drained; never a worker's doing
+            if exc.first_frame not in self.quarantined:
+                self._strike(exc.first_frame, str(exc), severe=True)
             return
         identity = frames[0].bytes
         if identity in self.quarantined:
@@ -305,17 +314,17 @@ class ParameterServer(Trainer):
             return
         handler(identity, msg, frames, t)
 
-    def _strike(self, identity: bytes, error: str) -> None:
-        """A bad message: drop it; after QUARANTINE_AFTER from a non-worker, ignore that peer."""
+    def _strike(self, identity: bytes, error: str, severe: bool = False) -> None:
+        """A bad message: drop it; after QUARANTINE_AFTER (or one severe one) from a non-worker, ignore that peer."""
         registered = identity in self.by_identity
-        self.events("protocol_error", peer=identity.hex(), error=error, registered=registered)
+        self._limited_event("protocol_error", peer=identity.hex(), error=error, registered=registered)
         if registered:
             self._reply_error(identity, "BAD_MESSAGE", error)
             return
-        n = self.strikes.pop(identity, 0) + 1
+        n = self.strikes.pop(identity, 0) + (QUARANTINE_AFTER if severe else 1)
         if n >= QUARANTINE_AFTER:
             self.quarantined[identity] = None
-            self.events("quarantine", peer=identity.hex())
+            self._limited_event("quarantine", peer=identity.hex())
             while len(self.quarantined) > MAX_TRACKED_PEERS:
                 self.quarantined.popitem(last=False)
         else:
@@ -323,8 +332,42 @@ class ParameterServer(Trainer):
             while len(self.strikes) > MAX_TRACKED_PEERS:
                 self.strikes.popitem(last=False)
 
+    def _limited_event(self, event: str, **fields) -> None:
+        """An event about refused input: at most HOSTILE_EVENTS_PER_S of a kind, so a flood cannot fill the disk."""
+        now = time.monotonic()
+        if now - self._event_window >= 1.0:
+            for kind, count in self._suppressed.items():
+                self.events("suppressed", kind=kind, count=count)
+            self._event_window, self._event_budget, self._suppressed = now, {}, {}
+        left = self._event_budget.get(event, HOSTILE_EVENTS_PER_S)
+        if left > 0:
+            self._event_budget[event] = left - 1
+            self.events(event, **fields)
+        else:
+            self._suppressed[event] = self._suppressed.get(event, 0) + 1
+
+    def _expire_pending(self, now: float) -> None:
+        """Forget welcomed peers that went silent, or sent no READY within --register-timeout."""
+        for peer in [p for p in self.peers.values() if not p.ready]:
+            if now - peer.last_seen > self.opts.heartbeat_s * self.opts.liveness:
+                reason = f"silent for {now - peer.last_seen:.1f} s before READY"
+            elif now - peer.welcomed > self.opts.register_timeout:
+                reason = f"no READY within {self.opts.register_timeout:g} s"
+            else:
+                continue
+            self._forget_pending(peer, reason)
+
+    def _forget_pending(self, peer: Peer, reason: str) -> None:
+        """A welcomed peer that never became a worker owns no shard: its segment closes at once."""
+        self._limited_event("expired", session=peer.session, rank=peer.rank, reason=reason)
+        self._forget(peer)
+        if peer.buf is not None:
+            self.deferred_close.remove(peer.buf)
+            peer.buf.close()
+
     def _timers(self, now: float) -> None:
         hb = self.opts.heartbeat_s
+        self._expire_pending(now)
         if now >= self._next_heartbeat:
             for peer in list(self.peers.values()):
                 self._send(peer, P.Heartbeat(self.incarnation, peer.session))
@@ -357,8 +400,8 @@ class ParameterServer(Trainer):
         if msg.incarnation != self.incarnation or peer is None or (
                 not any_identity and peer.identity != identity):
             if not any_identity:
-                self.events("stale", type=type(msg).__name__, session=msg.session,
-                            step=getattr(msg, "step", None))
+                self._limited_event("stale", type=type(msg).__name__, session=msg.session,
+                                    step=getattr(msg, "step", None))
                 self._reply_error(identity, "STALE", "unknown or expired session: register again")
             return None
         peer.last_seen = time.monotonic()
@@ -368,7 +411,7 @@ class ParameterServer(Trainer):
         if msg.protocol != P.PROTOCOL_VERSION or msg.package_version != __version__:
             text = (f"server runs parsgd {__version__} (protocol {P.PROTOCOL_VERSION}), worker runs parsgd "
                     f"{msg.package_version} (protocol {msg.protocol}): install the same version on both")
-            self.events("refused", reason="version", peer=identity.hex(), detail=text)
+            self._limited_event("refused", reason="version", peer=identity.hex(), detail=text)
             self._reply_error(identity, "VERSION", text)
             return
         old = self.by_identity.get(identity)
@@ -376,14 +419,22 @@ class ParameterServer(Trainer):
             self._drop(self.peers[old], "registered again")
         peer = self.peers.get(msg.session)
         if peer is None:
-            if len(self.peers) >= 2 * self.n_shards + 8:
+            self._expire_pending(time.monotonic())
+            pending = [p for p in self.peers.values() if not p.ready]
+            if len(pending) >= self.n_shards + PENDING_SLACK:  # a HELLO flood: the oldest newcomer makes room
+                self._forget_pending(min(pending, key=lambda p: p.welcomed), "too many peers registering at once")
+            if len(self.peers) >= 2 * self.n_shards + PENDING_SLACK:
                 self._reply_error(identity, "BUSY", "the server has as many workers as it takes")
                 return
             used = {p.rank for p in self.peers.values()}
             rank = next(r for r in range(len(used) + 1) if r not in used)
             peer = Peer(identity, msg.session, rank, msg.host, msg.pid, time.monotonic())
+            peer.welcomed = peer.last_seen
             if self.opts.shm and msg.host == self.host:
-                peer.buf = SessionBuffer.create(msg.session, self.params.size, self.n_shards, self.params.dtype)
+                try:
+                    peer.buf = SessionBuffer.create(msg.session, self.params.size, self.n_shards, self.params.dtype)
+                except OSError as exc:  # /dev/shm full or the name taken: the payload goes through the socket
+                    self.events("shm_unavailable", session=msg.session, error=str(exc))
             self.peers[msg.session] = peer
             self.by_identity[identity] = msg.session
             self.events("hello", rank=rank, session=msg.session, host=msg.host, pid=msg.pid)
@@ -460,6 +511,9 @@ class ParameterServer(Trainer):
 
     def _on_error(self, identity, msg: P.Error, frames, t):
         session = self.by_identity.get(identity)
+        if session is None:
+            self._strike(identity, f"ERROR {msg.code} from a peer that is not a worker")
+            return
         self.events("worker_error", code=msg.code, message=msg.message)
         if session is not None:
             self.echo(f"worker {self.peers[session].rank} reported: {msg.message}")
