@@ -1,0 +1,230 @@
+"""`parsgd experiment`: sequential, Pool and parameter-server runs with one seed, then the comparison.
+
+    parsgd experiment --workers 2,4 --dataset synthetic --num-samples 16384 --epochs 3 --out results
+
+Sequential runs once; then, for each worker count P, the Pool baseline and the parameter server
+over each transport. Each configuration writes its own run directory under `out` (`sequential`,
+`pool-p2`, `ps-p2-shm`, ...); the report and the plots are read back from those directories only.
+A configuration that fails is reported and skipped; the others still run and are compared.
+"""
+from __future__ import annotations
+
+import signal
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from parsgd.config import RunConfig
+
+MODES = ("sequential", "pool", "ps")
+FAILED_TAIL_LINES = 15  # of a failed PS run's output, shown to say why it failed
+
+
+class ExperimentFailed(click.ClickException):
+    """Some configurations failed (exit 1); the report covers the ones that finished."""
+
+    def __init__(self, message: str, run_dirs: list[Path]):
+        super().__init__(message)
+        self.run_dirs = run_dirs
+
+
+@dataclass(frozen=True)
+class Configuration:
+    mode: str
+    workers: int
+    transport: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The same short name runs.Run.label gives the finished run."""
+        if self.mode == "sequential":
+            return "sequential"
+        return f"{self.mode} P={self.workers}" + (f" {self.transport}" if self.transport else "")
+
+    @property
+    def dirname(self) -> str:
+        if self.mode == "sequential":
+            return "sequential"
+        return f"{self.mode}-p{self.workers}" + (f"-{self.transport}" if self.transport else "")
+
+
+def plan(workers_list, modes, transports) -> list[Configuration]:
+    """Sequential first, then per P (in the given order, duplicates dropped): pool, then ps per transport."""
+    configs = [Configuration("sequential", 1)] if "sequential" in modes else []
+    for p in dict.fromkeys(workers_list):
+        if "pool" in modes:
+            configs.append(Configuration("pool", p))
+        if "ps" in modes:
+            configs += [Configuration("ps", p, t) for t in dict.fromkeys(transports)]
+    return configs
+
+
+def format_seconds(s: float) -> str:
+    if s < 1:
+        return "< 1 s"
+    return f"{s:.0f} s" if s < 90 else f"{s // 60:.0f} min {s % 60:02.0f} s"
+
+
+def eta(done: list[tuple[Configuration, float]], remaining: list[Configuration]) -> float | None:
+    """Seconds left: each remaining configuration costs the mean duration of finished runs of its mode
+    (of all finished runs when none of its mode has finished yet). None before the first run ends."""
+    if not done:
+        return None
+    overall = sum(s for _, s in done) / len(done)
+    by_mode: dict[str, list[float]] = {}
+    for c, s in done:
+        by_mode.setdefault(c.mode, []).append(s)
+    return sum(sum(by_mode[c.mode]) / len(by_mode[c.mode]) if c.mode in by_mode else overall for c in remaining)
+
+
+def _run_in_process(config: Configuration, cfg: RunConfig, data, run_dir: Path, epoch_echo) -> None:
+    from parsgd.rundir import RunDir
+    from parsgd.train import PoolTrainer, Trainer
+
+    cfg = cfg.replace(workers=config.workers)
+    rundir = RunDir(run_dir, cfg, config.mode, dataset=data.name)
+    trainer = (PoolTrainer if config.mode == "pool" else Trainer)(cfg, data, echo=epoch_echo, progress=False)
+    try:
+        trainer.run(rundir)
+    finally:
+        trainer.close()
+
+
+class _ChildOutput:
+    """launch's echo: keeps every child line, shows the server's epoch lines (all lines if verbose)."""
+
+    def __init__(self, echo, epoch_echo, verbose: bool):
+        self.echo, self.epoch_echo, self.verbose = echo, epoch_echo, verbose
+        self.lines: list[str] = []
+        self.launch_lines: set[str] = set()
+
+    def __call__(self, line: str) -> None:
+        if line.startswith("[launch] "):  # a worker exited, the server is being stopped: always worth seeing
+            if line in self.launch_lines:
+                return  # launch repeats some of these while it waits
+            self.launch_lines.add(line)
+            self.lines.append(line)
+            self.echo(f"  {line}")
+            return
+        self.lines.append(line)
+        if self.verbose:
+            self.echo(f"  {line}")
+        elif line.startswith("[server] epoch "):
+            self.epoch_echo(line.removeprefix("[server] "))
+
+
+def _run_ps(config: Configuration, cfg: RunConfig, run_dir: Path, output: _ChildOutput) -> int:
+    from parsgd.cli import config_args
+    from parsgd.launch import launch
+
+    return launch(config_args(cfg), config.workers, config.transport, run_dir, echo=output)
+
+
+def _exit_reason(status: int) -> str:
+    try:
+        return f"killed by {signal.Signals(-status).name}" if status < 0 else f"exit status {status}"
+    except ValueError:
+        return f"killed by signal {-status}"
+
+
+def _run_one(config: Configuration, cfg: RunConfig, data, run_dir: Path, echo, epoch_echo, verbose) -> str | None:
+    """Train one configuration into run_dir and print its done line; returns why it failed, or None."""
+    from parsgd.runs import load_run
+
+    try:
+        if config.mode == "ps":
+            output = _ChildOutput(echo, epoch_echo, verbose)
+            status = _run_ps(config, cfg, run_dir, output)
+            if status == 130:
+                raise click.exceptions.Abort()
+            if status != 0:
+                why = _exit_reason(status)
+                echo(f"  FAILED: {config.label} ({why}); the last lines of its output:")
+                for line in output.lines[-FAILED_TAIL_LINES:]:
+                    echo(f"    {line}")
+                return why
+        else:
+            _run_in_process(config, cfg, data, run_dir, epoch_echo)
+        summary = load_run(run_dir).summary
+    except click.exceptions.Abort:
+        raise
+    except Exception as exc:  # one broken configuration must not cost the others
+        why = exc.format_message() if isinstance(exc, click.ClickException) else f"{type(exc).__name__}: {exc}"
+        why = why.strip().splitlines()[0]  # the final `error:` names it in one line
+        echo(f"  FAILED: {config.label} ({why})")
+        if verbose:
+            echo(traceback.format_exc().rstrip())
+        return why
+    echo(f"  done: test acc {summary['final_test_acc']:.4f}, {summary['total_time_s']:.2f} s of training "
+         f"-> {run_dir}")
+    return None
+
+
+def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: bool = False, echo=click.echo,
+                   verbose: bool = False, data=None) -> list[Path]:
+    """Run every configuration, then print and write the report and the plots; returns the run dirs.
+
+    `cfg`: the training options (its `workers` is ignored; each configuration sets its own).
+    `echo(line)` prints every console line: `quiet` drops the per-epoch ones, `verbose` adds every
+    line of the PS processes. `data`: the Dataset for the in-process runs (loaded from cfg when
+    None); the PS server loads the same rows itself from the same options. Raises ExperimentFailed
+    at the end when any configuration failed, after writing the report of the others.
+    """
+    from parsgd.data import load_dataset
+    from parsgd.rundir import prepare_dir
+
+    out = prepare_dir(out)
+    configs = plan(workers_list, modes, transports)
+    if not configs:
+        raise click.UsageError("nothing to run: give at least one mode, and --workers for pool and ps")
+    if data is None and (cfg.dataset == "auto" or any(c.mode != "ps" for c in configs)):
+        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.num_samples, cfg.seed, cfg.dtype,
+                            log=None if quiet else echo)
+    if data is not None:
+        cfg.check_data_size(len(data.y_train))
+        cfg = cfg.replace(dataset=data.name)  # every run, PS included, trains on the same dataset
+    epoch_echo = (lambda _: None) if quiet else (lambda line: echo(f"  {line}"))
+    run_dirs: list[Path] = []
+    failures: list[str] = []
+    done: list[tuple[Configuration, float]] = []
+    for i, config in enumerate(configs):
+        left = eta(done, configs[i:])
+        echo(f"[{i + 1}/{len(configs)}] {config.label} ..." + (f"  ETA {format_seconds(left)}" if left else ""))
+        t0 = time.monotonic()
+        why = _run_one(config, cfg, data, out / config.dirname, echo, epoch_echo, verbose)
+        if why is None:
+            run_dirs.append(out / config.dirname)
+            done.append((config, time.monotonic() - t0))
+        else:
+            failures.append(f"{config.label} ({why})")
+    if run_dirs:
+        write_outputs(run_dirs, out, cfg, echo)
+    if failures:
+        rest = f"; the report covers the other {len(run_dirs)}" if run_dirs else ""
+        raise ExperimentFailed(f"{len(failures)} of {len(configs)} configurations failed: "
+                               f"{', '.join(failures)}{rest}", run_dirs)
+    return run_dirs
+
+
+def write_outputs(run_dirs: list[Path], out: Path, cfg: RunConfig, echo=click.echo) -> list[Path]:
+    """Report (printed and written) and PNGs from the finished run directories; returns the files."""
+    from parsgd import plots, report
+    from parsgd.rundir import machine_info
+    from parsgd.runs import load_run
+
+    runs = [load_run(d) for d in run_dirs]
+    baseline = next((r for r in runs if r.mode == "sequential"), runs[0])
+    path = report.write_report(out, runs, baseline, cfg, machine_info())
+    echo("")
+    echo(path.read_text(encoding="utf-8").rstrip())
+    pngs = plots.plot_experiment(runs, baseline, out)
+    ps_runs = [r for r in runs if r.has_comm]
+    if ps_runs:
+        pngs.append(plots.plot_step_timeline(ps_runs, out / "step_timeline.png"))
+    echo("")
+    echo(f"report: {path}")
+    echo(f"plots:  {', '.join(str(p) for p in pngs)}")
+    return [path, *pngs]

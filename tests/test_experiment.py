@@ -1,0 +1,233 @@
+"""`parsgd experiment`, `parsgd plot` and `parsgd trace` through the CLI, on real runs (no mocks).
+
+One small experiment (sequential, Pool P=2, PS P=2 over shm) is shared by the module; the report,
+the PNGs and the trace are checked against the run directories it wrote. Never asserts on timings.
+"""
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from matplotlib import image as mpimg
+
+from parsgd import plots
+from parsgd.cli import cli
+from parsgd.experiment import eta, plan
+from parsgd.report import comm_breakdown
+from parsgd.runs import load_run
+
+TINY = ["--dataset", "synthetic", "--num-samples", "2048", "--epochs", "2", "--hidden", "32", "--batch-size", "128"]
+LABELS = {"sequential": "sequential", "pool-p2": "pool P=2", "ps-p2-shm": "ps P=2 shm"}
+SMALL = (plots.FIGSIZE[1] * plots.DPI, plots.FIGSIZE[0] * plots.DPI)  # (rows, cols) in pixels
+WIDE = (plots.WIDE_FIGSIZE[1] * plots.DPI, plots.WIDE_FIGSIZE[0] * plots.DPI)
+PNG_SHAPES = {"loss.png": SMALL, "accuracy.png": SMALL, "epoch_time.png": SMALL, "speedup.png": SMALL,
+              "comm_overhead.png": WIDE, "step_timeline.png": WIDE}
+
+
+def invoke(args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_one_line_error(result, code, *words):
+    assert result.exit_code == code, (result.exit_code, result.output)
+    err = result.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert "Traceback" not in result.output
+    for w in words:
+        assert w in err, err
+
+
+def jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def exp(tmp_path_factory):
+    out = tmp_path_factory.mktemp("exp") / "results"
+    result = invoke(["experiment", "--workers", "2", "--transport", "shm", *TINY, "--out", out])
+    assert result.exit_code == 0, result.output
+    return out, result.stdout
+
+
+def table_rows(text: str) -> dict[str, dict[str, str]]:
+    """The Comparison table of a report, as {run label: {header: cell}}."""
+    lines = text.split("Comparison\n----------\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    header = re.split(r"\s{2,}", lines[0].strip())
+    return {cells[0]: dict(zip(header, cells)) for cells in (re.split(r"\s{2,}", ln.strip()) for ln in lines[2:])}
+
+
+def test_plan_and_eta():
+    configs = plan((2, 4, 2), ("ps", "pool", "sequential"), ("shm", "tcp"))
+    assert [c.dirname for c in configs] == ["sequential", "pool-p2", "ps-p2-shm", "ps-p2-tcp",
+                                            "pool-p4", "ps-p4-shm", "ps-p4-tcp"]
+    assert [c.label for c in configs][:3] == ["sequential", "pool P=2", "ps P=2 shm"]
+    assert eta([], configs) is None
+    done = [(configs[0], 1.0), (configs[1], 3.0)]
+    assert eta(done, configs[2:]) == pytest.approx(2.0 * 2 + 3.0 + 2.0 * 2)  # ps: mean of all; pool: its own
+
+
+def test_console_shows_progress_epochs_and_the_report(exp):
+    out, stdout = exp
+    progress = [ln for ln in stdout.splitlines() if re.match(r"\[\d/3\] ", ln)]
+    assert [ln.split(" ...")[0] for ln in progress] == ["[1/3] sequential", "[2/3] pool P=2", "[3/3] ps P=2 shm"]
+    assert "ETA" not in progress[0] and all("ETA" in ln for ln in progress[1:])
+    epochs = [ln.strip() for ln in stdout.splitlines() if ln.strip().startswith("epoch ")]
+    assert len(epochs) == 3 * 2, stdout
+    assert "[server]" not in stdout and "[worker" not in stdout, "PS child chatter is filtered"
+    assert "Comparison" in stdout and "Communication overhead" in stdout
+    for name in LABELS:
+        assert {"config.json", "metrics.jsonl", "summary.json", "model.npz"} <= {p.name for p in (out / name).iterdir()}
+    assert (out / "ps-p2-shm" / "comm.jsonl").is_file()
+
+
+def test_report_has_every_section(exp):
+    out, _ = exp
+    text = (out / "experiment_report.txt").read_text()
+    for heading in ("date:", "configuration:", "machine:", "BLAS:", "versions:", "Comparison",
+                    "Communication overhead", "How to read this"):
+        assert heading in text, heading
+    assert "synthetic (n=2048), 2 epochs, batch 128" in text
+    section = text.split("Communication overhead", 1)[1]
+    for span in ("serialize", "transfer", "wait", "deserialize", "compute", "update", "total"):
+        assert re.search(rf"^\s+{span}\s", section, re.M), span
+    assert set(table_rows(text)) == set(LABELS.values())
+
+
+def test_report_numbers_agree_with_run_dirs(exp):
+    out, _ = exp
+    rows = table_rows((out / "experiment_report.txt").read_text())
+    summaries = {LABELS[d]: json.loads((out / d / "summary.json").read_text()) for d in LABELS}
+    base = summaries["sequential"]["total_time_s"]
+    for label, s in summaries.items():
+        row = rows[label]
+        assert float(row["total s"]) == pytest.approx(s["total_time_s"], abs=0.006)
+        assert row["speedup"] == f"{base / s['total_time_s']:.2f}x"
+        assert row["test acc"] == f"{s['final_test_acc']:.4f}"
+        assert row["comm %"] == f"{s['comm_share']:.1%}"
+    accs = [s["final_test_acc"] for s in summaries.values()]
+    assert max(accs) - min(accs) < 0.02, "same seed, same model up to float rounding"
+
+
+def test_comm_shares_sum_to_one_and_match_comm_jsonl(exp):
+    out, _ = exp
+    run = load_run(out / "ps-p2-shm")
+    spans = jsonl(out / "ps-p2-shm" / "comm.jsonl")
+    breakdown = comm_breakdown(run)
+    assert set(breakdown) == {"server", "worker"}
+    for role, bd in breakdown.items():
+        assert sum(bd["shares"].values()) == pytest.approx(1.0, abs=1e-9)
+        assert bd["total_s"] == pytest.approx(sum(s["dur"] for s in spans if s["role"] == role), rel=1e-9)
+    section = (out / "experiment_report.txt").read_text().split("Communication overhead", 1)[1]
+    shares = [[float(x) for x in re.findall(r"([\d.]+)%", ln)] for ln in section.splitlines()
+              if re.match(r"\s+(serialize|transfer|wait|deserialize|compute|update)\s", ln)]
+    assert len(shares) == 6
+    for column in zip(*shares):  # printed shares (0.1% steps) of each role add up to about 100%
+        assert sum(column) == pytest.approx(100.0, abs=0.5)
+
+
+def check_png(path, shape):
+    assert path.is_file(), path
+    img = mpimg.imread(path)
+    assert img.shape[:2] == shape, (path.name, img.shape)
+    rgb = img[..., :3].reshape(-1, 3)
+    assert rgb.var(axis=0).sum() > 1e-3, f"{path.name} is blank"
+    packed = (rgb * 255).round().astype(np.int32) @ np.array([1 << 16, 1 << 8, 1], dtype=np.int32)
+    assert len(np.unique(packed)) > 10, f"{path.name} has too few colors"
+
+
+def test_every_png_exists_opens_and_shows_something(exp):
+    out, stdout = exp
+    for name, shape in PNG_SHAPES.items():
+        check_png(out / name, shape)
+        assert str(out / name) in stdout
+
+
+def test_plot_one_run(exp, tmp_path):
+    out, _ = exp
+    result = invoke(["plot", out / "ps-p2-shm", "-o", tmp_path])
+    assert result.exit_code == 0, result.output
+    names = ["loss.png", "accuracy.png", "epoch_time.png", "step_timeline.png", "comm_overhead.png"]
+    assert result.stdout.split() == [str(tmp_path / n) for n in names]
+    for name in names:
+        check_png(tmp_path / name, PNG_SHAPES[name])
+
+
+def test_plot_two_runs_side_by_side(exp, tmp_path):
+    out, _ = exp
+    result = invoke(["plot", out / "sequential", out / "pool-p2", "-o", tmp_path])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy.png", "epoch_time.png", "loss.png"]
+    for p in tmp_path.iterdir():
+        check_png(p, SMALL)
+    img = mpimg.imread(tmp_path / "epoch_time.png")[..., :3]
+    for color in ((0x1f, 0x77, 0xb4), (0xff, 0x7f, 0x0e)):  # both series drawn (C0, C1)
+        assert (np.abs(img - np.array(color) / 255).max(axis=-1) < 0.02).sum() > 50, color
+
+
+def test_trace_of_a_real_ps_run(exp, tmp_path):
+    out, _ = exp
+    trace = tmp_path / "trace.json"
+    result = invoke(["trace", out / "ps-p2-shm", "-o", trace])
+    assert result.exit_code == 0, result.output
+    spans = jsonl(out / "ps-p2-shm" / "comm.jsonl")
+    assert f"wrote {len(spans)} spans" in result.stdout
+    xs = [e for e in json.loads(trace.read_text())["traceEvents"] if e["ph"] == "X"]
+    assert len(xs) == len(spans) > 0
+    for e in xs:
+        assert {"ph", "ts", "dur", "pid", "tid"} <= e.keys(), e
+        assert e["dur"] >= 0 and isinstance(e["pid"], int) and isinstance(e["tid"], int)
+    assert {(e["pid"], e["tid"]) for e in xs} == {(0, 0), (1, 0), (1, 1)}
+
+
+def _broken(kind, exp, tmp_path):
+    """A path that is not a usable run directory, and a word the error must contain."""
+    if kind == "missing":
+        return tmp_path / "nope", "does not exist"
+    if kind == "no logs":
+        (tmp_path / "empty").mkdir()
+        return tmp_path / "empty", "is not a parsgd run directory"
+    run = shutil.copytree(exp[0] / "ps-p2-shm", tmp_path / "corrupt")
+    for name in ("metrics.jsonl", "comm.jsonl"):
+        lines = (run / name).read_text().splitlines()
+        lines[1] = lines[1][: len(lines[1]) // 2]  # cut off mid-object
+        (run / name).write_text("\n".join(lines) + "\n")
+    return run, "line 2: invalid JSON"
+
+
+@pytest.mark.parametrize("command", ["plot", "trace"])
+@pytest.mark.parametrize("kind", ["missing", "no logs", "corrupt"])
+def test_bad_run_dir_is_one_line_error(exp, tmp_path, command, kind):
+    path, words = _broken(kind, exp, tmp_path)
+    result = invoke([command, path, "-o", tmp_path / "out.json" if command == "trace" else tmp_path / "png"])
+    assert_one_line_error(result, 1, str(path), words)
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--workers", "0"], ["--workers", "between 1 and --batch-size"]),
+    (["--workers", "129"], ["--workers", "(128)"]),
+    (["--workers", "2,x"], ["--workers", "'x'"]),
+    (["--modes", "sequential,gpu"], ["--modes", "'gpu'"]),
+    (["--modes", ","], ["--modes", "at least one"]),
+    (["--transport", "udp"], ["--transport", "'udp'"]),
+    (["--transport", " ", "--modes", "ps"], ["--transport", "at least one"]),
+])
+def test_bad_experiment_flags_exit_2(tmp_path, args, words):
+    result = invoke(["experiment", *TINY, "--out", tmp_path / "r", *args])
+    assert_one_line_error(result, 2, *words)
+    assert not (tmp_path / "r").exists(), "nothing runs before the flags are checked"
+
+
+def test_a_failing_configuration_is_reported_and_the_rest_compared(tmp_path, monkeypatch):
+    monkeypatch.setenv("PARSGD_FAULTS", "crash@2")  # every PS worker exits with status 1 at step 2
+    out = tmp_path / "results"
+    result = invoke(["experiment", "--workers", "2", "--modes", "ps,sequential", "--transport", "shm", *TINY,
+                     "--num-samples", "1024", "--quiet", "--out", out])
+    assert_one_line_error(result, 1, "1 of 2 configurations failed", "ps P=2 shm", "the report covers the other 1")
+    assert "FAILED: ps P=2 shm" in result.stdout
+    assert not [ln for ln in result.stdout.splitlines() if ln.strip().startswith("epoch ")], "--quiet"
+    rows = table_rows((out / "experiment_report.txt").read_text())
+    assert list(rows) == ["sequential"]
+    check_png(out / "loss.png", SMALL)
+    assert not (out / "step_timeline.png").exists()
