@@ -35,6 +35,7 @@ from parsgd.train import batch_rows
 
 HELLO_RETRY_S = 1.0           # resend HELLO this often while no server answers (Lazy Pirate)
 STATUS_EVERY_S = 5.0
+SEND_TIMEOUT_S = 2.0          # a send waits this long for a connected server (IMMEDIATE=1 queues nothing before)
 # A worker learns the model size only from WELCOME, but libzmq applies MAXMSGSIZE only to new
 # connections: cap frames at the protocol's largest payload (the server is one the user chose).
 MAX_FRAME_BYTES = P.MAX_ELEMENTS * 8 + P.HEADER_MAX
@@ -113,8 +114,7 @@ class Worker:
             hello = P.Hello(__version__, P.PROTOCOL_VERSION, socket.gethostname(), os.getpid(),
                             self.log.now(), self.session, self.opts.name)
             t_sent = self.log.now()
-            self.sock.send_multipart(hello.to_frames())
-            if self.sock.poll(int(HELLO_RETRY_S * 1000)):
+            if self._send(hello.to_frames(), HELLO_RETRY_S) and self.sock.poll(int(HELLO_RETRY_S * 1000)):
                 msg = self._recv()
                 if isinstance(msg, P.Welcome) and msg.session == self.session:
                     t_recv = self.log.now()
@@ -156,9 +156,8 @@ class Worker:
             except (OSError, ValueError) as exc:
                 self.echo(f"shared memory unavailable ({exc}); parameters will travel through the socket")
         self.max_msg_bytes = n * np.dtype(cfg.dtype).itemsize + 2 * P.HEADER_MAX
-        self.sock.send_multipart(P.Ready(self.incarnation, self.session, self.data.fingerprint(),
-                                         len(self.data.y_train), len(self.data.y_test),
-                                         self.buf is not None).to_frames())
+        self._send(P.Ready(self.incarnation, self.session, self.data.fingerprint(), len(self.data.y_train),
+                           len(self.data.y_test), self.buf is not None).to_frames())
         self.echo(f"worker {self.rank}: registered with {self.opts.connect}"
                   f"{' (shared memory)' if self.buf else ''}")
 
@@ -252,8 +251,18 @@ class Worker:
         frames = msg.to_frames()
         t = self.log.add("serialize", task.step, end)
         for copy in self.faults.outgoing(task.step, self.rank):
-            self.sock.send_multipart(frames, copy=False)
+            self._send(frames)  # unsent if the server is gone: _work notices its silence
         self.log.add("send", task.step, t, P.frames_nbytes(frames))
+
+    def _send(self, frames, timeout_s: float = SEND_TIMEOUT_S) -> bool:
+        """Send within timeout_s or give up: with IMMEDIATE=1 a plain send blocks while no server is connected."""
+        if not self.sock.poll(int(timeout_s * 1000), zmq.POLLOUT):
+            return False
+        try:
+            self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        return True
 
     def _recv_frames(self):
         try:
@@ -276,9 +285,8 @@ class Worker:
         self.sock.setsockopt(zmq.LINGER, 2000)  # the LOGS must leave before the socket closes
         for lo in range(0, len(spans), rows):
             chunk = np.ascontiguousarray(spans[lo:lo + rows])
-            self.sock.send_multipart(P.Logs(self.incarnation, self.session, self.rank, chunk).to_frames())
-        self.sock.send_multipart(P.Logs(self.incarnation, self.session, self.rank,
-                                        np.zeros((0, 5))).to_frames())
+            self._send(P.Logs(self.incarnation, self.session, self.rank, chunk).to_frames())
+        self._send(P.Logs(self.incarnation, self.session, self.rank, np.zeros((0, 5))).to_frames())
 
     def close(self) -> None:
         self._stop_heartbeats()
