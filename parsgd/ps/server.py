@@ -34,6 +34,7 @@ from parsgd.train import Trainer, shard_bounds
 
 STATUS_EVERY_S = 5.0          # "waiting for k/N workers" lines
 LOGS_TIMEOUT_S = 10.0         # how long to wait for workers' LOGS at the end
+CLOSE_LINGER_MS = 1000        # a closing socket gets this long to deliver the STOPs just sent (0 would drop them)
 POLL_MAX_S = 0.1              # longest single poll, so signals and timers are seen promptly
 QUARANTINE_AFTER = 3          # protocol errors from one unregistered peer before it is ignored
 MAX_TRACKED_PEERS = 4096      # bound on the strike and quarantine tables
@@ -632,7 +633,7 @@ class ParameterServer(Trainer):
         self._release_deferred()
         if self.auth is not None:
             self.auth.stop()
-        self.sock.close(linger=0)
+        self.sock.close(linger=CLOSE_LINGER_MS)
         self.ctx.term()
         self.events.close()
 
