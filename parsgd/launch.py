@@ -77,6 +77,11 @@ def stop_all(children: list[Child]) -> None:
         c.reader.join(timeout=2)
 
 
+def exit_status(returncode: int) -> int:
+    """A child's status as a shell reports it: 128 + N when signal N ended it."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
 def _wait_for_address(path: Path, server: Child) -> str:
     deadline = time.monotonic() + ADDRESS_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -115,7 +120,7 @@ def launch(server_args: list[str], workers: int, transport: str, out: Path, work
 
         workers_by_index = {i: start_worker(i) for i in range(workers)}
         children += workers_by_index.values()
-        restarts = 0
+        restarts, stopping = 0, False
         while server.alive() and not interrupted:
             for i, w in list(workers_by_index.items()):
                 if w.alive() or w.proc.returncode == 0:
@@ -127,10 +132,11 @@ def launch(server_args: list[str], workers: int, transport: str, out: Path, work
                     echo(f"[launch] restarting worker {i} ({restarts}/{restart_workers})")
                     workers_by_index[i] = start_worker(i)
                     children.append(workers_by_index[i])
-            if not any(w.alive() for w in workers_by_index.values()) and server.alive():
+            if not stopping and not any(w.alive() for w in workers_by_index.values()):
                 if not workers_by_index or all(w.proc.returncode != 0 for w in workers_by_index.values()):
                     echo("[launch] every worker has exited: stopping the server")
                     server.signal(signal.SIGTERM)
+                    stopping = True
             time.sleep(0.05)
         if interrupted:
             echo(f"[launch] {signal.Signals(interrupted[0]).name}: stopping the server and the workers")
@@ -147,7 +153,7 @@ def launch(server_args: list[str], workers: int, transport: str, out: Path, work
             except subprocess.TimeoutExpired:
                 pass
         server.reader.join(timeout=5)
-        return server.proc.returncode
+        return exit_status(server.proc.returncode)
     finally:
         stop_all(children)
         for s, h in old.items():

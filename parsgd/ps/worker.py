@@ -90,7 +90,7 @@ class Worker:
         self.data = self.data_key = None
         self.heartbeats: Heartbeats | None = None
         self.buf: SessionBuffer | None = None
-        self.faults = FaultPlan.parse(opts.faults, echo=echo)
+        self.faults = FaultPlan.parse(opts.faults, echo=echo, stream=opts.name)
         self._limits = threadpool_limits(1)  # P workers share the cores: one BLAS thread each
         self._orders: dict[int, np.ndarray] = {}
         self.max_msg_bytes = 2 * P.HEADER_MAX  # until WELCOME says how large the model is
@@ -158,6 +158,7 @@ class Worker:
         self.max_msg_bytes = n * np.dtype(cfg.dtype).itemsize + 2 * P.HEADER_MAX
         self._send(P.Ready(self.incarnation, self.session, self.data.fingerprint(), len(self.data.y_train),
                            len(self.data.y_test), self.buf is not None).to_frames())
+        self.tasks_done = 0
         self.echo(f"worker {self.rank}: registered with {self.opts.connect}"
                   f"{' (shared memory)' if self.buf else ''}")
 
@@ -215,10 +216,12 @@ class Worker:
             if isinstance(msg, P.Task):
                 if msg.incarnation != self.incarnation or msg.session != self.session:
                     continue
-                self.log.add("wait", msg.step, t, end=waited)
+                # Idle time before a session's first task is start-up, not a step's cost: step -1.
+                self.log.add("wait", msg.step if self.tasks_done else -1, t, end=waited)
                 self.log.add("recv", msg.step, waited, P.frames_nbytes(frames), end=recvd)
                 self.log.add("deserialize", msg.step, recvd)
                 self._compute(msg)
+                self.tasks_done += 1
             elif isinstance(msg, P.Stop):
                 self._send_logs()
                 self.echo(f"worker {self.rank}: stopped by the server ({msg.reason})")
