@@ -1,0 +1,137 @@
+"""Run one command, watch the peak RSS of every process in its tree, stop it all on a timeout.
+
+    from proctree import run_watched
+    result = run_watched(["python", "-m", "parsgd", "launch", ...], env, log_path, timeout_s=120)
+
+Peak RSS is the kernel's own high-water mark (VmHWM in /proc/PID/status), read every
+SAMPLE_EVERY_S while the process lives: VmHWM only grows, so the last reading before a process
+exits is its peak up to then (the final <SAMPLE_EVERY_S of a run is the only blind spot).
+Processes are found through /proc/PID/task/*/children, which also follows `parsgd launch`'s
+children into their own sessions.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SAMPLE_EVERY_S = 0.25   # cheap: a few small /proc reads per process, well under 1% of a core
+TERM_GRACE_S = 5.0      # after SIGTERM on a timeout, this long before SIGKILL
+
+
+@dataclass
+class Watched:
+    returncode: int
+    wall_s: float
+    timed_out: bool
+    peak_rss_kb: dict[int, tuple[str, int]] = field(default_factory=dict)  # pid -> (role, VmHWM kB)
+
+    def peak_by_role(self) -> dict[str, dict]:
+        """{role: {"max_mb": .., "n": ..}}: the largest peak among processes of each role."""
+        out: dict[str, dict] = {}
+        for role, kb in self.peak_rss_kb.values():
+            r = out.setdefault(role, {"max_mb": 0.0, "n": 0})
+            r["max_mb"] = round(max(r["max_mb"], kb / 1024), 1)
+            r["n"] += 1
+        return out
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                kids += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return kids
+
+
+def _tree(root: int) -> list[int]:
+    seen, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        seen.append(pid)
+        todo += _children(pid)
+    return seen
+
+
+def _hwm_kb(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def role_of(pid: int, root: int) -> str:
+    """server / worker / launcher for `parsgd launch` trees; main / child (Pool worker, DDP rank) otherwise."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return "unknown"
+    words = [a.decode(errors="replace") for a in argv]
+    if "parsgd" in words:
+        sub = words[words.index("parsgd") + 1] if words.index("parsgd") + 1 < len(words) else ""
+        if sub == "launch":
+            return "launcher"
+        if sub in ("server", "worker"):
+            return sub
+    if any("resource_tracker" in w or "forkserver" in w for w in words):
+        return "mp helper"   # multiprocessing's resource tracker / fork server, not a worker
+    return "main" if pid == root else "child"
+
+
+def run_watched(argv: list[str], env: dict, log_path: Path, timeout_s: float, cwd: str | None = None) -> Watched:
+    """Run argv with stdout+stderr to log_path; sample VmHWM of its whole process tree meanwhile."""
+    peaks: dict[int, tuple[str, int]] = {}
+    stop = threading.Event()
+    t0 = time.perf_counter()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                cwd=cwd, start_new_session=True)
+
+        def sample():
+            while True:
+                for pid in _tree(proc.pid):
+                    kb = _hwm_kb(pid)
+                    if kb is not None:
+                        role = peaks[pid][0] if pid in peaks else role_of(pid, proc.pid)
+                        peaks[pid] = (role, max(kb, peaks.get(pid, ("", 0))[1]))
+                if stop.wait(SAMPLE_EVERY_S):
+                    return
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _stop_group(proc)
+        finally:
+            stop.set()
+            sampler.join()
+    return Watched(proc.returncode, time.perf_counter() - t0, timed_out, peaks)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM our child's process group (parsgd launch then stops its own children), then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=TERM_GRACE_S)
+            return
+        except subprocess.TimeoutExpired:
+            continue
