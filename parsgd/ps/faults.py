@@ -5,8 +5,10 @@
 
 Items, comma-separated:  kill@STEP (SIGKILL itself), crash@STEP (exit 1), stop@STEP:SECONDS
 (SIGSTOP itself; a child process sends SIGCONT after SECONDS: a zombie), hang@STEP:SECONDS (a slow
-but alive worker), nan@STEP (a NaN gradient), drop=P / dup=P (drop or duplicate each outgoing
-GRAD with probability P), delay=P:SECONDS, seed=N (the PRNG of the probabilistic faults).
+but alive worker), nan@STEP (every gradient it computes for STEP has a NaN), drop=P / dup=P (drop
+or duplicate each outgoing GRAD with probability P), delay=P:SECONDS, seed=N (the PRNG of the
+probabilistic faults; each worker draws from its own stream, random.Random("SEED/NAME") with its
+--name, so `launch` workers sharing one seed do not drop in lockstep).
 """
 from __future__ import annotations
 
@@ -28,14 +30,14 @@ HELP = "kill@STEP, crash@STEP, stop@STEP:SECONDS, hang@STEP:SECONDS, nan@STEP, d
 
 
 class FaultPlan:
-    def __init__(self, at: dict, rates: dict, seed: int, echo=print):
+    def __init__(self, at: dict, rates: dict, seed: int, echo=print, stream: str = ""):
         self.at, self.rates, self.echo = at, rates, echo
-        self.seed = seed
-        self.rng = random.Random(seed)
+        self.seed, self.stream = seed, stream
+        self.rng = random.Random(f"{seed}/{stream}")
         self.fired: set = set()
 
     @classmethod
-    def parse(cls, spec: str, echo=print) -> "FaultPlan":
+    def parse(cls, spec: str, echo=print, stream: str = "") -> "FaultPlan":
         at, rates, seed = {}, {}, 0
         for item in filter(None, (s.strip() for s in (spec or "").split(","))):
             try:
@@ -58,9 +60,9 @@ class FaultPlan:
                         raise ValueError
             except ValueError:
                 raise FaultSpecError(f"bad --faults item {item!r}: use {HELP}") from None
-        plan = cls(at, rates, seed, echo)
+        plan = cls(at, rates, seed, echo, stream)
         if at or rates:
-            echo(f"fault injection: {spec} (seed {seed})")
+            echo(f"fault injection: {spec} (seed {seed}, stream {stream!r})")
         return plan
 
     def _due(self, step: int, kinds) -> tuple | None:
@@ -89,7 +91,10 @@ class FaultPlan:
             time.sleep(secs)
 
     def corrupt(self, step: int, rank: int, grad) -> None:
-        if self._due(step, ("nan",)):
+        """Every attempt at the step, not once: a reassigned shard fails again if it comes back here."""
+        fault = self.at.get(step)
+        if fault and fault[0] == "nan":
+            self.echo(f"fault injection: nan at step {step}")
             grad[0] = float("nan")
 
     def outgoing(self, step: int, rank: int) -> range:
