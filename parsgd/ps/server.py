@@ -438,7 +438,7 @@ class ParameterServer(Trainer):
                     self.events("shm_unavailable", session=msg.session, error=str(exc))
             self.peers[msg.session] = peer
             self.by_identity[identity] = msg.session
-            self.events("hello", rank=rank, session=msg.session, host=msg.host, pid=msg.pid)
+            self.events("hello", rank=rank, session=msg.session, host=msg.host, pid=msg.pid, name=msg.name)
         self._send(peer, P.Welcome(self.incarnation, peer.session, peer.rank, self.cfg.to_dict(),
                                    self.log.now(), self.opts.heartbeat_s, self.opts.liveness,
                                    peer.buf.name if peer.buf else ""))
@@ -553,7 +553,9 @@ class ParameterServer(Trainer):
         for i, o in enumerate(st.owner):
             if o in load and not st.done[i]:
                 load[o] += 1
-        peer = min(ready, key=lambda p: (load[p.session], p.rank))
+        # ties rotate with the step, so every live worker gets shards, a newcomer from the next step on
+        turn = 1 + max(p.rank for p in ready)
+        peer = min(ready, key=lambda p: (load[p.session], (p.rank - st.step) % turn))
         st.owner[s], st.sent_at[s] = peer.session, time.monotonic()
         lo, hi = st.shards[s]
         if peer.buf is not None:
