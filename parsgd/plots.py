@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -19,7 +20,13 @@ from parsgd.runs import SPANS, Run, RunDirError, load_run
 DPI = 100
 FIGSIZE = (8, 5)          # loss, accuracy, epoch_time, speedup: 800 x 500 px
 WIDE_FIGSIZE = (12, 5)    # comm_overhead and one step timeline panel: 1200 x 500 px
+# Point sizes chosen so text stays legible when a wide figure is shown scaled down to 800 px.
+FONTS = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9,
+         "ytick.labelsize": 9, "legend.fontsize": 9, "legend.title_fontsize": 9, "figure.titlesize": 11}
+WIDE_FONTS = {key: size * 1.25 for key, size in FONTS.items()}
 TIMELINE_STEPS = 20
+FIRST_TIMELINE_STEP = 1   # step 0 also holds the wait for workers to start (~0.5 s), dwarfing the rest
+MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*", "h", "<")
 SPAN_COLORS = dict(zip(SPANS, ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#d62728",
                                "#c7c7c7", "#8c564b", "#e377c2")))
 CATEGORY_COLORS = {"serialize": "#1f77b4", "transfer": "#ff7f0e", "wait": "#c7c7c7",
@@ -28,9 +35,16 @@ SHARE_COLORS = {"compute": "#d62728", "communication": "#ff7f0e", "other": "#c7c
 
 
 def _figure(figsize=FIGSIZE, nrows=1, ncols=1):
-    fig = Figure(figsize=figsize, dpi=DPI)
+    fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")  # room for titles, outside legends
     FigureCanvasAgg(fig)
     return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def _marker_style(i: int, n: int) -> dict:
+    """Hollow marker, a different shape per series, shrinking with i: series drawn on the same
+    points nest inside one another instead of hiding the ones drawn earlier."""
+    size = 11 - 7 * i / (n - 1) if n > 1 else 6
+    return {"marker": MARKERS[i % len(MARKERS)], "ms": size, "mfc": "none", "mew": 1.5, "color": f"C{i % 10}"}
 
 
 def _save(fig, path) -> Path:
@@ -57,25 +71,41 @@ def _title(what: str, runs: list[Run]) -> str:
     return f"{what}\n{len(configs)} different configurations"
 
 
-def _per_epoch(runs, path, what, fields, ylabel, legend_loc="best") -> Path:
+def _same_as(runs: list[Run], labels: list[str], fields) -> list[str | None]:
+    """Per run, the label of the first earlier run with the same values in every field, else None."""
+    same = []
+    for i, run in enumerate(runs):
+        values = [run.column(f) for f in fields]
+        match = next((labels[j] for j in range(i) if all(
+            len(v) == len(runs[j].metrics) and np.allclose(v, runs[j].column(f), rtol=1e-6, atol=0)
+            for v, f in zip(values, fields))), None)
+        same.append(match)
+    return same
+
+
+@rc_context(FONTS)
+def _per_epoch(runs, path, what, fields, ylabel) -> Path:
     fig, axes = _figure()
     ax = axes[0, 0]
-    for i, (run, label) in enumerate(zip(runs, _labels(runs))):
+    labels = _labels(runs)
+    same = _same_as(runs, labels, fields)
+    for i, (run, label) in enumerate(zip(runs, labels)):
         epochs = run.column("epoch")
+        legend = label if same[i] is None else f"{label} (= {same[i]})"
         for field, style in zip(fields, ("-", "--")):
-            ax.plot(epochs, run.column(field), style, marker="o", ms=3, color=f"C{i % 10}",
-                    label=label if style == "-" else None)
+            ax.plot(epochs, run.column(field), style, lw=1.2, **_marker_style(i, len(runs)),
+                    label=legend if style == "-" else None)
     handles, _ = ax.get_legend_handles_labels()
     if len(fields) == 2:
         handles += [Line2D([], [], color="gray", ls="-", label=fields[0].replace("_", " ")),
                     Line2D([], [], color="gray", ls="--", label=fields[1].replace("_", " "))]
-    ax.legend(handles=handles, loc=legend_loc, fontsize=8)
+    note = "identical curves overlap:\nmarkers nest, smallest on top" if any(same) else None
+    ax.legend(handles=handles, title=note, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
-    ax.set_title(_title(what, runs), fontsize=10)
+    fig.suptitle(_title(what, runs))
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -84,14 +114,14 @@ def plot_loss(runs, path) -> Path:
 
 
 def plot_accuracy(runs, path) -> Path:
-    return _per_epoch(runs, path, "Accuracy per epoch", ("train_acc", "test_acc"), "accuracy (fraction correct)",
-                      legend_loc="lower right")
+    return _per_epoch(runs, path, "Accuracy per epoch", ("train_acc", "test_acc"), "accuracy (fraction correct)")
 
 
 def plot_epoch_time(runs, path) -> Path:
     return _per_epoch(runs, path, "Wall time per epoch", ("epoch_time_s",), "epoch time (s)")
 
 
+@rc_context(FONTS)
 def plot_speedup(runs, baseline: Run, path) -> Path:
     """Speedup = baseline total / run total against P, one line per mode/transport, ideal y = P."""
     fig, axes = _figure()
@@ -108,15 +138,14 @@ def plot_speedup(runs, baseline: Run, path) -> Path:
     ax.axhline(1.0, color="gray", ls=":", lw=1, label=f"{baseline.label} baseline")
     for i, (key, pts) in enumerate(sorted(series.items())):
         pts.sort()
-        ax.plot([p for p, _ in pts], [s for _, s in pts], marker="o", color=f"C{i % 10}", label=key)
+        ax.plot([p for p, _ in pts], [s for _, s in pts], lw=1.5, label=key, **_marker_style(i, len(series)))
     ax.set_xticks(ps)
     ax.set_xlabel("workers P (processes)")
     ax.set_ylabel(f"speedup over {baseline.label} (x)")
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize=8, loc="upper left")
-    ax.set_title(_title("Speedup (total wall time)", runs), fontsize=10)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle(_title("Speedup (total wall time)", runs))
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -130,78 +159,119 @@ def _epoch_shares(run: Run) -> dict[str, float]:
     return {"compute": compute / denom, "communication": comm / denom, "other": 1 - (compute + comm) / denom}
 
 
-def _stacked(ax, names, shares: list[dict], colors: dict):
-    bottom = np.zeros(len(names))
+def _stacked(ax, names, shares: list[dict], colors: dict, xlabel: str, title: str):
+    """Horizontal stacked bars (long configuration names stay readable), first name on top."""
+    y = np.arange(len(names))
+    left = np.zeros(len(names))
     for cat, color in colors.items():
         vals = np.array([s.get(cat, 0.0) for s in shares]) * 100
         if vals.any():
-            ax.bar(names, vals, bottom=bottom, color=color, label=cat, edgecolor="white", lw=0.5)
-            bottom += vals
-    ax.set_ylim(0, 100)
-    ax.tick_params(axis="x", labelsize=8)
+            ax.barh(y, vals, left=left, color=color, label=cat, edgecolor="white", lw=0.5)
+            left += vals
+    ax.set_yticks(y)
+    ax.set_yticklabels(names)
+    ax.set_ylim(len(names) - 0.5, -0.5)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4)
 
 
+@rc_context(WIDE_FONTS)
 def plot_comm_overhead(runs, path) -> Path:
     """Left: share of epoch time per configuration; right: PS span categories per role (comm.jsonl)."""
     fig, axes = _figure(WIDE_FIGSIZE, 1, 2)
     left, right = axes[0]
     labels = _labels(runs)
-    _stacked(left, [lb.replace(" ", "\n", 1) for lb in labels], [_epoch_shares(r) for r in runs], SHARE_COLORS)
-    left.set_ylabel("share of epoch wall time (%)")
-    left.set_title("compute vs communication (metrics.jsonl)", fontsize=9)
-    left.legend(fontsize=8, loc="upper right")
+    _stacked(left, labels, [_epoch_shares(r) for r in runs], SHARE_COLORS,
+             "share of epoch wall time (%)", "compute vs communication (metrics.jsonl)")
     names, shares = [], []
     for run, label in zip(runs, labels):
         for role, bd in comm_breakdown(run).items():
-            names.append(f"{label}\n{role}")
+            names.append(f"{label} {role}")
             shares.append(bd["shares"])
     if names:
-        _stacked(right, names, shares, CATEGORY_COLORS)
-        right.legend(fontsize=8, loc="upper right")
+        _stacked(right, names, shares, CATEGORY_COLORS, "share of span time per role (%)",
+                 "parameter-server spans (transfer = send + recv)")
     else:
         right.text(0.5, 0.5, "no parameter-server runs", ha="center", va="center", transform=right.transAxes)
-    right.set_ylabel("share of span time per role (%)")
-    right.set_title("parameter-server spans (transfer = send + recv)", fontsize=9)
-    fig.suptitle(_title("Communication overhead", runs), fontsize=10)
-    fig.tight_layout()
+        right.set_axis_off()
+    fig.suptitle(_title("Communication overhead", runs))
     return _save(fig, path)
+
+
+def timeline_steps(comm, max_steps: int = TIMELINE_STEPS) -> np.ndarray:
+    """The steps a timeline shows: from FIRST_TIMELINE_STEP on (warm-up left out), or from step 0
+    when the run has no later step; spans outside any step (step -1) are never shown."""
+    steps = np.unique(comm.step[comm.step >= 0])
+    later = steps[steps >= FIRST_TIMELINE_STEP]
+    return (later if len(later) else steps)[:max_steps]
+
+
+def _step_starts(comm, steps, mask) -> np.ndarray:
+    """Start of each step: the server's first span in it (a worker's wait for the next step
+    begins during the previous one), else the first span of any role."""
+    starts = []
+    for step in steps:
+        sel = mask & (comm.step == step)
+        server = sel & (comm.role == "server")
+        starts.append(comm.t[server if server.any() else sel].min())
+    return np.array(starts)
 
 
 def _draw_timeline(ax, run: Run, max_steps: int) -> None:
     comm = run.comm
-    steps = np.unique(comm.step[comm.step >= 0])[:max_steps]
+    steps = timeline_steps(comm, max_steps)
     mask = np.isin(comm.step, steps)
     if not mask.any():
         ax.text(0.5, 0.5, "no step spans in comm.jsonl", ha="center", va="center", transform=ax.transAxes)
         return
-    t0 = comm.t[mask].min()
+    starts = _step_starts(comm, steps, mask)
+    t0 = starts[0]
     tracks = comm.tracks()
-    start_ms, dur_ms = (comm.t - t0) * 1e3, comm.dur * 1e3
+    # Spans of the first shown step that began before it (workers idle since the previous step)
+    # are cut at its start, so the window holds only the steps it names.
+    start_ms = (np.maximum(comm.t, t0) - t0) * 1e3
+    dur_ms = (comm.t + comm.dur - t0) * 1e3 - start_ms
     present = []
     for row, (role, rank) in enumerate(tracks):
-        on_track = mask & (comm.role == role) & (comm.rank == rank)
+        on_track = mask & (comm.role == role) & (comm.rank == rank) & (dur_ms > 0)
         for span in np.unique(comm.span[on_track]):
             sel = on_track & (comm.span == span)
             color = SPAN_COLORS.get(str(span), "#7f7f7f")
             ax.broken_barh(list(zip(start_ms[sel], dur_ms[sel])), (row - 0.4, 0.8), facecolors=color)
             present.append(str(span))
-    for step in steps:  # a marker where each step starts
-        x = start_ms[mask & (comm.step == step)].min()
-        ax.axvline(x, color="black", lw=0.5, alpha=0.4)
-        ax.text(x, -0.6, str(step), fontsize=6, ha="left", va="bottom", color="black", alpha=0.6)
+    x_steps = (starts - t0) * 1e3
+    for x in x_steps:
+        ax.axvline(x, color="black", lw=0.6, alpha=0.5)
+    right = max(float((start_ms[mask] + dur_ms[mask]).max()), 1e-3)
+    ax.set_xlim(0, right * 1.01)
+    top = ax.secondary_xaxis("top")  # step numbers as ticks on a top axis: never over the bars
+    min_gap = 0.025 * right          # about 2.5 characters at this width; closer steps go unlabelled
+    shown, last = [], -np.inf
+    for step, x in zip(steps, x_steps):
+        shown.append(str(step) if x - last >= min_gap else "")
+        last = x if shown[-1] else last
+    top.set_xticks(x_steps)
+    top.set_xticklabels(shown)
+    top.set_xlabel("step (a line where each starts)")
     ax.set_yticks(range(len(tracks)))
     ax.set_yticklabels([role if role == "server" else f"{role} {rank}" for role, rank in tracks])
-    ax.set_ylim(len(tracks) - 0.5, -0.8)
+    ax.set_ylim(len(tracks) - 0.5, -0.5)
     ax.set_xlabel(f"time since the start of step {steps[0]} (ms)")
-    ax.set_title(f"{run.label}: first {len(steps)} steps ({run.path.name}); step numbers above the lines",
-                 fontsize=9)
+    shown_steps = f"steps {steps[0]}-{steps[-1]}" if len(steps) > 1 else f"step {steps[0]}"
+    if steps[0] > 0:
+        shown_steps += " (warm-up left out: step 0 includes waiting for the workers to start)"
+    ax.set_title(f"{run.label} ({run.path.name}): {shown_steps}")
     order = [s for s in (*SPANS, *sorted(set(present))) if s in present]
     ax.legend(handles=[Patch(color=SPAN_COLORS.get(s, "#7f7f7f"), label=s) for s in dict.fromkeys(order)],
-              fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+              loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
+@rc_context(WIDE_FONTS)
 def plot_step_timeline(runs, path, max_steps: int = TIMELINE_STEPS) -> Path:
-    """Gantt chart of the first steps of one PS run (or one panel per run for a list) from comm.jsonl."""
+    """Gantt chart of steps 1..max_steps of one PS run (or one panel per run for a list) from comm.jsonl."""
     runs = [_as_run(r) for r in (runs if isinstance(runs, (list, tuple)) else [runs])]
     for run in runs:
         if not run.has_comm:
@@ -210,8 +280,7 @@ def plot_step_timeline(runs, path, max_steps: int = TIMELINE_STEPS) -> Path:
     fig, axes = _figure((WIDE_FIGSIZE[0], WIDE_FIGSIZE[1] * len(runs)), len(runs), 1)
     for ax, run in zip(axes[:, 0], runs):
         _draw_timeline(ax, run, max_steps)
-    fig.suptitle(_title("Per-step timeline (comm.jsonl spans)", runs), fontsize=10)
-    fig.tight_layout()
+    fig.suptitle(_title("Per-step timeline from comm.jsonl spans", runs))
     return _save(fig, path)
 
 

@@ -1,4 +1,6 @@
 """plots.py: every PNG exists, opens, has the configured size and actually shows something."""
+import json
+import shutil
 import time
 
 import numpy as np
@@ -97,5 +99,41 @@ def test_timeline_needs_comm_log(exp, tmp_path):
 
 def test_timeline_of_few_steps(tmp_path):
     run = make_run(tmp_path, "ps", 3, "ipc", epochs=1, steps_per_epoch=2)
+    assert list(plots.timeline_steps(load_run(run).comm)) == [1]
     path = plots.plot_step_timeline(run, tmp_path / "step_timeline.png", max_steps=20)
     check_png(path, WIDE)
+
+
+def test_timeline_of_one_step_shows_step_0(tmp_path):
+    run = make_run(tmp_path, "ps", 2, "shm", epochs=1, steps_per_epoch=1)
+    assert list(plots.timeline_steps(load_run(run).comm)) == [0]
+    check_png(plots.plot_step_timeline(run, tmp_path / "t.png"), WIDE)
+
+
+def test_timeline_skips_warm_up(tmp_path):
+    """A 450 ms start-up wait in step 0, and a worker's wait that began before step 1, stay out of
+    the window: it starts where the server starts step 1 and ends with step 20."""
+    path = make_run(tmp_path, "ps", 2, "shm", epochs=4, steps_per_epoch=6)
+    spans = [json.loads(line) for line in (path / "comm.jsonl").read_text().splitlines()]
+    start_1 = min(s["t"] for s in spans if s["step"] == 1 and s["role"] == "server")
+    end_20 = max(s["t"] + s["dur"] for s in spans if s["step"] == 20)
+    spans += [{"role": "worker", "rank": 0, "step": 0, "span": "wait", "t": 0.0, "dur": 0.45, "bytes": 0},
+              {"role": "worker", "rank": 1, "step": 1, "span": "wait", "t": 0.0, "dur": start_1 + 1e-3,
+               "bytes": 0}]
+    (path / "comm.jsonl").write_text("".join(json.dumps(s) + "\n" for s in spans))
+    run = load_run(path)
+    assert list(plots.timeline_steps(run.comm)) == list(range(1, 21))
+    fig, axes = plots._figure(plots.WIDE_FIGSIZE)
+    plots._draw_timeline(axes[0, 0], run, plots.TIMELINE_STEPS)
+    left, right = axes[0, 0].get_xlim()
+    assert left == 0 and right == pytest.approx((end_20 - start_1) * 1e3, rel=0.02)
+    assert right < 450
+    check_png(plots.plot_step_timeline(run, tmp_path / "t.png"), WIDE)
+
+
+def test_identical_curves_are_named_in_the_legend(exp, tmp_path):
+    twin = shutil.copytree(exp["ps"], tmp_path / "ps-twin")
+    runs = [load_run(exp["sequential"]), load_run(exp["ps"]), load_run(twin)]
+    labels = plots._labels(runs)
+    assert plots._same_as(runs, labels, ("train_loss", "test_loss")) == [None, None, labels[1]]
+    check_png(plots.plot_loss(runs, tmp_path / "loss.png"), SMALL)
