@@ -14,7 +14,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from parsgd.report import CATEGORIES, comm_breakdown, describe_config, with_baseline
+from parsgd.report import comm_breakdown, describe_config, with_baseline
 from parsgd.runs import SPANS, Run, RunDirError, load_run
 
 DPI = 100
