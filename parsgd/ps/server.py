@@ -588,6 +588,9 @@ class ParameterServer(Trainer):
         """A worker is gone: forget it and give its unfinished shards to others."""
         if peer.session not in self.peers:
             return
+        if not peer.ready:  # never a worker: no shard to reassign, and its segment can go now
+            self._forget_pending(peer, reason)
+            return
         self._forget(peer)
         if peer.ready:
             self.generation += 1

@@ -23,6 +23,7 @@ ZMTP_HEARTBEAT_IVL_MS = 1000
 ZMTP_HEARTBEAT_TIMEOUT_MS = 3000
 RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 2000
+ZAP_DOMAIN = b"parsgd"
 
 
 class KeysError(Exception):
@@ -63,6 +64,10 @@ def configure_router(ctx: zmq.Context, sock: zmq.Socket, opts, max_frame_bytes: 
     _common(sock, max_frame_bytes)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    # With a ZAP domain libzmq refuses ZMTP 1.0/2.0 peers. Otherwise any first byte but 0xFF (an
+    # HTTP request, junk) counts as a finished 1.0 handshake: HANDSHAKE_IVL no longer applies and
+    # the junk is parsed into messages. Without a ZAP handler (no --keys) NULL peers pass as before.
+    sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
     if not opts.keys_dir:
         if not is_loopback(opts.bind):
             raise ServerExit(f"--bind {opts.bind} is not a loopback address: binding it needs CURVE keys "
