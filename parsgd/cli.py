@@ -217,11 +217,14 @@ def _check_server_knobs(heartbeat, liveness, step_timeout, wait_timeout, checkpo
 @click.option("--shm/--no-shm", default=True, show_default=True,
               help="Move parameters and gradients of same-host workers through shared memory.")
 @click.option("--keys", "keys_dir", type=click.Path(), help="CURVE key folder from `parsgd keygen`.")
+@click.option("--register-timeout", "--register_timeout", "register_timeout", default=60.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
+              help="Seconds a welcomed worker has to load its data and send READY before it is forgotten.")
 @click.option("--resume", type=click.Path(), help="Continue the run in this run directory from its checkpoint.")
 @click.option("--transport-label", hidden=True, help="Transport name recorded in the run (set by launch).")
 @training_options
 def server(bind, workers, wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, shm, keys_dir,
-           resume, transport_label, out, **opts):
+           register_timeout, resume, transport_label, out, **opts):
     """Run the parameter server: hold the weights, wait for workers, train."""
     from pathlib import Path
 
@@ -242,7 +245,8 @@ def server(bind, workers, wait_timeout, heartbeat, liveness, step_timeout, check
     rundir = RunDir(out or default_out("ps", cfg.workers), cfg, "ps", transport=label, dataset=data.name,
                     append=bool(resume))
     sopts = ServerOptions(bind=bind, wait_timeout=wait_timeout, heartbeat_s=heartbeat, liveness=liveness,
-                          step_timeout=step_timeout, checkpoint_every=checkpoint_every, shm=shm, keys_dir=keys_dir)
+                          step_timeout=step_timeout, checkpoint_every=checkpoint_every, shm=shm, keys_dir=keys_dir,
+                          register_timeout=register_timeout)
     srv = ParameterServer(cfg, data, sopts, rundir, transport=label)
     if state is not None:
         restore(srv, state)
