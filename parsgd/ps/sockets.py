@@ -11,6 +11,7 @@ DIR/authorized/*.key: the worker public keys the server accepts (the ZAP allowli
 from __future__ import annotations
 
 import ipaddress
+import os
 import shutil
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -82,7 +83,7 @@ def configure_router(ctx: zmq.Context, sock: zmq.Socket, opts, max_frame_bytes: 
                          "or copy each worker's .key file there")
     auth = ThreadAuthenticator(ctx)
     auth.start()
-    auth.configure_curve(domain="*", location=str(allowed))
+    auth.configure_curve(domain=ZAP_DOMAIN.decode(), location=str(allowed))
     sock.curve_secretkey, sock.curve_publickey = secret, public
     sock.curve_server = True
     return auth
@@ -123,6 +124,7 @@ def keygen(directory) -> list[Path]:
     written = []
     for name in ("server", "worker"):
         public, secret = zmq.auth.create_certificates(str(d), name)
+        os.chmod(secret, 0o600)  # pyzmq writes it with the umask; the 0700 folder hid it meanwhile
         written += [Path(public), Path(secret)]
     shutil.copy(d / "worker.key", d / "authorized" / "worker.key")
     written.append(d / "authorized" / "worker.key")
