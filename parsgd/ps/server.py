@@ -438,7 +438,7 @@ class ParameterServer(Trainer):
                     self.events("shm_unavailable", session=msg.session, error=str(exc))
             self.peers[msg.session] = peer
             self.by_identity[identity] = msg.session
-            self.events("hello", rank=rank, session=msg.session, host=msg.host, pid=msg.pid, name=msg.name)
+            self._limited_event("hello", rank=rank, session=msg.session, host=msg.host, pid=msg.pid, name=msg.name)
         self._send(peer, P.Welcome(self.incarnation, peer.session, peer.rank, self.cfg.to_dict(),
                                    self.log.now(), self.opts.heartbeat_s, self.opts.liveness,
                                    peer.buf.name if peer.buf else ""))
@@ -481,8 +481,8 @@ class ParameterServer(Trainer):
         s = msg.shard
         if (st is None or msg.step != st.step or s >= len(st.shards) or st.owner[s] != peer.session
                 or st.done[s] or (msg.lo, msg.hi) != st.shards[s]):
-            self.events("ignored_grad", rank=peer.rank, step=msg.step, shard=s,
-                        why="late or duplicate" if st is None or msg.step <= st.step else "unknown step")
+            self._limited_event("ignored_grad", rank=peer.rank, step=msg.step, shard=s,
+                                why="late or duplicate" if st is None or msg.step <= st.step else "unknown step")
             return
         t = self.log.now()
         if peer.buf is not None:
