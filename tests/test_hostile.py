@@ -128,8 +128,9 @@ def test_junk_oversized_endless_and_slowloris_while_training(tmp_path, oracle):
             s.close()
 
             # a pyzmq DEALER sending a 2 MiB frame (the model is 0.2 MB): libzmq disconnects it
-            big = dealer(ctx, run.address)
+            big = ctx.socket(zmq.DEALER)
             monitor = big.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+            big.connect(run.address)  # after the monitor, so it sees the handshake too
             big.send(b"\0" * (2 << 20))
             seen = []
             while zmq.EVENT_DISCONNECTED not in seen and monitor.poll(5000):
@@ -294,6 +295,12 @@ def test_malformed_messages_floods_and_a_live_fuzz_while_training(tmp_path, orac
             for i in range(200):
                 flood[i % 40].send_multipart(hello(0xF100D000 + i, pid=FAKE_PID + 7000 + i,
                                                    host=socket.gethostname() if i % 2 else "attacker"))
+            welcomes = 0  # every HELLO is admitted (the oldest pending peer makes room): 200 WELCOMEs
+            deadline = time.monotonic() + 20
+            while welcomes < 200 and time.monotonic() < deadline:
+                for sock in flood:
+                    welcomes += isinstance(recv_message(sock, 0.01), P.Welcome)
+            assert welcomes == 200
             for sock in flood:
                 sock.close(linger=0)
             beater = Heartbeater(ctx, run.address, 0xBEA7)  # after the flood, which would evict it first
