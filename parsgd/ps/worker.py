@@ -254,7 +254,7 @@ class Worker:
         frames = msg.to_frames()
         t = self.log.add("serialize", task.step, end)
         for copy in self.faults.outgoing(task.step, self.rank):
-            self._send(frames)  # unsent if the server is gone: _work notices its silence
+            self._send(frames, self.hb_s * self.liveness)  # unsent if the server is gone: _work notices
         self.log.add("send", task.step, t, P.frames_nbytes(frames))
 
     def _send(self, frames, timeout_s: float = SEND_TIMEOUT_S) -> bool:
