@@ -35,6 +35,7 @@ from parsgd.train import Trainer, shard_bounds
 STATUS_EVERY_S = 5.0          # "waiting for k/N workers" lines
 LOGS_TIMEOUT_S = 10.0         # how long to wait for workers' LOGS at the end
 CLOSE_LINGER_MS = 1000        # a closing socket gets this long to deliver the STOPs just sent (0 would drop them)
+STOP_ACK_S = 1.5              # on abort, how long to wait for the workers' final LOGS (their acknowledgement of STOP)
 POLL_MAX_S = 0.1              # longest single poll, so signals and timers are seen promptly
 QUARANTINE_AFTER = 3          # protocol errors from one unregistered peer before it is ignored
 MAX_TRACKED_PEERS = 4096      # bound on the strike and quarantine tables
@@ -616,14 +617,18 @@ class ParameterServer(Trainer):
             self.deferred_close.pop().close()
 
     def _stop_workers(self, reason: str, collect: bool) -> None:
+        """STOP every worker and wait for its final LOGS, which double as the acknowledgement: closing
+        sooner loses the STOP in a worker busy computing (libzmq drops unread messages of a closed peer)."""
         for peer in list(self.peers.values()):
             self._send(peer, P.Stop(self.incarnation, reason))
-        if not collect:
-            return
-        deadline = time.monotonic() + LOGS_TIMEOUT_S
+        deadline = time.monotonic() + (LOGS_TIMEOUT_S if collect else STOP_ACK_S)
         want = {p.rank for p in self.peers.values() if p.ready}
         while not want <= set(self.worker_logs) and time.monotonic() < deadline and self.peers:
-            self._poll_once(POLL_MAX_S)
+            if collect:
+                self._poll_once(POLL_MAX_S)
+            elif self.poller.poll(int(POLL_MAX_S * 1000)):  # aborting: no timers, no signal check
+                while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    self._receive_one()
             want &= {p.rank for p in self.peers.values() if p.ready} | set(self.worker_logs)
 
     # -- checkpoints -------------------------------------------------------------------------------
