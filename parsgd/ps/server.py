@@ -507,9 +507,11 @@ class ParameterServer(Trainer):
             return
         if len(msg.spans):
             self._log_chunks.setdefault(peer.rank, []).append(np.array(msg.spans, copy=True))
-        else:  # the empty chunk ends a worker's logs
+        else:  # the empty chunk ends a worker's logs: it is leaving, which is no death
             chunks = self._log_chunks.pop(peer.rank, [])
             self.worker_logs[peer.rank] = np.concatenate(chunks) if chunks else np.zeros((0, 5))
+            self._forget(peer)
+            self.events("left", rank=peer.rank, session=peer.session)
 
     def _on_error(self, identity, msg: P.Error, frames, t):
         session = self.by_identity.get(identity)
