@@ -465,7 +465,7 @@ class ParameterServer(Trainer):
         peer.ready = True
         self.generation += 1
         self.events("join", rank=peer.rank, session=peer.session, host=peer.host, pid=peer.pid,
-                    shm=peer.buf is not None, generation=self.generation)
+                    shm=peer.buf is not None, generation=self.generation, step=self.step)
         self.echo(f"worker {peer.rank} joined from {peer.host} pid {peer.pid}"
                   f"{' (shared memory)' if peer.buf else ''}: {self._ready_count()} live")
         if self.cur is not None:
@@ -597,7 +597,8 @@ class ParameterServer(Trainer):
         self._forget(peer)
         if peer.ready:
             self.generation += 1
-            self.events("dead", rank=peer.rank, session=peer.session, reason=reason, generation=self.generation)
+            self.events("dead", rank=peer.rank, session=peer.session, reason=reason, generation=self.generation,
+                        step=self.step)
             self.echo(f"lost worker {peer.rank} ({reason}): {self._ready_count()} live")
         st = self.cur
         if st is not None:
