@@ -1,0 +1,369 @@
+"""Process faults with real processes and real signals, each run compared with the fault-free run.
+
+    python -m pytest tests/test_faults.py -q -s     # -s prints the measured detection times
+
+Every batch is cut into --workers shards whatever the live membership, and the server sums the
+shards in shard order, so a run that survives faults must end with the SAME BYTES as the
+fault-free run with the same --workers: the tests assert exact equality (stronger than the issue's
+float64 max abs diff < 1e-8). Heartbeats are shortened (0.2 s x 3 = 0.6 s to declare a worker dead).
+"""
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from procs import PY, Procs, events, free_port, load_params, no_traceback
+
+# 2000 rows at batch 100: 20 steps per epoch, 60 in all; shards of 34/33/33 rows for 3 workers
+ARGS = ["--dataset", "synthetic", "--num-samples", "2000", "--epochs", "3", "--hidden", "32,16",
+        "--batch-size", "100", "--dtype", "float64", "--seed", "7"]
+HB, LIVENESS = 0.2, 3
+T_DEAD = HB * LIVENESS
+KNOBS = ["--heartbeat", str(HB), "--liveness", str(LIVENESS), "--step-timeout", "2"]
+SLOW = "delay=1:0.05"  # every GRAD leaves 50 ms late: about 3.5 s of training, time to act mid-run
+DEADLINE = 2 * T_DEAD  # FAULTS.md: detection within HB x L, test bound twice that for poll phase
+
+
+def launch(out, workers, *extra, timeout=90):
+    result = subprocess.run(PY + ["launch", "--workers", str(workers), *ARGS, *KNOBS, "--out", str(out), *extra],
+                            capture_output=True, text=True, timeout=timeout)
+    assert "Traceback" not in result.stdout + result.stderr, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Fault-free final parameters for 2 and 3 shards per step."""
+    ref = {}
+    for workers in (2, 3):
+        out = tmp_path_factory.mktemp(f"ref{workers}") / "run"
+        result = launch(out, workers)
+        assert result.returncode == 0, result.stdout[-3000:]
+        ref[workers] = load_params(out)
+    return ref
+
+
+def named(run, event):
+    return [e for e in events(run) if e["event"] == event]
+
+
+def session_of(run, pid=None, name=None) -> list[int]:
+    """Sessions registered by a worker process (by pid) or a launch worker (by name), oldest first."""
+    return [e["session"] for e in named(run, "hello")
+            if (pid is None or e["pid"] == pid) and (name is None or e["name"] == name)]
+
+
+def assert_same_model(run, expected):
+    assert np.array_equal(load_params(run), expected), np.max(np.abs(load_params(run) - expected))
+
+
+def wait_for_event(run, pred, timeout=10.0) -> float:
+    """Seconds until an event matching pred is in events.jsonl (polled every 10 ms)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if any(pred(e) for e in events(run)):
+            return time.monotonic() - start
+        time.sleep(0.01)
+    raise AssertionError(f"no such event within {timeout} s: {events(run)[-10:]}")
+
+
+def worker_steps(run, rank) -> set[int]:
+    rows = [json.loads(line) for line in (run / "comm.jsonl").read_text().splitlines()]
+    return {r["step"] for r in rows if r["role"] == "worker" and r["rank"] == rank and r["span"] == "compute"}
+
+
+def stopped_by_server(w, timeout=5.0) -> float:
+    start = time.monotonic()
+    assert w.wait(timeout) == 0, w.output()[-2000:]
+    return time.monotonic() - start
+
+
+# -- worker death -----------------------------------------------------------------------------------
+def test_launch_kill_schedule_sigkills_a_worker_mid_epoch(tmp_path, reference):
+    run = tmp_path / "run"
+    result = launch(run, 3, "--faults", "kill=worker1@step25")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "[launch] worker 1 exited with status -9" in result.stdout
+    victim = session_of(run, name="w1")[0]
+    dead = [e for e in named(run, "dead") if e["session"] == victim]
+    assert len(dead) == 1 and dead[0]["step"] == 25 and len(named(run, "dead")) == 1
+    assert [(e["step"], e["from_rank"]) for e in named(run, "reassign")] == [(25, dead[0]["rank"])]
+    # detection: from the step's first TASK (the victim dies on receiving it) to the dead event
+    sent = [json.loads(line) for line in (run / "comm.jsonl").read_text().splitlines()]
+    t_task = min(r["t"] for r in sent if r["role"] == "server" and r["span"] == "send" and r["step"] == 25)
+    detect = dead[0]["t"] - t_task
+    print(f"\nlaunch kill@25: dead {detect:.3f} s after the TASK ({dead[0]['reason']})")
+    assert 0 <= detect < DEADLINE
+    assert_same_model(run, reference[3])
+
+
+def test_external_sigkill_then_the_worker_started_again_rejoins(tmp_path, reference):
+    run = tmp_path / "run"
+    with Procs(tmp_path) as p:
+        server, address = p.server(run, 3, *ARGS, *KNOBS)
+        workers = [p.worker(address, "--faults", SLOW) for _ in range(3)]
+        server.wait_for("epoch   1/")
+        victim = workers[1]
+        os.kill(victim.pid, signal.SIGKILL)
+        session = session_of(run, pid=victim.pid)[0]
+        detect = wait_for_event(run, lambda e: e["event"] == "dead" and e["session"] == session)
+        print(f"\nexternal SIGKILL: dead event after {detect:.3f} s")
+        assert detect < DEADLINE
+        again = p.worker(address, "--faults", SLOW)
+        wait_for_event(run, lambda e: e["event"] == "join" and e["pid"] == again.pid, timeout=30)
+        assert server.wait(60) == 0, server.output()[-3000:]
+        for w in (workers[0], workers[2], again):
+            assert w.wait(10) == 0
+        no_traceback(server, *workers, again)
+    dead = [e for e in named(run, "dead") if e["session"] == session]
+    join = [e for e in named(run, "join") if e["pid"] == again.pid]
+    assert len(dead) == 1 and len(join) == 1 and len(named(run, "dead")) == 1
+    steps = worker_steps(run, join[0]["rank"])
+    assert steps and min(steps) in (join[0]["step"], join[0]["step"] + 1), (join, sorted(steps)[:5])
+    assert_same_model(run, reference[3])
+
+
+def test_sigstopped_zombie_is_fenced_off_and_registers_again(tmp_path, reference):
+    run = tmp_path / "run"
+    with Procs(tmp_path) as p:
+        server, address = p.server(run, 3, *ARGS, *KNOBS)
+        workers = [p.worker(address, "--faults", SLOW) for _ in range(3)]
+        server.wait_for("epoch   1/")
+        zombie = workers[2]
+        session = session_of(run, pid=zombie.pid)[0]
+        os.kill(zombie.pid, signal.SIGSTOP)
+        try:
+            detect = wait_for_event(run, lambda e: e["event"] == "dead" and e["session"] == session)
+            time.sleep(max(0.0, 1.5 - detect))  # frozen 1.5 s in all: far past the deadline
+        finally:
+            os.kill(zombie.pid, signal.SIGCONT)
+        print(f"\nSIGSTOP: dead event after {detect:.3f} s")
+        assert detect < DEADLINE
+        wait_for_event(run, lambda e: e["event"] == "join" and e["pid"] == zombie.pid and e["session"] != session)
+        assert server.wait(60) == 0, server.output()[-3000:]
+        assert all(w.wait(10) == 0 for w in workers)
+        no_traceback(server, *workers)
+        assert "registering again" in zombie.output()
+    stale = [e for e in named(run, "stale") if e["session"] == session]
+    assert stale and {e["type"] for e in stale} == {"Grad"}, named(run, "stale")  # its old-step GRAD, refused
+    assert len(session_of(run, pid=zombie.pid)) == 2 and len(named(run, "dead")) == 1
+    assert_same_model(run, reference[3])  # nothing computed on old parameters was applied
+
+
+def test_slow_but_alive_worker_loses_its_shard_but_is_not_declared_dead(tmp_path, reference):
+    run = tmp_path / "run"
+    # hangs 1.5 s: past --step-timeout 1, far past heartbeat x liveness, yet its heartbeat thread goes on
+    result = launch(run, 3, "--step-timeout", "1", "--faults", "hang=worker1@step10:1.5s")
+    assert result.returncode == 0, result.stdout[-3000:]
+    slow = session_of(run, name="w1")[0]
+    rank = next(e["rank"] for e in named(run, "hello") if e["session"] == slow)
+    assert named(run, "dead") == []
+    assert [(e["step"], e["rank"]) for e in named(run, "step_timeout")] == [(10, rank)]
+    assert any(e["step"] == 10 and e["rank"] == rank for e in named(run, "ignored_grad"))  # its late GRAD
+    assert_same_model(run, reference[3])
+
+
+# -- membership ---------------------------------------------------------------------------------------
+def test_worker_joining_mid_run_takes_shards_from_the_next_step(tmp_path, reference):
+    run = tmp_path / "run"
+    with Procs(tmp_path) as p:
+        server, address = p.server(run, 2, *ARGS, *KNOBS)
+        workers = [p.worker(address, "--faults", SLOW) for _ in range(2)]
+        server.wait_for("epoch   1/")
+        third = p.worker(address, "--faults", SLOW)
+        assert server.wait(60) == 0, server.output()[-3000:]
+        assert all(w.wait(10) == 0 for w in (*workers, third))
+        no_traceback(server, *workers, third)
+    join = [e for e in named(run, "join") if e["pid"] == third.pid]
+    assert len(join) == 1 and 20 <= join[0]["step"] < 60, join
+    steps = worker_steps(run, join[0]["rank"])
+    assert steps and min(steps) in (join[0]["step"], join[0]["step"] + 1), (join, sorted(steps)[:5])
+    assert_same_model(run, reference[2])
+
+
+def test_launch_restarts_a_crashed_worker(tmp_path, reference):
+    run = tmp_path / "run"
+    result = launch(run, 3, "--restart-workers", "1", "--faults", f"crash=worker1@step8,{SLOW}")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "[launch] worker 1 exited with status 1" in result.stdout
+    assert "[launch] restarting worker 1 (1/1)" in result.stdout
+    w1 = [e for e in named(run, "hello") if e["name"] == "w1"]
+    assert len(w1) == 2 and w1[0]["pid"] != w1[1]["pid"]
+    assert w1[1]["session"] in {e["session"] for e in named(run, "join")}
+    assert_same_model(run, reference[3])
+
+
+# -- the server -----------------------------------------------------------------------------------------
+def test_server_sigkilled_then_resumed_keeps_the_same_workers(tmp_path, reference):
+    run = tmp_path / "run"
+    port = free_port()
+    with Procs(tmp_path) as p:
+        first, address = p.server(run, 3, *ARGS, *KNOBS, "--checkpoint-every", "7", port=port)
+        workers = [p.worker(address, "--faults", SLOW) for _ in range(3)]
+        first.wait_for("epoch   1/")
+        time.sleep(0.3)
+        first.kill()
+        ckpt = named(run, "checkpoint")[-1]["step"]
+        assert 20 <= ckpt < 60
+        second, _ = p.server(run, 3, "--resume", str(run), *KNOBS, "--checkpoint-every", "7", port=port)
+        assert second.wait(60) == 0, second.output()[-3000:]
+        assert all(w.wait(10) == 0 for w in workers)  # the same processes, never restarted
+        no_traceback(first, second, *workers)
+        assert f"resuming {run} at step {ckpt}" in second.output()
+    listening = named(run, "listening")
+    assert len(listening) == 2 and listening[0]["incarnation"] != listening[1]["incarnation"]
+    pids = {w.pid for w in workers}
+    hellos = named(run, "hello")
+    assert {e["pid"] for e in hellos} == pids and len(hellos) == 6  # each worker registered twice
+    metrics = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(m)["epoch"] for m in metrics] == [1, 2, 3]
+    assert_same_model(run, reference[3])
+
+
+def test_launch_resume_after_sigint(tmp_path, reference):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(PY + ["launch", "--workers", "3", *ARGS, *KNOBS, "--faults", SLOW, "--out", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "epoch   1/" in line:
+            proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 130, "".join(lines)
+    out = "".join(lines)
+    assert "Traceback" not in out and "continue with `parsgd server --resume" in out, out[-3000:]
+    step = named(run, "checkpoint")[-1]["step"]
+    assert 20 <= step < 60
+    result = launch(run, 3, "--resume", str(run))
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert f"resuming {run} at step {step}" in result.stdout
+    assert_same_model(run, reference[3])
+
+
+# -- lost, repeated and poisoned messages ---------------------------------------------------------------
+def test_ten_percent_dropped_grads_change_nothing(tmp_path, reference):
+    run = tmp_path / "run"
+    result = launch(run, 3, "--step-timeout", "0.15", "--faults", "drop=0.1,seed=3")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "fault injection: drop=0.1,seed=3 (seed 3, stream 'w0')" in result.stdout
+    assert len(named(run, "step_timeout")) >= 5  # ~18 of 180 GRADs were lost, each one reassigned
+    assert named(run, "dead") == []
+    assert_same_model(run, reference[3])
+
+
+def test_injected_drops_and_duplicates_replay_from_the_logged_seed(tmp_path, reference):
+    """One worker drops and duplicates GRADs: the same seed gives the same event sequence, twice."""
+    seen = []
+    for attempt in range(2):
+        run = tmp_path / f"run{attempt}"
+        with Procs(tmp_path) as p:
+            server, address = p.server(run, 3, *ARGS, *KNOBS, "--step-timeout", "0.4")
+            flaky = p.worker(address, "--faults", "drop=0.1,dup=0.2,seed=5", "--name", "flaky")
+            others = [p.worker(address) for _ in range(2)]
+            assert server.wait(60) == 0, server.output()[-3000:]
+            assert all(w.wait(10) == 0 for w in (flaky, *others))
+            no_traceback(server, flaky, *others)
+            assert "seed 5, stream 'flaky'" in flaky.output()
+        rank = next(e["rank"] for e in named(run, "hello") if e["name"] == "flaky")
+        seen.append([(e["event"], e["step"]) for e in events(run)
+                     if e["event"] in ("step_timeout", "ignored_grad") and e["rank"] == rank])
+        assert named(run, "dead") == []
+        assert_same_model(run, reference[3])
+    kinds = {kind for kind, _ in seen[0]}
+    assert kinds == {"step_timeout", "ignored_grad"}, seen[0]  # drops, and duplicates ignored
+    assert seen[0] == seen[1]
+
+
+def test_nan_gradient_once_is_recomputed_elsewhere(tmp_path, reference):
+    run = tmp_path / "run"
+    result = launch(run, 3, "--faults", "nan=worker1@step12")
+    assert result.returncode == 0, result.stdout[-3000:]
+    bad = named(run, "non_finite_grad")
+    assert [e["step"] for e in bad] == [12]
+    assert_same_model(run, reference[3])
+
+
+def test_nan_gradient_on_every_attempt_stops_the_run(tmp_path):
+    run = tmp_path / "run"
+    result = launch(run, 2, "--faults", "nan=worker0@step5,nan=worker1@step5")
+    assert result.returncode == 1, result.stdout[-3000:]
+    errors = [line for line in result.stdout.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "step 5 gave a non-finite gradient (NaN or Inf) twice" in errors[0], errors
+    assert len(named(run, "non_finite_grad")) >= 2
+    assert named(run, "checkpoint")[-1]["step"] == 5 and (run / "checkpoint.npz").is_file()
+    assert "stopped by the server (server stopped)" in result.stdout
+
+
+# -- nobody left, and shutting down ----------------------------------------------------------------------
+def test_no_worker_left_checkpoints_and_exits_1_after_wait_timeout(tmp_path):
+    run = tmp_path / "run"
+    port = free_port()
+    with Procs(tmp_path) as p:
+        workers = [p.worker(f"tcp://127.0.0.1:{port}", "--faults", SLOW) for _ in range(3)]
+        server, _ = p.server(run, 3, *ARGS, *KNOBS, "--wait-timeout", "2.5", port=port)
+        server.wait_for("epoch   1/")
+        for w in workers:
+            w.signal(signal.SIGKILL)
+        start = time.monotonic()
+        assert server.wait(15) == 1
+        took = time.monotonic() - start
+        no_traceback(server)
+        out = server.output()
+    print(f"\nno worker left: server exited {took:.2f} s after the kills (--wait-timeout 2.5)")
+    assert 2.5 <= took < 2.5 + DEADLINE + 2
+    assert "no workers left: waiting up to 2.5 s" in out
+    error = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "no workers for 2.5 s" in error[0] and f"--resume {run}" in error[0]
+    step = named(run, "checkpoint")[-1]["step"]
+    assert len(named(run, "dead")) == 3 and 20 <= step < 60 and (run / "checkpoint.npz").is_file()
+
+
+def test_worker_whose_server_vanished_exits_1_after_connect_timeout(tmp_path):
+    with Procs(tmp_path) as p:
+        server, address = p.server(tmp_path / "run", 1, *ARGS, *KNOBS)
+        worker = p.start("worker", ["worker", "--connect", address, "--connect-timeout", "1.5", "--faults", SLOW])
+        server.wait_for("epoch   1/")
+        server.kill()
+        start = time.monotonic()
+        assert worker.wait(15) == 1
+        took = time.monotonic() - start
+        no_traceback(worker)
+        out = worker.output()
+    print(f"\nserver vanished: worker exited {took:.2f} s later (silence {T_DEAD} s + --connect-timeout 1.5)")
+    assert took < T_DEAD + 1.5 + 2.5
+    error = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "no parameter server answered" in error[0] and "within 1.5 s" in error[0]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_on_a_worker_and_then_on_the_server(tmp_path, sig):
+    run = tmp_path / "run"
+    with Procs(tmp_path) as p:
+        server, address = p.server(run, 3, *ARGS, *KNOBS)
+        workers = [p.worker(address, "--faults", SLOW) for _ in range(3)]
+        server.wait_for("epoch   1/")
+        start = time.monotonic()
+        workers[0].signal(sig)
+        assert workers[0].wait(5) in (1, 130)
+        took_worker = time.monotonic() - start
+        wait_for_event(run, lambda e: e["event"] == "dead")
+        start = time.monotonic()
+        server.signal(sig)
+        assert server.wait(10) == 1
+        took_server = time.monotonic() - start
+        took_workers = [stopped_by_server(w) + took_server for w in workers[1:]]
+        no_traceback(server, *workers)
+        outs = [w.output() for w in workers]
+        server_out = server.output()
+    print(f"\n{sig.name}: worker exited in {took_worker:.2f} s; server in {took_server:.2f} s, "
+          f"its workers by {max(took_workers):.2f} s")
+    assert took_worker < 2 and took_server < 3 and max(took_workers) < 3
+    assert "error: " in outs[0]
+    error = [line for line in server_out.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and f"interrupted by {sig.name}" in error[0] and f"--resume {run}" in error[0]
+    assert all("stopped by the server (server stopped)" in out for out in outs[1:])
+    assert named(run, "checkpoint")[-1]["step"] >= 20 and (run / "checkpoint.npz").is_file()
