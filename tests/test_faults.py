@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 
+from parsgd.ps.checkpoint import load_checkpoint
 from procs import PY, Procs, events, free_port, load_params, no_traceback
 
 # 2000 rows at batch 100: 20 steps per epoch, 60 in all; shards of 34/33/33 rows for 3 workers
@@ -319,7 +320,10 @@ def test_no_worker_left_checkpoints_and_exits_1_after_wait_timeout(tmp_path):
     error = [line for line in out.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "no workers for 2.5 s" in error[0] and f"--resume {run}" in error[0]
     step = named(run, "checkpoint")[-1]["step"]
-    assert len(named(run, "dead")) == 3 and 20 <= step < 60 and (run / "checkpoint.npz").is_file()
+    assert len(named(run, "dead")) == 3 and 20 <= step < 60
+    state = load_checkpoint(run)  # written atomically: params, velocity, step, epoch, metrics so far
+    assert state["step"] == step and state["epoch"] == step // 20 and len(state["metrics"]) == state["epoch"]
+    assert np.isfinite(state["params"]).all() and np.abs(state["velocity"]).sum() > 0
 
 
 def test_worker_whose_server_vanished_exits_1_after_connect_timeout(tmp_path):

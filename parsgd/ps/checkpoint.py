@@ -21,8 +21,8 @@ class CheckpointError(Exception):
 
 
 def save_checkpoint(run_dir: Path, trainer) -> Path:
-    state = {"step": trainer.step, "metrics": trainer.metrics, "partial": trainer.partial,
-             "config": trainer.cfg.to_dict()}
+    state = {"step": trainer.step, "epoch": trainer.step // trainer.steps_per_epoch, "metrics": trainer.metrics,
+             "partial": trainer.partial, "config": trainer.cfg.to_dict()}
     blob = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
     path = Path(run_dir) / NAME
     atomic_write_bytes(path, npz_bytes({"params": trainer.params, "velocity": trainer.velocity, "state": blob}))
@@ -30,7 +30,7 @@ def save_checkpoint(run_dir: Path, trainer) -> Path:
 
 
 def load_checkpoint(run_dir) -> dict:
-    """{'params', 'velocity', 'step', 'metrics', 'partial', 'config'} from RUN_DIR/checkpoint.npz."""
+    """{'params', 'velocity', 'step', 'epoch', 'metrics', 'partial', 'config'} from RUN_DIR/checkpoint.npz."""
     path = Path(run_dir) / NAME
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist: --resume needs the run directory of a parameter-server "
