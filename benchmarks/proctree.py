@@ -8,6 +8,11 @@ SAMPLE_EVERY_S while the process lives: VmHWM only grows, so the last reading be
 exits is its peak up to then (the final <SAMPLE_EVERY_S of a run is the only blind spot).
 Processes are found through /proc/PID/task/*/children, which also follows `parsgd launch`'s
 children into their own sessions.
+
+Noise: the load average counts the run's own processes, so instead `other_cpu_cores` is the CPU
+time the whole machine was busy during the run (/proc/stat) minus the CPU time of this process and
+its descendants (os.times, children included once waited for), divided by the wall time: the mean
+number of cores other work took from the run (0 on an idle machine, up to 2 here).
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ class Watched:
     wall_s: float
     timed_out: bool
     peak_rss_kb: dict[int, tuple[str, int]] = field(default_factory=dict)  # pid -> (role, VmHWM kB)
+    other_cpu_cores: float | None = None  # mean cores busy with processes outside this run meanwhile
 
     def peak_by_role(self) -> dict[str, dict]:
         """{role: {"max_mb": .., "n": ..}}: the largest peak among processes of each role."""
@@ -38,6 +44,30 @@ class Watched:
             r["max_mb"] = round(max(r["max_mb"], kb / 1024), 1)
             r["n"] += 1
         return out
+
+
+def busy_s() -> float | None:
+    """Seconds of CPU time all cores have spent busy since boot (/proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    except (OSError, ValueError):
+        return None
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def ours_s() -> float:
+    """CPU seconds of this process and of every descendant it (or they) waited for."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def other_cores(busy0: float | None, ours0: float, wall_s: float) -> float | None:
+    """Mean cores busy outside this process tree since (busy0, ours0) were read, wall_s ago."""
+    busy1 = busy_s()
+    if busy0 is None or busy1 is None or wall_s <= 0:
+        return None
+    return round(max(0.0, (busy1 - busy0) - (ours_s() - ours0)) / wall_s, 2)
 
 
 def _children(pid: int) -> list[int]:
@@ -94,7 +124,7 @@ def run_watched(argv: list[str], env: dict, log_path: Path, timeout_s: float, cw
     """Run argv with stdout+stderr to log_path; sample VmHWM of its whole process tree meanwhile."""
     peaks: dict[int, tuple[str, int]] = {}
     stop = threading.Event()
-    t0 = time.perf_counter()
+    busy0, ours0, t0 = busy_s(), ours_s(), time.perf_counter()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 cwd=cwd, start_new_session=True)
@@ -120,7 +150,8 @@ def run_watched(argv: list[str], env: dict, log_path: Path, timeout_s: float, cw
         finally:
             stop.set()
             sampler.join()
-    return Watched(proc.returncode, time.perf_counter() - t0, timed_out, peaks)
+    wall = time.perf_counter() - t0
+    return Watched(proc.returncode, wall, timed_out, peaks, other_cores(busy0, ours0, wall))
 
 
 def _stop_group(proc: subprocess.Popen) -> None:

@@ -29,6 +29,7 @@ sys.path.insert(0, str(HERE))
 
 import commstats  # noqa: E402
 import machine  # noqa: E402
+import proctree  # noqa: E402
 from proctree import run_watched  # noqa: E402
 
 REMOVED_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -141,7 +142,7 @@ def run_case(case: Case, s: dict, work: Path, timeout_s: float) -> dict:
     row = {"key": case.key, "label": case.label, **asdict(case), "num_samples": s["num_samples"],
            "epochs": s["epochs"], "warmup_epochs": s["warmup"], "load_1min_before": round(os.getloadavg()[0], 2)}
     watched = run_watched(argv_for(case, s, out), bench_env(), log, timeout_s, cwd=str(REPO))
-    row.update(wall_s=round(watched.wall_s, 2), peak_rss=watched.peak_by_role())
+    row.update(wall_s=round(watched.wall_s, 2), peak_rss=watched.peak_by_role(), other_cpu_cores=watched.other_cpu_cores)
     if watched.timed_out or watched.returncode != 0:
         why = f"timed out after {timeout_s:g} s" if watched.timed_out else f"exit status {watched.returncode}"
         return {**row, "status": "failed", "error": f"{why}: {_tail(log)}"}
@@ -234,8 +235,10 @@ def markdown(res: dict) -> str:
          f"msgpack {m.get('msgpack')}, torch {m.get('torch') or 'not installed'}",
          f"- removed from the runs' environment: {', '.join(REMOVED_ENV)} "
          f"(set here: {m['env_removed_for_runs'] or 'neither'})",
-         f"- load average (1, 5, 15 min): at start {res['load_start']}, at end {res['load_end']}; each row's "
-         "1-min load just before it ran is in the last column. Other work on these 2 cores makes numbers noisy.",
+         f"- noise: other processes took {_f(res.get('other_cpu_cores'))} of the 2 cores on average during the "
+         f"suite (load average at start {res['load_start']}, at end {res['load_end']}, which counts the suite's "
+         "own processes too). The `other CPU` column is that figure during each row: rows above ~0.2 are "
+         "noisy, and modes that use both cores suffer most.",
          f"- {s['num_samples']:,} synthetic rows, {s['epochs']} epochs per run, sec/epoch = median of epochs "
          f"after {s['warmup']} warm-up epoch(s); speedup = sequential sec/epoch / this row's sec/epoch "
          "(> 1: faster), same dtype and batch size.",
@@ -246,18 +249,18 @@ def markdown(res: dict) -> str:
     rows = res["rows"]
     for g in dict.fromkeys((r["dtype"], r["batch"]) for r in rows):
         L += [f"## {g[0]}, batch {g[1]}", "",
-              "| mode | s/epoch | ms/step | x seq 1t | x seq 2t | ctrl overhead ms | peak RSS MB | load |",
+              "| mode | s/epoch | ms/step | x seq 1t | x seq 2t | ctrl overhead ms | peak RSS MB | other CPU |",
               "|---|---:|---:|---:|---:|---:|---|---:|"]
         for r in (r for r in rows if (r["dtype"], r["batch"]) == g):
             if r.get("status") != "ok":
                 L.append(f"| {r['label']} | {r['status']}: {r.get('error', '')[:120]} | | | | | | "
-                         f"{r['load_1min_before']} |")
+                         f"{_f(r.get('other_cpu_cores'))} |")
                 continue
             co = r.get("comm", {}).get("control_overhead_ms", {})
             ctrl = f"{co['mean']:.2f} / {co['median']:.2f}" if co else "-"
             L.append(f"| {r['label']} | {r['sec_per_epoch']:.3f} | {r['ms_per_step']:.2f} | "
                      f"{_f(r.get('speedup_vs_seq1'))} | {_f(r.get('speedup_vs_seq2'))} | {ctrl} | {_rss(r)} | "
-                     f"{r['load_1min_before']} |")
+                     f"{_f(r.get('other_cpu_cores'))} |")
         L.append("")
     fl = res.get("floors") or {}
     if "memcpy" in fl:
@@ -319,6 +322,7 @@ def main() -> int:
                    "PS P=2 shm and tcp")
     t0 = time.perf_counter()
     load_start = [round(x, 2) for x in os.getloadavg()]
+    busy0, ours0 = proctree.busy_s(), proctree.ours_s()
     print(f"parsgd benchmarks: {len(cases)} runs + floors, {s['num_samples']} rows x {s['epochs']} epochs, "
           f"load {load_start}", flush=True)
     mach = machine.info(bench_env(), str(REPO))
@@ -345,13 +349,14 @@ def main() -> int:
             rows.append(r)
             shown = f"{r['sec_per_epoch']:.3f} s/epoch" if r["status"] == "ok" else f"{r['status']}: {r['error'][:200]}"
             print(f"[{i:2}/{len(cases)}] {case.dtype} b{case.batch} {case.label}: {shown} "
-                  f"(load {r['load_1min_before']}, {r.get('wall_s', 0):.1f} s)", flush=True)
+                  f"(other CPU {_f(r.get('other_cpu_cores'))} cores, {r.get('wall_s', 0):.1f} s)", flush=True)
     finally:
         if not a.keep_runs:
             shutil.rmtree(work, ignore_errors=True)
     add_ratios(rows)
     res = {"command": " ".join(["python", "benchmarks/run.py", *sys.argv[1:]]), "machine": mach, "settings": s,
            "load_start": load_start, "load_end": [round(x, 2) for x in os.getloadavg()],
+           "other_cpu_cores": proctree.other_cores(busy0, ours0, time.perf_counter() - t0),
            "runtime_s": round(time.perf_counter() - t0, 1), "floors": floors, "rows": rows, "targets": targets(rows)}
     md = markdown(res)
     out.parent.mkdir(parents=True, exist_ok=True)
