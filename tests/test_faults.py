@@ -181,8 +181,10 @@ def test_worker_joining_mid_run_takes_shards_from_the_next_step(tmp_path, refere
         no_traceback(server, *workers, third)
     join = [e for e in named(run, "join") if e["pid"] == third.pid]
     assert len(join) == 1 and 20 <= join[0]["step"] < 60, join
-    steps = worker_steps(run, join[0]["rank"])
-    assert steps and min(steps) in (join[0]["step"], join[0]["step"] + 1), (join, sorted(steps)[:5])
+    first, steps = join[0]["step"], worker_steps(run, join[0]["rank"])
+    # 2 shards rotate over 3 workers: the newcomer's first turn comes within 3 steps, then 2 steps in 3
+    assert steps and first < min(steps) <= first + 3, (join, sorted(steps)[:5])
+    assert len(steps) >= 2 * (60 - first - 3) // 3, sorted(steps)
     assert_same_model(run, reference[2])
 
 
