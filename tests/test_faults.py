@@ -175,10 +175,11 @@ def test_worker_joining_mid_run_takes_shards_from_the_next_step(tmp_path, refere
         server, address = p.server(run, 2, *ARGS, *KNOBS)
         workers = [p.worker(address, "--faults", SLOW) for _ in range(2)]
         server.wait_for("epoch   1/")
-        third = p.worker(address, "--faults", SLOW)
+        third = p.worker(address, env={"PARSGD_FAULTS": SLOW})  # the env var stands for --faults
         assert server.wait(60) == 0, server.output()[-3000:]
         assert all(w.wait(10) == 0 for w in (*workers, third))
         no_traceback(server, *workers, third)
+        assert f"fault injection: {SLOW}" in third.output()
     join = [e for e in named(run, "join") if e["pid"] == third.pid]
     assert len(join) == 1 and 20 <= join[0]["step"] < 60, join
     first, steps = join[0]["step"], worker_steps(run, join[0]["rank"])
@@ -232,11 +233,15 @@ def test_launch_resume_after_sigint(tmp_path, reference):
     proc = subprocess.Popen(PY + ["launch", "--workers", "3", *ARGS, *KNOBS, "--faults", SLOW, "--out", str(run)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if "epoch   1/" in line:
-            proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=30) == 130, "".join(lines)
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "epoch   1/" in line:
+                proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130, "".join(lines)
+    finally:
+        proc.kill()  # a no-op once it exited; its children die with it (PR_SET_PDEATHSIG)
+        proc.stdout.close()
     out = "".join(lines)
     assert "Traceback" not in out and "continue with `parsgd server --resume" in out, out[-3000:]
     step = named(run, "checkpoint")[-1]["step"]
