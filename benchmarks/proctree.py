@@ -133,9 +133,10 @@ def run_watched(argv: list[str], env: dict, log_path: Path, timeout_s: float, cw
             while True:
                 for pid in _tree(proc.pid):
                     kb = _hwm_kb(pid)
-                    if kb is not None:
-                        role = peaks[pid][0] if pid in peaks else role_of(pid, proc.pid)
-                        peaks[pid] = (role, max(kb, peaks.get(pid, ("", 0))[1]))
+                    if kb is not None:  # the role is read again: a fresh child shows its parent's argv until exec
+                        old_role, old_kb = peaks.get(pid, ("unknown", 0))
+                        role = role_of(pid, proc.pid)
+                        peaks[pid] = (old_role if role == "unknown" else role, max(kb, old_kb))
                 if stop.wait(SAMPLE_EVERY_S):
                     return
 

@@ -48,6 +48,7 @@ class Case:
     workers: int = 1     # Pool processes, PS workers or DDP ranks
     threads: int = 1     # BLAS threads (seq) or torch threads (per rank)
     transport: str = ""  # PS only
+    repeat: int = 0      # > 0: the same case again later in the group (baselines bracket their group)
 
     @property
     def key(self) -> str:
@@ -58,6 +59,10 @@ class Case:
 
     @property
     def label(self) -> str:
+        return self._label + (" (again)" if self.repeat else "")
+
+    @property
+    def _label(self) -> str:
         return {"seq": f"sequential, {self.threads} BLAS thread{'s' if self.threads > 1 else ''}",
                 "textbook-seq": "textbook NumPy MLP, sequential, 1 thread",
                 "textbook-pool": f"textbook Pool P={self.workers} (params + rows pickled per step)",
@@ -82,7 +87,8 @@ def matrix(quick: bool) -> list[Case]:
             Case("textbook-pool", f, b, workers=2), Case("pool", f, b, workers=2),
             Case("ps", f, b, workers=1, transport="shm"),
             *[Case("ps", f, b, workers=2, transport=t) for t in ("shm", "tcp", "ipc")],
-            Case("ps", f, b, workers=4, transport="shm")]
+            Case("ps", f, b, workers=4, transport="shm"),
+            *[Case("seq", f, b, threads=t, repeat=1) for t in (1, 2)]]
     cases: list[Case] = []
     for batch in (256, 1024):                      # float32, every mode: the issue's targets
         f = "float32"
@@ -90,6 +96,7 @@ def matrix(quick: bool) -> list[Case]:
             Case("textbook-seq", f, batch), Case("textbook-pool", f, batch, workers=2),
             Case("pool", f, batch, workers=2)]
         cases += [Case("ps", f, batch, workers=p, transport=t) for t in ("shm", "tcp", "ipc") for p in (1, 2, 4)]
+        cases += [Case("seq", f, batch, threads=t, repeat=1) for t in (1, 2)]  # drift check; pooled below
     cases += baselines("float64", 256) + [Case("pool", "float64", 256, workers=2)] + [
         Case("ps", "float64", 256, workers=2, transport=t) for t in ("shm", "tcp")]
     cases += baselines("float32", 64) + [Case("ps", "float32", 64, workers=2, transport=t) for t in ("shm", "tcp")]
@@ -137,7 +144,7 @@ def _tail(log: Path, n: int = 6) -> str:
 
 
 def run_case(case: Case, s: dict, work: Path, timeout_s: float) -> dict:
-    out = work / f"{case.dtype}-b{case.batch}-{case.key}"
+    out = work / f"{case.dtype}-b{case.batch}-{case.key}{'-again' if case.repeat else ''}"
     log = work / f"{out.name}.log"
     row = {"key": case.key, "label": case.label, **asdict(case), "num_samples": s["num_samples"],
            "epochs": s["epochs"], "warmup_epochs": s["warmup"], "load_1min_before": round(os.getloadavg()[0], 2)}
@@ -161,6 +168,7 @@ def run_case(case: Case, s: dict, work: Path, timeout_s: float) -> dict:
     steps = math.ceil(s["num_samples"] / case.batch)
     spe = statistics.median(measured)
     row.update(status="ok", epoch_times_s=[round(t, 4) for t in times], sec_per_epoch=round(spe, 4),
+               measured_epoch_s=[round(t, 4) for t in measured],
                steps_per_epoch=steps, ms_per_step=round(spe / steps * 1e3, 3))
     if case.mode == "ps":
         try:
@@ -170,15 +178,24 @@ def run_case(case: Case, s: dict, work: Path, timeout_s: float) -> dict:
     return row
 
 
-def add_ratios(rows: list[dict]) -> None:
-    """speedup = baseline sec/epoch / this row's sec/epoch, against the same dtype and batch size."""
-    base = {(r["dtype"], r["batch"], r["key"]): r["sec_per_epoch"] for r in rows if r.get("status") == "ok"}
+def add_ratios(rows: list[dict]) -> dict:
+    """speedup = baseline sec/epoch / this row's sec/epoch, against the same dtype and batch size.
+
+    A baseline run more than once in its group (before and after the other rows) counts as the
+    median of all its measured epochs: the same process can land 20% apart from one run to the next.
+    """
+    pooled: dict[tuple, list[float]] = {}
+    for r in rows:
+        if r.get("status") == "ok" and r["mode"] == "seq":
+            pooled.setdefault((r["dtype"], r["batch"], r["key"]), []).extend(r["measured_epoch_s"])
+    base = {k: statistics.median(v) for k, v in pooled.items()}
     for r in rows:
         if r.get("status") != "ok":
             continue
         for name, key in (("speedup_vs_seq1", "seq-1t"), ("speedup_vs_seq2", "seq-2t")):
             b = base.get((r["dtype"], r["batch"], key))
             r[name] = round(b / r["sec_per_epoch"], 3) if b else None
+    return {f"{d} b{b} {k}": round(v, 4) for (d, b, k), v in base.items()}
 
 
 def _find(rows, dtype, batch, key):
@@ -190,6 +207,8 @@ def targets(rows: list[dict]) -> list[dict]:
     """The issue's targets (float32, P=2), each measured from this run; None where a row is missing."""
     def ratio(batch, key, other):
         a, b = _find(rows, "float32", batch, key), _find(rows, "float32", batch, other)
+        if a and other in ("seq-1t", "seq-2t"):  # the pooled baseline
+            return a.get("speedup_vs_seq1" if other == "seq-1t" else "speedup_vs_seq2")
         return round(b["sec_per_epoch"] / a["sec_per_epoch"], 3) if a and b else None
 
     def overhead(batch, key, stat):
@@ -248,7 +267,10 @@ def markdown(res: dict) -> str:
          "(largest of each role).", ""]
     rows = res["rows"]
     for g in dict.fromkeys((r["dtype"], r["batch"]) for r in rows):
+        b1, b2 = (res["baselines_s_per_epoch"].get(f"{g[0]} b{g[1]} {k}") for k in ("seq-1t", "seq-2t"))
         L += [f"## {g[0]}, batch {g[1]}", "",
+              f"Baselines (median of every measured epoch of their runs): sequential 1 thread {_f(b1, '{:.3f}')} "
+              f"s/epoch, 2 threads {_f(b2, '{:.3f}')} s/epoch.", "",
               "| mode | s/epoch | ms/step | x seq 1t | x seq 2t | ctrl overhead ms | peak RSS MB | other CPU |",
               "|---|---:|---:|---:|---:|---:|---|---:|"]
         for r in (r for r in rows if (r["dtype"], r["batch"]) == g):
@@ -353,11 +375,12 @@ def main() -> int:
     finally:
         if not a.keep_runs:
             shutil.rmtree(work, ignore_errors=True)
-    add_ratios(rows)
+    baselines = add_ratios(rows)
     res = {"command": " ".join(["python", "benchmarks/run.py", *sys.argv[1:]]), "machine": mach, "settings": s,
            "load_start": load_start, "load_end": [round(x, 2) for x in os.getloadavg()],
            "other_cpu_cores": proctree.other_cores(busy0, ours0, time.perf_counter() - t0),
-           "runtime_s": round(time.perf_counter() - t0, 1), "floors": floors, "rows": rows, "targets": targets(rows)}
+           "runtime_s": round(time.perf_counter() - t0, 1), "floors": floors, "baselines_s_per_epoch": baselines,
+           "rows": rows, "targets": targets(rows)}
     md = markdown(res)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")
