@@ -128,20 +128,29 @@ def test_external_sigkill_then_the_worker_started_again_rejoins(tmp_path, refere
     assert_same_model(run, reference[3])
 
 
+def process_state(pid: int) -> str:
+    """The one-letter state in /proc/PID/stat: 'T' while stopped by a signal."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 def test_sigstopped_zombie_is_fenced_off_and_registers_again(tmp_path, reference):
     run = tmp_path / "run"
+    # The zombie SIGSTOPs itself before computing step 25 and is SIGCONTed 1.5 s later, so it always
+    # wakes up holding a task of a step the server has moved past: its GRAD must be refused.
+    # (Stopped from outside at a random moment it may instead be idle and only notice the silence.)
     with Procs(tmp_path) as p:
         server, address = p.server(run, 3, *ARGS, *KNOBS)
-        workers = [p.worker(address, "--faults", SLOW) for _ in range(3)]
+        workers = [p.worker(address, "--faults", SLOW) for _ in range(2)]
+        zombie = p.worker(address, "--faults", SLOW + ",stop@25:1.5")
+        workers.append(zombie)
         server.wait_for("epoch   1/")
-        zombie = workers[2]
         session = session_of(run, pid=zombie.pid)[0]
-        os.kill(zombie.pid, signal.SIGSTOP)
-        try:
-            detect = wait_for_event(run, lambda e: e["event"] == "dead" and e["session"] == session)
-            time.sleep(max(0.0, 1.5 - detect))  # frozen 1.5 s in all: far past the deadline
-        finally:
-            os.kill(zombie.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 20
+        while process_state(zombie.pid) != "T":
+            assert time.monotonic() < deadline and zombie.p.poll() is None, zombie.output()[-2000:]
+            time.sleep(0.005)
+        detect = wait_for_event(run, lambda e: e["event"] == "dead" and e["session"] == session)
         print(f"\nSIGSTOP: dead event after {detect:.3f} s")
         assert detect < DEADLINE
         wait_for_event(run, lambda e: e["event"] == "join" and e["pid"] == zombie.pid and e["session"] != session)
@@ -150,7 +159,7 @@ def test_sigstopped_zombie_is_fenced_off_and_registers_again(tmp_path, reference
         no_traceback(server, *workers)
         assert "registering again" in zombie.output()
     stale = [e for e in named(run, "stale") if e["session"] == session]
-    assert stale and {e["type"] for e in stale} == {"Grad"}, named(run, "stale")  # its old-step GRAD, refused
+    assert stale and {(e["type"], e["step"]) for e in stale} == {("Grad", 25)}, named(run, "stale")
     assert len(session_of(run, pid=zombie.pid)) == 2 and len(named(run, "dead")) == 1
     assert_same_model(run, reference[3])  # nothing computed on old parameters was applied
 
