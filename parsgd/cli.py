@@ -66,7 +66,7 @@ def parse_int_list(value, name: str) -> tuple[int, ...]:
             try:
                 out.append(int(tok))
             except ValueError:
-                raise click.BadParameter(f"{tok!r} is not a whole number; write e.g. 256,128",
+                raise click.BadParameter(f"{tok!r} is not a whole number; write numbers like 2,4 or '2 4'",
                                          param_hint=name) from None
     return tuple(out)
 

@@ -175,9 +175,12 @@ class ParameterServer(Trainer):
             self._serve_until(lambda: all(st.done), waited)
             self.log.add("wait", step, wait_start, end=wait_start + waited[0])
             t = self.log.now()
-            np.copyto(self.grad, st.src[0])
-            for src in st.src[1:]:  # shard order, never arrival order
-                self.grad += src
+            if len(st.src) == 1:
+                np.copyto(self.grad, st.src[0])
+            else:  # shard order, never arrival order
+                np.add(st.src[0], st.src[1], out=self.grad)
+                for src in st.src[2:]:
+                    self.grad += src
             # NaN or Inf anywhere makes the sum non-finite: one read-only pass, no temporary
             finite = math.isfinite(np.add.reduce(self.grad)) and math.isfinite(sum(st.loss))
             self.log.add("aggregate", step, t)
