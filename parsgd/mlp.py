@@ -9,6 +9,8 @@ beyond the per-batch-size activation buffers kept in a `Workspace`.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 
@@ -21,17 +23,26 @@ def layer_shapes(sizes) -> list[tuple[int, ...]]:
 
 
 def n_params(sizes) -> int:
-    return sum(int(np.prod(s)) for s in layer_shapes(sizes))
+    return _layout(tuple(sizes))[1]
+
+
+@lru_cache(maxsize=32)
+def _layout(sizes: tuple) -> tuple[tuple[tuple[int, int, tuple[int, ...]], ...], int]:
+    """((start, end, shape) per array, total): computed once per model, since layer_views runs
+    three times per gradient and np.prod alone cost ~40 us a call (7% of a 128-row shard)."""
+    spans, offset = [], 0
+    for shape in layer_shapes(sizes):
+        size = int(np.prod(shape))
+        spans.append((offset, offset + size, shape))
+        offset += size
+    return tuple(spans), offset
 
 
 def layer_views(flat: np.ndarray, sizes) -> list[tuple[np.ndarray, np.ndarray]]:
     """(W, b) views into `flat`; writing a view writes the flat vector."""
-    views, offset = [], 0
-    for shape in layer_shapes(sizes):
-        size = int(np.prod(shape))
-        views.append(flat[offset:offset + size].reshape(shape))
-        offset += size
-    assert offset == flat.size, "flat vector does not match the layer sizes"
+    spans, total = _layout(tuple(sizes))
+    assert total == flat.size, "flat vector does not match the layer sizes"
+    views = [flat[lo:hi].reshape(shape) for lo, hi, shape in spans]
     return list(zip(views[0::2], views[1::2]))
 
 
