@@ -164,10 +164,18 @@ class ParameterServer(Trainer):
     # -- the training hooks --------------------------------------------------------------------
     def batch_gradient(self, epoch, step, order, lo, hi):
         st = self.cur = StepState(step, epoch, shard_bounds(lo, hi, self.n_shards))
+        t = self.log.now()
+        copied = 0
+        for peer in self.peers.values():  # every copy first, so the TASKs then leave back to back
+            if peer.ready and peer.buf is not None:
+                np.copyto(peer.buf.params, self.params)
+                peer.params_step = step
+                copied += self.params.nbytes
         if any(not p.buf for p in self.peers.values() if p.ready):
-            t = self.log.now()
             np.copyto(self.send_buf, self.params)
-            self.log.add("serialize", step, t, self.params.nbytes)
+            copied += self.params.nbytes
+        if copied:
+            self.log.add("serialize", step, t, copied)
         for s in range(len(st.shards)):
             self._assign(s)
         while True:
@@ -175,12 +183,9 @@ class ParameterServer(Trainer):
             self._serve_until(lambda: all(st.done), waited)
             self.log.add("wait", step, wait_start, end=wait_start + waited[0])
             t = self.log.now()
-            if len(st.src) == 1:
-                np.copyto(self.grad, st.src[0])
-            else:  # shard order, never arrival order
-                np.add(st.src[0], st.src[1], out=self.grad)
-                for src in st.src[2:]:
-                    self.grad += src
+            np.copyto(self.grad, st.src[0])
+            for src in st.src[1:]:  # shard order, never arrival order
+                self.grad += src
             # NaN or Inf anywhere makes the sum non-finite: one read-only pass, no temporary
             finite = math.isfinite(np.add.reduce(self.grad)) and math.isfinite(sum(st.loss))
             self.log.add("aggregate", step, t)
