@@ -102,6 +102,16 @@ def test_comm_log_has_every_field_step_and_role_and_true_byte_counts(tmp_path):
                 assert 0 < r["bytes"] - payload < 300, r
             assert r["dur"] >= 0
     assert {r["rank"] for r in rows if r["role"] == "worker"} == {0, 1}
+    # Worker clocks are aligned on the server's: no TASK is received before the server sent it, no GRAD
+    # arrives before a worker sent it (0.2 ms slack; the registration midpoint alone was ~1 ms off).
+    def starts(role, span, step):
+        return sorted(r["t"] for r in rows if r["role"] == role and r["span"] == span and r["step"] == step)
+    for step in range(steps):
+        tasks_out, tasks_in = starts("server", "send", step), starts("worker", "recv", step)
+        grads_out, grads_in = starts("worker", "send", step), starts("server", "recv", step)
+        assert min(tasks_in) >= min(tasks_out) - 2e-4, (step, tasks_out, tasks_in)
+        assert len(grads_in) == len(grads_out) == 2, step
+        assert all(i >= o - 2e-4 for o, i in zip(grads_out, grads_in)), (step, grads_out, grads_in)
     metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     sends = sum(r["bytes"] for r in rows if r["role"] == "server" and r["span"] == "send")
     assert metrics["bytes_sent"] == sends and metrics["comm_s"] > 0

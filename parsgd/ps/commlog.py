@@ -35,6 +35,11 @@ class CommLog:
         self.rows.append((SPAN_CODE[span], step, start, end - start, nbytes))
         return end
 
+    def shift(self, since: int, delta: float) -> None:
+        """Move rows[since:] and every later span by delta seconds: a better clock estimate came."""
+        self.rows[since:] = [(c, s, t + delta, d, b) for c, s, t, d, b in self.rows[since:]]
+        self.offset += delta
+
     def totals(self, since: int = 0) -> dict[str, float]:
         """Seconds per span name over rows[since:]."""
         out = dict.fromkeys(SPANS, 0.0)
