@@ -79,6 +79,11 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
+# What a run writes besides config.json and metrics.jsonl (events.jsonl is appended to, and a
+# resume would pick up an old checkpoint.npz): a new run in the same folder removes them first.
+STALE_FILES = ("summary.json", "comm.jsonl", "model.npz", "events.jsonl", "checkpoint.npz", "server.address")
+
+
 class RunDir:
     """One training run's output folder."""
 
@@ -86,9 +91,9 @@ class RunDir:
                  dataset: str | None = None, append: bool = False):
         self.path = prepare_dir(path)
         self.cfg, self.mode, self.transport = cfg, mode, transport
-        if not append:
+        if not append:  # a new run in a used folder: nothing of the old run may pass for this one's
             (self.path / "metrics.jsonl").write_text("")
-            for stale in ("summary.json", "comm.jsonl", "model.npz"):
+            for stale in STALE_FILES:
                 (self.path / stale).unlink(missing_ok=True)
         self.write_json("config.json", {
             "config": cfg.to_dict(), "mode": mode, "transport": transport, "dataset": dataset,

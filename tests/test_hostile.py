@@ -8,6 +8,7 @@ within RSS_BOUND_MB of the value before the attack, the model equals the sequent
 events.jsonl shows what was refused. The workers delay each GRAD (fault injection) so the run
 lasts long enough to be attacked; a delay changes timing, never the model.
 """
+import json
 import os
 import pickle
 import random
@@ -350,6 +351,9 @@ def test_malformed_messages_floods_and_a_live_fuzz_while_training(tmp_path, orac
     beat = [e for e in kinds(log, "expired") if e["session"] == 0xBEA7]
     assert beat and beat[0]["reason"].startswith("no READY within"), beat
     assert beater.tasks == 0
+    total = json.loads((run.dir / "summary.json").read_text())["steps"]
+    steps = {json.loads(line)["step"] for line in (run.dir / "comm.jsonl").read_text().splitlines()}
+    assert max(steps) < total, f"a made-up GRAD's step reached comm.jsonl: {sorted(steps)[-3:]}"
 
 
 def test_no_pickle_anywhere_in_the_package():

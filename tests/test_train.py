@@ -55,6 +55,19 @@ def test_same_seed_gives_byte_identical_model_files(tmp_path):
         assert z["W1"].shape == (784, 32) and z["b3"].shape == (10,)
 
 
+def test_a_new_run_in_a_used_folder_removes_the_old_runs_files(tmp_path):
+    from parsgd.rundir import STALE_FILES
+    cfg = RunConfig(dataset="synthetic", epochs=1, hidden=(8,))
+    for name in (*STALE_FILES, "metrics.jsonl", "loss.png"):
+        (tmp_path / name).write_text("old run\n")
+    RunDir(tmp_path, cfg, "ps", append=True)  # a resume keeps everything
+    assert all((tmp_path / name).read_text() == "old run\n" for name in STALE_FILES)
+    RunDir(tmp_path, cfg, "ps")
+    assert not any((tmp_path / name).exists() for name in STALE_FILES)
+    assert (tmp_path / "metrics.jsonl").read_text() == ""
+    assert (tmp_path / "loss.png").exists()  # not a file the run writes: the user's own
+
+
 def test_run_directory_files_have_the_documented_fields(tmp_path):
     data = make_synthetic(512, 100, seed=1)
     cfg = RunConfig(dataset="synthetic", epochs=2, hidden=(16,), batch_size=100)

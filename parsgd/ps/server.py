@@ -486,7 +486,8 @@ class ParameterServer(Trainer):
         if peer is None:
             return
         st = self.cur
-        self.log.add("recv", msg.step, t, P.frames_nbytes(frames[1:]))
+        # Logged under the step in progress: a late or made-up GRAD's own step may be long gone or never come.
+        self.log.add("recv", st.step if st is not None else self.step, t, P.frames_nbytes(frames[1:]))
         s = msg.shard
         if (st is None or msg.step != st.step or s >= len(st.shards) or st.owner[s] != peer.session
                 or st.done[s] or (msg.lo, msg.hi) != st.shards[s]):
