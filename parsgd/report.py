@@ -178,9 +178,9 @@ How to read this
   bytes sent plus received per optimisation step. With the same seed every configuration should
   reach nearly the same accuracy and loss: a large gap means a correctness problem, not a speed one.
   In the communication sections, transfer = send + recv and update includes aggregation; worker
-  seconds are summed over all workers, and a worker's recv also contains its idle time waiting for
-  the next task, so a large worker transfer share with a large server wait share means the workers
-  are starved by the server (or by each other), not by the network. Shares of each role sum to 100%.
+  seconds are summed over all workers, and a worker's wait is its idle time before each task, so
+  large wait shares on both sides mean the step is bound by its serial parts (the server's update,
+  the slowest shard, message latency), not by bandwidth. Shares of each role sum to 100%.
 """
 
 
