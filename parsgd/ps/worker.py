@@ -41,13 +41,13 @@ SEND_TIMEOUT_S = 2.0          # a send waits this long for a connected server (I
 # connections: cap frames at the protocol's largest payload (the server is one the user chose).
 MAX_FRAME_BYTES = P.MAX_ELEMENTS * 8 + P.HEADER_MAX
 DEFAULT_HEARTBEAT_S = 1.0
+DEFAULT_LIVENESS = 3
 # After a GRAD the next TASK usually follows within the server's aggregate + update (~1 ms). Polling
 # for it (yielding the core between polls) for this long before blocking keeps this CPU awake: on
 # VMs an idle vCPU halts, and waking it cost ~1 ms mean (p90 ~2.5 ms) per step; the spin cut the
 # step-time tail by that much in benchmarks/. sched_yield lets the server and other workers run,
 # but with more workers than cores the spinners still slow the ones computing: then no spin.
 SPIN_S = 0.005
-DEFAULT_LIVENESS = 3
 
 
 class WorkerExit(Exception):
