@@ -117,6 +117,7 @@ class Worker:
         deadline = start + self.opts.connect_timeout
         next_status = start + STATUS_EVERY_S
         self.session = random.SystemRandom().getrandbits(62) + 1
+        self._settle_clock()  # the previous session's spans keep its server's clock
         self._new_socket()
         while True:
             hello = P.Hello(__version__, P.PROTOCOL_VERSION, socket.gethostname(), os.getpid(),
@@ -126,7 +127,6 @@ class Worker:
                 msg = self._recv()
                 if isinstance(msg, P.Welcome) and msg.session == self.session:
                     t_recv = self.log.now()
-                    self._settle_clock()  # the previous session's spans keep its server's clock
                     self.log.offset += msg.t_server - (t_sent + t_recv) / 2  # midpoint clock estimate
                     self._clock_mark, self._clock_fix = len(self.log.rows), -math.inf
                     return msg
@@ -169,6 +169,7 @@ class Worker:
         self._send(P.Ready(self.incarnation, self.session, self.data.fingerprint(), len(self.data.y_train),
                            len(self.data.y_test), self.buf is not None).to_frames())
         self.tasks_done = 0
+        self.spin = cfg.workers <= len(os.sched_getaffinity(0))  # see SPIN_S
         self.echo(f"worker {self.rank}: registered with {self.opts.connect}"
                   f"{' (shared memory)' if self.buf else ''}")
 
@@ -239,7 +240,7 @@ class Worker:
                 self.log.add("deserialize", msg.step, recvd)
                 self._compute(msg)
                 self.tasks_done += 1
-                spin = self.cfg.workers <= len(os.sched_getaffinity(0))
+                spin = self.spin
             elif isinstance(msg, P.Stop):
                 self._send_logs()
                 self.echo(f"worker {self.rank}: stopped by the server ({msg.reason})")
