@@ -120,3 +120,11 @@ def sequential_params(tmp: Path, *args) -> np.ndarray:
 def no_traceback(*procs) -> None:
     for p in procs:
         assert "Traceback" not in p.output(), p.output()[-3000:]
+
+
+def ends_cleanly(server: Proc, *workers: Proc, timeout: float = 120, worker_timeout: float = 30) -> None:
+    """The run finished: the server and then every worker exit 0, none with a traceback."""
+    assert server.wait(timeout) == 0, server.output()[-3000:]
+    for w in workers:
+        assert w.wait(worker_timeout) == 0, w.output()[-3000:]
+    no_traceback(server, *workers)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from parsgd.ps.checkpoint import load_checkpoint
-from procs import PY, Procs, events, free_port, load_params, no_traceback
+from procs import PY, Procs, ends_cleanly, events, free_port, load_params, no_traceback
 
 # 2000 rows at batch 100: 20 steps per epoch, 60 in all; shards of 34/33/33 rows for 3 workers
 ARGS = ["--dataset", "synthetic", "--num-samples", "2000", "--epochs", "3", "--hidden", "32,16",
@@ -72,6 +72,13 @@ def wait_for_event(run, pred, timeout=10.0) -> float:
     raise AssertionError(f"no such event within {timeout} s: {events(run)[-10:]}")
 
 
+def declared_dead(run, session, label: str) -> None:
+    """The server declares `session` dead within DEADLINE (the time is printed with -s)."""
+    detect = wait_for_event(run, lambda e: e["event"] == "dead" and e["session"] == session)
+    print(f"\n{label}: dead event after {detect:.3f} s")
+    assert detect < DEADLINE
+
+
 def worker_steps(run, rank) -> set[int]:
     rows = [json.loads(line) for line in (run / "comm.jsonl").read_text().splitlines()]
     return {r["step"] for r in rows if r["role"] == "worker" and r["rank"] == rank and r["span"] == "compute"}
@@ -111,15 +118,11 @@ def test_external_sigkill_then_the_worker_started_again_rejoins(tmp_path, refere
         victim = workers[1]
         os.kill(victim.pid, signal.SIGKILL)
         session = session_of(run, pid=victim.pid)[0]
-        detect = wait_for_event(run, lambda e: e["event"] == "dead" and e["session"] == session)
-        print(f"\nexternal SIGKILL: dead event after {detect:.3f} s")
-        assert detect < DEADLINE
+        declared_dead(run, session, "external SIGKILL")
         again = p.worker(address, "--faults", SLOW)
         wait_for_event(run, lambda e: e["event"] == "join" and e["pid"] == again.pid, timeout=30)
-        assert server.wait(60) == 0, server.output()[-3000:]
-        for w in (workers[0], workers[2], again):
-            assert w.wait(10) == 0
-        no_traceback(server, *workers, again)
+        ends_cleanly(server, workers[0], workers[2], again, timeout=60, worker_timeout=10)
+        no_traceback(workers[1])
     dead = [e for e in named(run, "dead") if e["session"] == session]
     join = [e for e in named(run, "join") if e["pid"] == again.pid]
     assert len(dead) == 1 and len(join) == 1 and len(named(run, "dead")) == 1
@@ -150,13 +153,9 @@ def test_sigstopped_zombie_is_fenced_off_and_registers_again(tmp_path, reference
         while process_state(zombie.pid) != "T":
             assert time.monotonic() < deadline and zombie.p.poll() is None, zombie.output()[-2000:]
             time.sleep(0.005)
-        detect = wait_for_event(run, lambda e: e["event"] == "dead" and e["session"] == session)
-        print(f"\nSIGSTOP: dead event after {detect:.3f} s")
-        assert detect < DEADLINE
+        declared_dead(run, session, "SIGSTOP")
         wait_for_event(run, lambda e: e["event"] == "join" and e["pid"] == zombie.pid and e["session"] != session)
-        assert server.wait(60) == 0, server.output()[-3000:]
-        assert all(w.wait(10) == 0 for w in workers)
-        no_traceback(server, *workers)
+        ends_cleanly(server, *workers, timeout=60, worker_timeout=10)
         assert "registering again" in zombie.output()
     stale = [e for e in named(run, "stale") if e["session"] == session]
     assert stale and {(e["type"], e["step"]) for e in stale} == {("Grad", 25)}, named(run, "stale")
@@ -185,9 +184,7 @@ def test_worker_joining_mid_run_takes_shards_from_the_next_step(tmp_path, refere
         workers = [p.worker(address, "--faults", SLOW) for _ in range(2)]
         server.wait_for("epoch   1/")
         third = p.worker(address, env={"PARSGD_FAULTS": SLOW})  # the env var stands for --faults
-        assert server.wait(60) == 0, server.output()[-3000:]
-        assert all(w.wait(10) == 0 for w in (*workers, third))
-        no_traceback(server, *workers, third)
+        ends_cleanly(server, *workers, third, timeout=60, worker_timeout=10)
         assert f"fault injection: {SLOW}" in third.output()
     join = [e for e in named(run, "join") if e["pid"] == third.pid]
     assert len(join) == 1 and 20 <= join[0]["step"] < 60, join
@@ -281,9 +278,7 @@ def test_injected_drops_and_duplicates_replay_from_the_logged_seed(tmp_path, ref
             server, address = p.server(run, 3, *ARGS, *KNOBS, "--step-timeout", "0.4")
             flaky = p.worker(address, "--faults", "drop=0.1,dup=0.2,seed=5", "--name", "flaky")
             others = [p.worker(address) for _ in range(2)]
-            assert server.wait(60) == 0, server.output()[-3000:]
-            assert all(w.wait(10) == 0 for w in (flaky, *others))
-            no_traceback(server, flaky, *others)
+            ends_cleanly(server, flaky, *others, timeout=60, worker_timeout=10)
             assert "seed 5, stream 'flaky'" in flaky.output()
         rank = next(e["rank"] for e in named(run, "hello") if e["name"] == "flaky")
         seen.append([(e["event"], e["step"]) for e in events(run)

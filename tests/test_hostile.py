@@ -32,7 +32,7 @@ from attack import (RssWatch, dealer, hello, raw_connect, read_until_closed, rec
 from parsgd import __version__
 from parsgd.ps import protocol as P
 from parsgd.ps.sockets import HANDSHAKE_IVL_MS
-from procs import Procs, events, load_params, no_traceback, sequential_params
+from procs import Procs, ends_cleanly, events, load_params, sequential_params
 
 ARGS = ["--dataset", "synthetic", "--num-samples", "2000", "--hidden", "32,16", "--batch-size", "100",
         "--dtype", "float64", "--epochs", "2", "--seed", "7"]
@@ -68,9 +68,7 @@ class Run:
         assert self.rss.peak - self.rss.start_mb < RSS_BOUND_MB, (self.rss.start_mb, self.rss.peak)
 
     def finish(self, oracle) -> list[dict]:
-        assert self.server.wait() == 0, self.server.output()[-3000:]
-        assert all(w.wait(30) == 0 for w in self.workers)
-        no_traceback(self.server, *self.workers)
+        ends_cleanly(self.server, *self.workers)
         assert np.max(np.abs(load_params(self.dir) - oracle)) < 1e-8
         log = events(self.dir)
         assert sum(e["event"] == "join" for e in log) == N_WORKERS

@@ -11,7 +11,7 @@ import pytest
 
 from parsgd.data import write_idx
 from parsgd.mlp import n_params
-from procs import PY, Procs, load_params, no_traceback, sequential_params
+from procs import PY, Procs, ends_cleanly, load_params, no_traceback, sequential_params
 
 # 2030 rows at batch 100: 20 full batches and a final partial one of 30; 100 rows split unevenly for P = 3
 ARGS = ["--dataset", "synthetic", "--num-samples", "2030", "--epochs", "1", "--hidden", "32,16",
@@ -47,9 +47,7 @@ def test_by_hand_with_workers_started_before_the_server(tmp_path, oracle):
         workers = [p.worker(address) for _ in range(2)]
         time.sleep(1.5)  # the workers are retrying HELLO by now
         server, _ = p.server(tmp_path / "run", 2, *ARGS, port=port)
-        assert server.wait() == 0, server.output()
-        assert all(w.wait(30) == 0 for w in workers)
-        no_traceback(server, *workers)
+        ends_cleanly(server, *workers)
     assert np.max(np.abs(load_params(tmp_path / "run") - oracle)) < 1e-8
 
 
