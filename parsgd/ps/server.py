@@ -164,18 +164,13 @@ class ParameterServer(Trainer):
     # -- the training hooks --------------------------------------------------------------------
     def batch_gradient(self, epoch, step, order, lo, hi):
         st = self.cur = StepState(step, epoch, shard_bounds(lo, hi, self.n_shards))
-        t = self.log.now()
-        copied = 0
         for peer in self.peers.values():  # every copy first, so the TASKs then leave back to back
             if peer.ready and peer.buf is not None:
-                np.copyto(peer.buf.params, self.params)
-                peer.params_step = step
-                copied += self.params.nbytes
+                self._load_params(peer, step)
         if any(not p.buf for p in self.peers.values() if p.ready):
+            t = self.log.now()
             np.copyto(self.send_buf, self.params)
-            copied += self.params.nbytes
-        if copied:
-            self.log.add("serialize", step, t, copied)
+            self.log.add("serialize", step, t, self.params.nbytes)
         for s in range(len(st.shards)):
             self._assign(s)
         while True:
@@ -294,13 +289,17 @@ class ParameterServer(Trainer):
         if self.stopping:
             raise ServerExit(f"interrupted by {self.stopping} at step {self.step}; "
                              f"continue with `parsgd server --resume {self.rundir.path}`")
-        if self.poller.poll(max(0, int(timeout_s * 1000))):
-            while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                self._receive_one()
+        self._receive_ready(timeout_s)
         now = time.monotonic()
         if now >= self._timers_due:
             self._timers(now)
             self._timers_due = now + min(0.05, self.opts.heartbeat_s / 4)
+
+    def _receive_ready(self, timeout_s: float) -> None:
+        """Wait up to timeout_s for a message, then handle every one that is queued."""
+        if self.poller.poll(max(0, int(timeout_s * 1000))):
+            while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                self._receive_one()
 
     def _receive_one(self) -> None:
         t = self.log.now()
@@ -571,16 +570,20 @@ class ParameterServer(Trainer):
         st.owner[s], st.sent_at[s] = peer.session, time.monotonic()
         lo, hi = st.shards[s]
         if peer.buf is not None:
-            if peer.params_step != st.step:
-                t = self.log.now()
-                np.copyto(peer.buf.params, self.params)
-                self.log.add("serialize", st.step, t, self.params.nbytes)
-                peer.params_step = st.step
+            self._load_params(peer, st.step)  # a no-op unless it joined during this step
             payload = None
         else:
             payload = self.send_buf
         task = P.Task(self.incarnation, peer.session, st.step, st.epoch, s, lo, hi, self.log.now(), payload)
         self._send(peer, task, st.step)
+
+    def _load_params(self, peer: Peer, step: int) -> None:
+        """The step's parameters into a shared-memory worker's segment, once per step."""
+        if peer.params_step != step:
+            t = self.log.now()
+            np.copyto(peer.buf.params, self.params)
+            self.log.add("serialize", step, t, self.params.nbytes)
+            peer.params_step = step
 
     def _retry_non_finite(self, st: StepState) -> None:
         for s, src in enumerate(st.src):
@@ -638,9 +641,8 @@ class ParameterServer(Trainer):
         while not want <= set(self.worker_logs) and time.monotonic() < deadline and self.peers:
             if collect:
                 self._poll_once(POLL_MAX_S)
-            elif self.poller.poll(int(POLL_MAX_S * 1000)):  # aborting: no timers, no signal check
-                while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    self._receive_one()
+            else:  # aborting: no timers, no signal check
+                self._receive_ready(POLL_MAX_S)
             want &= {p.rank for p in self.peers.values() if p.ready} | set(self.worker_logs)
 
     # -- checkpoints -------------------------------------------------------------------------------
