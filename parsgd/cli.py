@@ -24,11 +24,11 @@ def _user_error_types() -> tuple[type, ...]:
     from parsgd.ps.server import ServerExit
     from parsgd.ps.sockets import KeysError
     from parsgd.ps.worker import WorkerExit
-    from parsgd.rundir import OutputDirError
+    from parsgd.training.rundir import OutputDirError
     types = [UserError, ConfigError, DataError, OutputDirError, ServerExit, WorkerExit, CheckpointError,
              KeysError, FaultSpecError]
     try:
-        from parsgd.runs import RunDirError
+        from parsgd.analysis.rundirs import RunDirError
         types.append(RunDirError)
     except ImportError:
         pass
@@ -148,8 +148,8 @@ def train(workers, blas_threads, out, **opts):
     """Train on one machine: sequentially, or with the Pool baseline (--workers P)."""
     from threadpoolctl import threadpool_limits
 
-    from parsgd.rundir import RunDir, default_out
-    from parsgd.train import make_trainer
+    from parsgd.training.rundir import RunDir, default_out
+    from parsgd.training.loop import make_trainer
 
     cfg = build_config(workers, **opts)
     cfg, data = load_data(cfg)
@@ -229,8 +229,9 @@ def server(bind, workers, wait_timeout, heartbeat, liveness, step_timeout, check
     from pathlib import Path
 
     from parsgd.ps.checkpoint import load_checkpoint, restore
-    from parsgd.ps.server import ParameterServer, ServerOptions
-    from parsgd.rundir import RunDir, atomic_write_bytes, default_out
+    from parsgd.config import ServerOptions
+    from parsgd.ps.server import ParameterServer
+    from parsgd.training.rundir import RunDir, atomic_write_bytes, default_out
 
     _check_server_knobs(heartbeat, liveness, step_timeout, wait_timeout, checkpoint_every)
     state = None
@@ -244,9 +245,9 @@ def server(bind, workers, wait_timeout, heartbeat, liveness, step_timeout, check
     label = transport_label or ("shm" if shm else bind.split("://")[0])
     rundir = RunDir(out or default_out("ps", cfg.workers), cfg, "ps", transport=label, dataset=data.name,
                     append=bool(resume))
-    sopts = ServerOptions(bind=bind, wait_timeout=wait_timeout, heartbeat_s=heartbeat, liveness=liveness,
-                          step_timeout=step_timeout, checkpoint_every=checkpoint_every, shm=shm, keys_dir=keys_dir,
-                          register_timeout=register_timeout)
+    sopts = ServerOptions(bind=bind, wait_timeout_s=wait_timeout, heartbeat_s=heartbeat, liveness=liveness,
+                          step_timeout_s=step_timeout, checkpoint_every=checkpoint_every, shm=shm, keys_dir=keys_dir,
+                          register_timeout_s=register_timeout)
     srv = ParameterServer(cfg, data, sopts, rundir, transport=label)
     if state is not None:
         restore(srv, state)
@@ -316,9 +317,9 @@ def launch(workers, transport, wait_timeout, heartbeat, liveness, step_timeout, 
     """Start a parameter server and N workers on this machine; stop them all on exit."""
     from pathlib import Path
 
-    from parsgd.launch import launch as run_launch
+    from parsgd.jobs.launch import launch as run_launch
     from parsgd.ps.faults import FaultPlan
-    from parsgd.rundir import default_out, prepare_dir
+    from parsgd.training.rundir import default_out, prepare_dir
 
     _check_server_knobs(heartbeat, liveness, step_timeout, wait_timeout, checkpoint_every)
     if restart_workers < 0:
@@ -363,8 +364,8 @@ def keygen(directory):
 @training_options
 def experiment(workers, modes, transports, quiet, verbose, out, **opts):
     """Compare sequential, Pool and parameter-server training with one seed: table, report, plots."""
-    from parsgd.experiment import MODES, run_experiment
-    from parsgd.launch import TRANSPORTS
+    from parsgd.jobs.experiment import MODES, run_experiment
+    from parsgd.jobs.launch import TRANSPORTS
 
     modes = parse_str_list(modes, MODES, "--modes")
     if not modes:
@@ -395,7 +396,7 @@ for _param in experiment.params:
               help="Folder for the PNGs [default: the run directory for one run, else the current folder].")
 def plot(run_dirs, out):
     """Plot runs: loss, accuracy, epoch time (every run a series); PS runs add timeline and overhead."""
-    from parsgd.plots import plot_runs
+    from parsgd.analysis.plots import plot_runs
 
     for path in plot_runs(run_dirs, out):
         click.echo(str(path))
@@ -408,7 +409,7 @@ def trace(run_dir, out):
     """Write a parameter-server run's comm.jsonl as a Chrome trace (open it in ui.perfetto.dev)."""
     from pathlib import Path
 
-    from parsgd.trace import write_trace
+    from parsgd.analysis.trace import write_trace
 
     out = Path(out) if out else Path(run_dir) / "trace.json"
     n = write_trace(run_dir, out)

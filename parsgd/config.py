@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from parsgd.errors import UsageError
 
 DATASETS = ("auto", "mnist", "fashion-mnist", "synthetic")
 DTYPES = ("float32", "float64")
@@ -13,8 +15,8 @@ N_INPUTS = 784
 N_CLASSES = 10
 
 
-class ConfigError(ValueError):
-    """A training option has a value we cannot train with; the message names the fix."""
+class ConfigError(UsageError, ValueError):
+    """A training or server option has a value parsgd cannot use; the message names the fix (exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,6 @@ class RunConfig:
     seed: int = 42
     dtype: str = "float32"
     workers: int = 1
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -85,15 +86,62 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
         """Builds a config from a dict (config.json, a WELCOME message); unknown keys are refused."""
-        if not isinstance(d, dict):
-            raise ConfigError("config must be a mapping")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown config keys: {', '.join(map(str, unknown))}")
-        try:
-            return cls(**d)
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, ConfigError):
-                raise
-            raise ConfigError(f"bad config: {exc}") from None
+        return _from_dict(cls, d)
+
+
+def _from_dict(cls, d: dict):
+    """`cls(**d)` for a frozen options dataclass; unknown keys and bad values raise ConfigError."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{cls.__name__} must be a mapping, got {type(d).__name__}")
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} keys: {', '.join(map(str, unknown))}")
+    try:
+        return cls(**d)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad {cls.__name__}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How the parameter server listens and handles faults (times in seconds); validated on creation.
+
+    Built by `parsgd server` / `parsgd launch` and passed to child processes as data (`to_dict`).
+    Raises ConfigError naming the option and its range.
+    """
+    bind: str = "tcp://127.0.0.1:5555"
+    wait_timeout_s: float = 300.0      # for the first N workers, and for any worker when none is left
+    heartbeat_s: float = 1.0           # interval of pings both ways
+    liveness: int = 3                  # a peer silent for liveness x heartbeat_s is dead
+    step_timeout_s: float = 10.0       # a shard not returned within this goes to another worker
+    checkpoint_every: int = 0          # steps between checkpoints; 0: epoch ends only
+    shm: bool = True                   # shared-memory payloads for same-host workers
+    keys_dir: str | None = None        # CURVE keys (`parsgd keygen`); required off loopback
+    register_timeout_s: float = 60.0   # WELCOME to READY (the worker loads its data meanwhile)
+    transport: str = "tcp"             # label recorded in the run: shm, tcp or ipc
+
+    def __post_init__(self):
+        for option, value, ok, allowed in (
+                ("--wait-timeout", self.wait_timeout_s, self.wait_timeout_s > 0, "> 0 seconds"),
+                ("--heartbeat", self.heartbeat_s, self.heartbeat_s > 0, "> 0 seconds"),
+                ("--liveness", self.liveness, self.liveness >= 1, "a whole number >= 1"),
+                ("--step-timeout", self.step_timeout_s, self.step_timeout_s > 0, "> 0 seconds"),
+                ("--checkpoint-every", self.checkpoint_every, self.checkpoint_every >= 0, "a step count >= 0"),
+                ("--register-timeout", self.register_timeout_s, self.register_timeout_s > 0, "> 0 seconds")):
+            if not ok or value != value:
+                raise ConfigError(f"{option} {value} is out of range: it must be {allowed}")
+
+    @property
+    def dead_after_s(self) -> float:
+        """Silence after which a peer counts as dead: liveness x heartbeat_s."""
+        return self.liveness * self.heartbeat_s
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ServerOptions":
+        """From `to_dict()` output; unknown keys or bad values raise ConfigError."""
+        return _from_dict(cls, d)

@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 from matplotlib import image as mpimg
 
-from parsgd import plots
+from parsgd.analysis import plots
 from parsgd.cli import cli
-from parsgd.experiment import eta, plan
-from parsgd.report import comm_breakdown
-from parsgd.runs import load_run
+from parsgd.jobs.experiment import eta, plan
+from parsgd.analysis.report import comm_breakdown
+from parsgd.analysis.rundirs import load_run
 
 TINY = ["--dataset", "synthetic", "--num-samples", "2048", "--epochs", "2", "--hidden", "32", "--batch-size", "128"]
 LABELS = {"sequential": "sequential", "pool-p2": "pool P=2", "ps-p2-shm": "ps P=2 shm"}

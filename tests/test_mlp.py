@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from parsgd import mlp
-from parsgd.optim import sgd_momentum_
+from parsgd.model import mlp
+from parsgd.model.optim import sgd_momentum_
 
 SHAPES = [(784, 10, 10), (784, 16, 10), (784, 12, 7, 10), (784, 8, 6, 5, 10)]
 

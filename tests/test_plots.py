@@ -8,8 +8,8 @@ import pytest
 from matplotlib import image as mpimg
 from matplotlib.colors import to_rgb
 
-from parsgd import plots
-from parsgd.runs import RunDirError, load_run
+from parsgd.analysis import plots
+from parsgd.analysis.rundirs import RunDirError, load_run
 from rundir_factory import make_experiment, make_run
 
 SMALL = (plots.FIGSIZE[1] * plots.DPI, plots.FIGSIZE[0] * plots.DPI)      # (rows, cols) in pixels

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from parsgd.data import write_idx
-from parsgd.mlp import n_params
+from parsgd.model.mlp import n_params
 from procs import PY, Procs, ends_cleanly, load_params, no_traceback, sequential_params
 
 # 2030 rows at batch 100: 20 full batches and a final partial one of 30; 100 rows split unevenly for P = 3

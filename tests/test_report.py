@@ -5,8 +5,8 @@ import re
 import numpy as np
 import pytest
 
-from parsgd.report import comm_breakdown, comparison_rows, format_table, write_report
-from parsgd.runs import RunDirError, load_comm, load_run
+from parsgd.analysis.report import comm_breakdown, comparison_rows, format_table, write_report
+from parsgd.analysis.rundirs import RunDirError, load_comm, load_run
 from rundir_factory import make_experiment, make_run
 
 

@@ -5,8 +5,8 @@ from collections import Counter
 
 import pytest
 
-from parsgd.runs import SPANS, RunDirError
-from parsgd.trace import write_trace
+from parsgd.analysis.rundirs import SPANS, RunDirError
+from parsgd.analysis.trace import write_trace
 from rundir_factory import make_run
 
 

@@ -6,8 +6,8 @@ import pytest
 
 from parsgd.config import RunConfig
 from parsgd.data import make_synthetic
-from parsgd.rundir import RunDir
-from parsgd.train import PoolTrainer, Trainer, shard_bounds
+from parsgd.training.rundir import RunDir
+from parsgd.training.loop import PoolTrainer, Trainer, shard_bounds
 
 
 def quiet(_):
@@ -56,7 +56,7 @@ def test_same_seed_gives_byte_identical_model_files(tmp_path):
 
 
 def test_a_new_run_in_a_used_folder_removes_the_old_runs_files(tmp_path):
-    from parsgd.rundir import STALE_FILES
+    from parsgd.training.rundir import STALE_FILES
     cfg = RunConfig(dataset="synthetic", epochs=1, hidden=(8,))
     for name in (*STALE_FILES, "metrics.jsonl", "loss.png"):
         (tmp_path / name).write_text("old run\n")

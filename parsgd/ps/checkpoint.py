@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from parsgd.rundir import atomic_write_bytes, npz_bytes
+from parsgd.training.rundir import atomic_write_bytes, npz_bytes
 
 NAME = "checkpoint.npz"
 

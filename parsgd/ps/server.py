@@ -30,7 +30,8 @@ from parsgd.ps import protocol as P
 from parsgd.ps.commlog import COMM_SPANS, CommLog, format_summary, summarize, write_comm_jsonl
 from parsgd.ps.shm import SessionBuffer, sweep_stale
 from parsgd.ps.sockets import configure_router
-from parsgd.train import Trainer, shard_bounds
+from parsgd.config import ServerOptions
+from parsgd.training.loop import Trainer, shard_bounds
 
 STATUS_EVERY_S = 5.0          # "waiting for k/N workers" lines
 LOGS_TIMEOUT_S = 10.0         # how long to wait for workers' LOGS at the end
@@ -46,19 +47,6 @@ HOSTILE_EVENTS_PER_S = 50     # events of one kind about refused messages per se
 
 class ServerExit(Exception):
     """Training cannot go on; the message says why and what to do. Exit 1 after a checkpoint."""
-
-
-@dataclass
-class ServerOptions:
-    bind: str = "tcp://127.0.0.1:5555"
-    wait_timeout: float = 300.0
-    heartbeat_s: float = 1.0
-    liveness: int = 3
-    step_timeout: float = 10.0
-    checkpoint_every: int = 0
-    shm: bool = True
-    keys_dir: str | None = None
-    register_timeout: float = REGISTER_TIMEOUT_S
 
 
 @dataclass
@@ -257,7 +245,7 @@ class ParameterServer(Trainer):
         return summary
 
     def _wait_for_initial_workers(self):
-        deadline = time.monotonic() + self.opts.wait_timeout
+        deadline = time.monotonic() + self.opts.wait_timeout_s
         self.echo(f"server listening on {self.address}: waiting for {self.n_shards} workers "
                   f"(start them with: parsgd worker --connect {self.address})")
         next_status = time.monotonic() + STATUS_EVERY_S
@@ -266,7 +254,7 @@ class ParameterServer(Trainer):
             if now >= deadline:
                 raise ServerExit(
                     f"only {self._ready_count()}/{self.n_shards} workers registered within "
-                    f"{self.opts.wait_timeout:g} s: start them with `parsgd worker --connect {self.address}` "
+                    f"{self.opts.wait_timeout_s:g} s: start them with `parsgd worker --connect {self.address}` "
                     "or raise --wait-timeout")
             if now >= next_status:
                 self.echo(f"waiting for {self.n_shards - self._ready_count()}/{self.n_shards} workers "
@@ -360,8 +348,8 @@ class ParameterServer(Trainer):
         for peer in [p for p in self.peers.values() if not p.ready]:
             if now - peer.last_seen > self.opts.heartbeat_s * self.opts.liveness:
                 reason = f"silent for {now - peer.last_seen:.1f} s before READY"
-            elif now - peer.welcomed > self.opts.register_timeout:
-                reason = f"no READY within {self.opts.register_timeout:g} s"
+            elif now - peer.welcomed > self.opts.register_timeout_s:
+                reason = f"no READY within {self.opts.register_timeout_s:g} s"
             else:
                 continue
             self._forget_pending(peer, reason)
@@ -387,17 +375,17 @@ class ParameterServer(Trainer):
         st = self.cur
         if st is not None:
             for s, owner in enumerate(st.owner):
-                if owner is not None and not st.done[s] and now - st.sent_at[s] > self.opts.step_timeout:
+                if owner is not None and not st.done[s] and now - st.sent_at[s] > self.opts.step_timeout_s:
                     self.events("step_timeout", step=st.step, shard=s, rank=self.peers[owner].rank)
-                    self.echo(f"shard {s} of step {st.step} took over {self.opts.step_timeout:g} s "
+                    self.echo(f"shard {s} of step {st.step} took over {self.opts.step_timeout_s:g} s "
                               f"on worker {self.peers[owner].rank}: reassigning it")
                     self._assign(s, avoid=owner)
         if self._ready_count() == 0 and self.cur is not None:
             if self.no_workers_since is None:
                 self.no_workers_since = now
-                self.echo(f"no workers left: waiting up to {self.opts.wait_timeout:g} s for one to join")
-            elif now - self.no_workers_since > self.opts.wait_timeout:
-                raise ServerExit(f"no workers for {self.opts.wait_timeout:g} s at step {self.step}; "
+                self.echo(f"no workers left: waiting up to {self.opts.wait_timeout_s:g} s for one to join")
+            elif now - self.no_workers_since > self.opts.wait_timeout_s:
+                raise ServerExit(f"no workers for {self.opts.wait_timeout_s:g} s at step {self.step}; "
                                  f"checkpoint written; continue with `parsgd server --resume {self.rundir.path}`")
         else:
             self.no_workers_since = None

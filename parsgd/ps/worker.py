@@ -26,13 +26,13 @@ from threadpoolctl import threadpool_limits
 from parsgd import __version__
 from parsgd.config import RunConfig
 from parsgd.data import epoch_order, load_dataset
-from parsgd.mlp import Workspace, loss_and_grad, n_params
+from parsgd.model.mlp import Workspace, loss_and_grad, n_params
 from parsgd.ps import protocol as P
 from parsgd.ps.commlog import CommLog
 from parsgd.ps.faults import FaultPlan
 from parsgd.ps.shm import SessionBuffer
 from parsgd.ps.sockets import configure_dealer
-from parsgd.train import batch_rows
+from parsgd.training.loop import batch_rows
 
 HELLO_RETRY_S = 1.0           # resend HELLO this often while no server answers (Lazy Pirate)
 STATUS_EVERY_S = 5.0

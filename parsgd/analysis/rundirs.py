@@ -1,6 +1,6 @@
 """Reading run directories: config.json, metrics.jsonl, summary.json and (PS runs) comm.jsonl.
 
-    python -c "from parsgd.runs import load_run; r = load_run('runs/ps-p2'); print(r.label, len(r.comm))"
+    python -c "from parsgd.analysis.rundirs import load_run; r = load_run('runs/ps-p2'); print(r.label, len(r.comm))"
 
 Writers live in rundir.py and ps/commlog.py; this module only reads, and turns every problem
 with a folder into a one-line RunDirError that names the file and the fix.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from parsgd.runs import load_comm
+from parsgd.analysis.rundirs import load_comm
 
 PIDS = {"server": 0, "worker": 1}
 US = 1e6  # trace timestamps are microseconds

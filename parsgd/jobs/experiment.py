@@ -81,8 +81,8 @@ def eta(done: list[tuple[Configuration, float]], remaining: list[Configuration])
 
 
 def _run_in_process(config: Configuration, cfg: RunConfig, data, run_dir: Path, epoch_echo) -> None:
-    from parsgd.rundir import RunDir
-    from parsgd.train import PoolTrainer, Trainer
+    from parsgd.training.rundir import RunDir
+    from parsgd.training.loop import PoolTrainer, Trainer
 
     cfg = cfg.replace(workers=config.workers)
     rundir = RunDir(run_dir, cfg, config.mode, dataset=data.name)
@@ -118,7 +118,7 @@ class _ChildOutput:
 
 def _run_ps(config: Configuration, cfg: RunConfig, run_dir: Path, output: _ChildOutput) -> int:
     from parsgd.cli import config_args
-    from parsgd.launch import launch
+    from parsgd.jobs.launch import launch
 
     return launch(config_args(cfg), config.workers, config.transport, run_dir, echo=output)
 
@@ -132,7 +132,7 @@ def _exit_reason(status: int) -> str:
 
 def _run_one(config: Configuration, cfg: RunConfig, data, run_dir: Path, echo, epoch_echo, verbose) -> str | None:
     """Train one configuration into run_dir and print its done line; returns why it failed, or None."""
-    from parsgd.runs import load_run
+    from parsgd.analysis.rundirs import load_run
 
     try:
         if config.mode == "ps":
@@ -174,7 +174,7 @@ def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: 
     at the end when any configuration failed, after writing the report of the others.
     """
     from parsgd.data import load_dataset
-    from parsgd.rundir import prepare_dir
+    from parsgd.training.rundir import prepare_dir
 
     out = prepare_dir(out)
     configs = plan(workers_list, modes, transports)
@@ -211,9 +211,9 @@ def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: 
 
 def write_outputs(run_dirs: list[Path], out: Path, cfg: RunConfig, echo=click.echo) -> list[Path]:
     """Report (printed and written) and PNGs from the finished run directories; returns the files."""
-    from parsgd import plots, report
-    from parsgd.rundir import machine_info
-    from parsgd.runs import load_run
+    from parsgd.analysis import plots, report
+    from parsgd.training.rundir import machine_info
+    from parsgd.analysis.rundirs import load_run
 
     runs = [load_run(d) for d in run_dirs]
     baseline = next((r for r in runs if r.mode == "sequential"), runs[0])

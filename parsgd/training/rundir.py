@@ -18,7 +18,7 @@ import numpy as np
 
 from parsgd import __version__
 from parsgd.config import RunConfig
-from parsgd.mlp import named_arrays
+from parsgd.model.mlp import named_arrays
 
 
 class OutputDirError(Exception):

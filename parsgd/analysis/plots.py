@@ -14,8 +14,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from parsgd.report import comm_breakdown, describe_config, with_baseline
-from parsgd.runs import SPANS, Run, RunDirError, load_run
+from parsgd.analysis.report import comm_breakdown, describe_config, with_baseline
+from parsgd.analysis.rundirs import SPANS, Run, RunDirError, load_run
 
 DPI = 100
 FIGSIZE = (8, 5)          # loss, accuracy, epoch_time, speedup: 800 x 500 px

@@ -1,6 +1,6 @@
 """Comparison table and experiment_report.txt from run directories (numbers come only from the logs).
 
-    python -c "from parsgd.runs import load_runs; from parsgd.report import *; \
+    python -c "from parsgd.analysis.rundirs import load_runs; from parsgd.analysis.report import *; \
 rs = load_runs(['results/sequential', 'results/ps-p2']); print(format_table(comparison_rows(rs, rs[0])))"
 """
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as _dt
 from pathlib import Path
 
-from parsgd.runs import Run
+from parsgd.analysis.rundirs import Run
 
 # Span names of comm.jsonl grouped into what the report calls them.
 CATEGORIES = {"serialize": ("serialize",), "transfer": ("send", "recv"), "wait": ("wait",),

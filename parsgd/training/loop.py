@@ -20,9 +20,9 @@ from threadpoolctl import threadpool_limits
 
 from parsgd.config import RunConfig
 from parsgd.data import Dataset, epoch_order
-from parsgd.mlp import Workspace, evaluate, init_params, loss_and_grad
-from parsgd.optim import sgd_momentum_
-from parsgd.rundir import RunDir
+from parsgd.model.mlp import Workspace, evaluate, init_params, loss_and_grad
+from parsgd.model.optim import sgd_momentum_
+from parsgd.training.rundir import RunDir
 
 
 def shard_bounds(lo: int, hi: int, parts: int) -> list[tuple[int, int]]:
