@@ -247,8 +247,8 @@ def server(bind, workers, wait_timeout, heartbeat, liveness, step_timeout, check
                     append=bool(resume))
     sopts = ServerOptions(bind=bind, wait_timeout_s=wait_timeout, heartbeat_s=heartbeat, liveness=liveness,
                           step_timeout_s=step_timeout, checkpoint_every=checkpoint_every, shm=shm, keys_dir=keys_dir,
-                          register_timeout_s=register_timeout)
-    srv = ParameterServer(cfg, data, sopts, rundir, transport=label)
+                          register_timeout_s=register_timeout, transport=label)
+    srv = ParameterServer(cfg, data, sopts, rundir)
     if state is not None:
         restore(srv, state)
         rundir.rewrite_metrics(srv.metrics)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
+from parsgd.errors import UserError
 
 MNIST_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -53,7 +54,7 @@ _REFETCH = "delete it and download or copy it again"
 _STREAM = 0xDA7A  # [seed, _STREAM, k] (k: 1 subsample, 2/3 synthetic train/test) != epoch_order's [seed, epoch]
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A dataset cannot be found, read or downloaded; the one-line message names the file and the fix."""
 
 

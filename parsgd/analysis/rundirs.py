@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from parsgd.errors import UserError
 
 CONFIG, METRICS, SUMMARY, COMM = "config.json", "metrics.jsonl", "summary.json", "comm.jsonl"
 METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s")
@@ -22,7 +23,7 @@ SPANS = ("serialize", "send", "recv", "deserialize", "compute", "wait", "aggrega
 NOT_A_RUN = "pass a folder written by parsgd train/launch/experiment"
 
 
-class RunDirError(Exception):
+class RunDirError(UserError):
     """A run directory is missing, incomplete or corrupt; the message names the path and the fix."""
 
 

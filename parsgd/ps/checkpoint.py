@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from parsgd.training.rundir import atomic_write_bytes, npz_bytes
+from parsgd.errors import UserError
 
 NAME = "checkpoint.npz"
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """No usable checkpoint; the message names the file and the fix."""
 
 

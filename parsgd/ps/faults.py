@@ -18,9 +18,10 @@ import signal
 import subprocess
 import sys
 import time
+from parsgd.errors import UsageError
 
 
-class FaultSpecError(ValueError):
+class FaultSpecError(UsageError, ValueError):
     """The --faults text cannot be parsed; the message shows the accepted items."""
 
 

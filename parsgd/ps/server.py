@@ -32,6 +32,7 @@ from parsgd.ps.shm import SessionBuffer, sweep_stale
 from parsgd.ps.sockets import configure_router
 from parsgd.config import ServerOptions
 from parsgd.training.loop import Trainer, shard_bounds
+from parsgd.errors import UserError
 
 STATUS_EVERY_S = 5.0          # "waiting for k/N workers" lines
 LOGS_TIMEOUT_S = 10.0         # how long to wait for workers' LOGS at the end
@@ -45,7 +46,7 @@ REGISTER_TIMEOUT_S = 60.0     # a welcomed peer must send READY within this (it 
 HOSTILE_EVENTS_PER_S = 50     # events of one kind about refused messages per second; the rest are counted
 
 
-class ServerExit(Exception):
+class ServerExit(UserError):
     """Training cannot go on; the message says why and what to do. Exit 1 after a checkpoint."""
 
 
@@ -102,10 +103,10 @@ class EventLog:
 class ParameterServer(Trainer):
     mode = "ps"
 
-    def __init__(self, cfg, data, opts: ServerOptions, rundir, echo=click.echo, transport="tcp"):
+    def __init__(self, cfg, data, opts: ServerOptions, rundir, echo=click.echo):
         super().__init__(cfg, data, echo=echo, progress=False)
         self._limits = threadpool_limits(1)  # the workers need the cores; aggregation is memory-bound
-        self.opts, self.rundir, self.transport = opts, rundir, transport
+        self.opts, self.rundir, self.transport = opts, rundir, opts.transport
         self.n_shards = cfg.workers
         self.incarnation = random.SystemRandom().getrandbits(62) + 1
         self.fingerprint = data.fingerprint()

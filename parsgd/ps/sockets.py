@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import zmq
+from parsgd.errors import UserError
 
 HWM = 16
 HANDSHAKE_IVL_MS = 5000
@@ -27,7 +28,7 @@ RECONNECT_IVL_MAX_MS = 2000
 ZAP_DOMAIN = b"parsgd"
 
 
-class KeysError(Exception):
+class KeysError(UserError):
     """Keys are missing or unreadable; the message names the file and the fix."""
 
 

@@ -33,6 +33,7 @@ from parsgd.ps.faults import FaultPlan
 from parsgd.ps.shm import SessionBuffer
 from parsgd.ps.sockets import configure_dealer
 from parsgd.training.loop import batch_rows
+from parsgd.errors import UserError
 
 HELLO_RETRY_S = 1.0           # resend HELLO this often while no server answers (Lazy Pirate)
 STATUS_EVERY_S = 5.0
@@ -50,7 +51,7 @@ DEFAULT_LIVENESS = 3
 SPIN_S = 0.005
 
 
-class WorkerExit(Exception):
+class WorkerExit(UserError):
     """The worker cannot go on; the message says why (exit 1)."""
 
 

@@ -19,9 +19,10 @@ import numpy as np
 from parsgd import __version__
 from parsgd.config import RunConfig
 from parsgd.model.mlp import named_arrays
+from parsgd.errors import UserError
 
 
-class OutputDirError(Exception):
+class OutputDirError(UserError):
     """The --out path cannot hold a run directory."""
 
 
