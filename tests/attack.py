@@ -12,7 +12,7 @@ from pathlib import Path
 import zmq
 
 from parsgd import __version__
-from parsgd.ps import protocol as P
+from parsgd.ps import protocol as proto
 from procs import events
 
 # ZMTP 3.0 greeting: signature, version 3.0, mechanism NULL, as-server 0, filler (64 bytes in all)
@@ -120,18 +120,18 @@ def dealer(ctx: zmq.Context, address: str, identity: bytes | None = None, **opti
     return sock
 
 
-def hello(session: int, pid: int = 10**9, host: str = "attacker", version: int = P.PROTOCOL_VERSION) -> list:
-    if version != P.PROTOCOL_VERSION:  # a foreign-protocol HELLO, refused with ERROR VERSION
+def hello(session: int, pid: int = 10**9, host: str = "attacker", version: int = proto.PROTOCOL_VERSION) -> list:
+    if version != proto.PROTOCOL_VERSION:  # a foreign-protocol HELLO, refused with ERROR VERSION
         import msgpack
         return [msgpack.packb({"v": version, "type": "HELLO", "session": session})]
-    return P.Hello(__version__, version, host, pid, 0.0, session, "hostile").to_frames()
+    return proto.Hello(__version__, version, host, pid, 0.0, session, "hostile").to_frames()
 
 
 def recv_message(sock: zmq.Socket, timeout_s: float):
     """The next decoded message within timeout_s, or None."""
     if not sock.poll(int(timeout_s * 1000)):
         return None
-    return P.decode(sock.recv_multipart())
+    return proto.decode(sock.recv_multipart())
 
 
 def server_answers(ctx: zmq.Context, address: str, timeout_s: float = 5.0) -> bool:
@@ -140,6 +140,6 @@ def server_answers(ctx: zmq.Context, address: str, timeout_s: float = 5.0) -> bo
     try:
         sock.send_multipart(hello(1, version=99))
         reply = recv_message(sock, timeout_s)
-        return isinstance(reply, P.Error) and reply.code == "VERSION"
+        return isinstance(reply, proto.Error) and reply.code == "VERSION"
     finally:
         sock.close(linger=0)

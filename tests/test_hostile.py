@@ -30,7 +30,7 @@ from zmq.utils.monitor import recv_monitor_message
 from attack import (RssWatch, dealer, hello, raw_connect, read_until_closed, recv_message, server_answers,
                     wait_event, zmtp_null_handshake)
 from parsgd import __version__
-from parsgd.ps import protocol as P
+from parsgd.ps import protocol as proto
 from parsgd.ps.sockets import HANDSHAKE_IVL_MS
 from procs import Procs, ends_cleanly, events, load_params, sequential_params
 
@@ -173,7 +173,7 @@ GRAD_FIELDS = dict(incarnation=1, session=1, step=0, shard=0, lo=0, hi=50, count
 
 
 def _header(**fields):
-    return msgpack.packb({"v": P.PROTOCOL_VERSION, "type": "GRAD", **GRAD_FIELDS, **fields}, use_bin_type=True)
+    return msgpack.packb({"v": proto.PROTOCOL_VERSION, "type": "GRAD", **GRAD_FIELDS, **fields}, use_bin_type=True)
 
 
 MALFORMED = {
@@ -192,8 +192,8 @@ MALFORMED = {
     "truncated_payload": [_header(dtype="float64", n=25818), b"\0" * 1000],
     "payload_too_long_for_n": [_header(dtype="float64", n=3), b"\0" * 25],
     "bad_dtype": [_header(dtype="object", n=1), b"\0" * 8],
-    "wrong_version": [_header(v=2)],
-    "version_as_str": [_header(v="1")],
+    "wrong_version": [_header(v=proto.PROTOCOL_VERSION + 1)],
+    "version_as_str": [_header(v=str(proto.PROTOCOL_VERSION))],
     "unknown_type": [_header(type="LAUNCH_MISSILES")],
     "step_as_str": [_header(step="3")],
     "step_as_bool": [_header(step=True)],
@@ -203,8 +203,8 @@ MALFORMED = {
     "missing_field": [msgpack.packb({"v": 1, "type": "GRAD", "step": 1})],
     "unknown_field": [_header(evil=1)],
     "three_frames": [_header(), b"", b""],
-    "task_to_the_server": P.Task(1, 1, 0, 0, 0, 0, 50, 0.0, None).to_frames(),
-    "error_from_a_stranger": P.Error("BAD_MESSAGE", "hi").to_frames(),
+    "task_to_the_server": proto.Task(1, 1, 0, 0, 0, 0, 50, 50, 0.0, None).to_frames(),
+    "error_from_a_stranger": proto.Error("BAD_MESSAGE", "hi").to_frames(),
 }
 
 
@@ -221,11 +221,11 @@ class Heartbeater(threading.Thread):
             self.sock.send_multipart(hello(self.session, pid=FAKE_PID + 5001))
             while not self.halt.is_set():
                 msg = recv_message(self.sock, 0.25)
-                if isinstance(msg, P.Welcome):
+                if isinstance(msg, proto.Welcome):
                     self.welcome = msg
-                self.tasks += isinstance(msg, P.Task)
+                self.tasks += isinstance(msg, proto.Task)
                 if self.welcome is not None:
-                    self.sock.send_multipart(P.Heartbeat(self.welcome.incarnation, self.session).to_frames())
+                    self.sock.send_multipart(proto.Heartbeat(self.welcome.incarnation, self.session).to_frames())
         except zmq.ZMQError:  # the test failed and destroyed the context
             pass
         finally:
@@ -235,14 +235,14 @@ class Heartbeater(threading.Thread):
 def _fuzz_frames():
     value = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st.floats(),
                       st.text(max_size=20), st.binary(max_size=20), st.lists(st.integers(-2**63, 2**63), max_size=3))
-    names = sorted({n for cls in P.TYPES.values() for n in cls.FIELDS} | {"dtype", "n", "v", "type"})
+    names = sorted({n for cls in proto.TYPES.values() for n in cls.FIELDS} | {"dtype", "n", "v", "type"})
     header = st.builds(
         lambda base, extra: msgpack.packb({**base, **extra}, use_bin_type=True),
         st.fixed_dictionaries({"v": st.sampled_from([1, 1, 1, 0, 2, "1"]),
-                               "type": st.sampled_from([*P.TYPES, "NOPE", 7])}),
+                               "type": st.sampled_from([*proto.TYPES, "NOPE", 7])}),
         st.dictionaries(st.sampled_from(names), value, max_size=10))
-    valid = [m.to_frames()[0] for m in (P.Heartbeat(1, 2), P.Ready(1, 2, "f", 3, 4),
-                                        P.Grad(1, 2, 3, 0, 0, 5, 5, 1.0, 1, 0.0, None))]
+    valid = [m.to_frames()[0] for m in (proto.Heartbeat(1, 2), proto.Ready(1, 2, "f", 3, 4),
+                                        proto.Grad(1, 2, 3, 0, 0, 5, 5, 1.0, 1, 0.0, None))]
     mutated = st.builds(lambda f, i, b, cut: (f[:i] + bytes([b]) + f[i + 1:])[:cut],
                         st.sampled_from(valid), st.integers(0, 40), st.integers(0, 255), st.integers(0, 80))
     frame = st.one_of(header, mutated, st.binary(max_size=300))
@@ -275,13 +275,13 @@ def test_malformed_messages_floods_and_a_live_fuzz_while_training(tmp_path, orac
             welcomed = dealer(ctx, run.address, identity=b"welcomed")
             welcomed.send_multipart(hello(0x6AD, pid=FAKE_PID + 6002))
             welcome = recv_message(welcomed, 5.0)
-            assert isinstance(welcome, P.Welcome), welcome
+            assert isinstance(welcome, proto.Welcome), welcome
             grad = dict(GRAD_FIELDS, incarnation=welcome.incarnation, session=0x6AD)
             for step in (10**6, 0):
-                welcomed.send_multipart(P.Grad(**dict(grad, step=step), grad=None).to_frames())
+                welcomed.send_multipart(proto.Grad(**dict(grad, step=step), grad=None).to_frames())
             stranger = dealer(ctx, run.address)
-            stranger.send_multipart(P.Grad(**dict(grad, session=0x5EE), grad=None).to_frames())
-            assert isinstance(recv_message(stranger, 5.0), P.Error)  # STALE: register again
+            stranger.send_multipart(proto.Grad(**dict(grad, session=0x5EE), grad=None).to_frames())
+            assert isinstance(recv_message(stranger, 5.0), proto.Error)  # STALE: register again
             wait_event(run.dir, lambda e: e["event"] == "ignored_grad", count=2)
             for _ in range(300):  # a peer the server knows is not quarantined, but it cannot flood the log
                 welcomed.send_multipart(MALFORMED["random_bytes"])
@@ -298,7 +298,7 @@ def test_malformed_messages_floods_and_a_live_fuzz_while_training(tmp_path, orac
             deadline = time.monotonic() + 20
             while welcomes < 200 and time.monotonic() < deadline:
                 for sock in flood:
-                    welcomes += isinstance(recv_message(sock, 0.01), P.Welcome)
+                    welcomes += isinstance(recv_message(sock, 0.01), proto.Welcome)
             assert welcomes == 200
             for sock in flood:
                 sock.close(linger=0)

@@ -13,36 +13,36 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parsgd.config import RunConfig
-from parsgd.ps import protocol as P
+from parsgd.ps import protocol as proto
 from parsgd.ps.protocol import ProtocolError
 
 
 def spans(k=3):
     s = np.zeros((k, 5))
-    s[:, 0] = np.arange(k) % len(P.SPANS)
+    s[:, 0] = np.arange(k) % len(proto.SPANS)
     s[:, 1:] = np.arange(k * 4).reshape(k, 4)
     return s
 
 
 PARAMS = np.linspace(-1, 1, 1000, dtype=np.float32)
-HELLO = P.Hello("0.1.0", P.PROTOCOL_VERSION, "host-a", 1234, 17.25, 2**63 - 1, name="w0")
-READY = P.Ready(3, 7, "sha256:abc", 60000, 10000)
-TASK = P.Task(3, 7, 10, 1, 0, 0, 128, 5.0, PARAMS)
-TASK_SHM = P.Task(3, 7, 10, 1, 0, 0, 128, 5.0, None)
-GRAD = P.Grad(3, 7, 10, 0, 0, 128, 128, 291.5, 100, 0.0015, PARAMS * 2)
-HEARTBEAT = P.Heartbeat(0, 0)
-LOGS = P.Logs(3, 7, 2, spans())
+HELLO = proto.Hello("0.1.0", proto.PROTOCOL_VERSION, "host-a", 1234, 17.25, 2**63 - 1, name="w0")
+READY = proto.Ready(3, 7, "sha256:abc", 60000, 10000)
+TASK = proto.Task(3, 7, 10, 1, 0, 0, 128, 128, 5.0, PARAMS)
+TASK_SHM = proto.Task(3, 7, 10, 1, 0, 0, 128, 128, 5.0, None)
+GRAD = proto.Grad(3, 7, 10, 0, 0, 128, 128, 291.5, 100, 0.0015, PARAMS * 2)
+HEARTBEAT = proto.Heartbeat(0, 0)
+LOGS = proto.Logs(3, 7, 2, spans())
 MESSAGES = [
     HELLO, READY, TASK, TASK_SHM, GRAD, HEARTBEAT, LOGS,
-    P.Hello("0.1.0", P.PROTOCOL_VERSION, "host-a", 1234, 0, 5),
-    P.Welcome(3, 2**62, 1, RunConfig().to_dict(), 100.5, 1.0, 3, shm="/psm_1"),
-    P.Ready(3, 7, "sha256:abc", 60000, 10000, shm=True),
-    P.Task(3, 7, 10, 1, 0, 0, 128, 5.0, np.arange(4, dtype=np.float64)),
-    P.Grad(3, 7, 10, 0, 0, 128, 128, math.nan, 0, 0.0, None),
-    P.Grad(3, 7, 10, 0, 5, 6, 1, -math.inf, 1, 2, np.zeros(0, np.float32)),
-    P.Logs(3, 7, 2, spans(0)),
-    P.Stop(3, "training finished " * 10),
-    P.Error("VERSION", "protocol 2 != 1"),
+    proto.Hello("0.1.0", proto.PROTOCOL_VERSION, "host-a", 1234, 0, 5),
+    proto.Welcome(3, 2**62, 1, RunConfig().to_dict(), 100.5, 1.0, 3, shm="/psm_1"),
+    proto.Ready(3, 7, "sha256:abc", 60000, 10000, shm=True),
+    proto.Task(3, 7, 10, 1, 0, 0, 128, 128, 5.0, np.arange(4, dtype=np.float64)),
+    proto.Grad(3, 7, 10, 0, 0, 128, 128, math.nan, 0, 0.0, None),
+    proto.Grad(3, 7, 10, 0, 5, 6, 1, -math.inf, 1, 2, np.zeros(0, np.float32)),
+    proto.Logs(3, 7, 2, spans(0)),
+    proto.Stop(3, "training finished " * 10),
+    proto.Error("VERSION", "protocol 2 != 1"),
 ]
 
 
@@ -61,23 +61,23 @@ def test_round_trip_no_copy(msg):
     assert len(frames) == 1 + (msg.payload() is not None)
     if len(frames) == 2:
         assert frames[1] is msg.payload() or frames[1].base is msg.payload()  # the array goes on the wire
-    back = P.decode(frames)
+    back = proto.decode(frames)
     assert back == msg and type(back) is type(msg)
     assert type(msg).from_frames(frames) == msg
     if msg.payload() is not None:
         assert np.shares_memory(back.payload(), msg.payload()) or msg.payload().size == 0
-        assert P.payload_nbytes(back) == msg.payload().nbytes
-    assert P.frames_nbytes(frames) == len(frames[0]) + P.payload_nbytes(msg)
+        assert proto.payload_nbytes(back) == msg.payload().nbytes
+    assert proto.frames_nbytes(frames) == len(frames[0]) + proto.payload_nbytes(msg)
     # from bytes too: the array is a view of the received buffer
     as_bytes = [bytes(memoryview(f).cast("B")) if i else f for i, f in enumerate(frames)]
-    back = P.decode(as_bytes)
+    back = proto.decode(as_bytes)
     if len(frames) == 2 and msg.payload().size:
         assert back.payload().base is not None and not back.payload().flags.owndata
 
 
 def test_from_frames_checks_type():
     with pytest.raises(ProtocolError, match="expected TASK"):
-        P.Task.from_frames(P.Heartbeat(1, 2).to_frames())
+        proto.Task.from_frames(proto.Heartbeat(1, 2).to_frames())
 
 
 @pytest.fixture
@@ -99,101 +99,102 @@ def test_over_zmq_both_ways(pair):
     router, dealer = pair
     for msg in MESSAGES:
         dealer.send_multipart(msg.to_frames(), copy=False)
-        frames = P.recv_frames(router, max_frames=3, max_bytes=1 << 20)
+        frames = proto.recv_frames(router, max_frames=3, max_bytes=1 << 20)
         assert all(isinstance(f, zmq.Frame) for f in frames)
-        identity, back = frames[0], P.decode(frames[1:])
+        identity, back = frames[0], proto.decode(frames[1:])
         assert back == msg
         if msg.payload() is not None and msg.payload().size:
             assert np.shares_memory(back.payload(), np.frombuffer(frames[2].buffer, np.uint8))
         router.send_multipart([identity, *back.to_frames()], copy=False)
-        assert P.decode(P.recv_frames(dealer, 2, 1 << 20)) == msg
+        assert proto.decode(proto.recv_frames(dealer, 2, 1 << 20)) == msg
 
 
 def test_recv_frames_drains_endless_multipart(pair):
     router, dealer = pair
     dealer.send_multipart([b"x"] * 1000)
-    dealer.send_multipart(P.Heartbeat(1, 2).to_frames())
+    dealer.send_multipart(proto.Heartbeat(1, 2).to_frames())
     with pytest.raises(ProtocolError, match="too many frames"):
-        P.recv_frames(router, max_frames=3, max_bytes=1 << 20)
-    assert P.decode(P.recv_frames(router, 3, 1 << 20)[1:]) == P.Heartbeat(1, 2)
+        proto.recv_frames(router, max_frames=3, max_bytes=1 << 20)
+    assert proto.decode(proto.recv_frames(router, 3, 1 << 20)[1:]) == proto.Heartbeat(1, 2)
 
 
 def test_recv_frames_refuses_too_many_bytes(pair):
     router, dealer = pair
     dealer.send_multipart([b"h", b"a" * 5000, b"b" * 5000])
-    dealer.send_multipart(P.Task(1, 2, 3, 0, 0, 0, 4, 0.0, PARAMS).to_frames(), copy=False)
+    dealer.send_multipart(proto.Task(1, 2, 3, 0, 0, 0, 4, 4, 0.0, PARAMS).to_frames(), copy=False)
     with pytest.raises(ProtocolError, match="bytes"):
-        P.recv_frames(router, max_frames=10, max_bytes=8000)
-    back = P.decode(P.recv_frames(router, 3, 8000)[1:])
+        proto.recv_frames(router, max_frames=10, max_bytes=8000)
+    back = proto.decode(proto.recv_frames(router, 3, 8000)[1:])
     assert np.array_equal(back.params, PARAMS)
 
 
 def test_foreign_version_hello_decodes():
-    header = header_of(HELLO) | {"v": 2, "protocol": 2, "new_field": [1]}
-    hello = P.decode([msgpack.packb(header)])
-    assert isinstance(hello, P.Hello) and hello.protocol == 2 and hello.package_version == "0.1.0"
+    other = proto.PROTOCOL_VERSION + 1
+    header = header_of(HELLO) | {"v": other, "protocol": other, "new_field": [1]}
+    hello = proto.decode([msgpack.packb(header)])
+    assert isinstance(hello, proto.Hello) and hello.protocol == other and hello.package_version == "0.1.0"
     garbled = {"v": 7, "type": "HELLO", "pid": -1}
-    assert P.decode([msgpack.packb(garbled)]) == P.Hello("", 7, "", 0, 0.0, 0, "")
+    assert proto.decode([msgpack.packb(garbled)]) == proto.Hello("", 7, "", 0, 0.0, 0, "")
 
 
 def test_other_messages_with_foreign_version_raise_version_mismatch():
-    header = header_of(READY) | {"v": P.PROTOCOL_VERSION + 1}
-    with pytest.raises(P.VersionMismatch) as info:
-        P.decode([msgpack.packb(header)])
-    assert info.value.version == P.PROTOCOL_VERSION + 1
+    header = header_of(READY) | {"v": proto.PROTOCOL_VERSION + 1}
+    with pytest.raises(proto.VersionMismatch) as info:
+        proto.decode([msgpack.packb(header)])
+    assert info.value.version == proto.PROTOCOL_VERSION + 1
 
 
 def test_payload_length_dtype_and_shape_rejected():
     task = TASK
     frames = task.to_frames()
     with pytest.raises(ProtocolError, match="payload"):
-        P.decode([frames[0], frames[1][:-1]])
+        proto.decode([frames[0], frames[1][:-1]])
     with pytest.raises(ProtocolError, match="payload"):
-        P.decode([frames[0], b""])
+        proto.decode([frames[0], b""])
     for dtype in ("<f4", "int8", "float16", "object", 3):
         with pytest.raises(ProtocolError, match="dtype"):
-            P.decode(frames_with(header_of(task) | {"dtype": dtype}, task))
-    for n in (-1, P.MAX_ELEMENTS + 1, 2**64 - 1, 1.0, True):
+            proto.decode(frames_with(header_of(task) | {"dtype": dtype}, task))
+    for n in (-1, proto.MAX_ELEMENTS + 1, 2**64 - 1, 1.0, True):
         with pytest.raises(ProtocolError):
-            P.decode(frames_with(header_of(task) | {"n": n}, task))
+            proto.decode(frames_with(header_of(task) | {"n": n}, task))
     with pytest.raises(ProtocolError, match="frames"):
-        P.decode(frames[:1])                          # header announces a payload that is missing
+        proto.decode(frames[:1])                          # header announces a payload that is missing
     with pytest.raises(ProtocolError, match="frames"):
-        P.decode(TASK_SHM.to_frames() + [b""])     # payload nobody announced
+        proto.decode(TASK_SHM.to_frames() + [b""])     # payload nobody announced
     with pytest.raises(ProtocolError, match="frames"):
-        P.decode(frames + [b""])
+        proto.decode(frames + [b""])
     bad_spans = spans()
-    bad_spans[0, 0] = len(P.SPANS)
+    bad_spans[0, 0] = len(proto.SPANS)
     for arr in (bad_spans, np.full((1, 5), 0.5), np.full((1, 5), np.nan), spans().astype(np.float32)):
         with pytest.raises(ProtocolError):
-            P.Logs(1, 1, 0, arr).to_frames()
+            proto.Logs(1, 1, 0, arr).to_frames()
         header = header_of(LOGS) | {"n": arr.size, "dtype": arr.dtype.name}
         with pytest.raises(ProtocolError):
-            P.decode([msgpack.packb(header), arr])
+            proto.decode([msgpack.packb(header), arr])
     with pytest.raises(ProtocolError, match="k x 5"):
-        P.decode([msgpack.packb(header_of(LOGS) | {"n": 4}), np.zeros(4)])
+        proto.decode([msgpack.packb(header_of(LOGS) | {"n": 4}), np.zeros(4)])
 
 
 def test_encode_refuses_what_decode_would_refuse():
-    for msg in (P.Task(1, 1, 1, 1, 0, 5, 5, 0.0, None),              # empty row range
-                P.Grad(1, 1, 1, 0, 0, 4, 3, 0.0, 0, 0.0, None),       # count != hi - lo
-                P.Grad(1, 1, 1, 0, 0, 4, 4, 0.0, 5, 0.0, None),       # correct > count
-                P.Heartbeat(True, 1), P.Heartbeat(-1, 1), P.Heartbeat(2**63, 1),
-                P.Task(1, 1, 1, 1, 0, 0, 5, math.inf, None),
-                P.Task(1, 1, 1, 1, 0, 0, 5, 0.0, PARAMS[::2]),        # not contiguous
-                P.Task(1, 1, 1, 1, 0, 0, 5, 0.0, PARAMS.astype(">f4")),
-                P.Task(1, 1, 1, 1, 0, 0, 5, 0.0, PARAMS.reshape(10, 100)),
-                P.Task(1, 1, 1, 1, 0, 0, 5, 0.0, [1.0]),
-                P.Welcome(1, 1, 0, {"x": "y" * 9000}, 0.0, 1.0, 3),
-                P.Welcome(1, 1, 0, {1: 2}, 0.0, 1.0, 3),
-                P.Welcome(1, 1, 0, {"a": {"b": {"c": {"d": 1}}}}, 0.0, 1.0, 3),
-                P.Welcome(1, 1, 0, {f"k{i}": i for i in range(65)}, 0.0, 1.0, 3),
-                P.Welcome(1, 1, 0, {"lr": math.nan}, 0.0, 1.0, 3),
-                P.Welcome(1, 1, 0, {"t": (1, 2)}, 0.0, 1.0, 3),
-                P.Welcome(1, 1, 0, {}, 0.0, 0.0, 3),
-                P.Welcome(1, 1, 0, {}, 0.0, 1.0, 0),
-                P.Stop(1, "x" * 1025), P.Error("x" * 257, ""),
-                P.Hello("0.1.0", P.PROTOCOL_VERSION + 1, "h", 1, 0.0, 1)):
+    for msg in (proto.Task(1, 1, 1, 1, 0, 5, 5, 5, 0.0, None),              # empty row range
+                proto.Grad(1, 1, 1, 0, 0, 4, 3, 0.0, 0, 0.0, None),       # count != hi - lo
+                proto.Grad(1, 1, 1, 0, 0, 4, 4, 0.0, 5, 0.0, None),       # correct > count
+                proto.Heartbeat(True, 1), proto.Heartbeat(-1, 1), proto.Heartbeat(2**63, 1),
+                proto.Task(1, 1, 1, 1, 0, 0, 5, 5, math.inf, None),
+                proto.Task(1, 1, 1, 1, 0, 0, 5, 5, 0.0, PARAMS[::2]),        # not contiguous
+                proto.Task(1, 1, 1, 1, 0, 0, 5, 5, 0.0, PARAMS.astype(">f4")),
+                proto.Task(1, 1, 1, 1, 0, 0, 5, 5, 0.0, PARAMS.reshape(10, 100)),
+                proto.Task(1, 1, 1, 1, 0, 0, 5, 5, 0.0, [1.0]),
+                proto.Welcome(1, 1, 0, {"x": "y" * 9000}, 0.0, 1.0, 3),
+                proto.Welcome(1, 1, 0, {1: 2}, 0.0, 1.0, 3),
+                proto.Welcome(1, 1, 0, {"a": {"b": {"c": {"d": 1}}}}, 0.0, 1.0, 3),
+                proto.Welcome(1, 1, 0, {f"k{i}": i for i in range(65)}, 0.0, 1.0, 3),
+                proto.Welcome(1, 1, 0, {"lr": math.nan}, 0.0, 1.0, 3),
+                proto.Welcome(1, 1, 0, {"t": (1, 2)}, 0.0, 1.0, 3),
+                proto.Welcome(1, 1, 0, {}, 0.0, 0.0, 3),
+                proto.Welcome(1, 1, 0, {}, 0.0, 1.0, 0),
+                proto.Stop(1, "x" * 1025), proto.Error("x" * 257, ""),
+                proto.Hello("0.1.0", proto.PROTOCOL_VERSION + 1, "h", 1, 0.0, 1)):
         with pytest.raises(ProtocolError):
             msg.to_frames()
 
@@ -202,7 +203,7 @@ def test_encode_refuses_what_decode_would_refuse():
 
 def decode_or_protocol_error(frames):
     try:
-        P.decode(frames)
+        proto.decode(frames)
     except ProtocolError:
         pass
 
@@ -214,7 +215,7 @@ def test_random_bytes_only_raise_protocol_error(header, payload):
 
 
 leaves = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st.floats(),
-                   st.text(max_size=20), st.binary(max_size=20), st.sampled_from(list(P.TYPES)))
+                   st.text(max_size=20), st.binary(max_size=20), st.sampled_from(list(proto.TYPES)))
 objects = st.recursive(leaves, lambda inner: st.one_of(
     st.lists(inner, max_size=5), st.dictionaries(st.one_of(st.text(max_size=10), st.sampled_from(
         ["v", "type", "n", "dtype", "session", "step", "config"])), inner, max_size=6)), max_leaves=30)
@@ -224,7 +225,7 @@ objects = st.recursive(leaves, lambda inner: st.one_of(
 @given(objects, st.booleans())
 def test_random_msgpack_objects_only_raise_protocol_error(obj, with_v):
     if with_v and isinstance(obj, dict):
-        obj = {**obj, "v": P.PROTOCOL_VERSION}
+        obj = {**obj, "v": proto.PROTOCOL_VERSION}
     decode_or_protocol_error([msgpack.packb(obj, use_bin_type=True)])
     decode_or_protocol_error([msgpack.packb(obj, use_bin_type=True), b"\0" * 8])
 
@@ -245,6 +246,8 @@ def still_valid(msg, key, value):
         return key == "loss_sum" or (math.isfinite(value) and value > FLOAT_LOWER_BOUND[key])
     if type(getattr(msg, key, None)) is bool:
         return type(value) is bool
+    if key == "code":
+        return value in proto.ERROR_CODES
     if key in STRING_MAX:
         return type(value) is str and len(value) <= STRING_MAX[key]
     return key == "config" and type(value) is dict
@@ -263,17 +266,17 @@ def test_mutated_valid_headers_rejected(msg, data):
     else:
         header[key] = value = data.draw(st.sampled_from(BAD_VALUES))
         if still_valid(msg, key, value):
-            P.decode(frames_with(header, msg))
+            proto.decode(frames_with(header, msg))
             return
     with pytest.raises(ProtocolError):
-        P.decode(frames_with(header, msg))
+        proto.decode(frames_with(header, msg))
 
 
 def test_bool_field_refuses_ints():
-    header = header_of(P.Ready(1, 1, "f", 1, 1, shm=True))
+    header = header_of(proto.Ready(1, 1, "f", 1, 1, shm=True))
     for value in (1, 0, None, "true"):
         with pytest.raises(ProtocolError, match="bool"):
-            P.decode([msgpack.packb(header | {"shm": value})])
+            proto.decode([msgpack.packb(header | {"shm": value})])
 
 
 @pytest.mark.parametrize("key", ["session", "incarnation", "step", "lo", "hi", "count", "n"])
@@ -281,26 +284,26 @@ def test_bool_field_refuses_ints():
 def test_int_fields_refuse_bools_negatives_huge_and_floats(key, value):
     msg = GRAD
     with pytest.raises(ProtocolError):
-        P.decode(frames_with(header_of(msg) | {key: value}, msg))
+        proto.decode(frames_with(header_of(msg) | {key: value}, msg))
 
 
 def test_header_over_header_max_refused_even_if_otherwise_valid():
-    welcome = P.Welcome(1, 1, 0, {f"k{i}": "x" * 1000 for i in range(9)}, 0.0, 1.0, 3)
+    welcome = proto.Welcome(1, 1, 0, {f"k{i}": "x" * 1000 for i in range(9)}, 0.0, 1.0, 3)
     with pytest.raises(ProtocolError, match="bytes >"):
         welcome.to_frames()
     header = msgpack.packb({"v": 1, "type": "WELCOME", **{f.name: getattr(welcome, f.name)
                                                           for f in dataclasses.fields(welcome)}})
-    assert len(header) > P.HEADER_MAX
+    assert len(header) > proto.HEADER_MAX
     with pytest.raises(ProtocolError, match="bytes >"):
-        P.decode([header])
+        proto.decode([header])
 
 
 def test_hostile_headers_rejected():
     ok = header_of(HEARTBEAT)
     cases = {
         "deep nesting 10^4": b"\x91" * 10_000 + b"\x00",
-        "deep nesting under the size cap": b"\x91" * (P.HEADER_MAX - 1) + b"\x00",
-        "oversized": msgpack.packb(ok | {"pad": "x" * P.HEADER_MAX}),
+        "deep nesting under the size cap": b"\x91" * (proto.HEADER_MAX - 1) + b"\x00",
+        "oversized": msgpack.packb(ok | {"pad": "x" * proto.HEADER_MAX}),
         "ext type": msgpack.packb(ok | {"session": msgpack.ExtType(5, b"abc")}),
         "timestamp ext": msgpack.packb(ok | {"session": msgpack.Timestamp(1, 0)}, datetime=False),
         "int map key": msgpack.packb({1: 2, **ok}, strict_types=False),
@@ -320,9 +323,19 @@ def test_hostile_headers_rejected():
     }
     for name, header in cases.items():
         with pytest.raises(ProtocolError):
-            P.decode([header])
+            proto.decode([header])
         with pytest.raises(ProtocolError):
-            P.decode([zmq.Frame(header)])
+            proto.decode([zmq.Frame(header)])
     for frames in ([], [b""], "abc", [object()], [b"\x80"] * 3, None):
         with pytest.raises(ProtocolError):
-            P.decode(frames)
+            proto.decode(frames)
+
+
+def test_task_batch_and_error_code_are_checked():
+    """TASK carries its batch's rows (protocol 2): a shard larger than its batch, or batch 0, is refused;
+    an ERROR code outside ERROR_CODES is refused."""
+    assert proto.decode(proto.Task(1, 1, 1, 1, 0, 0, 5, 96, 0.0, None).to_frames()).batch == 96
+    for bad in (proto.Task(1, 1, 1, 1, 0, 0, 5, 4, 0.0, None), proto.Task(1, 1, 1, 1, 0, 0, 5, 0, 0.0, None),
+                proto.Error("NOT_REGISTERED", "x")):
+        with pytest.raises(ProtocolError):
+            bad.to_frames()

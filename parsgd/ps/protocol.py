@@ -33,7 +33,7 @@ import msgpack
 import numpy as np
 import zmq
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2            # 2: TASK carries `batch`
 HEADER_MAX = 8 * 1024            # bytes of one header frame; refused unread above this
 MAX_ELEMENTS = 2**27             # elements of one payload array (512 MiB float32)
 MAX_STR = 256                    # chars of a name-like string field
@@ -45,7 +45,7 @@ MAX_INT = 2**53                  # counters, sizes, steps: exact in a float64 to
 MAX_ID = 2**63                   # session and incarnation ids
 DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
 SPANS = ("serialize", "send", "recv", "deserialize", "compute", "wait", "aggregate", "update")
-ERROR_CODES = ("VERSION", "DATA_MISMATCH", "STALE", "BAD_MESSAGE", "NOT_REGISTERED", "BUSY")
+ERROR_CODES = ("VERSION", "DATA_MISMATCH", "STALE", "BAD_MESSAGE", "BUSY")
 
 
 class ProtocolError(ValueError):
@@ -303,15 +303,18 @@ class Task(Message):
     shard: int
     lo: int
     hi: int
+    batch: int                 # rows in this step's whole batch: the worker scales its row sum by 1/batch
     t_send: float
     params: np.ndarray | None
     TYPE, PAYLOAD = "TASK", "params"
     FIELDS = dict(incarnation=ID, session=ID, step=INT, epoch=INT, shard=INT, lo=INT, hi=INT,
-                  t_send=TIME)
+                  batch=_int(1), t_send=TIME)
 
     def check(self):
         if not self.lo < self.hi:
             raise ProtocolError(f"TASK: empty row range [{self.lo}, {self.hi})")
+        if self.hi - self.lo > self.batch:
+            raise ProtocolError(f"TASK: shard [{self.lo}, {self.hi}) is larger than its batch of {self.batch} rows")
 
 
 @dataclass(frozen=True, eq=False)
@@ -380,10 +383,14 @@ class Stop(Message):
 
 @dataclass(frozen=True, eq=False)
 class Error(Message):
-    code: str
+    code: str                  # one of ERROR_CODES
     message: str
     TYPE = "ERROR"
     FIELDS = dict(code=NAME, message=TEXT)
+
+    def check(self):
+        if self.code not in ERROR_CODES:
+            raise ProtocolError(f"ERROR: unknown code {_short(self.code)}; expected one of {', '.join(ERROR_CODES)}")
 
 
 TYPES = {cls.TYPE: cls for cls in (Hello, Welcome, Ready, Task, Grad, Heartbeat, Logs, Stop, Error)}

@@ -28,6 +28,10 @@ RECONNECT_IVL_MAX_MS = 2000
 ZAP_DOMAIN = b"parsgd"
 
 
+class BindError(UserError):
+    """The server may not or cannot listen on the address given (exit 1); the message names the fix."""
+
+
 class KeysError(UserError):
     """Keys are missing or unreadable; the message names the file and the fix."""
 
@@ -61,8 +65,6 @@ def _common(sock: zmq.Socket, max_frame_bytes: int) -> None:
 
 def configure_router(ctx: zmq.Context, sock: zmq.Socket, opts, max_frame_bytes: int):
     """Server socket options and, with opts.keys_dir, CURVE + a ZAP allowlist; returns the authenticator."""
-    from parsgd.ps.server import ServerExit
-
     _common(sock, max_frame_bytes)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -72,7 +74,7 @@ def configure_router(ctx: zmq.Context, sock: zmq.Socket, opts, max_frame_bytes: 
     sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
     if not opts.keys_dir:
         if not is_loopback(opts.bind):
-            raise ServerExit(f"--bind {opts.bind} is not a loopback address: binding it needs CURVE keys "
+            raise BindError(f"--bind {opts.bind} is not a loopback address: binding it needs CURVE keys "
                              "(`parsgd keygen DIR`, then --keys DIR on the server and the workers)")
         return None
     from zmq.auth.thread import ThreadAuthenticator
@@ -80,7 +82,7 @@ def configure_router(ctx: zmq.Context, sock: zmq.Socket, opts, max_frame_bytes: 
     public, secret = load_keypair(keys / "server.key_secret")
     allowed = keys / "authorized"
     if not allowed.is_dir() or not any(allowed.glob("*.key")):
-        raise ServerExit(f"{allowed} holds no worker public keys: run `parsgd keygen {keys}` "
+        raise KeysError(f"{allowed} holds no worker public keys: run `parsgd keygen {keys}` "
                          "or copy each worker's .key file there")
     auth = ThreadAuthenticator(ctx)
     auth.start()

@@ -27,12 +27,11 @@ from parsgd import __version__
 from parsgd.config import RunConfig
 from parsgd.data import epoch_order, load_dataset
 from parsgd.model.mlp import Workspace, loss_and_grad, n_params
-from parsgd.ps import protocol as P
+from parsgd.ps import protocol as proto
 from parsgd.ps.commlog import CommLog
 from parsgd.ps.faults import FaultPlan
 from parsgd.ps.shm import SessionBuffer
 from parsgd.ps.sockets import configure_dealer
-from parsgd.training.loop import batch_rows
 from parsgd.errors import UserError
 
 HELLO_RETRY_S = 1.0           # resend HELLO this often while no server answers (Lazy Pirate)
@@ -40,7 +39,7 @@ STATUS_EVERY_S = 5.0
 SEND_TIMEOUT_S = 2.0          # a send waits this long for a connected server (IMMEDIATE=1 queues nothing before)
 # A worker learns the model size only from WELCOME, but libzmq applies MAXMSGSIZE only to new
 # connections: cap frames at the protocol's largest payload (the server is one the user chose).
-MAX_FRAME_BYTES = P.MAX_ELEMENTS * 8 + P.HEADER_MAX
+MAX_FRAME_BYTES = proto.MAX_ELEMENTS * 8 + proto.HEADER_MAX
 DEFAULT_HEARTBEAT_S = 1.0
 DEFAULT_LIVENESS = 3
 # After a GRAD the next TASK usually follows within the server's aggregate + update (~1 ms). Polling
@@ -71,12 +70,12 @@ class Heartbeats(threading.Thread):
     def __init__(self, ctx, opts: WorkerOptions, incarnation: int, session: int, interval: float):
         super().__init__(daemon=True, name="parsgd-heartbeat")
         self.ctx, self.opts, self.interval = ctx, opts, interval
-        self.msg = P.Heartbeat(incarnation, session)
+        self.msg = proto.Heartbeat(incarnation, session)
         self.halt = threading.Event()
 
     def run(self):
         sock = self.ctx.socket(zmq.DEALER)
-        configure_dealer(sock, P.HEADER_MAX, self.opts.keys_dir)
+        configure_dealer(sock, proto.HEADER_MAX, self.opts.keys_dir)
         sock.connect(self.opts.connect)
         try:
             while not self.halt.wait(self.interval):
@@ -102,7 +101,7 @@ class Worker:
         self.faults = FaultPlan.parse(opts.faults, echo=echo, stream=opts.name)
         self._limits = threadpool_limits(1)  # P workers share the cores: one BLAS thread each
         self._orders: dict[int, np.ndarray] = {}
-        self.max_msg_bytes = 2 * P.HEADER_MAX  # until WELCOME says how large the model is
+        self.max_msg_bytes = 2 * proto.HEADER_MAX  # until WELCOME says how large the model is
 
     # -- registration ----------------------------------------------------------------------------
     def _new_socket(self) -> None:
@@ -112,7 +111,7 @@ class Worker:
         configure_dealer(self.sock, MAX_FRAME_BYTES, self.opts.keys_dir)
         self.sock.connect(self.opts.connect)
 
-    def _register(self) -> P.Welcome:
+    def _register(self) -> proto.Welcome:
         """HELLO until a WELCOME arrives or --connect-timeout runs out."""
         start = time.monotonic()
         deadline = start + self.opts.connect_timeout
@@ -121,17 +120,17 @@ class Worker:
         self._settle_clock()  # the previous session's spans keep its server's clock
         self._new_socket()
         while True:
-            hello = P.Hello(__version__, P.PROTOCOL_VERSION, socket.gethostname(), os.getpid(),
+            hello = proto.Hello(__version__, proto.PROTOCOL_VERSION, socket.gethostname(), os.getpid(),
                             self.log.now(), self.session, self.opts.name)
             t_sent = self.log.now()
             if self._send(hello.to_frames(), HELLO_RETRY_S) and self.sock.poll(int(HELLO_RETRY_S * 1000)):
                 msg = self._recv()
-                if isinstance(msg, P.Welcome) and msg.session == self.session:
+                if isinstance(msg, proto.Welcome) and msg.session == self.session:
                     t_recv = self.log.now()
                     self.log.offset += msg.t_server - (t_sent + t_recv) / 2  # midpoint clock estimate
                     self._clock_mark, self._clock_fix = len(self.log.rows), -math.inf
                     return msg
-                if isinstance(msg, P.Error) and msg.code in ("VERSION", "BUSY"):
+                if isinstance(msg, proto.Error) and msg.code in ("VERSION", "BUSY"):
                     raise WorkerExit(f"server refused this worker: {msg.message}")
                 continue
             now = time.monotonic()
@@ -144,7 +143,7 @@ class Worker:
                 next_status = now + STATUS_EVERY_S
             self._new_socket()  # Lazy Pirate: a fresh socket rather than a queue of stale HELLOs
 
-    def _setup(self, welcome: P.Welcome) -> None:
+    def _setup(self, welcome: proto.Welcome) -> None:
         cfg = RunConfig.from_dict(welcome.config)
         if self.opts.data_dir:
             cfg = cfg.replace(data_dir=self.opts.data_dir)
@@ -166,8 +165,8 @@ class Worker:
                 self.buf = SessionBuffer.attach(welcome.shm, n, cfg.workers, cfg.dtype)
             except (OSError, ValueError) as exc:
                 self.echo(f"shared memory unavailable ({exc}); parameters will travel through the socket")
-        self.max_msg_bytes = n * np.dtype(cfg.dtype).itemsize + 2 * P.HEADER_MAX
-        self._send(P.Ready(self.incarnation, self.session, self.data.fingerprint(), len(self.data.y_train),
+        self.max_msg_bytes = n * np.dtype(cfg.dtype).itemsize + 2 * proto.HEADER_MAX
+        self._send(proto.Ready(self.incarnation, self.session, self.data.fingerprint(), len(self.data.y_train),
                            len(self.data.y_test), self.buf is not None).to_frames())
         self.tasks_done = 0
         self.spin = cfg.workers <= len(os.sched_getaffinity(0))  # see SPIN_S
@@ -224,11 +223,11 @@ class Worker:
                 continue
             recvd = self.log.now()
             try:
-                msg = P.decode(frames)
-            except P.ProtocolError as exc:
+                msg = proto.decode(frames)
+            except proto.ProtocolError as exc:
                 self.echo(f"worker {self.rank}: ignored a bad message from the server ({exc})")
                 continue
-            if isinstance(msg, P.Task):
+            if isinstance(msg, proto.Task):
                 if msg.incarnation != self.incarnation or msg.session != self.session:
                     continue
                 # A TASK cannot arrive before the server stamped it: the midpoint estimate at
@@ -237,17 +236,17 @@ class Worker:
                 self._clock_fix = max(self._clock_fix, msg.t_send - waited)
                 # Idle time before a session's first task is start-up, not a step's cost: step -1.
                 self.log.add("wait", msg.step if self.tasks_done else -1, t, end=waited)
-                self.log.add("recv", msg.step, waited, P.frames_nbytes(frames), end=recvd)
+                self.log.add("recv", msg.step, waited, proto.frames_nbytes(frames), end=recvd)
                 self.log.add("deserialize", msg.step, recvd)
                 self._compute(msg)
                 self.tasks_done += 1
                 spin = self.spin
-            elif isinstance(msg, P.Stop):
+            elif isinstance(msg, proto.Stop):
                 self._send_logs()
                 self.echo(f"worker {self.rank}: stopped by the server ({msg.reason})")
                 return "stop"
-            elif isinstance(msg, P.Error):
-                if msg.code in ("STALE", "NOT_REGISTERED"):
+            elif isinstance(msg, proto.Error):
+                if msg.code == "STALE":
                     return f"the server does not know this session ({msg.message})"
                 raise WorkerExit(f"server refused this worker: {msg.message}")
 
@@ -260,7 +259,7 @@ class Worker:
             os.sched_yield()
         return False
 
-    def _compute(self, task: P.Task) -> None:
+    def _compute(self, task: proto.Task) -> None:
         self.faults.before_compute(task.step, self.rank)
         t = self.log.now()
         order = self._orders.get(task.epoch)
@@ -273,18 +272,17 @@ class Worker:
         params = task.params if task.params is not None else self.buf.params
         grad = self.buf.slots[task.shard] if self.buf is not None else self.grads[task.shard]
         # The shard's share of the batch mean (sum of its row gradients / batch rows): the server only adds.
-        batch = batch_rows(task.step, len(self.data.y_train), self.cfg.batch_size)
         loss_sum, correct = loss_and_grad(params, self.sizes, rows, self.data.y_train[idx], grad, self.ws,
-                                          scale=1.0 / batch)
+                                          scale=1.0 / task.batch)
         self.faults.corrupt(task.step, self.rank, grad)
         end = self.log.add("compute", task.step, t)
-        msg = P.Grad(self.incarnation, self.session, task.step, task.shard, task.lo, task.hi, idx.size,
+        msg = proto.Grad(self.incarnation, self.session, task.step, task.shard, task.lo, task.hi, idx.size,
                      loss_sum, correct, end - t, None if self.buf is not None else grad)
         frames = msg.to_frames()
         t = self.log.add("serialize", task.step, end)
         for copy in self.faults.outgoing(task.step, self.rank):
             self._send(frames, self.hb_s * self.liveness)  # unsent if the server is gone: _work notices
-        self.log.add("send", task.step, t, P.frames_nbytes(frames))
+        self.log.add("send", task.step, t, proto.frames_nbytes(frames))
 
     def _send(self, frames, timeout_s: float = SEND_TIMEOUT_S) -> bool:
         """Send within timeout_s or give up: with IMMEDIATE=1 a plain send blocks while no server is connected."""
@@ -298,16 +296,16 @@ class Worker:
 
     def _recv_frames(self):
         try:
-            return P.recv_frames(self.sock, 2, self.max_msg_bytes)
-        except P.ProtocolError as exc:
+            return proto.recv_frames(self.sock, 2, self.max_msg_bytes)
+        except proto.ProtocolError as exc:
             self.echo(f"worker: dropped an oversized message ({exc})")
             return None
 
     def _recv(self):
         frames = self._recv_frames()
         try:
-            return None if frames is None else P.decode(frames)
-        except P.ProtocolError:
+            return None if frames is None else proto.decode(frames)
+        except proto.ProtocolError:
             return None
 
     def _settle_clock(self) -> None:
@@ -324,8 +322,8 @@ class Worker:
         self.sock.setsockopt(zmq.LINGER, 2000)  # the LOGS must leave before the socket closes
         for lo in range(0, len(spans), rows):
             chunk = np.ascontiguousarray(spans[lo:lo + rows])
-            self._send(P.Logs(self.incarnation, self.session, self.rank, chunk).to_frames())
-        self._send(P.Logs(self.incarnation, self.session, self.rank, np.zeros((0, 5))).to_frames())
+            self._send(proto.Logs(self.incarnation, self.session, self.rank, chunk).to_frames())
+        self._send(proto.Logs(self.incarnation, self.session, self.rank, np.zeros((0, 5))).to_frames())
 
     def close(self) -> None:
         self._stop_heartbeats()

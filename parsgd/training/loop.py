@@ -36,12 +36,6 @@ def shard_bounds(lo: int, hi: int, parts: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def batch_rows(step: int, n: int, batch_size: int) -> int:
-    """Rows in the batch of global step `step` (the last batch of an epoch may be short)."""
-    b = step % math.ceil(n / batch_size)
-    return min(n, (b + 1) * batch_size) - b * batch_size
-
-
 def epoch_line(m: dict, epochs: int) -> str:
     return (f"epoch {m['epoch']:>3}/{epochs}  loss {m['train_loss']:.4f}  train acc {m['train_acc']:.4f}"
             f"  test acc {m['test_acc']:.4f}  {m['epoch_time_s']:.2f} s")
@@ -82,6 +76,9 @@ class Trainer:
     def after_step(self) -> None:
         """Called after every update (the parameter server checkpoints here)."""
 
+    def after_epoch(self) -> None:
+        """Called after each epoch's metrics are written (the parameter server checkpoints here)."""
+
     def epoch_extras(self) -> dict:
         """Per-epoch communication figures; zero for a trainer that communicates nothing."""
         return {"compute_s": self.partial["time_s"], "comm_s": 0.0, "bytes_sent": 0, "bytes_recv": 0}
@@ -120,6 +117,7 @@ class Trainer:
                     p["time_s"] += time.perf_counter() - t0
                     self.after_step()
             self._end_epoch(epoch, rundir)
+            self.after_epoch()
         return self.finish(rundir, time.perf_counter() - wall0)
 
     def finish(self, rundir: RunDir | None, wall_s: float) -> dict:

@@ -1,0 +1,51 @@
+"""events.jsonl: one JSON object per membership change, fault and refused message.
+
+    parsgd launch --workers 2 --dataset synthetic --num-samples 4096 --epochs 1 --out runs/e
+    cat runs/e/events.jsonl
+
+Events about untrusted input go through `limited`: at most HOSTILE_EVENTS_PER_S of one kind per
+second, the rest counted in a `suppressed` event, so a flood of bad messages cannot fill the disk.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable
+
+HOSTILE_EVENTS_PER_S = 50
+
+
+class EventLog:
+    """Appends `{"t": clock(), "event": name, **fields}` lines to `path` and flushes each one.
+
+    `clock()` stamps lines (seconds since the server started); `window_clock()` times the rate limit.
+    Raises OSError if `path` cannot be opened for appending.
+    """
+
+    def __init__(self, path, clock: Callable[[], float], window_clock: Callable[[], float] = time.monotonic):
+        self.f = open(path, "a", encoding="utf-8")
+        self.clock, self.window_clock = clock, window_clock
+        self._budget: dict[str, int] = {}
+        self._suppressed: dict[str, int] = {}
+        self._window = -float("inf")
+
+    def __call__(self, event: str, **fields) -> None:
+        self.f.write(json.dumps({"t": round(self.clock(), 6), "event": event, **fields}) + "\n")
+        self.f.flush()
+
+    def limited(self, event: str, **fields) -> None:
+        """Like calling the log, but at most HOSTILE_EVENTS_PER_S of this kind per second."""
+        now = self.window_clock()
+        if now - self._window >= 1.0:
+            for kind, count in self._suppressed.items():
+                self("suppressed", kind=kind, count=count)
+            self._window, self._budget, self._suppressed = now, {}, {}
+        left = self._budget.get(event, HOSTILE_EVENTS_PER_S)
+        if left > 0:
+            self._budget[event] = left - 1
+            self(event, **fields)
+        else:
+            self._suppressed[event] = self._suppressed.get(event, 0) + 1
+
+    def close(self) -> None:
+        self.f.close()

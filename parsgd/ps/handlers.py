@@ -1,0 +1,143 @@
+"""What the server does with each message a worker sends: the table `HANDLERS`, type -> function.
+
+    python -m pytest tests/test_ps.py tests/test_faults.py -q
+
+Each handler is `handle(srv, identity, msg, frames, t)`: `srv` is the ParameterServer, `identity`
+the sender's routing id, `msg` the decoded message, `frames` the raw frames (for byte counts), `t`
+when it was received (server clock, s). Handlers decide through `srv.members` (who is this?) and
+`srv.scheduler` (is this owed?) and act through the server's send / drop / assign. A message type
+missing from the table is a protocol error (a worker never sends TASK, WELCOME or STOP).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from parsgd import __version__
+from parsgd.ps import protocol as proto
+
+
+def _fenced(srv, identity: bytes, msg, any_identity: bool = False):
+    """The member whose live session sent `msg`, or None after telling the sender it is stale."""
+    member = srv.members.fenced(identity, msg.session, any_identity) if msg.incarnation == srv.incarnation else None
+    if member is None and not any_identity:
+        srv.events.limited("stale", type=type(msg).__name__, session=msg.session, step=getattr(msg, "step", None))
+        srv.router.reply_error(identity, "STALE", "unknown or expired session: register again")
+    return member
+
+
+def on_hello(srv, identity: bytes, msg: proto.Hello, frames, t: float) -> None:
+    if msg.protocol != proto.PROTOCOL_VERSION or msg.package_version != __version__:
+        text = (f"server runs parsgd {__version__} (protocol {proto.PROTOCOL_VERSION}), worker runs parsgd "
+                f"{msg.package_version} (protocol {msg.protocol}): install the same version on both")
+        srv.events.limited("refused", reason="version", peer=identity.hex(), detail=text)
+        srv.router.reply_error(identity, "VERSION", text)
+        return
+    old = srv.members.of_identity(identity)
+    if old is not None and old.session != msg.session:
+        srv.drop(old, "registered again")
+    member = srv.members.get(msg.session)
+    if member is None:
+        for stale, reason in srv.members.overdue():
+            if not stale.ready:
+                srv.drop(stale, reason)
+        evict, room = srv.members.room_for()
+        for oldest in evict:  # a HELLO flood: the oldest newcomer makes room
+            srv.drop(oldest, "too many peers registering at once")
+        if not room:
+            srv.router.reply_error(identity, "BUSY", "the server has as many workers as it takes")
+            return
+        member = srv.members.admit(identity, msg.session, msg.host, msg.pid)
+        if srv.opts.shm and msg.host == srv.host:
+            try:
+                member.buf = srv.new_segment(msg.session)
+            except OSError as exc:  # /dev/shm full or the name taken: the payload goes through the socket
+                srv.events("shm_unavailable", session=msg.session, error=str(exc))
+        srv.events.limited("hello", rank=member.rank, session=msg.session, host=msg.host, pid=msg.pid,
+                           name=msg.name)
+    srv.send(member, proto.Welcome(srv.incarnation, member.session, member.rank, srv.cfg.to_dict(),
+                                   srv.log.now(), srv.opts.heartbeat_s, srv.opts.liveness,
+                                   member.buf.name if member.buf else ""))
+
+
+def on_ready(srv, identity: bytes, msg: proto.Ready, frames, t: float) -> None:
+    member = _fenced(srv, identity, msg)
+    if member is None or member.ready:
+        return
+    if msg.fingerprint != srv.fingerprint or msg.n_train != srv.n_train:
+        text = (f"worker {member.rank} on {member.host} loaded different data (fingerprint "
+                f"{msg.fingerprint}, {msg.n_train} rows) than the server ({srv.fingerprint}, "
+                f"{srv.n_train} rows): give it the same dataset files and --data-dir")
+        srv.events("refused", reason="data_mismatch", rank=member.rank, detail=text)
+        srv.echo(f"turned away worker {member.rank}: {text}")
+        srv.router.reply_error(identity, "DATA_MISMATCH", text)
+        srv.forget(member, close_now=True)
+        return
+    if member.buf is not None:
+        member.buf.unlink()  # both sides have it mapped: the name is no longer needed
+        if not msg.shm:
+            member.buf.close()
+            member.buf = None
+    srv.members.mark_ready(member)
+    srv.events("join", rank=member.rank, session=member.session, host=member.host, pid=member.pid,
+               shm=member.buf is not None, generation=srv.members.generation, step=srv.step)
+    srv.echo(f"worker {member.rank} joined from {member.host} pid {member.pid}"
+             f"{' (shared memory)' if member.buf else ''}: {len(srv.members.live())} live")
+    if srv.scheduler.cur is not None:
+        for s in srv.scheduler.unowned():
+            srv.assign(s)
+
+
+def on_grad(srv, identity: bytes, msg: proto.Grad, frames, t: float) -> None:
+    member = _fenced(srv, identity, msg)
+    if member is None:
+        return
+    st = srv.scheduler.cur
+    # Logged under the step in progress: a late or made-up GRAD's own step may be long gone or never come.
+    srv.log.add("recv", st.step if st is not None else srv.step, t, proto.frames_nbytes(frames[1:]))
+    why = srv.scheduler.check(member.session, msg.step, msg.shard, msg.lo, msg.hi)
+    if why is not None:
+        srv.events.limited("ignored_grad", rank=member.rank, step=msg.step, shard=msg.shard, why=why)
+        return
+    t = srv.log.now()
+    s = msg.shard
+    if member.buf is not None:
+        src = member.buf.slots[s]
+    elif msg.grad is not None and msg.grad.size == srv.params.size and msg.grad.dtype == srv.params.dtype:
+        np.copyto(srv.shard_grads[s], msg.grad)
+        src = srv.shard_grads[s]
+    else:
+        srv.strike(identity, f"GRAD payload does not match the model ({srv.params.size} x {srv.params.dtype})")
+        return
+    srv.log.add("deserialize", msg.step, t)
+    srv.scheduler.complete(s, src, msg.loss_sum, msg.correct, msg.compute_s)
+
+
+def on_heartbeat(srv, identity: bytes, msg: proto.Heartbeat, frames, t: float) -> None:
+    _fenced(srv, identity, msg, any_identity=True)  # from the worker's heartbeat socket too
+
+
+def on_logs(srv, identity: bytes, msg: proto.Logs, frames, t: float) -> None:
+    member = _fenced(srv, identity, msg)
+    if member is None:
+        return
+    if len(msg.spans):
+        srv.log_chunks.setdefault(member.rank, []).append(np.array(msg.spans, copy=True))
+    else:  # the empty chunk ends a worker's logs: it is leaving, which is no death
+        chunks = srv.log_chunks.pop(member.rank, [])
+        srv.worker_logs[member.rank] = np.concatenate(chunks) if chunks else np.zeros((0, 5))
+        srv.forget(member)
+        srv.events("left", rank=member.rank, session=member.session)
+
+
+def on_error(srv, identity: bytes, msg: proto.Error, frames, t: float) -> None:
+    member = srv.members.of_identity(identity)
+    if member is None:
+        srv.strike(identity, f"ERROR {msg.code} from a peer that is not a worker")
+        return
+    srv.events("worker_error", code=msg.code, message=msg.message)
+    srv.echo(f"worker {member.rank} reported: {msg.message}")
+    srv.drop(member, f"worker error {msg.code}")
+
+
+HANDLERS = {proto.Hello: on_hello, proto.Ready: on_ready, proto.Grad: on_grad,
+            proto.Heartbeat: on_heartbeat, proto.Logs: on_logs, proto.Error: on_error}

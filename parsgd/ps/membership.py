@@ -1,0 +1,146 @@
+"""Who the server's workers are: sessions, ranks, liveness, registration limits, strikes, quarantine.
+
+    python -m pytest tests/test_membership.py -q      # the rules, on a fake clock, in milliseconds
+
+In the spirit of the zguide's Paranoid Pirate worker queue (ready / purge apart from the poll
+loop): a peer becomes a *pending* member with HELLO, a *live* worker with READY, and is removed
+when it leaves, dies (silent for liveness x heartbeat) or registers again. Every member is keyed by
+the random session it chose in HELLO; every message it sends carries that session as a fencing
+token, so a zombie's or an earlier registration's messages never pass `fenced`. No sockets here.
+"""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+QUARANTINE_AFTER = 3          # protocol errors from one unregistered peer before it is ignored
+MAX_TRACKED_PEERS = 4096      # bound on the strike and quarantine tables
+PENDING_SLACK = 8             # welcomed-but-not-READY peers allowed beyond --workers; the oldest goes first
+
+
+@dataclass
+class Member:
+    """One registration of a worker: routing `identity`, `session` token, `rank`, times in clock seconds."""
+    identity: bytes
+    session: int
+    rank: int
+    host: str
+    pid: int
+    welcomed: float
+    last_seen: float
+    ready: bool = False
+    buf: object = None            # its shared-memory SessionBuffer, owned by the server
+    params_step: int = -1         # the step whose parameters are in buf
+
+
+class Membership:
+    """The member table. `clock()` gives seconds (time.monotonic by default; tests pass a fake one).
+
+    `n_shards` bounds the table: at most n_shards + PENDING_SLACK pending members and
+    2 n_shards + PENDING_SLACK members in all. `generation` counts joins and removals of workers.
+    """
+
+    def __init__(self, n_shards: int, dead_after_s: float, register_timeout_s: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.n_shards, self.dead_after_s, self.register_timeout_s = n_shards, dead_after_s, register_timeout_s
+        self.clock = clock
+        self.members: dict[int, Member] = {}
+        self.by_identity: dict[bytes, int] = {}
+        self.generation = 0
+        self.strikes: OrderedDict[bytes, int] = OrderedDict()
+        self.quarantined: OrderedDict[bytes, None] = OrderedDict()
+
+    # -- lookups ---------------------------------------------------------------------------------
+    def live(self) -> list[Member]:
+        """Workers that sent READY, in registration order."""
+        return [m for m in self.members.values() if m.ready]
+
+    def pending(self) -> list[Member]:
+        return [m for m in self.members.values() if not m.ready]
+
+    def get(self, session: int) -> Member | None:
+        return self.members.get(session)
+
+    def of_identity(self, identity: bytes) -> Member | None:
+        session = self.by_identity.get(identity)
+        return None if session is None else self.members[session]
+
+    def fenced(self, identity: bytes, session: int, any_identity: bool = False) -> Member | None:
+        """The member a message with this session belongs to, or None if the session is stale.
+
+        The message must come from the member's routing identity, unless `any_identity` (a worker's
+        heartbeats come from a socket of their own). A match counts as a sign of life.
+        """
+        member = self.members.get(session)
+        if member is None or (not any_identity and member.identity != identity):
+            return None
+        member.last_seen = self.clock()
+        return member
+
+    # -- changes ---------------------------------------------------------------------------------
+    def room_for(self) -> tuple[list[Member], bool]:
+        """Before admitting a newcomer: (pending members to evict, oldest first; whether there is room).
+
+        A HELLO flood cannot grow the table: the oldest pending member makes room for a new one.
+        """
+        pending = self.pending()
+        evict = [min(pending, key=lambda m: m.welcomed)] if len(pending) >= self.n_shards + PENDING_SLACK else []
+        return evict, len(self.members) - len(evict) < 2 * self.n_shards + PENDING_SLACK
+
+    def admit(self, identity: bytes, session: int, host: str, pid: int) -> Member:
+        """A new pending member with the lowest free rank; call `room_for` first."""
+        used = {m.rank for m in self.members.values()}
+        rank = next(r for r in range(len(used) + 1) if r not in used)
+        now = self.clock()
+        member = Member(identity, session, rank, host, pid, welcomed=now, last_seen=now)
+        self.members[session] = member
+        self.by_identity[identity] = session
+        return member
+
+    def mark_ready(self, member: Member) -> None:
+        member.ready = True
+        self.generation += 1
+
+    def remove(self, member: Member) -> bool:
+        """Forget a member; True if it was a live worker (the generation then changes)."""
+        if self.members.pop(member.session, None) is None:
+            return False
+        if self.by_identity.get(member.identity) == member.session:
+            del self.by_identity[member.identity]
+        if member.ready:
+            self.generation += 1
+        return member.ready
+
+    def overdue(self) -> list[tuple[Member, str]]:
+        """Members to remove now, with the reason: silent past dead_after_s, or no READY in time."""
+        now, out = self.clock(), []
+        for m in list(self.members.values()):
+            silent = now - m.last_seen
+            if silent > self.dead_after_s:
+                out.append((m, f"silent for {silent:.1f} s" + ("" if m.ready else " before READY")))
+            elif not m.ready and now - m.welcomed > self.register_timeout_s:
+                out.append((m, f"no READY within {self.register_timeout_s:g} s"))
+        return out
+
+    # -- misbehaving peers -------------------------------------------------------------------------
+    def is_quarantined(self, identity: bytes) -> bool:
+        return identity in self.quarantined
+
+    def strike(self, identity: bytes, severe: bool = False) -> bool:
+        """Count a bad message from a non-member; True when it puts the peer in quarantine.
+
+        QUARANTINE_AFTER strikes (or one severe one) quarantine it; both tables keep the
+        MAX_TRACKED_PEERS most recent peers, so a flood of identities cannot grow them.
+        """
+        n = self.strikes.pop(identity, 0) + (QUARANTINE_AFTER if severe else 1)
+        if n < QUARANTINE_AFTER:
+            self.strikes[identity] = n
+            while len(self.strikes) > MAX_TRACKED_PEERS:
+                self.strikes.popitem(last=False)
+            return False
+        self.quarantined[identity] = None
+        while len(self.quarantined) > MAX_TRACKED_PEERS:
+            self.quarantined.popitem(last=False)
+        return True

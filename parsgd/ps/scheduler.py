@@ -1,0 +1,180 @@
+"""BSP shard scheduling, without sockets: what each step owes, who owns it, what is accepted.
+
+    python -m pytest tests/test_scheduler.py -q      # the rules, on a fake clock, in milliseconds
+
+Every batch `order[lo:hi]` is cut into `n_shards` contiguous shards, however many workers are
+alive. A shard is owned by one live session at a time; a gradient is accepted only from its owner,
+for the current step and the same rows, once. When every shard is in, `reduce` adds the shard
+gradients in shard order (never arrival order), so the model does not depend on who computed what
+or when it arrived: the bulk synchronous parallel (BSP) scheme of Valiant (1990), with shards
+reassigned on failure as in ps-lite (Li et al., OSDI 2014).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+
+from parsgd.errors import UserError
+from parsgd.training.loop import shard_bounds
+
+
+class NonFiniteGradient(UserError):
+    """A shard stayed non-finite on a second worker, or the sum overflowed (exit 1 after a checkpoint)."""
+
+
+class Worker(Protocol):
+    """What scheduling needs of a live worker (membership.Member has it)."""
+    session: int
+    rank: int
+
+
+@dataclass
+class Step:
+    """One BSP step: shard s covers epoch-order positions shards[s] of a `batch`-row batch."""
+    step: int
+    epoch: int
+    batch: int
+    shards: list[tuple[int, int]]
+    owner: list[int | None] = field(init=False)        # session that holds shard s, or None
+    done: list[bool] = field(init=False)
+    sent_at: list[float] = field(init=False)            # clock time of the last assignment (s)
+    src: list[np.ndarray | None] = field(init=False)    # shard s's gradient, shape (n_params,)
+    loss: list[float] = field(init=False)               # sum of its rows' losses
+    correct: list[int] = field(init=False)
+    compute_s: list[float] = field(init=False)
+    bad: list[int] = field(init=False)                  # non-finite results seen for shard s
+
+    def __post_init__(self):
+        k = len(self.shards)
+        self.owner, self.done, self.sent_at = [None] * k, [False] * k, [0.0] * k
+        self.src, self.loss, self.correct = [None] * k, [0.0] * k, [0] * k
+        self.compute_s, self.bad = [0.0] * k, [0] * k
+
+
+class Scheduler:
+    """The current step's shards: assignment, acceptance, reassignment and the ordered reduction.
+
+    `clock()` gives seconds (time.monotonic by default; tests pass a fake one).
+    """
+
+    def __init__(self, n_shards: int, clock: Callable[[], float] = time.monotonic):
+        assert n_shards >= 1
+        self.n_shards, self.clock = n_shards, clock
+        self.cur: Step | None = None
+
+    def begin(self, step: int, epoch: int, lo: int, hi: int) -> Step:
+        """Start step `step` on batch rows [lo, hi) of the epoch order; no shard is owned yet."""
+        self.cur = Step(step, epoch, hi - lo, shard_bounds(lo, hi, self.n_shards))
+        return self.cur
+
+    def end(self) -> None:
+        self.cur = None
+
+    def assign(self, s: int, live: list[Worker], avoid: int | None = None) -> Worker | None:
+        """Give shard s to the live worker with the fewest unfinished shards, not `avoid` if another exists.
+
+        Ties rotate with the step, so every live worker gets shards and a newcomer takes its first
+        shard within one rotation. Returns the new owner, or None (shard left unowned) if none is live.
+        """
+        st = self.cur
+        if avoid is not None and len(live) > 1:
+            live = [w for w in live if w.session != avoid]
+        if not live:
+            st.owner[s] = None
+            return None
+        load = {w.session: 0 for w in live}
+        for i, o in enumerate(st.owner):
+            if o in load and not st.done[i]:
+                load[o] += 1
+        turn = 1 + max(w.rank for w in live)
+        chosen = min(live, key=lambda w: (load[w.session], (w.rank - st.step) % turn))
+        st.owner[s], st.sent_at[s] = chosen.session, self.clock()
+        return chosen
+
+    def unowned(self) -> list[int]:
+        """Unfinished shards nobody holds (every worker was gone when they were due)."""
+        st = self.cur
+        return [] if st is None else [s for s, o in enumerate(st.owner) if o is None and not st.done[s]]
+
+    def release(self, session: int) -> list[int]:
+        """A session is gone: its unfinished shards become unowned; returns them (finished ones stay)."""
+        st = self.cur
+        if st is None:
+            return []
+        lost = [s for s, o in enumerate(st.owner) if o == session and not st.done[s]]
+        for s in lost:
+            st.owner[s] = None
+        return lost
+
+    def overdue(self, timeout_s: float) -> list[tuple[int, int]]:
+        """(shard, owner session) of unfinished shards assigned more than timeout_s ago."""
+        st, now = self.cur, self.clock()
+        if st is None:
+            return []
+        return [(s, o) for s, o in enumerate(st.owner)
+                if o is not None and not st.done[s] and now - st.sent_at[s] > timeout_s]
+
+    def check(self, session: int, step: int, shard: int, lo: int, hi: int) -> str | None:
+        """None if a GRAD with these fields is the one owed, else why it is ignored.
+
+        Accepted only from the session that owns the shard now, for the current step, with the same
+        rows, and only once: late, duplicate, reassigned and made-up gradients are all refused.
+        """
+        st = self.cur
+        if st is None or step < st.step:
+            return "late or duplicate"
+        if step > st.step:
+            return "unknown step"
+        if shard >= len(st.shards) or st.owner[shard] != session or st.done[shard] or (lo, hi) != st.shards[shard]:
+            return "late or duplicate"
+        return None
+
+    def complete(self, s: int, src: np.ndarray, loss_sum: float, correct: int, compute_s: float) -> None:
+        """Record shard s's accepted result; `src` must stay valid until `reduce`."""
+        st = self.cur
+        st.src[s], st.loss[s], st.correct[s], st.compute_s[s] = src, loss_sum, correct, compute_s
+        st.done[s] = True
+
+    def finished(self) -> bool:
+        return self.cur is not None and all(self.cur.done)
+
+    def reduce(self, out: np.ndarray) -> bool:
+        """Sum the shard gradients into `out` (n_params,) in shard order; True if the sum is finite."""
+        st = self.cur
+        assert all(st.done)
+        np.copyto(out, st.src[0])
+        for src in st.src[1:]:  # shard order, never arrival order
+            out += src
+        # NaN or Inf anywhere makes the sum non-finite: one read-only pass, no temporary
+        return math.isfinite(np.add.reduce(out)) and math.isfinite(sum(st.loss))
+
+    def reject_non_finite(self, seen: Callable[[int, int | None], None]) -> list[tuple[int, int | None]]:
+        """After a non-finite `reduce`: reopen each non-finite shard; returns [(shard, its last owner)].
+
+        `seen(shard, owner)` is called for every non-finite shard first (the server logs it). A shard
+        is recomputed once, elsewhere if possible. Raises NonFiniteGradient when a shard is non-finite
+        a second time, or when every shard is finite and only their sum overflowed.
+        """
+        st, redo = self.cur, []
+        for s, src in enumerate(st.src):
+            if not np.isfinite(src).all() or not math.isfinite(st.loss[s]):
+                st.bad[s] += 1
+                seen(s, st.owner[s])
+                if st.bad[s] > 1:
+                    raise NonFiniteGradient(
+                        f"shard {s} of step {st.step} gave a non-finite gradient (NaN or Inf) twice: "
+                        "the model diverged or a worker is broken; try a lower --lr")
+                st.done[s] = False
+                redo.append((s, st.owner[s]))
+        if not redo:
+            raise NonFiniteGradient(f"the gradient of step {st.step} overflowed: try a lower --lr")
+        return redo
+
+    def totals(self) -> tuple[float, int, float]:
+        """(loss sum, correct, slowest shard's compute s) of the finished step."""
+        st = self.cur
+        return float(sum(st.loss)), int(sum(st.correct)), max(st.compute_s)
