@@ -1,4 +1,7 @@
-"""plots.py: every PNG exists, opens, has the configured size and actually shows something."""
+"""plots.py: every PNG exists, opens, has the configured size and actually shows something.
+
+    python3 -m pytest -q tests/test_plots.py
+"""
 import json
 import shutil
 import time
@@ -8,16 +11,17 @@ import pytest
 from matplotlib import image as mpimg
 from matplotlib.colors import to_rgb
 
-from parsgd.analysis import plots
+from parsgd.analysis import figures, plots
 from parsgd.analysis.rundirs import RunDirError, load_run
 from rundir_factory import make_experiment, make_run
 
-SMALL = (plots.FIGSIZE[1] * plots.DPI, plots.FIGSIZE[0] * plots.DPI)      # (rows, cols) in pixels
-WIDE = (plots.WIDE_FIGSIZE[1] * plots.DPI, plots.WIDE_FIGSIZE[0] * plots.DPI)
+SMALL = (figures.FIGSIZE[1] * figures.DPI, figures.FIGSIZE[0] * figures.DPI)      # (rows, cols) in pixels
+WIDE = (figures.WIDE_FIGSIZE[1] * figures.DPI, figures.WIDE_FIGSIZE[0] * figures.DPI)
 
 
 @pytest.fixture(scope="module")
 def exp(tmp_path_factory):
+    """{"sequential", "pool", "ps" (P=2 shm), "ps4" (P=4 tcp)}: run directory paths, shared by the module."""
     root = tmp_path_factory.mktemp("results")
     paths = make_experiment(root)
     paths["ps4"] = make_run(root, "ps", 4, "tcp")
@@ -25,6 +29,7 @@ def exp(tmp_path_factory):
 
 
 def check_png(path, shape):
+    """Assert `path` is a non-blank, many-coloured PNG of `shape` (rows, cols); returns its RGB array."""
     assert path.is_file() and path.suffix == ".png", path
     img = mpimg.imread(path)
     assert img.shape[:2] == shape, (path.name, img.shape)
@@ -36,20 +41,21 @@ def check_png(path, shape):
 
 
 def pixels_near(img, color, tol=0.02):
+    """Number of pixels of the RGB array `img` within `tol` (per channel, 0..1) of the matplotlib `color`."""
     return int((np.abs(img - np.array(to_rgb(color))).max(axis=-1) < tol).sum())
 
 
 def test_plot_experiment_writes_five_pngs(exp, tmp_path):
     runs = [load_run(p) for p in exp.values()]
-    start = time.perf_counter()
+    start_s = time.perf_counter()
     paths = plots.plot_experiment(runs[1:], runs[0], tmp_path / "out")
-    elapsed = time.perf_counter() - start
+    elapsed_s = time.perf_counter() - start_s
     assert [p.name for p in paths] == ["loss.png", "accuracy.png", "epoch_time.png", "speedup.png",
                                        "comm_overhead.png"]
     assert all(p.parent == tmp_path / "out" for p in paths)
     for p in paths:
         check_png(p, WIDE if p.name == "comm_overhead.png" else SMALL)
-    assert elapsed < 5 * 2.0, f"plots took {elapsed:.1f} s"
+    assert elapsed_s < 5 * 2.0, f"plots took {elapsed_s:.1f} s"
 
 
 def test_experiment_accepts_paths(exp, tmp_path):
@@ -115,18 +121,18 @@ def test_timeline_skips_warm_up(tmp_path):
     the window: it starts where the server starts step 1 and ends with step 20."""
     path = make_run(tmp_path, "ps", 2, "shm", epochs=4, steps_per_epoch=6)
     spans = [json.loads(line) for line in (path / "comm.jsonl").read_text().splitlines()]
-    start_1 = min(s["t"] for s in spans if s["step"] == 1 and s["role"] == "server")
-    end_20 = max(s["t"] + s["dur"] for s in spans if s["step"] == 20)
+    start_1_s = min(s["t"] for s in spans if s["step"] == 1 and s["role"] == "server")
+    end_20_s = max(s["t"] + s["dur"] for s in spans if s["step"] == 20)
     spans += [{"role": "worker", "rank": 0, "step": 0, "span": "wait", "t": 0.0, "dur": 0.45, "bytes": 0},
-              {"role": "worker", "rank": 1, "step": 1, "span": "wait", "t": 0.0, "dur": start_1 + 1e-3,
+              {"role": "worker", "rank": 1, "step": 1, "span": "wait", "t": 0.0, "dur": start_1_s + 1e-3,
                "bytes": 0}]
     (path / "comm.jsonl").write_text("".join(json.dumps(s) + "\n" for s in spans))
     run = load_run(path)
     assert list(plots.timeline_steps(run.comm)) == list(range(1, 21))
-    fig, axes = plots._figure(plots.WIDE_FIGSIZE)
+    fig, axes = figures.new_figure(figures.WIDE_FIGSIZE)
     plots._draw_timeline(axes[0, 0], run, plots.TIMELINE_STEPS)
     left, right = axes[0, 0].get_xlim()
-    assert left == 0 and right == pytest.approx((end_20 - start_1) * 1e3, rel=0.02)
+    assert left == 0 and right == pytest.approx((end_20_s - start_1_s) * 1e3, rel=0.02)
     assert right < 450
     check_png(plots.plot_step_timeline(run, tmp_path / "t.png"), WIDE)
 
@@ -134,6 +140,6 @@ def test_timeline_skips_warm_up(tmp_path):
 def test_identical_curves_are_named_in_the_legend(exp, tmp_path):
     twin = shutil.copytree(exp["ps"], tmp_path / "ps-twin")
     runs = [load_run(exp["sequential"]), load_run(exp["ps"]), load_run(twin)]
-    labels = plots._labels(runs)
+    labels = figures.run_labels(runs)
     assert plots._same_as(runs, labels, ("train_loss", "test_loss")) == [None, None, labels[1]]
     check_png(plots.plot_loss(runs, tmp_path / "loss.png"), SMALL)

@@ -1,17 +1,22 @@
-"""trace.py: Chrome trace events that mirror comm.jsonl one to one."""
+"""trace.py: Chrome trace events that mirror comm.jsonl one to one.
+
+    python3 -m pytest -q tests/test_trace.py
+"""
 import json
 import re
 from collections import Counter
 
 import pytest
 
-from parsgd.analysis.rundirs import SPANS, RunDirError
+from parsgd.analysis.rundirs import RunDirError
 from parsgd.analysis.trace import write_trace
+from parsgd.ps.protocol import SPANS
 from rundir_factory import make_run
 
 
 @pytest.fixture
 def ps_run(tmp_path):
+    """Path of a fresh ps P=2 tcp run directory: 2 epochs of 5 steps."""
     return make_run(tmp_path, "ps", 2, "tcp", epochs=2, steps_per_epoch=5)
 
 
@@ -61,8 +66,8 @@ def test_step_markers(ps_run, tmp_path):
     assert [m["args"]["step"] for m in marks] == steps
     for m in marks:
         assert m["s"] == "g"
-        first = min(s["t"] for s in spans if s["step"] == m["args"]["step"])
-        assert m["ts"] == pytest.approx(first * 1e6, abs=1e-2)
+        first_s = min(s["t"] for s in spans if s["step"] == m["args"]["step"])
+        assert m["ts"] == pytest.approx(first_s * 1e6, abs=1e-2)
 
 
 def test_run_without_comm_log(tmp_path):

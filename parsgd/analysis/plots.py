@@ -1,6 +1,11 @@
-"""PNG plots from run directories (Agg, no pyplot: figures are plain objects, nothing to close).
+"""PNG plots from run directories: per-epoch curves, speedup, communication overhead, step timeline.
 
     parsgd plot runs/sequential-p1 runs/ps-p2 -o plots/
+
+Sizes, fonts, markers and saving live in figures.py. `runs` arguments are lists of loaded Runs
+unless a docstring says paths are accepted too; `path` is the PNG to write (str or Path, folders
+created). Every plot function returns the Path(s) it wrote and raises OSError when a PNG cannot
+be written.
 """
 from __future__ import annotations
 
@@ -8,67 +13,24 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib import rc_context
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from parsgd.analysis.report import comm_breakdown, describe_config, with_baseline
-from parsgd.analysis.rundirs import SPANS, Run, RunDirError, load_run
+# DPI and the figure sizes are imported so that callers can read the PNG size off this module.
+from parsgd.analysis.figures import (DPI, FIGSIZE, FONTS, WIDE_FIGSIZE, WIDE_FONTS,  # noqa: F401
+                                     as_run, figure_title, marker_style, new_figure, run_labels, save_png)
+from parsgd.analysis.report import comm_breakdown, with_baseline
+from parsgd.analysis.rundirs import CommSpans, Run, RunDirError
+from parsgd.ps.protocol import SPANS
 
-DPI = 100
-FIGSIZE = (8, 5)          # loss, accuracy, epoch_time, speedup: 800 x 500 px
-WIDE_FIGSIZE = (12, 5)    # comm_overhead and one step timeline panel: 1200 x 500 px
-# Point sizes chosen so text stays legible when a wide figure is shown scaled down to 800 px.
-FONTS = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9,
-         "ytick.labelsize": 9, "legend.fontsize": 9, "legend.title_fontsize": 9, "figure.titlesize": 11}
-WIDE_FONTS = {key: size * 1.25 for key, size in FONTS.items()}
 TIMELINE_STEPS = 20
 FIRST_TIMELINE_STEP = 1   # step 0 also holds the wait for workers to start (~0.5 s), dwarfing the rest
-MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*", "h", "<")
 SPAN_COLORS = dict(zip(SPANS, ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#d62728",
                                "#c7c7c7", "#8c564b", "#e377c2")))
 CATEGORY_COLORS = {"serialize": "#1f77b4", "transfer": "#ff7f0e", "wait": "#c7c7c7",
                    "deserialize": "#9467bd", "compute": "#d62728", "update": "#e377c2", "other": "#7f7f7f"}
 SHARE_COLORS = {"compute": "#d62728", "communication": "#ff7f0e", "other": "#c7c7c7"}
-
-
-def _figure(figsize=FIGSIZE, nrows=1, ncols=1):
-    fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")  # room for titles, outside legends
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(nrows, ncols, squeeze=False)
-
-
-def _marker_style(i: int, n: int) -> dict:
-    """Hollow marker, a different shape per series, shrinking with i: series drawn on the same
-    points nest inside one another instead of hiding the ones drawn earlier."""
-    size = 11 - 7 * i / (n - 1) if n > 1 else 6
-    return {"marker": MARKERS[i % len(MARKERS)], "ms": size, "mfc": "none", "mew": 1.5, "color": f"C{i % 10}"}
-
-
-def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    return path
-
-
-def _as_run(run) -> Run:
-    return run if isinstance(run, Run) else load_run(run)
-
-
-def _labels(runs: list[Run]) -> list[str]:
-    """run.label, with the folder name added where two runs would share a label."""
-    labels = [r.label for r in runs]
-    return [f"{lb} ({r.path.name})" if labels.count(lb) > 1 else lb for lb, r in zip(labels, runs)]
-
-
-def _title(what: str, runs: list[Run]) -> str:
-    configs = {describe_config({**r.config, "workers": 1}, r.dataset) for r in runs}
-    if len(configs) == 1:
-        return f"{what}\n{configs.pop()}"
-    return f"{what}\n{len(configs)} different configurations"
 
 
 def _same_as(runs: list[Run], labels: list[str], fields) -> list[str | None]:
@@ -85,15 +47,15 @@ def _same_as(runs: list[Run], labels: list[str], fields) -> list[str | None]:
 
 @rc_context(FONTS)
 def _per_epoch(runs, path, what, fields, ylabel) -> Path:
-    fig, axes = _figure()
+    fig, axes = new_figure(FIGSIZE)
     ax = axes[0, 0]
-    labels = _labels(runs)
+    labels = run_labels(runs)
     same = _same_as(runs, labels, fields)
     for i, (run, label) in enumerate(zip(runs, labels)):
         epochs = run.column("epoch")
         legend = label if same[i] is None else f"{label} (= {same[i]})"
         for field, style in zip(fields, ("-", "--")):
-            ax.plot(epochs, run.column(field), style, lw=1.2, **_marker_style(i, len(runs)),
+            ax.plot(epochs, run.column(field), style, lw=1.2, **marker_style(i, len(runs)),
                     label=legend if style == "-" else None)
     handles, _ = ax.get_legend_handles_labels()
     if len(fields) == 2:
@@ -104,59 +66,67 @@ def _per_epoch(runs, path, what, fields, ylabel) -> Path:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
-    fig.suptitle(_title(what, runs))
+    fig.suptitle(figure_title(what, runs))
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
-def plot_loss(runs, path) -> Path:
+def plot_loss(runs: list[Run], path) -> Path:
+    """Train (solid) and test (dashed) cross-entropy loss per epoch of every run; returns Path(path)."""
     return _per_epoch(runs, path, "Loss per epoch", ("train_loss", "test_loss"), "cross-entropy loss (nats)")
 
 
-def plot_accuracy(runs, path) -> Path:
+def plot_accuracy(runs: list[Run], path) -> Path:
+    """Train (solid) and test (dashed) accuracy per epoch of every run; returns Path(path)."""
     return _per_epoch(runs, path, "Accuracy per epoch", ("train_acc", "test_acc"), "accuracy (fraction correct)")
 
 
-def plot_epoch_time(runs, path) -> Path:
+def plot_epoch_time(runs: list[Run], path) -> Path:
+    """Wall time per epoch (metrics.jsonl epoch_time_s, seconds) of every run; returns Path(path)."""
     return _per_epoch(runs, path, "Wall time per epoch", ("epoch_time_s",), "epoch time (s)")
 
 
 @rc_context(FONTS)
-def plot_speedup(runs, baseline: Run, path) -> Path:
-    """Speedup = baseline total / run total against P, one line per mode/transport, ideal y = P."""
-    fig, axes = _figure()
+def plot_speedup(runs: list[Run], baseline: Run, path) -> Path:
+    """Speedup T_baseline / T_run (summary.json total_time_s) against P, one line per mode/transport.
+
+    Standard definition of speedup; the dashed ideal line is linear scaling, speedup = P.
+    The baseline itself is skipped in `runs`. Returns Path(path); OSError if it cannot be written.
+    """
+    fig, axes = new_figure(FIGSIZE)
     ax = axes[0, 0]
-    base_total = float(baseline.summary["total_time_s"])
+    base_total_s = float(baseline.summary["total_time_s"])
     series: dict[str, list[tuple[int, float]]] = {}
     for run in runs:
         if run is baseline:
             continue
         key = run.mode + (f" {run.transport}" if run.transport else "")
-        series.setdefault(key, []).append((run.workers, base_total / float(run.summary["total_time_s"])))
+        series.setdefault(key, []).append((run.workers, base_total_s / float(run.summary["total_time_s"])))
     ps = sorted({1, *(p for pts in series.values() for p, _ in pts)})
     ax.plot(ps, ps, "k--", lw=1, label="ideal (speedup = P)")
     ax.axhline(1.0, color="gray", ls=":", lw=1, label=f"{baseline.label} baseline")
     for i, (key, pts) in enumerate(sorted(series.items())):
         pts.sort()
-        ax.plot([p for p, _ in pts], [s for _, s in pts], lw=1.5, label=key, **_marker_style(i, len(series)))
+        ax.plot([p for p, _ in pts], [s for _, s in pts], lw=1.5, label=key, **marker_style(i, len(series)))
     ax.set_xticks(ps)
     ax.set_xlabel("workers P (processes)")
     ax.set_ylabel(f"speedup over {baseline.label} (x)")
     ax.set_ylim(bottom=0)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.suptitle(_title("Speedup (total wall time)", runs))
+    fig.suptitle(figure_title("Speedup (total wall time)", runs))
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _epoch_shares(run: Run) -> dict[str, float]:
     """compute / communication / other as shares of the summed epoch wall time (metrics.jsonl)."""
-    total = run.column("epoch_time_s").sum()
-    compute, comm = run.column("compute_s").sum(), run.column("comm_s").sum()
-    denom = max(total, compute + comm)  # parallel workers' compute can exceed wall time
-    if denom <= 0:
+    total_s = run.column("epoch_time_s").sum()
+    compute_s, comm_s = run.column("compute_s").sum(), run.column("comm_s").sum()
+    denom_s = max(total_s, compute_s + comm_s)  # parallel workers' compute can exceed wall time
+    if denom_s <= 0:
         return {"compute": 0.0, "communication": 0.0, "other": 1.0}
-    return {"compute": compute / denom, "communication": comm / denom, "other": 1 - (compute + comm) / denom}
+    return {"compute": compute_s / denom_s, "communication": comm_s / denom_s,
+            "other": 1 - (compute_s + comm_s) / denom_s}
 
 
 def _stacked(ax, names, shares: list[dict], colors: dict, xlabel: str, title: str):
@@ -179,11 +149,15 @@ def _stacked(ax, names, shares: list[dict], colors: dict, xlabel: str, title: st
 
 
 @rc_context(WIDE_FONTS)
-def plot_comm_overhead(runs, path) -> Path:
-    """Left: share of epoch time per configuration; right: PS span categories per role (comm.jsonl)."""
-    fig, axes = _figure(WIDE_FIGSIZE, 1, 2)
+def plot_comm_overhead(runs: list[Run], path) -> Path:
+    """Two panels of % bars; returns Path(path). Raises RunDirError if a comm.jsonl is corrupt, OSError.
+
+    Left: compute / communication / other share of each run's epoch time (metrics.jsonl);
+    right: span categories per role of the PS runs (report.comm_breakdown).
+    """
+    fig, axes = new_figure(WIDE_FIGSIZE, 1, 2)
     left, right = axes[0]
-    labels = _labels(runs)
+    labels = run_labels(runs)
     _stacked(left, labels, [_epoch_shares(r) for r in runs], SHARE_COLORS,
              "share of epoch wall time (%)", "compute vs communication (metrics.jsonl)")
     names, shares = [], []
@@ -197,27 +171,30 @@ def plot_comm_overhead(runs, path) -> Path:
     else:
         right.text(0.5, 0.5, "no parameter-server runs", ha="center", va="center", transform=right.transAxes)
         right.set_axis_off()
-    fig.suptitle(_title("Communication overhead", runs))
-    return _save(fig, path)
+    fig.suptitle(figure_title("Communication overhead", runs))
+    return save_png(fig, path)
 
 
-def timeline_steps(comm, max_steps: int = TIMELINE_STEPS) -> np.ndarray:
-    """The steps a timeline shows: from FIRST_TIMELINE_STEP on (warm-up left out), or from step 0
-    when the run has no later step; spans outside any step (step -1) are never shown."""
+def timeline_steps(comm: CommSpans, max_steps: int = TIMELINE_STEPS) -> np.ndarray:
+    """The steps a timeline shows, int64 array of at most max_steps, ascending.
+
+    From FIRST_TIMELINE_STEP on (warm-up left out), or from step 0 when the run has no later
+    step; spans outside any step (step -1) are never shown.
+    """
     steps = np.unique(comm.step[comm.step >= 0])
     later = steps[steps >= FIRST_TIMELINE_STEP]
     return (later if len(later) else steps)[:max_steps]
 
 
-def _step_starts(comm, steps, mask) -> np.ndarray:
+def _step_starts_s(comm: CommSpans, steps, mask) -> np.ndarray:
     """Start of each step: the server's first span in it (a worker's wait for the next step
     begins during the previous one), else the first span of any role."""
-    starts = []
+    starts_s = []
     for step in steps:
         sel = mask & (comm.step == step)
         server = sel & (comm.role == "server")
-        starts.append(comm.t[server if server.any() else sel].min())
-    return np.array(starts)
+        starts_s.append(comm.t_s[server if server.any() else sel].min())
+    return np.array(starts_s)
 
 
 def _draw_timeline(ax, run: Run, max_steps: int) -> None:
@@ -227,13 +204,13 @@ def _draw_timeline(ax, run: Run, max_steps: int) -> None:
     if not mask.any():
         ax.text(0.5, 0.5, "no step spans in comm.jsonl", ha="center", va="center", transform=ax.transAxes)
         return
-    starts = _step_starts(comm, steps, mask)
-    t0 = starts[0]
+    starts_s = _step_starts_s(comm, steps, mask)
+    t0_s = starts_s[0]
     tracks = comm.tracks()
     # Spans of the first shown step that began before it (workers idle since the previous step)
     # are cut at its start, so the window holds only the steps it names.
-    start_ms = (np.maximum(comm.t, t0) - t0) * 1e3
-    dur_ms = (comm.t + comm.dur - t0) * 1e3 - start_ms
+    start_ms = (np.maximum(comm.t_s, t0_s) - t0_s) * 1e3
+    dur_ms = (comm.t_s + comm.dur_s - t0_s) * 1e3 - start_ms
     present = []
     for row, (role, rank) in enumerate(tracks):
         on_track = mask & (comm.role == role) & (comm.rank == rank) & (dur_ms > 0)
@@ -242,18 +219,18 @@ def _draw_timeline(ax, run: Run, max_steps: int) -> None:
             color = SPAN_COLORS.get(str(span), "#7f7f7f")
             ax.broken_barh(list(zip(start_ms[sel], dur_ms[sel])), (row - 0.4, 0.8), facecolors=color)
             present.append(str(span))
-    x_steps = (starts - t0) * 1e3
-    for x in x_steps:
-        ax.axvline(x, color="black", lw=0.6, alpha=0.5)
-    right = max(float((start_ms[mask] + dur_ms[mask]).max()), 1e-3)
-    ax.set_xlim(0, right * 1.01)
-    top = ax.secondary_xaxis("top")  # step numbers as ticks on a top axis: never over the bars
-    min_gap = 0.025 * right          # about 2.5 characters at this width; closer steps go unlabelled
-    shown, last = [], -np.inf
-    for step, x in zip(steps, x_steps):
-        shown.append(str(step) if x - last >= min_gap else "")
-        last = x if shown[-1] else last
-    top.set_xticks(x_steps)
+    x_steps_ms = (starts_s - t0_s) * 1e3
+    for x_ms in x_steps_ms:
+        ax.axvline(x_ms, color="black", lw=0.6, alpha=0.5)
+    right_ms = max(float((start_ms[mask] + dur_ms[mask]).max()), 1e-3)
+    ax.set_xlim(0, right_ms * 1.01)
+    top = ax.secondary_xaxis("top")   # step numbers as ticks on a top axis: never over the bars
+    min_gap_ms = 0.025 * right_ms     # about 2.5 characters at this width; closer steps go unlabelled
+    shown, last_ms = [], -np.inf
+    for step, x_ms in zip(steps, x_steps_ms):
+        shown.append(str(step) if x_ms - last_ms >= min_gap_ms else "")
+        last_ms = x_ms if shown[-1] else last_ms
+    top.set_xticks(x_steps_ms)
     top.set_xticklabels(shown)
     top.set_xlabel("step (a line where each starts)")
     ax.set_yticks(range(len(tracks)))
@@ -271,27 +248,32 @@ def _draw_timeline(ax, run: Run, max_steps: int) -> None:
 
 @rc_context(WIDE_FONTS)
 def plot_step_timeline(runs, path, max_steps: int = TIMELINE_STEPS) -> Path:
-    """Gantt chart of steps 1..max_steps of one PS run (or one panel per run for a list) from comm.jsonl."""
-    runs = [_as_run(r) for r in (runs if isinstance(runs, (list, tuple)) else [runs])]
+    """Gantt chart (ms on x, one row per server/worker) of the timeline_steps of PS runs' comm.jsonl.
+
+    `runs`: one Run or run-dir path, or a list of them (one panel each, stacked). Returns Path(path).
+    Raises RunDirError when a run cannot be loaded or has no comm.jsonl (not a PS run); OSError.
+    """
+    runs = [as_run(r) for r in (runs if isinstance(runs, (list, tuple)) else [runs])]
     for run in runs:
         if not run.has_comm:
             raise RunDirError(f"{run.path} has no communication log (comm.jsonl): step timelines "
                               "need a parameter-server run (parsgd launch/server/experiment)")
-    fig, axes = _figure((WIDE_FIGSIZE[0], WIDE_FIGSIZE[1] * len(runs)), len(runs), 1)
+    fig, axes = new_figure((WIDE_FIGSIZE[0], WIDE_FIGSIZE[1] * len(runs)), len(runs), 1)
     for ax, run in zip(axes[:, 0], runs):
         _draw_timeline(ax, run, max_steps)
-    fig.suptitle(_title("Per-step timeline from comm.jsonl spans", runs))
-    return _save(fig, path)
+    fig.suptitle(figure_title("Per-step timeline from comm.jsonl spans", runs))
+    return save_png(fig, path)
 
 
 def plot_experiment(runs, baseline, out_dir) -> list[Path]:
     """`parsgd experiment`: loss, accuracy, epoch_time, speedup, comm_overhead PNGs in out_dir.
 
     `runs`: Run objects or run-dir paths of every configuration; `baseline`: the sequential one
-    (added to runs if missing).
+    (added to runs if missing). Returns the five paths in that order. Raises RunDirError when a
+    path is not a loadable run directory, OSError when out_dir cannot be written.
     """
-    baseline = _as_run(baseline)
-    runs = with_baseline([_as_run(r) for r in runs], baseline)
+    baseline = as_run(baseline)
+    runs = with_baseline([as_run(r) for r in runs], baseline)
     out = Path(out_dir)
     return [plot_loss(runs, out / "loss.png"), plot_accuracy(runs, out / "accuracy.png"),
             plot_epoch_time(runs, out / "epoch_time.png"), plot_speedup(runs, baseline, out / "speedup.png"),
@@ -304,8 +286,10 @@ def plot_runs(run_dirs, out_dir=None) -> list[Path]:
     Writes loss, accuracy and epoch_time (all runs as series on the same axes), and, when any
     run is a parameter-server run, step_timeline (one panel per PS run) and comm_overhead.
     out_dir None: the run directory itself for one run, else the current directory.
+    Returns the PNG paths in that order. Raises ValueError for no run_dirs, RunDirError when one
+    is not a loadable run directory, OSError when the output folder cannot be written.
     """
-    runs = [_as_run(r) for r in run_dirs]
+    runs = [as_run(r) for r in run_dirs]
     if not runs:
         raise ValueError("plot_runs needs at least one run directory")
     out = Path(out_dir) if out_dir is not None else (runs[0].path if len(runs) == 1 else Path("."))

@@ -1,7 +1,12 @@
 """Comparison table and experiment_report.txt from run directories (numbers come only from the logs).
 
-    python -c "from parsgd.analysis.rundirs import load_runs; from parsgd.analysis.report import *; \
-rs = load_runs(['results/sequential', 'results/ps-p2']); print(format_table(comparison_rows(rs, rs[0])))"
+    parsgd experiment --workers 2 --dataset synthetic --num-samples 2048 --epochs 2 -q   # -> results/
+    python -c "from parsgd.analysis.rundirs import load_run; from parsgd.analysis.report import *; \
+rs = [load_run(p) for p in ('results/sequential', 'results/ps-p2-shm')]; \
+print(format_table(comparison_rows(rs, rs[0])))"
+
+Speedup and efficiency use the standard definitions (those of Amdahl's-law analyses):
+speedup S(P) = T_seq / T_P and efficiency E(P) = S(P) / P, T being total training wall time.
 """
 from __future__ import annotations
 
@@ -26,31 +31,33 @@ _SCALE = {"bytes_per_step": 1e-3}
 
 
 def with_baseline(runs: list[Run], baseline: Run) -> list[Run]:
-    """`runs` with the baseline first (added if the caller did not include it)."""
+    """A new list: `baseline`, then the other runs in order (a run with the baseline's path is dropped)."""
     rest = [r for r in runs if r is not baseline and r.path != baseline.path]
     return [baseline, *rest]
 
 
 def comparison_rows(runs: list[Run], baseline: Run) -> list[dict]:
-    """One row per run (baseline first): speedup = baseline total / run total, efficiency = speedup / P.
+    """One row dict per run, baseline first (added if missing), keyed as COLUMNS plus mode, transport, steps, path.
 
-    s/epoch is the mean of metrics.jsonl epoch_time_s; bytes/step is (sent + received) / steps.
+    speedup = T_baseline / T_run and efficiency = speedup / P (standard definitions, T = summary.json
+    total_time_s in seconds; None when T_run is 0); s_per_epoch is the mean of metrics.jsonl
+    epoch_time_s (s); bytes_per_step is (sent + received) / steps (None without a step count).
     """
-    base_total = float(baseline.summary["total_time_s"])
+    base_total_s = float(baseline.summary["total_time_s"])
     rows = []
     for run in with_baseline(runs, baseline):
         s, last = run.summary, run.metrics[-1]
-        total, p = float(s["total_time_s"]), run.workers
-        speedup = base_total / total if total > 0 else None
+        total_s, p = float(s["total_time_s"]), run.workers
+        speedup = base_total_s / total_s if total_s > 0 else None
         comm_share = s.get("comm_share")
         if comm_share is None:
-            busy = run.column("comm_s").sum() + run.column("compute_s").sum()
-            comm_share = float(run.column("comm_s").sum() / busy) if busy > 0 else 0.0
+            busy_s = run.column("comm_s").sum() + run.column("compute_s").sum()
+            comm_share = float(run.column("comm_s").sum() / busy_s) if busy_s > 0 else 0.0
         steps = s.get("steps")
         moved = float(run.column("bytes_sent").sum() + run.column("bytes_recv").sum())
         rows.append({
             "run": run.label, "mode": run.mode, "transport": run.transport, "P": p,
-            "total_s": total, "s_per_epoch": float(run.column("epoch_time_s").mean()),
+            "total_s": total_s, "s_per_epoch": float(run.column("epoch_time_s").mean()),
             "speedup": speedup, "efficiency": speedup / p if speedup is not None else None,
             "train_acc": float(s.get("final_train_acc", last["train_acc"])),
             "test_acc": float(s.get("final_test_acc", last["test_acc"])),
@@ -66,8 +73,10 @@ def comm_breakdown(run: Run) -> dict:
     """Per role ("server", "worker"): seconds and shares (summing to 1) of each span category.
 
     Reads comm.jsonl when present, else summary.json's time_breakdown; {} for runs with neither.
-    Worker seconds are summed over all worker ranks. Returns
-    {role: {"seconds": {category: s}, "shares": {category: f}, "total_s": s, "ranks": n, "source": file}}.
+    Categories are CATEGORIES plus "other" for unknown span names; worker seconds are summed over
+    all worker ranks. Returns {role: {"seconds": {category: s}, "shares": {category: fraction},
+    "total_s": s, "ranks": n, "source": "comm.jsonl" | "summary.json"}}.
+    Raises RunDirError if comm.jsonl is corrupt.
     """
     comm = run.comm
     if comm is not None and len(comm):
@@ -82,12 +91,12 @@ def comm_breakdown(run: Run) -> dict:
     for role, spans in per_role.items():
         seconds = {cat: float(sum(spans.get(s, 0.0) for s in names)) for cat, names in CATEGORIES.items()}
         known = {s for names in CATEGORIES.values() for s in names}
-        other = sum(v for s, v in spans.items() if s not in known)
-        if other:
-            seconds["other"] = float(other)
-        total = sum(seconds.values())
-        shares = {cat: (v / total if total > 0 else 0.0) for cat, v in seconds.items()}
-        out[role] = {"seconds": seconds, "shares": shares, "total_s": total,
+        other_s = sum(v for s, v in spans.items() if s not in known)
+        if other_s:
+            seconds["other"] = float(other_s)
+        total_s = sum(seconds.values())
+        shares = {cat: (v / total_s if total_s > 0 else 0.0) for cat, v in seconds.items()}
+        out[role] = {"seconds": seconds, "shares": shares, "total_s": total_s,
                      "ranks": ranks.get(role, 1), "source": source}
     return out
 
@@ -104,9 +113,11 @@ def _cell(key: str, fmt: str, value) -> str:
 
 
 def format_table(rows: list[dict], columns=None) -> str:
-    """Aligned plain-text table of comparison_rows(); the CLI prints it as is.
+    """Aligned plain-text table (a header line, a dashes line, one line per row) of `rows`.
 
-    `columns` is a list of (key, header, format); default COLUMNS. Text is left-aligned, numbers right.
+    `rows`: dicts such as comparison_rows() returns; `columns`: (key, header, format) triples,
+    default COLUMNS (keys the first row lacks are left out). Text is left-aligned, numbers right;
+    None prints as "-". `parsgd experiment` prints it as is.
     """
     columns = [c for c in (columns or COLUMNS) if not rows or c[0] in rows[0]]
     cells = [[_cell(k, f, row.get(k)) for k, _, f in columns] for row in rows]
@@ -121,7 +132,10 @@ def format_table(rows: list[dict], columns=None) -> str:
 
 
 def describe_config(config: dict, dataset: str | None = None) -> str:
-    """One line naming the training configuration (also used as plot titles)."""
+    """One line naming the training configuration (also the plots' subtitle).
+
+    `config`: a RunConfig as a dict (config.json "config"); `dataset` overrides config["dataset"].
+    """
     hidden = ",".join(str(h) for h in config.get("hidden", []))
     n = config.get("num_samples")
     return (f"{dataset or config.get('dataset', '?')}{f' (n={n})' if n else ''}, "
@@ -130,6 +144,7 @@ def describe_config(config: dict, dataset: str | None = None) -> str:
 
 
 def describe_blas(machine: dict) -> str:
+    """One line naming the BLAS libraries of `machine` (rundir.machine_info()), "none detected" if none."""
     blas = machine.get("blas") or []
     if not blas:
         return "none detected"
@@ -144,10 +159,10 @@ def _comm_section(run: Run) -> list[str]:
     if not bd:
         return out + ["  no communication log in this run directory", ""]
     steps = run.summary.get("steps")
-    total = float(run.summary["total_time_s"])
+    total_s = float(run.summary["total_time_s"])
     if steps:
         moved = run.column("bytes_sent").sum() + run.column("bytes_recv").sum()
-        out.append(f"  {steps} steps, {1e3 * total / steps:.2f} ms wall time per step, "
+        out.append(f"  {steps} steps, {1e3 * total_s / steps:.2f} ms wall time per step, "
                    f"{moved / steps / 1e3:.1f} KB moved per step, "
                    f"comm share {float(run.summary.get('comm_share') or 0):.1%}")
     roles = [r for r in ROLE_ORDER if r in bd]
@@ -185,10 +200,13 @@ How to read this
 
 
 def write_report(out_dir, runs: list[Run], baseline: Run, config=None, machine: dict | None = None) -> Path:
-    """Write OUT_DIR/experiment_report.txt and return its path (`parsgd experiment` calls this).
+    """Write out_dir/experiment_report.txt and return its path (`parsgd experiment` calls this).
 
-    `config`: the RunConfig (or its dict) the experiment used; default: the baseline's config.json.
-    `machine`: {"cores", "blas", "platform"} (rundir.machine_info()); default: the baseline's.
+    `runs`: the loaded runs (the baseline is added first if missing); `baseline`: the run speedups
+    are relative to. `config`: the RunConfig (or its dict) the experiment used; default: the
+    baseline's config.json. `machine`: {"cores", "blas", "platform"} (rundir.machine_info());
+    default: the baseline's. Creates out_dir if needed. Raises OSError if the file cannot be
+    written, RunDirError if a run's comm.jsonl is corrupt.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

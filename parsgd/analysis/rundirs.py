@@ -2,8 +2,8 @@
 
     python -c "from parsgd.analysis.rundirs import load_run; r = load_run('runs/ps-p2'); print(r.label, len(r.comm))"
 
-Writers live in rundir.py and ps/commlog.py; this module only reads, and turns every problem
-with a folder into a one-line RunDirError that names the file and the fix.
+The writers are parsgd/training/rundir.py and parsgd/ps/commlog.py; this module only reads, and
+turns every problem with a folder into a one-line RunDirError that names the file and the fix.
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "e
 METRIC_OPTIONAL = ("compute_s", "comm_s", "bytes_sent", "bytes_recv")  # 0 when absent
 COMM_FIELDS = ("role", "rank", "step", "span", "t", "dur")
 ROLES = ("server", "worker")
-SPANS = ("serialize", "send", "recv", "deserialize", "compute", "wait", "aggregate", "update")
 NOT_A_RUN = "pass a folder written by parsgd train/launch/experiment"
 
 
@@ -28,34 +27,42 @@ class RunDirError(UserError):
 
 
 @dataclass(frozen=True)
-class CommLog:
-    """comm.jsonl in columns: one numpy array per field, one entry per span."""
+class CommSpans:
+    """The spans of a comm.jsonl, in columns: seven 1-D arrays of the same length k, one entry per span.
+
+    Built by load_comm; the file's "t" and "dur" fields become `t_s` and `dur_s`.
+    """
     role: np.ndarray   # str, "server" | "worker"
     rank: np.ndarray   # int64
     step: np.ndarray   # int64, -1 outside a step
-    span: np.ndarray   # str, one of SPANS (others are kept as they are)
-    t: np.ndarray      # float64, start in s since run start (server clock)
-    dur: np.ndarray    # float64, s
+    span: np.ndarray   # str, one of parsgd.ps.protocol.SPANS (other names are kept as they are)
+    t_s: np.ndarray    # float64, start in seconds since the run start (server clock)
+    dur_s: np.ndarray  # float64, seconds
     bytes: np.ndarray  # int64
 
     def __len__(self) -> int:
-        return len(self.t)
+        """Number of spans k."""
+        return len(self.t_s)
 
     def tracks(self) -> list[tuple[str, int]]:
-        """(role, rank) pairs present, server first, then workers by rank."""
+        """The (role, rank) pairs present: the server first, then the workers by rank."""
         pairs = {(str(r), int(k)) for r, k in zip(self.role, self.rank)}
         return sorted(pairs, key=lambda p: (ROLES.index(p[0]) if p[0] in ROLES else 9, p[1]))
 
     def seconds_by_span(self, role: str) -> dict[str, float]:
-        """Total duration per span name for one role, summed over its ranks and steps."""
+        """{span name: total seconds} for one role, summed over its ranks and steps ({} if absent)."""
         mask = self.role == role
-        spans, dur = self.span[mask], self.dur[mask]
-        return {str(s): float(dur[spans == s].sum()) for s in np.unique(spans)}
+        spans, dur_s = self.span[mask], self.dur_s[mask]
+        return {str(s): float(dur_s[spans == s].sum()) for s in np.unique(spans)}
 
 
 @dataclass
 class Run:
-    """One loaded run directory. `comm` is read from comm.jsonl on first use (None if absent)."""
+    """One loaded run directory (built by load_run).
+
+    `comm` reads comm.jsonl on first use: a CommSpans, or None when the run has none (not a PS
+    run); that read raises RunDirError if the file is corrupt.
+    """
     path: Path
     meta: dict              # the whole config.json
     config: dict            # meta["config"], the RunConfig as a dict
@@ -64,14 +71,16 @@ class Run:
     metrics: list[dict]
     summary: dict           # summary.json, or derived from metrics.jsonl for an unfinished run
     finished: bool = True   # False when summary.json is missing
-    _comm: CommLog | None = field(default=None, repr=False)
+    _comm: CommSpans | None = field(default=None, repr=False)
 
     @property
     def workers(self) -> int:
+        """Worker count P (1 for a sequential run)."""
         return int(self.summary.get("workers") or self.config.get("workers") or 1)
 
     @property
     def dataset(self) -> str:
+        """Name of the dataset trained on, "?" if no file records it."""
         return str(self.summary.get("dataset") or self.meta.get("dataset") or self.config.get("dataset", "?"))
 
     @property
@@ -84,16 +93,18 @@ class Run:
 
     @property
     def has_comm(self) -> bool:
+        """True when the folder holds a comm.jsonl (parameter-server runs)."""
         return (self.path / COMM).is_file()
 
     @property
-    def comm(self) -> CommLog | None:
+    def comm(self) -> CommSpans | None:
+        """comm.jsonl in columns, read once; None without one. Raises RunDirError if it is corrupt."""
         if self._comm is None and self.has_comm:
             self._comm = load_comm(self.path)
         return self._comm
 
     def column(self, name: str) -> np.ndarray:
-        """One metrics.jsonl field over epochs, as float64."""
+        """One metrics.jsonl field over the epochs: float64 array of shape (epochs,), 0.0 where absent."""
         return np.array([m.get(name, 0.0) for m in self.metrics], dtype=np.float64)
 
 
@@ -110,7 +121,11 @@ def _read_json(path: Path, what: str) -> dict:
 
 
 def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
-    """Objects of a JSONL file; the error names the first bad line (1-based)."""
+    """The objects of the JSONL file `path`, one per non-blank line, in file order.
+
+    Raises RunDirError when the file cannot be read, or naming the first bad line (1-based):
+    invalid JSON, not an object, or missing one of the `required` keys.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -146,22 +161,24 @@ def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
 def _derived_summary(meta: dict, metrics: list[dict]) -> dict:
     """What summary.json would say, for a run that stopped before writing it."""
     last, cfg = metrics[-1], meta.get("config", {})
-    comm = sum(m.get("comm_s", 0.0) for m in metrics)
-    busy = comm + sum(m.get("compute_s", 0.0) for m in metrics)
+    comm_s = sum(m.get("comm_s", 0.0) for m in metrics)
+    busy_s = comm_s + sum(m.get("compute_s", 0.0) for m in metrics)
     return {"mode": meta.get("mode"), "workers": cfg.get("workers", 1), "transport": meta.get("transport"),
             "dataset": meta.get("dataset") or cfg.get("dataset"), "epochs": len(metrics),
             "batch_size": cfg.get("batch_size"), "steps": None,
             "total_time_s": sum(m["epoch_time_s"] for m in metrics),
             "final_train_loss": last["train_loss"], "final_train_acc": last["train_acc"],
             "final_test_loss": last["test_loss"], "final_test_acc": last["test_acc"],
-            "comm_share": comm / busy if busy > 0 else 0.0, "time_breakdown": {}}
+            "comm_share": comm_s / busy_s if busy_s > 0 else 0.0, "time_breakdown": {}}
 
 
 def load_run(path) -> Run:
-    """Load a run directory (CLI: each RUN_DIR argument of `parsgd plot` / `parsgd trace`).
+    """Load the run directory `path` (str or Path; each RUN_DIR of `parsgd plot` / `parsgd trace`).
 
     Needs config.json and metrics.jsonl with at least one epoch; summary.json is optional
     (derived from metrics for an unfinished run); comm.jsonl is read lazily via `run.comm`.
+    Returns a Run. Raises RunDirError when the folder is missing, not a run directory, or holds
+    a file that is unreadable, corrupt or lacks a field.
     """
     path = Path(path)
     if not path.exists():
@@ -194,8 +211,12 @@ def load_run(path) -> Run:
                metrics=metrics, summary=summary, finished=finished)
 
 
-def load_comm(path) -> CommLog:
-    """comm.jsonl of a run directory in columns; RunDirError if the run has none (not a PS run)."""
+def load_comm(path) -> CommSpans:
+    """comm.jsonl in columns, from a run directory or the file itself (`path`: str or Path).
+
+    Returns a CommSpans. Raises RunDirError when `path` does not exist, is not a run directory,
+    has no comm.jsonl (not a PS run), or the file is unreadable or has a bad line, field or role.
+    """
     path = Path(path)
     if path.is_file():
         file = path
@@ -210,20 +231,20 @@ def load_comm(path) -> CommLog:
                               "(parsgd launch/server/experiment) write one; pass such a run")
     rows = read_jsonl(file, COMM_FIELDS)
     try:
-        log = CommLog(role=np.array([r["role"] for r in rows], dtype=str),
-                      rank=np.array([r["rank"] for r in rows], dtype=np.int64),
-                      step=np.array([r["step"] for r in rows], dtype=np.int64),
-                      span=np.array([r["span"] for r in rows], dtype=str),
-                      t=np.array([r["t"] for r in rows], dtype=np.float64),
-                      dur=np.array([r["dur"] for r in rows], dtype=np.float64),
-                      bytes=np.array([r.get("bytes", 0) for r in rows], dtype=np.int64))
+        spans = CommSpans(role=np.array([r["role"] for r in rows], dtype=str),
+                          rank=np.array([r["rank"] for r in rows], dtype=np.int64),
+                          step=np.array([r["step"] for r in rows], dtype=np.int64),
+                          span=np.array([r["span"] for r in rows], dtype=str),
+                          t_s=np.array([r["t"] for r in rows], dtype=np.float64),
+                          dur_s=np.array([r["dur"] for r in rows], dtype=np.float64),
+                          bytes=np.array([r.get("bytes", 0) for r in rows], dtype=np.int64))
     except (TypeError, ValueError) as exc:
         raise RunDirError(f"{file}: a field has the wrong type ({exc}): re-run to rewrite it") from None
-    bad = ~np.isin(log.role, ROLES)
+    bad = ~np.isin(spans.role, ROLES)
     if bad.any():
         lineno = _line_of(file, int(np.argmax(bad)))
-        raise RunDirError(f"{file} line {lineno}: role {log.role[bad][0]!r} is not server or worker")
-    return log
+        raise RunDirError(f"{file} line {lineno}: role {spans.role[bad][0]!r} is not server or worker")
+    return spans
 
 
 def _line_of(file: Path, index: int) -> int:
@@ -235,7 +256,3 @@ def _line_of(file: Path, index: int) -> int:
             if seen == index:
                 return lineno
     return index + 1
-
-
-def load_runs(paths) -> list[Run]:
-    return [load_run(p) for p in paths]

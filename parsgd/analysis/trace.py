@@ -4,6 +4,9 @@
 
 One process per role (server = pid 0, workers = pid 1), one thread per rank, one complete event
 ("X") per span with its bytes and step, and a global instant marker where each step starts.
+Event fields follow the public "Trace Event Format" document (Google, the format chrome://tracing
+and Perfetto read): "ph" X = complete event, i = instant (scope "s": "g" = global), M = metadata
+(process_name, thread_name, *_sort_index); "ts" and "dur" are in microseconds.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import numpy as np
 from parsgd.analysis.rundirs import load_comm
 
 PIDS = {"server": 0, "worker": 1}
-US = 1e6  # trace timestamps are microseconds
+US_PER_S = 1e6  # the format's "ts" and "dur" are microseconds
 
 
 def _metadata(tracks: list[tuple[str, int]]) -> list[dict]:
@@ -36,40 +39,47 @@ def _metadata(tracks: list[tuple[str, int]]) -> list[dict]:
 
 
 def trace_events(run_dir) -> tuple[list[dict], int]:
-    """All trace events of a run (metadata, spans, step markers) and the number of span events."""
+    """The trace events of a run and how many of them are spans.
+
+    `run_dir`: a run directory or its comm.jsonl (str or Path). Returns (events, n_spans):
+    metadata events first, then span ("X") and step-start ("i") events sorted by "ts"
+    (microseconds since the run start, rounded to 1 ns). Raises RunDirError as load_comm does.
+    """
     comm = load_comm(run_dir)
-    ts = np.round(comm.t * US, 3).tolist()
-    dur = np.round(comm.dur * US, 3).tolist()
+    ts_us = np.round(comm.t_s * US_PER_S, 3).tolist()
+    dur_us = np.round(comm.dur_s * US_PER_S, 3).tolist()
     pids = [PIDS[r] for r in comm.role.tolist()]
     spans = [{"name": span, "cat": role, "ph": "X", "ts": t, "dur": d, "pid": pid, "tid": rank,
               "args": {"bytes": nbytes, "step": step}}
              for span, role, t, d, pid, rank, nbytes, step in zip(
-                 comm.span.tolist(), comm.role.tolist(), ts, dur, pids, comm.rank.tolist(),
+                 comm.span.tolist(), comm.role.tolist(), ts_us, dur_us, pids, comm.rank.tolist(),
                  comm.bytes.tolist(), comm.step.tolist())]
     markers = []
     in_step = comm.step >= 0
     if in_step.any():
         order = np.argsort(comm.step[in_step], kind="stable")
-        step, t = comm.step[in_step][order], comm.t[in_step][order]
+        step, t_s = comm.step[in_step][order], comm.t_s[in_step][order]
         steps, bounds = np.unique(step, return_index=True)
-        starts = np.minimum.reduceat(t, bounds)  # a step starts with its earliest span
-        markers = [{"name": f"step {s}", "cat": "step", "ph": "i", "s": "g", "ts": round(t0 * US, 3),
+        starts_s = np.minimum.reduceat(t_s, bounds)  # a step starts with its earliest span
+        markers = [{"name": f"step {s}", "cat": "step", "ph": "i", "s": "g", "ts": round(t0_s * US_PER_S, 3),
                     "pid": 0, "tid": 0, "args": {"step": s}}
-                   for s, t0 in zip(steps.tolist(), starts.tolist())]
+                   for s, t0_s in zip(steps.tolist(), starts_s.tolist())]
     timed = sorted(spans + markers, key=lambda e: e["ts"])
     return _metadata(comm.tracks()) + timed, len(spans)
 
 
 def write_trace(run_dir, out_path) -> int:
-    """`parsgd trace RUN_DIR -o OUT`: write the trace JSON to out_path, return the number of spans.
+    """`parsgd trace RUN_DIR -o OUT`: write the trace JSON of `run_dir` to `out_path` (str or Path).
 
-    Raises RunDirError when RUN_DIR is not a run directory or has no comm.jsonl (only
-    parameter-server runs write one).
+    Creates the parent folders of out_path; returns the number of span events written.
+    Raises RunDirError when run_dir is not a run directory or has no comm.jsonl (only
+    parameter-server runs write one), before anything is written; OSError if out_path cannot be written.
     """
     events, n_spans = trace_events(run_dir)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"traceEvents": events, "displayTimeUnit": "ms",
            "otherData": {"run_dir": str(run_dir), "source": "comm.jsonl"}}
-    out_path.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")  # dumps: C encoder
+    # dumps, not dump: json.dump streams through the pure-Python encoder, dumps uses the C one
+    out_path.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
     return n_spans

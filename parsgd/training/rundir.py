@@ -1,6 +1,9 @@
-"""Writing a run directory: config.json, metrics.jsonl, model.npz, summary.json (comm.jsonl: ps/commlog).
+"""Writing a run directory: config.json, metrics.jsonl, model.npz, summary.json (comm.jsonl: ps/commlog.py).
 
-Readers live in runs.py; the formats are documented in README.md.
+    parsgd train --dataset synthetic --num-samples 2048 --epochs 1 --out runs/demo
+
+Used by the trainers (training/loop.py), the parameter server and the CLI; the reader is
+parsgd/analysis/rundirs.py, and README.md documents the formats.
 """
 from __future__ import annotations
 
@@ -23,15 +26,20 @@ from parsgd.errors import UserError
 
 
 class OutputDirError(UserError):
-    """The --out path cannot hold a run directory."""
+    """The --out path cannot hold a run directory (it is a file, or cannot be created)."""
 
 
 def default_out(mode: str, workers: int) -> Path:
+    """runs/MODE-pWORKERS-YYYYmmdd-HHMMSS (local time, relative to the current folder); not created."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{mode}-p{workers}-{stamp}"
 
 
 def prepare_dir(path) -> Path:
+    """Create the folder `path` (str or Path) and its parents if missing; returns it as a Path.
+
+    Raises OutputDirError when path is a file or cannot be created.
+    """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputDirError(f"--out {path} is a file, not a directory: pass a new or existing folder")
@@ -43,12 +51,15 @@ def prepare_dir(path) -> Path:
 
 
 def versions() -> dict:
+    """{"parsgd", "python", "numpy", "pyzmq", "libzmq"}: version strings. ImportError without pyzmq."""
     import zmq  # local: sequential runs need no zmq at import time
     return {"parsgd": __version__, "python": platform.python_version(), "numpy": np.__version__,
             "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()}
 
 
 def machine_info() -> dict:
+    """{"cores": os.cpu_count(), "platform": str, "blas": [{"internal_api", "version", "num_threads",
+    "architecture"} per BLAS library threadpoolctl finds]}."""
     from threadpoolctl import threadpool_info
     blas = [{k: d.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
             for d in threadpool_info() if d.get("user_api") == "blas"]
@@ -56,7 +67,11 @@ def machine_info() -> dict:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over `path`."""
+    """Write `data` to `path` atomically: readers see the old file or the whole new one, never a part.
+
+    A temp file in the same folder is written, fsynced, then renamed over `path`; it is removed
+    if anything fails. Raises OSError (folder missing or not writable, disk full).
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -70,7 +85,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """An .npz archive with fixed zip timestamps, so the same arrays give byte-identical files."""
+    """The bytes of an uncompressed .npz holding `arrays` (name -> array, any shape and dtype).
+
+    Zip timestamps are fixed, so the same arrays give byte-identical files. Raises ValueError
+    for object arrays (pickling is refused).
+    """
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         for name, arr in arrays.items():
@@ -86,7 +105,13 @@ STALE_FILES = ("summary.json", "comm.jsonl", "model.npz", "events.jsonl", "check
 
 
 class RunDir:
-    """One training run's output folder."""
+    """One training run's output folder, writing config.json as soon as it is made.
+
+    `path`: the folder (created if missing); `mode`: "sequential" | "pool" | "ps"; `transport`:
+    the PS transport label, None otherwise; `dataset`: the dataset actually loaded. Without
+    `append` (a resume sets it) metrics.jsonl is emptied and STALE_FILES are removed. Raises
+    OutputDirError when the folder cannot be made, OSError when a file cannot be written.
+    """
 
     def __init__(self, path, cfg: RunConfig, mode: str, transport: str | None = None,
                  dataset: str | None = None, append: bool = False):
@@ -103,23 +128,28 @@ class RunDir:
             "machine": machine_info()})
 
     def write_json(self, name: str, obj) -> None:
+        """Write `obj` as indented JSON to the file `name` in the folder, atomically; OSError on failure."""
         atomic_write_bytes(self.path / name, (json.dumps(obj, indent=2) + "\n").encode())
 
     def log_epoch(self, metrics: dict) -> None:
+        """Append one epoch's metrics (times in seconds, keys *_s) as a line of metrics.jsonl; OSError."""
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(metrics) + "\n")
 
     def rewrite_metrics(self, metrics: list[dict]) -> None:
-        """metrics.jsonl exactly as `metrics` (a resumed run drops epochs after its checkpoint)."""
+        """Replace metrics.jsonl, atomically, by one line per dict of `metrics`; OSError on failure.
+
+        A resumed run drops the epochs logged after its checkpoint this way.
+        """
         atomic_write_bytes(self.path / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics).encode())
 
     def write_model(self, params: np.ndarray, sizes) -> Path:
+        """Write model.npz: W1, b1, W2, ... from the 1-D parameter vector `params`; returns its path.
+
+        `sizes`: layer widths from input to output; Wi has shape (sizes[i-1], sizes[i]) and bi
+        shape (sizes[i],). Raises OSError if the file cannot be written.
+        """
         path = self.path / "model.npz"
         atomic_write_bytes(path, npz_bytes(named_arrays(params, sizes)))
         return path
 
-
-def read_metrics(path) -> list[dict]:
-    """metrics.jsonl of a run (used when resuming)."""
-    with open(Path(path) / "metrics.jsonl", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
