@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import parsgd.data.idx
+import parsgd.data.load
+import parsgd.data.mnist
 from parsgd import data
 from parsgd.data import DataError, load_dataset, read_idx, write_idx
 
@@ -137,7 +140,7 @@ def test_sets_that_are_not_mnist_shaped_are_refused(tmp_path, change, expected):
 
 @pytest.fixture
 def no_system_fashion(monkeypatch):
-    monkeypatch.setattr(data, "FASHION_SYSTEM_DIRS", ())
+    monkeypatch.setattr(parsgd.data.load, "FASHION_SYSTEM_DIRS", ())
     monkeypatch.setenv("PARSGD_NO_DOWNLOAD", "1")
 
 
@@ -185,7 +188,7 @@ def test_fashion_mnist_from_the_debian_package(tmp_path, monkeypatch):
         if os.environ.get("CI") == "true":
             pytest.fail(f"{DEBIAN_FASHION} is missing on CI: apt-get install dataset-fashion-mnist")
         pytest.skip(f"{DEBIAN_FASHION} missing: apt-get install dataset-fashion-mnist")
-    assert str(DEBIAN_FASHION) in data.FASHION_SYSTEM_DIRS
+    assert str(DEBIAN_FASHION) in parsgd.data.load.FASHION_SYSTEM_DIRS
     monkeypatch.setenv("PARSGD_NO_DOWNLOAD", "1")
     logs = []
     ds = load_dataset("auto", tmp_path, log=logs.append)  # an empty data dir: only the system folder
@@ -260,7 +263,7 @@ def test_download_falls_through_missing_and_corrupt_mirrors(tmp_path, web):
     arrays, hashes = mirror_set(www)
     mirrors = [dead_url(), base + "missing/", base + "bad/", base + "good/"]
     dest = data.download_mnist(tmp_path / "mnist", mirrors, 5.0, None, hashes)
-    assert_is(data._load_folder("mnist", dest, None, 0, np.float32), arrays)
+    assert_is(parsgd.data.idx.load_folder("mnist", dest, None, 0, np.float32), arrays)
     assert sorted(requested) == sorted(f"/{m}/{name}" for m in ("missing", "bad", "good") for name in hashes)
 
 
@@ -282,7 +285,8 @@ def test_bad_checksum_everywhere_leaves_nothing_behind(tmp_path, web):
     base, www, _ = web
     _, hashes = mirror_set(www)
     with pytest.raises(DataError, match=r"no good copy of .*bad/.*: wrong SHA256.*good/.*: wrong SHA256"):
-        data.download_mnist(tmp_path / "mnist", [base + "bad/", base + "good/"], 5.0, None, data.MNIST_FILES)
+        data.download_mnist(tmp_path / "mnist", [base + "bad/", base + "good/"], 5.0, None,
+                            parsgd.data.mnist.MNIST_FILES)
     assert list((tmp_path / "mnist").iterdir()) == []
     with pytest.raises(DataError, match="HTTP 404"):
         data.download_mnist(tmp_path / "mnist", [base + "missing/"], 5.0, None, hashes)
@@ -294,7 +298,7 @@ def test_unreachable_mirrors_say_offline_and_auto_falls_back(tmp_path, monkeypat
         data.download_mnist(tmp_path / "mnist", [dead_url(), dead_url()], 5.0)
     assert list((tmp_path / "mnist").iterdir()) == []
     monkeypatch.delenv("PARSGD_NO_DOWNLOAD")
-    monkeypatch.setattr(data, "MNIST_MIRRORS", (dead_url(),))
+    monkeypatch.setattr(parsgd.data.mnist, "MNIST_MIRRORS", (dead_url(),))
     logs = []
     ds = load_dataset("auto", tmp_path, num_samples=300, log=logs.append)
     assert (ds.name, len(ds.y_train), len(ds.y_test)) == ("synthetic", 300, 10_000)
@@ -306,8 +310,8 @@ def test_unreachable_mirrors_say_offline_and_auto_falls_back(tmp_path, monkeypat
 def test_auto_downloads_mnist_when_nothing_is_local(tmp_path, web, monkeypatch, no_system_fashion):
     base, www, requested = web
     arrays, hashes = mirror_set(www)
-    monkeypatch.setattr(data, "MNIST_MIRRORS", (base + "good/",))
-    monkeypatch.setattr(data, "MNIST_FILES", hashes)
+    monkeypatch.setattr(parsgd.data.mnist, "MNIST_MIRRORS", (base + "good/",))
+    monkeypatch.setattr(parsgd.data.mnist, "MNIST_FILES", hashes)
     assert load_dataset("auto", tmp_path).name == "synthetic"  # PARSGD_NO_DOWNLOAD=1: no request
     assert requested == []
     monkeypatch.delenv("PARSGD_NO_DOWNLOAD")
@@ -438,3 +442,17 @@ def test_default_data_dir_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("PARSGD_NO_DOWNLOAD", "1")
     write_set(tmp_path / "explicit" / "mnist")
     assert load_dataset("auto").source == str(tmp_path / "explicit" / "mnist")
+
+
+def test_patchable_settings_live_only_in_their_module_and_imports_go_downward():
+    """A patch aimed at parsgd.data must fail loudly, not leave the module that reads the setting unchanged."""
+    for owner, names in ((parsgd.data.mnist, ("MNIST_MIRRORS", "MNIST_FILES", "DOWNLOAD_TIMEOUT")),
+                         (parsgd.data.load, ("FASHION_SYSTEM_DIRS",))):
+        for name in names:
+            assert hasattr(owner, name) and not hasattr(data, name), name
+    order = ["dataset", "idx", "mnist", "synthetic", "load"]
+    for i, module in enumerate(order):
+        source = (Path(data.__file__).parent / f"{module}.py").read_text()
+        imported = set(re.findall(r"^from parsgd\.data(?:\.(\w+))? import \(?(\w+)", source, re.M))
+        below = {m or name for m, name in imported}
+        assert below <= set(order[:i]), (module, below)

@@ -1,5 +1,8 @@
 """Momentum SGD as a plain in-place function; the sequential trainer, the Pool baseline and the
-parameter server all call this one function, so they apply bit-identical updates."""
+parameter server all call this one function, so they apply bit-identical updates.
+
+    python -m pytest tests/test_mlp.py -q -k momentum
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +12,16 @@ def sgd_momentum_(params: np.ndarray, velocity: np.ndarray, grad: np.ndarray,
                   lr: float, momentum: float, scratch: np.ndarray | None = None) -> None:
     """In place:  v = momentum * v + grad;  params -= lr * v.
 
-    `scratch` (same shape and dtype) avoids allocating a temporary for lr * v.
+    params, velocity, grad and `scratch`: the flat (n_params,) vector, all of the same shape and
+    float dtype (float32 or float64); callers start velocity at zeros. lr: step size, parameter units
+    per gradient unit; momentum: dimensionless, usually in [0, 1); neither is checked. `scratch`
+    avoids allocating a temporary for lr * v; the result is bit-identical with or without it.
+    Returns None; raises ValueError (from NumPy) if the shapes do not broadcast.
+
+    This is PyTorch's torch.optim.SGD with dampening 0 and nesterov False. Sutskever, Martens, Dahl and
+    Hinton 2013 ("On the importance of initialization and momentum in deep learning", ICML) write
+    v = momentum * v - lr * grad, params += v: the same steps while lr is constant (their v is -lr times
+    this one).
     """
     velocity *= momentum
     velocity += grad

@@ -1,0 +1,79 @@
+"""load_dataset: which dataset `--dataset NAME` means on this machine, and where it comes from.
+
+    python -c "from parsgd.data import load_dataset; d = load_dataset(log=print); print(d.x_train.shape, d.fingerprint())"
+
+`--dataset auto` takes MNIST from DATA_DIR/mnist or DATA_DIR, else Fashion-MNIST from DATA_DIR/fashion-mnist
+or the Debian package folder, else downloads MNIST into DATA_DIR/mnist, else makes synthetic data.
+DATA_DIR is --data-dir, else $PARSGD_DATA_DIR, else $XDG_CACHE_HOME/parsgd, else ~/.cache/parsgd.
+PARSGD_NO_DOWNLOAD=1 turns downloading off. A local file that is present but broken is an error, not a
+reason to fall back: the message names the file and the fix.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from parsgd.data import mnist
+from parsgd.data.dataset import DataError, Dataset, default_data_dir, float_dtype
+from parsgd.data.idx import find_set, load_folder
+from parsgd.data.synthetic import SYNTHETIC_TEST, SYNTHETIC_TRAIN, make_synthetic
+
+FASHION_SYSTEM_DIRS = ("/usr/share/datasets/fashion-mnist",)  # Debian package dataset-fashion-mnist
+
+
+def load_dataset(name="auto", data_dir=None, num_samples=None, seed=42, dtype="float32", log=None) -> Dataset:
+    """The dataset `name` (auto|mnist|fashion-mnist|synthetic) chosen as the module docstring describes.
+
+    x: (n, 784) of `dtype` (float32 or float64) in [0, 1]; y: (n,) int64 in 0..9 (see Dataset).
+    `data_dir` (a path, ~ expanded) defaults to default_data_dir(). `num_samples` keeps that many
+    training rows (a seeded subsample for files, the first rows for synthetic data); the test split is
+    always whole. `seed` (integer >= 0) picks that subsample and the synthetic data. `log(line)` is
+    called once to say which dataset came from where, and why if `auto` fell back; a download logs
+    one more line per file.
+
+    Raises DataError for an unknown name or dtype, num_samples < 1 or above the training rows, a
+    present but broken file, and when the named dataset is missing and cannot be downloaded; `auto`
+    falls back to synthetic data only when no dataset is present at all.
+    """
+    log, dtype = log or (lambda line: None), float_dtype(dtype)
+    root = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    if num_samples is not None and num_samples < 1:
+        raise DataError(f"--num-samples must be at least 1, got {num_samples}")
+
+    def done(data: Dataset, how: str, why: str = "") -> Dataset:
+        log(f"dataset: {data.name} {how} ({len(data.y_train)} train / {len(data.y_test)} test rows){why}")
+        return data
+
+    def synthetic() -> Dataset:
+        return make_synthetic(SYNTHETIC_TRAIN if num_samples is None else num_samples, SYNTHETIC_TEST, seed, dtype)
+
+    def from_folder(kind: str, folder: Path) -> Dataset:
+        return load_folder(kind, folder, num_samples, seed, dtype)
+
+    if name == "synthetic":
+        return done(synthetic(), "generated")
+    if name not in ("auto", "mnist", "fashion-mnist"):
+        raise DataError(f"unknown dataset {name!r}: use auto, mnist, fashion-mnist or synthetic")
+    mnist_dir = find_set([root / "mnist", root])
+    if name != "fashion-mnist" and mnist_dir:
+        return done(from_folder("mnist", mnist_dir), f"from {mnist_dir}")
+    no_mnist = f"there is no MNIST in {root / 'mnist'} or {root}"
+    fashion_places = [root / "fashion-mnist", *map(Path, FASHION_SYSTEM_DIRS)]
+    fashion_dir = find_set(fashion_places)
+    if name != "mnist" and fashion_dir:
+        why = f", because {no_mnist}" if name == "auto" else ""
+        return done(from_folder("fashion-mnist", fashion_dir), f"from {fashion_dir}", why)
+    if name == "fashion-mnist":
+        raise DataError(f"Fashion-MNIST not found in {', '.join(map(str, fashion_places))}: apt-get install "
+                        f"dataset-fashion-mnist, or copy its 4 .gz files into {root / 'fashion-mnist'}")
+    try:
+        if os.environ.get("PARSGD_NO_DOWNLOAD", "") not in ("", "0"):
+            raise DataError(f"{no_mnist} and downloading is off (PARSGD_NO_DOWNLOAD): "
+                            f"{mnist.offline_fix(root / 'mnist')}")
+        timeout = mnist.DOWNLOAD_TIMEOUT_AUTO if name == "auto" else mnist.DOWNLOAD_TIMEOUT
+        folder = mnist.download_mnist(root / "mnist", mnist.MNIST_MIRRORS, timeout, log, mnist.MNIST_FILES)
+    except DataError as exc:
+        if name == "mnist":
+            raise
+        return done(synthetic(), "generated", f", because no MNIST or Fashion-MNIST is available here: {exc}")
+    return done(from_folder("mnist", folder), f"downloaded into {folder}")
