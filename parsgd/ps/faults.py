@@ -9,6 +9,9 @@ but alive worker), nan@STEP (every gradient it computes for STEP has a NaN), dro
 or duplicate each outgoing GRAD with probability P), delay=P:SECONDS, seed=N (the PRNG of the
 probabilistic faults; each worker draws from its own stream, random.Random("SEED/NAME") with its
 --name, so `launch` workers sharing one seed do not drop in lockstep).
+
+`launch --faults` addresses workers by launch index (kind=workerN@...); `parse_launch_faults`
+splits such a schedule into one worker --faults text per worker.
 """
 from __future__ import annotations
 
@@ -108,3 +111,32 @@ class FaultPlan:
         if "delay" in self.rates and self.rng.random() < self.rates["delay"][0]:
             time.sleep(self.rates["delay"][1])
         return range(copies)
+
+
+def parse_launch_faults(spec: str, workers: int) -> dict[int, str]:
+    """'kill=worker1@step40,stop=worker2@step60:5s,drop=0.1' -> {worker index: its --faults text}.
+
+    `kind=workerN@WHEN` goes to worker N only; items without a worker go to every worker; workers
+    with no item are left out. Every per-worker text is parsed as the worker will parse it, so a bad
+    schedule is refused before anything starts. Raises FaultSpecError (a usage error, exit 2) naming
+    the item: a worker not written workerN, an index outside 0..workers-1, or an item FaultPlan refuses.
+    """
+    per: dict[int, list[str]] = {i: [] for i in range(workers)}
+    for item in filter(None, (s.strip() for s in (spec or "").split(","))):
+        kind, _, rest = item.partition("=")
+        if rest.startswith("worker"):
+            who, _, when = rest.partition("@")
+            try:
+                i = int(who.removeprefix("worker"))
+            except ValueError:
+                raise FaultSpecError(f"bad --faults item {item!r}: name a worker as workerN") from None
+            if i not in per:
+                raise FaultSpecError(f"bad --faults item {item!r}: there are workers 0..{workers - 1}")
+            per[i].append(f"{kind}@{when}")
+        else:
+            for items in per.values():
+                items.append(item)
+    out = {i: ",".join(items) for i, items in per.items() if items}
+    for text in out.values():
+        FaultPlan.parse(text, echo=lambda _: None)
+    return out

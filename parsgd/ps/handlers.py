@@ -1,4 +1,4 @@
-"""What the server does with each message a worker sends: the table `HANDLERS`, type -> function.
+"""What the server does with each message (the table `HANDLERS`, type -> function) and on its timer.
 
     python -m pytest tests/test_ps.py tests/test_faults.py -q
 
@@ -14,6 +14,7 @@ import numpy as np
 
 from parsgd import __version__
 from parsgd.ps import protocol as proto
+from parsgd.ps.scheduler import ServerExit
 
 
 def _fenced(srv, identity: bytes, msg, any_identity: bool = False):
@@ -106,7 +107,7 @@ def on_grad(srv, identity: bytes, msg: proto.Grad, frames, t: float) -> None:
         np.copyto(srv.shard_grads[s], msg.grad)
         src = srv.shard_grads[s]
     else:
-        srv.strike(identity, f"GRAD payload does not match the model ({srv.params.size} x {srv.params.dtype})")
+        strike(srv, identity, f"GRAD payload does not match the model ({srv.params.size} x {srv.params.dtype})")
         return
     srv.log.add("deserialize", msg.step, t)
     srv.scheduler.complete(s, src, msg.loss_sum, msg.correct, msg.compute_s)
@@ -132,11 +133,45 @@ def on_logs(srv, identity: bytes, msg: proto.Logs, frames, t: float) -> None:
 def on_error(srv, identity: bytes, msg: proto.Error, frames, t: float) -> None:
     member = srv.members.of_identity(identity)
     if member is None:
-        srv.strike(identity, f"ERROR {msg.code} from a peer that is not a worker")
+        strike(srv, identity, f"ERROR {msg.code} from a peer that is not a worker")
         return
     srv.events("worker_error", code=msg.code, message=msg.message)
     srv.echo(f"worker {member.rank} reported: {msg.message}")
     srv.drop(member, f"worker error {msg.code}")
+
+
+def strike(srv, identity: bytes, error: str, severe: bool = False) -> None:
+    """A bad message: dropped. A member gets ERROR BAD_MESSAGE; a stranger may be quarantined."""
+    registered = srv.members.of_identity(identity) is not None
+    srv.events.limited("protocol_error", peer=identity.hex(), error=error, registered=registered)
+    if registered:
+        srv.router.reply_error(identity, "BAD_MESSAGE", error)
+    elif srv.members.strike(identity, severe):
+        srv.events.limited("quarantine", peer=identity.hex())
+
+
+def on_timer(srv, now: float) -> None:
+    """Run every TIMERS_MAX_S: expiry, heartbeats to every member, step timeouts, the no-worker wait."""
+    for member, reason in srv.members.overdue():
+        srv.drop(member, reason)
+    if now >= srv._next_heartbeat:
+        for member in list(srv.members.members.values()):
+            srv.send(member, proto.Heartbeat(srv.incarnation, member.session))
+        srv._next_heartbeat = now + srv.opts.heartbeat_s
+    for s, owner in srv.scheduler.overdue(srv.opts.step_timeout_s):
+        rank = srv.members.get(owner).rank
+        srv.events("step_timeout", step=srv.scheduler.cur.step, shard=s, rank=rank)
+        srv.echo(f"shard {s} of step {srv.scheduler.cur.step} took over {srv.opts.step_timeout_s:g} s "
+                  f"on worker {rank}: reassigning it")
+        srv.assign(s, avoid=owner)
+    if srv.members.live() or srv.scheduler.cur is None:
+        srv.no_workers_since = None
+    elif srv.no_workers_since is None:
+        srv.no_workers_since = now
+        srv.echo(f"no workers left: waiting up to {srv.opts.wait_timeout_s:g} s for one to join")
+    elif now - srv.no_workers_since > srv.opts.wait_timeout_s:
+        raise ServerExit(f"no workers for {srv.opts.wait_timeout_s:g} s at step {srv.step}; "
+                         f"checkpoint written; continue with `parsgd server --resume {srv.rundir.path}`")
 
 
 HANDLERS = {proto.Hello: on_hello, proto.Ready: on_ready, proto.Grad: on_grad,

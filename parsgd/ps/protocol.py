@@ -1,4 +1,5 @@
-"""Wire protocol: the only module that knows bytes; server and worker speak in message objects.
+"""Wire protocol: the message types; with wire.py the only code that knows bytes. Server and worker
+speak in message objects (`to_frames` / `decode`).
 
     python -m pytest tests/test_protocol.py -q
 
@@ -18,6 +19,8 @@ size, msgpack well-formedness, version, type, the exact set of fields, field typ
 frame count, dtype and payload length (checked before `frombuffer`). Encoding runs the same
 field checks, so a sender never puts on the wire what a receiver would refuse.
 
+Protocol 2 (this one) added TASK.batch; versions are compared for equality.
+
 Version choice: a header whose `v` differs from PROTOCOL_VERSION raises `VersionMismatch`,
 except for HELLO: a foreign-version HELLO is decoded leniently (fields that do not check out
 take neutral defaults) into a `Hello` whose `protocol` is the peer's `v`, so the server can
@@ -25,109 +28,20 @@ compare `hello.protocol` with PROTOCOL_VERSION and refuse it with an ERROR namin
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import msgpack
 import numpy as np
-import zmq
+
+# Re-exported for the server and worker: protocol is the one module they import for wire matters.
+from parsgd.ps.wire import (BOOL, DTYPES, HEADER_MAX, ID, INT, MAX_CONFIG_KEYS, MAX_ELEMENTS,  # noqa: F401
+                            MAX_LIST, MAX_TEXT, NAME, TEXT, TIME, ProtocolError, VersionMismatch, config_map,
+                            float_in, frame_buffer, frames_nbytes, int_in, payload_array, recv_frames, short)
 
 PROTOCOL_VERSION = 2            # 2: TASK carries `batch`
-HEADER_MAX = 8 * 1024            # bytes of one header frame; refused unread above this
-MAX_ELEMENTS = 2**27             # elements of one payload array (512 MiB float32)
-MAX_STR = 256                    # chars of a name-like string field
-MAX_TEXT = 1024                  # chars of a free-text field (reason, message) or config string
-MAX_CONFIG_KEYS = 64             # keys of the WELCOME config, nested dicts included
-MAX_CONFIG_DEPTH = 3
-MAX_LIST = 1024                  # elements of a list inside the config
-MAX_INT = 2**53                  # counters, sizes, steps: exact in a float64 too
-MAX_ID = 2**63                   # session and incarnation ids
-DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
 SPANS = ("serialize", "send", "recv", "deserialize", "compute", "wait", "aggregate", "update")
 ERROR_CODES = ("VERSION", "DATA_MISMATCH", "STALE", "BAD_MESSAGE", "BUSY")
-
-
-class ProtocolError(ValueError):
-    """A message is malformed or not acceptable; the text says what is wrong."""
-    first_frame: bytes = b""   # set by recv_frames: who sent the refused message, if known
-
-
-class VersionMismatch(ProtocolError):
-    """The peer speaks another protocol version (`.version`)."""
-
-    def __init__(self, message: str, version: int):
-        super().__init__(message)
-        self.version = version
-
-
-def _short(x) -> str:
-    text = repr(x)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-# Field checkers: check(where, value) -> normalised value, or raise ProtocolError.
-def _int(lo: int = 0, hi: int = MAX_INT):
-    def check(where, x):
-        if type(x) is not int or not lo <= x < hi:
-            raise ProtocolError(f"{where}: expected int in [{lo}, {hi}), got {_short(x)}")
-        return x
-    return check
-
-
-def _float(finite: bool = True, lo: float = -math.inf):
-    def check(where, x):
-        if type(x) not in (int, float):
-            raise ProtocolError(f"{where}: expected float, got {_short(x)}")
-        x = float(x)
-        if (finite and not math.isfinite(x)) or x < lo:
-            raise ProtocolError(f"{where}: float out of range, got {_short(x)}")
-        return x
-    return check
-
-
-def _str(max_len: int = MAX_STR):
-    def check(where, x):
-        if type(x) is not str or len(x) > max_len:
-            raise ProtocolError(f"{where}: expected str of <= {max_len} chars, got {_short(x)}")
-        return x
-    return check
-
-
-def _config(where, config):
-    """A flat-ish dict of str keys and small JSON-like values (RunConfig.to_dict())."""
-    n_keys = 0
-
-    def walk(x, depth):
-        nonlocal n_keys
-        if x is None or type(x) in (bool, int, str, float):
-            if (type(x) is str and len(x) > MAX_TEXT) or (type(x) is float and not math.isfinite(x)):
-                raise ProtocolError(f"{where}: bad value {_short(x)}")
-        elif type(x) is list and depth < MAX_CONFIG_DEPTH and len(x) <= MAX_LIST:
-            for item in x:
-                walk(item, depth + 1)
-        elif type(x) is dict and depth < MAX_CONFIG_DEPTH:
-            n_keys += len(x)
-            if n_keys > MAX_CONFIG_KEYS or any(type(k) is not str or len(k) > MAX_STR for k in x):
-                raise ProtocolError(f"{where}: keys must be <= {MAX_CONFIG_KEYS} short strings")
-            for item in x.values():
-                walk(item, depth + 1)
-        else:
-            raise ProtocolError(f"{where}: unsupported or too deep value {_short(x)}")
-
-    if type(config) is not dict:
-        raise ProtocolError(f"{where}: expected dict, got {_short(config)}")
-    walk(config, 0)
-    return config
-
-
-def _bool(where, x):
-    if type(x) is not bool:
-        raise ProtocolError(f"{where}: expected bool, got {_short(x)}")
-    return x
-
-
-INT, ID, TEXT, NAME, TIME, BOOL = _int(), _int(hi=MAX_ID), _str(MAX_TEXT), _str(), _float(), _bool
 
 
 class Message:
@@ -183,13 +97,13 @@ class Message:
         if set(header) != expected:
             missing, unknown = expected - set(header), set(header) - expected
             raise ProtocolError(f"{cls.TYPE}: missing fields {sorted(missing)}, "
-                                f"unknown fields {_short(sorted(map(str, unknown)))}")
+                                f"unknown fields {short(sorted(map(str, unknown)))}")
         values = {name: check(f"{cls.TYPE}.{name}", header[name]) for name, check in cls.FIELDS.items()}
         n_frames = 2 if has_payload else 1
         if len(frames) != n_frames:
             raise ProtocolError(f"{cls.TYPE}: expected {n_frames} frames, got {len(frames)}")
         if cls.PAYLOAD:
-            values[cls.PAYLOAD] = cls._shape(_array(cls.TYPE, header, frames[1])) if has_payload else None
+            values[cls.PAYLOAD] = cls._shape(payload_array(cls.TYPE, header, frames[1])) if has_payload else None
         msg = cls(**values)
         msg.check()
         if msg.payload() is not None:
@@ -213,29 +127,6 @@ def _same(a, b) -> bool:
         return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype
                 and a.shape == b.shape and np.array_equal(a, b, equal_nan=True))
     return a == b or (a != a and b != b)      # NaN loss_sum equals itself
-
-
-def _buffer(where: str, frame) -> memoryview:
-    if isinstance(frame, zmq.Frame):
-        frame = frame.buffer
-    try:
-        view = memoryview(frame)
-        if view.nbytes == 0:
-            return memoryview(b"")
-        return view if view.format == "B" and view.ndim == 1 else view.cast("B")
-    except TypeError:
-        raise ProtocolError(f"{where}: frame is not a contiguous buffer") from None
-
-
-def _array(where: str, header: dict, frame) -> np.ndarray:
-    dtype, n = header["dtype"], header["n"]
-    if type(dtype) is not str or dtype not in DTYPES:
-        raise ProtocolError(f"{where}.dtype: expected one of {sorted(DTYPES)}, got {_short(dtype)}")
-    n = _int(0, MAX_ELEMENTS + 1)(f"{where}.n", n)
-    buf = _buffer(where, frame)
-    if buf.nbytes != n * DTYPES[dtype].itemsize:      # before frombuffer: no allocation, no copy
-        raise ProtocolError(f"{where}: payload of {buf.nbytes} bytes, header says {n} x {dtype}")
-    return np.frombuffer(buf, dtype=DTYPES[dtype], count=n)
 
 
 @dataclass(frozen=True, eq=False)
@@ -278,8 +169,8 @@ class Welcome(Message):
     liveness: int
     shm: str = ""
     TYPE = "WELCOME"
-    FIELDS = dict(incarnation=ID, session=ID, rank=INT, config=_config, t_server=TIME,
-                  heartbeat_s=_float(lo=1e-6), liveness=_int(1), shm=NAME)
+    FIELDS = dict(incarnation=ID, session=ID, rank=INT, config=config_map, t_server=TIME,
+                  heartbeat_s=float_in(lo=1e-6), liveness=int_in(1), shm=NAME)
 
 
 @dataclass(frozen=True, eq=False)
@@ -308,7 +199,7 @@ class Task(Message):
     params: np.ndarray | None
     TYPE, PAYLOAD = "TASK", "params"
     FIELDS = dict(incarnation=ID, session=ID, step=INT, epoch=INT, shard=INT, lo=INT, hi=INT,
-                  batch=_int(1), t_send=TIME)
+                  batch=int_in(1), t_send=TIME)
 
     def check(self):
         if not self.lo < self.hi:
@@ -332,7 +223,7 @@ class Grad(Message):
     grad: np.ndarray | None
     TYPE, PAYLOAD = "GRAD", "grad"
     FIELDS = dict(incarnation=ID, session=ID, step=INT, shard=INT, lo=INT, hi=INT, count=INT,
-                  loss_sum=_float(finite=False), correct=INT, compute_s=_float(lo=0.0))
+                  loss_sum=float_in(finite=False), correct=INT, compute_s=float_in(lo=0.0))
 
     def check(self):
         if not (self.lo < self.hi and self.count == self.hi - self.lo and self.correct <= self.count):
@@ -390,7 +281,7 @@ class Error(Message):
 
     def check(self):
         if self.code not in ERROR_CODES:
-            raise ProtocolError(f"ERROR: unknown code {_short(self.code)}; expected one of {', '.join(ERROR_CODES)}")
+            raise ProtocolError(f"ERROR: unknown code {short(self.code)}; expected one of {', '.join(ERROR_CODES)}")
 
 
 TYPES = {cls.TYPE: cls for cls in (Hello, Welcome, Ready, Task, Grad, Heartbeat, Logs, Stop, Error)}
@@ -404,7 +295,7 @@ def decode(frames) -> Message:
     """Frames (identity already stripped) -> Message; anything wrong raises ProtocolError."""
     if not isinstance(frames, (list, tuple)) or not 1 <= len(frames) <= 2:
         raise ProtocolError("expected 1 or 2 frames (header [+ payload])")
-    raw = _buffer("header", frames[0])
+    raw = frame_buffer("header", frames[0])
     if raw.nbytes > HEADER_MAX:
         raise ProtocolError(f"header of {raw.nbytes} bytes > {HEADER_MAX}")
     try:   # this msgpack derives max_*_len from len(raw); the explicit caps are tighter still
@@ -414,59 +305,17 @@ def decode(frames) -> Message:
     except ProtocolError:
         raise
     except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException) as exc:
-        raise ProtocolError(f"bad msgpack header: {type(exc).__name__}: {_short(str(exc))}") from None
+        raise ProtocolError(f"bad msgpack header: {type(exc).__name__}: {short(str(exc))}") from None
     if type(header) is not dict:
         raise ProtocolError(f"header must be a map, got {type(header).__name__}")
     version, kind = header.get("v"), header.get("type")
     if type(kind) is not str or kind not in TYPES:
-        raise ProtocolError(f"unknown message type {_short(kind)}")
+        raise ProtocolError(f"unknown message type {short(kind)}")
     if type(version) is not int:
-        raise ProtocolError(f"bad protocol version {_short(version)}")
+        raise ProtocolError(f"bad protocol version {short(version)}")
     if version != PROTOCOL_VERSION:
         if kind == "HELLO":
             return Hello._foreign(header, version)
-        raise VersionMismatch(f"{kind} speaks protocol {_short(version)}, "
+        raise VersionMismatch(f"{kind} speaks protocol {short(version)}, "
                               f"this side speaks {PROTOCOL_VERSION}", version)
     return TYPES[kind]._from_header(header, list(frames))
-
-
-def recv_frames(socket: zmq.Socket, max_frames: int, max_bytes: int, flags: int = 0) -> list:
-    """Receive ONE multipart message (identity included) as zmq.Frames, bounded in frames and bytes.
-
-    Call after poll reports POLLIN (or pass flags=zmq.NOBLOCK). On breach the rest of the
-    message is drained and discarded, then ProtocolError is raised: the socket stays in sync.
-    Its `first_frame` holds up to 255 bytes of the first frame (a ROUTER's peer identity), so
-    the caller can tell who sent it.
-    """
-    frames, total, breach = [], 0, False
-    frame = socket.recv(flags, copy=False)
-    first = bytes(frame.buffer[:255])
-    while True:
-        if not breach:
-            frames.append(frame)
-            total += len(frame)
-            breach = len(frames) > max_frames or total > max_bytes
-            if breach:
-                frames.clear()          # keep draining, but hold on to nothing
-        if not frame.more:
-            break
-        try:   # multipart delivery is atomic: the rest is already here
-            frame = socket.recv(zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            raise ProtocolError("multipart message ended early") from None
-    if breach:
-        exc = ProtocolError(f"message refused: too many frames/bytes "
-                            f"(limits {max_frames} frames, {max_bytes} bytes)")
-        exc.first_frame = first
-        raise exc
-    return frames
-
-
-def payload_nbytes(msg: Message) -> int:
-    array = msg.payload()
-    return 0 if array is None else int(array.nbytes)
-
-
-def frames_nbytes(frames) -> int:
-    """Bytes on the wire (sum of frame lengths), for the comm log."""
-    return sum(len(f) if isinstance(f, zmq.Frame) else memoryview(f).nbytes for f in frames)

@@ -22,7 +22,11 @@ from parsgd.errors import UserError
 from parsgd.training.loop import shard_bounds
 
 
-class NonFiniteGradient(UserError):
+class ServerExit(UserError):
+    """Training cannot go on; the message says why and what to do. Exit 1 after a checkpoint."""
+
+
+class NonFiniteGradient(ServerExit):
     """A shard stayed non-finite on a second worker, or the sum overflowed (exit 1 after a checkpoint)."""
 
 

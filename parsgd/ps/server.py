@@ -20,7 +20,6 @@ import numpy as np
 import zmq
 from threadpoolctl import threadpool_limits
 
-from parsgd import __version__
 from parsgd.config import RunConfig, ServerOptions
 from parsgd.data import Dataset
 from parsgd.errors import UserError
@@ -28,9 +27,9 @@ from parsgd.ps import protocol as proto
 from parsgd.ps.checkpoint import save_checkpoint
 from parsgd.ps.commlog import CommLog, format_summary, summarize, write_comm_jsonl
 from parsgd.ps.events import EventLog
-from parsgd.ps.handlers import HANDLERS
+from parsgd.ps.handlers import HANDLERS, on_timer, strike
 from parsgd.ps.membership import Member, Membership
-from parsgd.ps.scheduler import Scheduler
+from parsgd.ps.scheduler import Scheduler, ServerExit
 from parsgd.ps.shm import SessionBuffer, sweep_stale
 from parsgd.ps.router import Router
 from parsgd.training.loop import Trainer
@@ -41,10 +40,6 @@ LOGS_TIMEOUT_S = 10.0         # how long to wait for workers' LOGS at the end
 STOP_ACK_S = 1.5              # on abort, how long to wait for the workers' final LOGS (their acknowledgement of STOP)
 POLL_MAX_S = 0.1              # longest single poll, so signals and timers are seen promptly
 TIMERS_MAX_S = 0.05           # timers (heartbeats, expiry, step timeouts) run at least this often
-
-
-class ServerExit(UserError):
-    """Training cannot go on; the message says why and what to do. Exit 1 after a checkpoint."""
 
 
 class ParameterServer(Trainer):
@@ -212,7 +207,7 @@ class ParameterServer(Trainer):
         self._receive_ready(timeout_s)
         now = time.monotonic()
         if now >= self._timers_due:
-            self._timers(now)
+            on_timer(self, now)
             self._timers_due = now + min(TIMERS_MAX_S, self.opts.heartbeat_s / 4)
 
     def _receive_ready(self, timeout_s: float) -> None:
@@ -227,7 +222,7 @@ class ParameterServer(Trainer):
             frames = self.router.recv()
         except proto.ProtocolError as exc:  # too many frames or bytes: drained; never a worker's doing
             if not self.members.is_quarantined(exc.first_frame):
-                self.strike(exc.first_frame, str(exc), severe=True)
+                strike(self, exc.first_frame, str(exc), severe=True)
             return
         identity = frames[0].bytes
         if self.members.is_quarantined(identity):
@@ -235,44 +230,13 @@ class ParameterServer(Trainer):
         try:
             msg = proto.decode(frames[1:])
         except proto.ProtocolError as exc:
-            self.strike(identity, str(exc))
+            strike(self, identity, str(exc))
             return
         handler = HANDLERS.get(type(msg))
         if handler is None:
-            self.strike(identity, f"unexpected {type(msg).__name__} from a worker")
+            strike(self, identity, f"unexpected {type(msg).__name__} from a worker")
             return
         handler(self, identity, msg, frames, t)
-
-    def strike(self, identity: bytes, error: str, severe: bool = False) -> None:
-        """A bad message: dropped. A member gets ERROR BAD_MESSAGE; a stranger may be quarantined."""
-        registered = self.members.of_identity(identity) is not None
-        self.events.limited("protocol_error", peer=identity.hex(), error=error, registered=registered)
-        if registered:
-            self.router.reply_error(identity, "BAD_MESSAGE", error)
-        elif self.members.strike(identity, severe):
-            self.events.limited("quarantine", peer=identity.hex())
-
-    def _timers(self, now: float) -> None:
-        for member, reason in self.members.overdue():
-            self.drop(member, reason)
-        if now >= self._next_heartbeat:
-            for member in list(self.members.members.values()):
-                self.send(member, proto.Heartbeat(self.incarnation, member.session))
-            self._next_heartbeat = now + self.opts.heartbeat_s
-        for s, owner in self.scheduler.overdue(self.opts.step_timeout_s):
-            rank = self.members.get(owner).rank
-            self.events("step_timeout", step=self.scheduler.cur.step, shard=s, rank=rank)
-            self.echo(f"shard {s} of step {self.scheduler.cur.step} took over {self.opts.step_timeout_s:g} s "
-                      f"on worker {rank}: reassigning it")
-            self.assign(s, avoid=owner)
-        if self.members.live() or self.scheduler.cur is None:
-            self.no_workers_since = None
-        elif self.no_workers_since is None:
-            self.no_workers_since = now
-            self.echo(f"no workers left: waiting up to {self.opts.wait_timeout_s:g} s for one to join")
-        elif now - self.no_workers_since > self.opts.wait_timeout_s:
-            raise ServerExit(f"no workers for {self.opts.wait_timeout_s:g} s at step {self.step}; "
-                             f"checkpoint written; continue with `parsgd server --resume {self.rundir.path}`")
 
     # -- sending, assignment, membership changes ----------------------------------------------------
     def send(self, member: Member, msg, step: int = -1) -> bool:
