@@ -16,6 +16,7 @@ setup(
         "matplotlib>=3.5,<4",
         "threadpoolctl>=3.1,<4",
     ],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    # import-linter checks the layer contract in .importlinter (tests/test_architecture.py)
+    extras_require={"test": ["pytest>=7", "hypothesis>=6", "import-linter>=2.0"]},
     entry_points={"console_scripts": ["parsgd=parsgd.cli:main"]},
 )

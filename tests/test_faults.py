@@ -26,7 +26,7 @@ HB, LIVENESS = 0.2, 3
 T_DEAD = HB * LIVENESS
 KNOBS = ["--heartbeat", str(HB), "--liveness", str(LIVENESS), "--step-timeout", "2"]
 SLOW = "delay=1:0.05"  # every GRAD leaves 50 ms late: about 3.5 s of training, time to act mid-run
-DEADLINE = 2 * T_DEAD  # FAULTS.md: detection within HB x L, test bound twice that for poll phase
+DEADLINE = 2 * T_DEAD  # detection within HB x L; the bound is twice that to allow for the poll phase
 
 
 def launch(out, workers, *extra, timeout=90):

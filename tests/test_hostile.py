@@ -1,4 +1,4 @@
-"""Hostile input on the server's port while a real run trains (shared/FAULTS.md scenarios 15-19, 21, 22).
+"""Hostile input on the server's port while a real run trains.
 
     python -m pytest tests/test_hostile.py -q -s      # -s prints the server's RSS before and during the attacks
 

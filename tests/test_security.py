@@ -1,4 +1,4 @@
-"""Who may talk to the server (shared/FAULTS.md scenario 23): loopback by default, CURVE + a ZAP allowlist otherwise.
+"""Who may talk to the server: loopback by default, CURVE + a ZAP allowlist otherwise.
 
     python -m pytest tests/test_security.py -q
 

@@ -1,9 +1,9 @@
 """Socket options, loopback checks and CURVE keys: how parsgd's ZeroMQ sockets are set up.
 
-The constants follow shared/FAULTS.md (c): small HWMs so a stuck peer becomes a fast EAGAIN,
-ROUTER_MANDATORY so nothing is dropped silently, ROUTER_HANDOVER for restarted workers, a short
-handshake timeout against half-open connections, ZMTP heartbeats under the application ones,
-and MAXMSGSIZE so libzmq refuses an oversized frame before allocating it.
+The constants follow the zguide's reliability chapter and the libzmq docs: small HWMs so a stuck
+peer becomes a fast EAGAIN, ROUTER_MANDATORY so nothing is dropped silently, ROUTER_HANDOVER for
+restarted workers, a short handshake timeout against half-open connections, ZMTP heartbeats under
+the application ones, and MAXMSGSIZE so libzmq refuses an oversized frame before allocating it.
 
 Keys (`parsgd keygen DIR`):  DIR/server.key(_secret), DIR/worker.key(_secret), and
 DIR/authorized/*.key: the worker public keys the server accepts (the ZAP allowlist).
