@@ -18,3 +18,12 @@ class UsageError(UserError):
     """An option or argument has a value parsgd cannot use (exit 2, like click's usage errors)."""
 
     exit_code = 2
+
+
+class Interrupted(UserError):
+    """The user stopped a job (Ctrl-C, SIGTERM) while a child process ran; exit 130 like a shell."""
+
+    exit_code = 130
+
+    def __init__(self, message: str = "interrupted"):
+        super().__init__(message)

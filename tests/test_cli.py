@@ -4,7 +4,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from parsgd.cli import cli, parse_launch_faults
+from parsgd.cli import cli
+from parsgd.ps.faults import parse_launch_faults
 from parsgd.data import write_idx
 
 BASE = ["--dataset", "synthetic", "--num-samples", "512", "--epochs", "1"]
@@ -92,4 +93,5 @@ def test_launch_fault_schedule_is_split_per_worker():
         0: "stop@step6:5s,drop=0.1", 1: "kill@step40,drop=0.1"}
     assert_one_line_error(run(["launch", *SMALL, "--workers", "2", "--faults", "kill=worker7@step1"]),
                           "worker7", code=2)
-    assert_one_line_error(run(["launch", *SMALL, "--workers", "2", "--faults", "explode@3"]), "explode", code=1)
+    # FaultSpecError is a usage error: exit 2 like every other bad flag value (it was 1 before errors.UserError)
+    assert_one_line_error(run(["launch", *SMALL, "--workers", "2", "--faults", "explode@3"]), "explode", code=2)

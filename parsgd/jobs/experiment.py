@@ -17,13 +17,14 @@ from pathlib import Path
 
 import click
 
-from parsgd.config import RunConfig
+from parsgd.config import RunConfig, ServerOptions
+from parsgd.errors import Interrupted, UsageError, UserError
 
 MODES = ("sequential", "pool", "ps")
 FAILED_TAIL_LINES = 15  # of a failed PS run's output, shown to say why it failed
 
 
-class ExperimentFailed(click.ClickException):
+class ExperimentFailed(UserError):
     """Some configurations failed (exit 1); the report covers the ones that finished."""
 
     def __init__(self, message: str, run_dirs: list[Path]):
@@ -117,10 +118,9 @@ class _ChildOutput:
 
 
 def _run_ps(config: Configuration, cfg: RunConfig, run_dir: Path, output: _ChildOutput) -> int:
-    from parsgd.cli import config_args
     from parsgd.jobs.launch import launch
 
-    return launch(config_args(cfg), config.workers, config.transport, run_dir, echo=output)
+    return launch(cfg.replace(workers=config.workers), ServerOptions(), config.transport, run_dir, echo=output)
 
 
 def _exit_reason(status: int) -> str:
@@ -139,7 +139,7 @@ def _run_one(config: Configuration, cfg: RunConfig, data, run_dir: Path, echo, e
             output = _ChildOutput(echo, epoch_echo, verbose)
             status = _run_ps(config, cfg, run_dir, output)
             if status == 130:
-                raise click.exceptions.Abort()
+                raise Interrupted()
             if status != 0:
                 why = _exit_reason(status)
                 echo(f"  FAILED: {config.label} ({why}); the last lines of its output:")
@@ -149,10 +149,10 @@ def _run_one(config: Configuration, cfg: RunConfig, data, run_dir: Path, echo, e
         else:
             _run_in_process(config, cfg, data, run_dir, epoch_echo)
         summary = load_run(run_dir).summary
-    except click.exceptions.Abort:
+    except Interrupted:
         raise
     except Exception as exc:  # one broken configuration must not cost the others
-        why = exc.format_message() if isinstance(exc, click.ClickException) else f"{type(exc).__name__}: {exc}"
+        why = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
         why = why.strip().splitlines()[0]  # the final `error:` names it in one line
         echo(f"  FAILED: {config.label} ({why})")
         if verbose:
@@ -170,8 +170,12 @@ def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: 
     `cfg`: the training options (its `workers` is ignored; each configuration sets its own).
     `echo(line)` prints every console line: `quiet` drops the per-epoch ones, `verbose` adds every
     line of the PS processes. `data`: the Dataset for the in-process runs (loaded from cfg when
-    None); the PS server loads the same rows itself from the same options. Raises ExperimentFailed
-    at the end when any configuration failed, after writing the report of the others.
+    None); the PS server loads the same rows itself from the same options.
+
+    Raises UsageError (nothing to run), DataError and ConfigError (loading the data), OutputDirError
+    (`out` unusable), Interrupted (a parameter-server run was stopped by SIGINT/SIGTERM: exit 130)
+    and, at the end, ExperimentFailed when any configuration failed, after writing the report of
+    the others.
     """
     from parsgd.data import load_dataset
     from parsgd.training.rundir import prepare_dir
@@ -179,7 +183,7 @@ def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: 
     out = prepare_dir(out)
     configs = plan(workers_list, modes, transports)
     if not configs:
-        raise click.UsageError("nothing to run: give at least one mode, and --workers for pool and ps")
+        raise UsageError("nothing to run: give at least one mode, and --workers for pool and ps")
     if data is None and (cfg.dataset == "auto" or any(c.mode != "ps" for c in configs)):
         data = load_dataset(cfg.dataset, cfg.data_dir, cfg.num_samples, cfg.seed, cfg.dtype,
                             log=None if quiet else echo)

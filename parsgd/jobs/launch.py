@@ -4,12 +4,15 @@
 
 Children are started through the same entry points a user types (`python -m parsgd server`,
 `python -m parsgd worker`), each in its own process group, with their output prefixed by role.
+The server gets its RunConfig and ServerOptions as data: a ServerSpec JSON file in the launcher's
+private temp folder, passed as `server --spec FILE` (no option is turned back into flags).
 They die with the launcher (PR_SET_PDEATHSIG on Linux) and are stopped on Ctrl-C, on a server
 crash and on every other exit path.
 """
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import signal
 import subprocess
@@ -21,11 +24,19 @@ from pathlib import Path
 
 import click
 
-ADDRESS_FILE = "server.address"
+from parsgd.config import ConfigError, RunConfig, ServerOptions
+from parsgd.errors import UserError
+from parsgd.jobs.serve import ADDRESS_FILE, ServerSpec
+
 ADDRESS_TIMEOUT_S = 60.0      # how long the server may take to load data and bind
 WORKER_EXIT_GRACE_S = 10.0    # after the server is done, workers get this long to exit by themselves
 TERM_GRACE_S = 3.0            # after SIGTERM, children get this long before SIGKILL
 TRANSPORTS = ("shm", "tcp", "ipc")
+SPEC_FILE = "server-spec.json"  # in the launcher's private temp folder
+
+
+class LaunchError(UserError):
+    """The server child never started listening; the message says how it ended (exit 1)."""
 
 
 def _die_with_parent():
@@ -88,32 +99,50 @@ def _wait_for_address(path: Path, server: Child) -> str:
         if path.is_file():
             return path.read_text().strip()
         if not server.alive():
-            raise click.ClickException(f"the server exited with status {server.proc.returncode} before listening")
+            raise LaunchError(f"the server exited with status {server.proc.returncode} before listening")
         time.sleep(0.02)
-    raise click.ClickException(f"the server did not start listening within {ADDRESS_TIMEOUT_S:g} s")
+    raise LaunchError(f"the server did not start listening within {ADDRESS_TIMEOUT_S:g} s")
 
 
-def launch(server_args: list[str], workers: int, transport: str, out: Path, worker_args: list[str] | None = None,
+def launch(cfg: RunConfig, opts: ServerOptions, transport: str = "shm", out=None, resume=None,
            worker_faults: dict[int, str] | None = None, restart_workers: int = 0, echo=click.echo) -> int:
-    """Run a whole parameter-server job; returns the server's exit status."""
+    """Runs a whole parameter-server job on this machine; returns the server's exit status (130 if interrupted).
+
+    Starts a server for `cfg` and `cfg.workers` worker processes. `opts` gives the fault knobs; its
+    bind address, shm flag and transport label are set here from `transport` (shm, tcp or ipc).
+    `out`: the run directory (default runs/ps-pN-TIMESTAMP); `resume`: a run directory to continue
+    from its checkpoint instead (the server then takes the config from the checkpoint; `cfg.workers`
+    is still the number of worker processes). `worker_faults`: {worker index: --faults text}
+    (see parsgd.ps.faults.parse_launch_faults); `restart_workers`: restarts allowed in all.
+    Every child line goes to `echo`, prefixed by its role.
+
+    Raises ConfigError (unknown transport), OutputDirError (`out` unusable) and LaunchError (the
+    server exited, or did not listen, within ADDRESS_TIMEOUT_S).
+    """
+    from parsgd.training.rundir import default_out, prepare_dir
+
+    if transport not in TRANSPORTS:
+        raise ConfigError(f"unknown transport {transport!r}: use one of {', '.join(TRANSPORTS)}")
+    workers = cfg.workers
+    out = prepare_dir(resume or out or default_out("ps", workers))
     py = [sys.executable, "-m", "parsgd"]
-    out.mkdir(parents=True, exist_ok=True)
     (out / ADDRESS_FILE).unlink(missing_ok=True)
-    tmp = tempfile.mkdtemp(prefix="parsgd-")  # 0700: an ipc socket here is ours alone
+    tmp = tempfile.mkdtemp(prefix="parsgd-")  # 0700: an ipc socket and the spec here are ours alone
     bind = f"ipc://{tmp}/server.sock" if transport == "ipc" else "tcp://127.0.0.1:*"
-    shm = ["--shm"] if transport == "shm" else ["--no-shm"]
+    spec = ServerSpec(config=None if resume else cfg, out=str(out), resume=str(out) if resume else None,
+                      server=dataclasses.replace(opts, bind=bind, shm=transport == "shm", transport=transport))
     children: list[Child] = []
     interrupted = []
     old = {s: signal.signal(s, lambda signum, _: interrupted.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server = Child("server", py + ["server", "--bind", bind, "--workers", str(workers), "--out", str(out),
-                                       "--transport-label", transport, *shm, *server_args], echo)
+        spec_path = spec.write(Path(tmp) / SPEC_FILE)
+        server = Child("server", py + ["server", "--spec", str(spec_path)], echo)
         children.append(server)
         address = _wait_for_address(out / ADDRESS_FILE, server)
         faults = worker_faults or {}
 
         def start_worker(i: int) -> Child:
-            argv = py + ["worker", "--connect", address, "--name", f"w{i}", *(worker_args or [])]
+            argv = py + ["worker", "--connect", address, "--name", f"w{i}"]
             if faults.get(i):
                 argv += ["--faults", faults[i]]
             return Child(f"worker {i}", argv, echo)

@@ -1,0 +1,105 @@
+"""Options shared by several commands, the list parsers, and the builders of RunConfig / ServerOptions.
+
+A bad value either fails here as a click usage error (a list item that is not a number) or in the
+validated config classes (ConfigError, a parsgd.errors.UsageError): both exit 2 with one line.
+"""
+from __future__ import annotations
+
+import click
+
+from parsgd.config import DATASETS, DTYPES, RunConfig, ServerOptions
+
+
+def parse_int_list(value, name: str) -> tuple[int, ...]:
+    """'2,4', '2 4' or a repeated flag -> (2, 4). Raises click.BadParameter naming `name`."""
+    if value is None:
+        return ()
+    parts = value if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for part in parts:
+        for tok in str(part).replace(",", " ").split():
+            try:
+                out.append(int(tok))
+            except ValueError:
+                raise click.BadParameter(f"{tok!r} is not a whole number; write numbers like 2,4 or '2 4'",
+                                         param_hint=name) from None
+    return tuple(out)
+
+
+def parse_str_list(value, choices, name: str) -> tuple[str, ...]:
+    """'a,b', 'a b' or a repeated flag -> ('a', 'b'). Raises click.BadParameter for a word not in `choices`."""
+    out = []
+    for part in value or ():
+        for tok in str(part).replace(",", " ").split():
+            if tok not in choices:
+                raise click.BadParameter(f"{tok!r} is not one of {', '.join(choices)}", param_hint=name)
+            out.append(tok)
+    return tuple(out)
+
+
+def _apply(f, opts):
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def training_options(f):
+    """DESIGN's common training options, each also spelled with underscores."""
+    return _apply(f, [
+        click.option("--dataset", type=click.Choice(DATASETS), default="auto", show_default=True,
+                     help="auto: MNIST if found locally, else Fashion-MNIST, else download MNIST, else synthetic."),
+        click.option("--data-dir", "--data_dir", "data_dir", envvar="PARSGD_DATA_DIR",
+                     help="Folder with mnist/ and fashion-mnist/ IDX files, and the download cache "
+                          "[env PARSGD_DATA_DIR; default ~/.cache/parsgd]."),
+        click.option("--num-samples", "--num_samples", "num_samples", type=int,
+                     help="Use this many training rows (deterministic subsample from the seed)."),
+        click.option("--epochs", type=int, default=10, show_default=True, help="Passes over the training set."),
+        click.option("--batch-size", "--batch_size", "batch_size", type=int, default=256, show_default=True,
+                     help="Rows per mini-batch (one update per batch, whatever the worker count)."),
+        click.option("--lr", type=float, default=0.1, show_default=True, help="Learning rate."),
+        click.option("--momentum", type=float, default=0.9, show_default=True, help="Momentum in [0, 1)."),
+        click.option("--hidden", multiple=True, default=("256,128",), show_default=True,
+                     help="Hidden layer widths: 256,128 or '256 128' or a repeated flag."),
+        click.option("--seed", type=int, default=42, show_default=True,
+                     help="Seed of the initial weights, the data order and synthetic data."),
+        click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
+                     help="Floating-point type of parameters, data and gradients."),
+        click.option("--out", type=click.Path(), help="Run directory [default runs/MODE-pP-TIMESTAMP]."),
+    ])
+
+
+def build_config(workers: int, dataset, data_dir, num_samples, epochs, batch_size, lr, momentum,
+                 hidden, seed, dtype, **_) -> RunConfig:
+    """RunConfig from the parsed training options.
+
+    Raises ConfigError (exit 2) naming the option when a value is out of range, click.BadParameter
+    when --hidden has a word that is not a number.
+    """
+    return RunConfig(dataset=dataset, data_dir=data_dir, num_samples=num_samples, epochs=epochs,
+                     batch_size=batch_size, lr=lr, momentum=momentum, hidden=parse_int_list(hidden, "--hidden"),
+                     seed=seed, dtype=dtype, workers=workers)
+
+
+def server_options(f):
+    """Knobs of the server's fault handling, shared by `server` and `launch` (checked by ServerOptions)."""
+    return _apply(f, [
+        click.option("--wait-timeout", "--wait_timeout", "wait_timeout", type=float, default=300.0, show_default=True,
+                     help="Seconds to wait for the workers at the start, and for any worker when none is left."),
+        click.option("--heartbeat", type=float, default=1.0, show_default=True,
+                     help="Heartbeat interval in seconds (both ways)."),
+        click.option("--liveness", type=int, default=3, show_default=True,
+                     help="Missed heartbeats before a worker (or the server) counts as dead."),
+        click.option("--step-timeout", "--step_timeout", "step_timeout", type=float, default=10.0, show_default=True,
+                     help="Seconds a shard may take before it is given to another worker."),
+        click.option("--checkpoint-every", "--checkpoint_every", "checkpoint_every", type=int, default=0,
+                     show_default=True, help="Checkpoint every N steps (0: at the end of every epoch)."),
+    ])
+
+
+def build_server_options(wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, **fields) -> ServerOptions:
+    """ServerOptions from the `server_options` knobs plus any other ServerOptions fields (bind, shm, ...).
+
+    Raises ConfigError (exit 2) naming the option and its allowed range.
+    """
+    return ServerOptions(wait_timeout_s=wait_timeout, heartbeat_s=heartbeat, liveness=liveness,
+                         step_timeout_s=step_timeout, checkpoint_every=checkpoint_every, **fields)

@@ -1,0 +1,75 @@
+"""Reports: experiment (runs every mode, then the report and plots), plot, trace."""
+from __future__ import annotations
+
+import click
+
+from parsgd.cli.options import build_config, parse_int_list, parse_str_list, training_options
+
+
+@click.command()
+@click.option("--workers", multiple=True, default=("2,4",), show_default=True,
+              help="Worker counts P to compare, each run with the Pool baseline and the parameter server: "
+                   "2,4 or '2 4' or a repeated flag.")
+@click.option("--modes", multiple=True, default=("sequential,pool,ps",), show_default=True,
+              help="Which of sequential, pool, ps to run (sequential is the speedup baseline).")
+@click.option("--transport", "transports", multiple=True, default=("shm,tcp",), show_default=True,
+              help="Parameter-server transports to run for each P: shm, tcp, ipc (see `parsgd launch --help`).")
+@click.option("--quiet", "-q", is_flag=True, help="No per-epoch lines: one progress line per configuration.")
+@click.option("--verbose", "-v", is_flag=True, help="Show every line of the server and worker processes.")
+@training_options
+def experiment(workers, modes, transports, quiet, verbose, out, **opts):
+    """Compare sequential, Pool and parameter-server training with one seed: table, report, plots."""
+    from parsgd.jobs.experiment import MODES, run_experiment
+    from parsgd.jobs.launch import TRANSPORTS
+    from parsgd.jobs.train import load_data
+
+    modes = parse_str_list(modes, MODES, "--modes")
+    if not modes:
+        raise click.BadParameter(f"give at least one of {', '.join(MODES)}", param_hint="--modes")
+    transports = parse_str_list(transports, TRANSPORTS, "--transport")
+    if "ps" in modes and not transports:
+        raise click.BadParameter(f"give at least one of {', '.join(TRANSPORTS)}", param_hint="--transport")
+    cfg = build_config(1, **opts)
+    workers_list = parse_int_list(workers, "--workers")
+    if set(modes) - {"sequential"} and not workers_list:
+        raise click.BadParameter("give at least one worker count, e.g. --workers 2,4", param_hint="--workers")
+    for p in workers_list:
+        if not 1 <= p <= cfg.batch_size:
+            raise click.BadParameter(f"{p} is out of range: each P must be between 1 and --batch-size "
+                                     f"({cfg.batch_size})", param_hint="--workers")
+    cfg, data = load_data(cfg, quiet)
+    run_experiment(cfg, workers_list, modes, transports, out or "results", quiet=quiet, verbose=verbose, data=data)
+
+
+for _param in experiment.params:
+    if _param.name == "out":
+        _param.help = "Folder for the run directories, experiment_report.txt and the plots [default results]."
+
+
+@click.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(), metavar="RUN_DIR...")
+@click.option("-o", "--out", type=click.Path(),
+              help="Folder for the PNGs [default: the run directory for one run, else the current folder].")
+def plot(run_dirs, out):
+    """Plot runs: loss, accuracy, epoch time (every run a series); PS runs add timeline and overhead."""
+    from parsgd.analysis.plots import plot_runs
+
+    for path in plot_runs(run_dirs, out):
+        click.echo(str(path))
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("-o", "--out", type=click.Path(), help="Trace file to write [default RUN_DIR/trace.json].")
+def trace(run_dir, out):
+    """Write a parameter-server run's comm.jsonl as a Chrome trace (open it in ui.perfetto.dev)."""
+    from pathlib import Path
+
+    from parsgd.analysis.trace import write_trace
+
+    out = Path(out) if out else Path(run_dir) / "trace.json"
+    n = write_trace(run_dir, out)
+    click.echo(f"wrote {n} spans to {out}: open it in https://ui.perfetto.dev or chrome://tracing")
+
+
+COMMANDS = (experiment, plot, trace)

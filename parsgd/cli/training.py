@@ -1,0 +1,124 @@
+"""Training commands: train, server, worker, launch, keygen. Each parses, builds the configs, calls the jobs layer."""
+from __future__ import annotations
+
+import click
+from click.core import ParameterSource
+
+from parsgd.cli.options import build_config, build_server_options, server_options, training_options
+
+
+@click.command()
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="1: sequential; P > 1: the multiprocessing.Pool data-parallel baseline.")
+@click.option("--blas-threads", "--blas_threads", "blas_threads", type=int,
+              help="Limit BLAS threads in this process (default: the library's own choice).")
+@training_options
+def train(workers, blas_threads, out, **opts):
+    """Train on one machine: sequentially, or with the Pool baseline (--workers P)."""
+    from parsgd.jobs.train import run_training
+
+    run_training(build_config(workers, **opts), out, blas_threads)
+
+
+def _spec_alone(ctx: click.Context) -> None:
+    """`server --spec FILE` takes every setting from FILE: refuse other options given with it."""
+    given = [p.opts[0] for p in ctx.command.params
+             if p.name != "spec" and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
+    if given:
+        raise click.UsageError(f"--spec takes every setting from its file: drop {', '.join(given)}")
+
+
+@click.command()
+@click.option("--bind", default="tcp://127.0.0.1:5555", show_default=True,
+              help="Address to listen on: tcp://HOST:PORT (port * picks a free one) or ipc://PATH. "
+                   "A non-loopback address needs --keys.")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Workers to wait for; also the number of shards of every batch.")
+@server_options
+@click.option("--shm/--no-shm", default=True, show_default=True,
+              help="Move parameters and gradients of same-host workers through shared memory.")
+@click.option("--keys", "keys_dir", type=click.Path(), help="CURVE key folder from `parsgd keygen`.")
+@click.option("--register-timeout", "--register_timeout", "register_timeout", type=float, default=60.0,
+              show_default=True,
+              help="Seconds a welcomed worker has to load its data and send READY before it is forgotten.")
+@click.option("--resume", type=click.Path(), help="Continue the run in this run directory from its checkpoint.")
+@click.option("--spec", type=click.Path(dir_okay=False), hidden=True,
+              help="A ServerSpec JSON file (config, server options, run directory) from launch; nothing else.")
+@training_options
+@click.pass_context
+def server(ctx, bind, workers, wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, shm, keys_dir,
+           register_timeout, resume, spec, out, **opts):
+    """Run the parameter server: hold the weights, wait for workers, train."""
+    from parsgd.jobs.serve import ServerSpec, run_server
+
+    if spec:
+        _spec_alone(ctx)
+        s = ServerSpec.read(spec)
+        run_server(s.config, s.server, s.out, s.resume)
+        return
+    sopts = build_server_options(wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, bind=bind,
+                                 shm=shm, keys_dir=keys_dir, register_timeout_s=register_timeout,
+                                 transport="shm" if shm else bind.split("://")[0])
+    cfg = None if resume else build_config(workers, **opts)
+    run_server(cfg, sopts, out, resume)
+
+
+@click.command()
+@click.option("--connect", default="tcp://127.0.0.1:5555", show_default=True, help="The server's address.")
+@click.option("--connect-timeout", "--connect_timeout", "connect_timeout", type=float, default=60.0,
+              show_default=True, help="Seconds to keep trying to reach a server before giving up.")
+@click.option("--data-dir", "--data_dir", "data_dir",
+              help="Where this worker finds the dataset files, if not where the server's config says.")
+@click.option("--keys", "keys_dir", type=click.Path(), help="CURVE key folder from `parsgd keygen`.")
+@click.option("--faults", default="", envvar="PARSGD_FAULTS",
+              help="Fault injection for tests and demos, e.g. kill@40 or drop=0.1,seed=7 [env PARSGD_FAULTS].")
+@click.option("--name", default="", help="A label for this worker in the server's log.")
+def worker(connect, connect_timeout, data_dir, keys_dir, faults, name):
+    """Run a worker: take the config from the server, compute gradients until it says stop."""
+    from parsgd.ps.worker import Worker, WorkerOptions
+
+    if connect_timeout <= 0:
+        raise click.BadParameter(f"{connect_timeout} must be > 0", param_hint="--connect-timeout")
+    w = Worker(WorkerOptions(connect=connect, connect_timeout=connect_timeout, data_dir=data_dir,
+                             keys_dir=keys_dir, faults=faults, name=name))
+    return w.run()
+
+
+@click.command()
+@click.option("--workers", type=int, default=2, show_default=True, help="Worker processes to start.")
+@click.option("--transport", type=click.Choice(("shm", "tcp", "ipc")), default="shm", show_default=True,
+              help="shm: messages over loopback TCP, parameters and gradients in shared memory; "
+                   "tcp / ipc: everything through the socket.")
+@server_options
+@click.option("--restart-workers", "--restart_workers", "restart_workers", type=int, default=0, show_default=True,
+              help="Restart a crashed worker, up to this many times in all.")
+@click.option("--faults", default="",
+              help="Fault schedule, e.g. kill=worker1@step40,stop=worker2@step60:5s,drop=0.05,seed=3.")
+@click.option("--resume", type=click.Path(), help="Continue the run in this run directory from its checkpoint.")
+@training_options
+def launch(workers, transport, wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, restart_workers,
+           faults, resume, out, **opts):
+    """Start a parameter server and N workers on this machine; stop them all on exit."""
+    from parsgd.jobs.launch import launch as run_launch
+    from parsgd.ps.faults import parse_launch_faults
+
+    sopts = build_server_options(wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every)
+    if restart_workers < 0:
+        raise click.BadParameter(f"{restart_workers} is negative", param_hint="--restart-workers")
+    cfg = build_config(workers, **opts)
+    per_worker = parse_launch_faults(faults, workers)
+    return run_launch(cfg, sopts, transport, out, resume=resume, worker_faults=per_worker,
+                      restart_workers=restart_workers)
+
+
+@click.command()
+@click.argument("directory", type=click.Path())
+def keygen(directory):
+    """Write CURVE keypairs for a server and a worker into DIRECTORY (and allow that worker)."""
+    from parsgd.ps.sockets import keygen as make_keys
+
+    for path in make_keys(directory):
+        click.echo(str(path))
+
+
+COMMANDS = (train, server, worker, launch, keygen)
