@@ -106,8 +106,9 @@ def load_params(run_dir) -> np.ndarray:
 
 
 def events(run_dir) -> list[dict]:
+    """The complete lines of events.jsonl: a line the server is still writing (no newline yet) waits."""
     path = Path(run_dir) / "events.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [json.loads(line) for line in path.read_text().split("\n")[:-1]] if path.exists() else []
 
 
 def sequential_params(tmp: Path, *args) -> np.ndarray:

@@ -19,6 +19,8 @@ import pytest
 from parsgd.ps.checkpoint import load_checkpoint
 from procs import PY, Procs, ends_cleanly, events, free_port, load_params, no_traceback
 
+pytestmark = pytest.mark.slow  # real server and worker processes, faults waited out
+
 # 2000 rows at batch 100: 20 steps per epoch, 60 in all; shards of 34/33/33 rows for 3 workers
 ARGS = ["--dataset", "synthetic", "--num-samples", "2000", "--epochs", "3", "--hidden", "32,16",
         "--batch-size", "100", "--dtype", "float64", "--seed", "7"]

@@ -34,6 +34,8 @@ from parsgd.ps import protocol as proto
 from parsgd.ps.sockets import HANDSHAKE_IVL_MS
 from procs import Procs, ends_cleanly, events, load_params, sequential_params
 
+pytestmark = pytest.mark.slow  # real server and worker processes, faults waited out
+
 ARGS = ["--dataset", "synthetic", "--num-samples", "2000", "--hidden", "32,16", "--batch-size", "100",
         "--dtype", "float64", "--epochs", "2", "--seed", "7"]
 SLOW = ["--faults", "delay=1:0.25"]   # 40 steps of >= 0.25 s: about 10 s of training to attack

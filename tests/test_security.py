@@ -23,6 +23,8 @@ from parsgd.cli import cli
 from parsgd.ps.sockets import is_loopback
 from procs import PY, Procs, ends_cleanly, events, free_port, load_params, no_traceback, sequential_params
 
+pytestmark = pytest.mark.slow  # real server and worker processes, faults waited out
+
 ARGS = ["--dataset", "synthetic", "--num-samples", "2000", "--hidden", "32,16", "--batch-size", "100",
         "--dtype", "float64", "--epochs", "2", "--seed", "3"]
 SLOW = ["--faults", "delay=1:0.15"]   # about 6 s of training, while strangers knock

@@ -7,7 +7,8 @@ import pytest
 from parsgd.config import RunConfig
 from parsgd.data import make_synthetic
 from parsgd.training.rundir import RunDir
-from parsgd.training.loop import PoolTrainer, Trainer, shard_bounds
+from parsgd.training.loop import Trainer, shard_bounds
+from parsgd.training.pool import PoolTrainer
 
 
 def quiet(_):

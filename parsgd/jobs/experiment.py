@@ -83,7 +83,8 @@ def eta(done: list[tuple[Configuration, float]], remaining: list[Configuration])
 
 def _run_in_process(config: Configuration, cfg: RunConfig, data, run_dir: Path, epoch_echo) -> None:
     from parsgd.training.rundir import RunDir
-    from parsgd.training.loop import PoolTrainer, Trainer
+    from parsgd.training.loop import Trainer
+    from parsgd.training.pool import PoolTrainer
 
     cfg = cfg.replace(workers=config.workers)
     rundir = RunDir(run_dir, cfg, config.mode, dataset=data.name)

@@ -37,7 +37,7 @@ def run_training(cfg: RunConfig, out=None, blas_threads: int | None = None, echo
     """
     from threadpoolctl import threadpool_limits
 
-    from parsgd.training.loop import make_trainer
+    from parsgd.training.pool import make_trainer
     from parsgd.training.rundir import RunDir, default_out
 
     cfg, data = load_data(cfg, echo=echo)
