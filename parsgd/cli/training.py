@@ -79,7 +79,7 @@ def worker(connect, connect_timeout, data_dir, keys_dir, faults, name):
 
     if connect_timeout <= 0:
         raise click.BadParameter(f"{connect_timeout} must be > 0", param_hint="--connect-timeout")
-    w = Worker(WorkerOptions(connect=connect, connect_timeout=connect_timeout, data_dir=data_dir,
+    w = Worker(WorkerOptions(connect=connect, connect_timeout_s=connect_timeout, data_dir=data_dir,
                              keys_dir=keys_dir, faults=faults, name=name))
     return w.run()
 

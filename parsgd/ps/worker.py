@@ -54,10 +54,11 @@ class WorkerExit(UserError):
     """The worker cannot go on; the message says why (exit 1)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class WorkerOptions:
+    """How a worker reaches its server; times in seconds. Everything else comes in WELCOME."""
     connect: str = "tcp://127.0.0.1:5555"
-    connect_timeout: float = 60.0
+    connect_timeout_s: float = 60.0
     data_dir: str | None = None
     keys_dir: str | None = None
     faults: str = ""
@@ -88,6 +89,13 @@ class Heartbeats(threading.Thread):
 
 
 class Worker:
+    """A parameter-server worker: registers (HELLO / WELCOME / READY), computes the shards it is sent,
+    heartbeats from its own thread, and ships its comm spans when the server says STOP.
+
+    `run()` returns 0 after a STOP; it raises WorkerExit (a UserError, exit 1) when no server
+    answers within `opts.connect_timeout_s` seconds or the server refuses it (version, data).
+    """
+
     def __init__(self, opts: WorkerOptions, echo=click.echo):
         self.opts, self.echo = opts, echo
         self.ctx = zmq.Context()
@@ -114,7 +122,7 @@ class Worker:
     def _register(self) -> proto.Welcome:
         """HELLO until a WELCOME arrives or --connect-timeout runs out."""
         start = time.monotonic()
-        deadline = start + self.opts.connect_timeout
+        deadline = start + self.opts.connect_timeout_s
         next_status = start + STATUS_EVERY_S
         self.session = random.SystemRandom().getrandbits(62) + 1
         self._settle_clock()  # the previous session's spans keep its server's clock
@@ -136,7 +144,7 @@ class Worker:
             now = time.monotonic()
             if now >= deadline:
                 raise WorkerExit(f"no parameter server answered at {self.opts.connect} within "
-                                 f"{self.opts.connect_timeout:g} s: start `parsgd server` there, or check "
+                                 f"{self.opts.connect_timeout_s:g} s: start `parsgd server` there, or check "
                                  "--connect and --connect-timeout")
             if now >= next_status:
                 self.echo(f"waiting for the server at {self.opts.connect}, {deadline - now:.0f} s left")
