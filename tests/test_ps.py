@@ -174,3 +174,20 @@ def test_launch_leaves_no_process_behind(tmp_path, interrupt):
     assert not _alive(seen), "".join(lines)
     assert code == (130 if interrupt else 0), "".join(lines)
     assert "Traceback" not in "".join(lines)
+
+
+DEGENERATE = [("1025", "256", "2"), ("3", "2", "2")]  # last batch of 1 row over 2 shards: one shard is empty
+
+
+@pytest.mark.parametrize("transport", ["shm", "tcp", "ipc"])
+@pytest.mark.parametrize("rows,batch,workers", DEGENERATE)
+def test_batches_with_fewer_rows_than_workers_equal_sequential(tmp_path, transport, rows, batch, workers):
+    """An empty shard is legal work: the server marks it done without sending it (every transport)."""
+    args = ["--dataset", "synthetic", "--num-samples", rows, "--batch-size", batch, "--epochs", "2",
+            "--dtype", "float64", "--seed", "3"]
+    reference = sequential_params(tmp_path / "seq", *args)
+    result = subprocess.run(PY + ["launch", "--workers", workers, "--transport", transport, *args,
+                                  "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert np.max(np.abs(load_params(tmp_path / "run") - reference)) < 1e-8

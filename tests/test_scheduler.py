@@ -153,3 +153,16 @@ def test_an_overflowing_sum_of_finite_shards_fails_at_once():
         assert not sched.reduce(out)
     with pytest.raises(NonFiniteGradient, match="overflowed"):
         sched.reject_non_finite(lambda s, o: None)
+
+
+def test_empty_shards_are_owed_nothing_and_add_nothing():
+    """A 1-row batch over 3 shards: two shards are empty, done at once, never assigned, not summed."""
+    sched = Scheduler(3, Clock())
+    st = sched.begin(9, 0, 100, 101)
+    assert st.shards == [(100, 101), (101, 101), (101, 101)] and st.batch == 1
+    assert sched.todo() == [0] and sched.unowned() == [0] and not sched.finished()
+    assert sched.assign(0, [W(11, 0), W(12, 1)]) is not None
+    sched.complete(0, np.array([2.0, -1.0]), 0.5, 1, 0.01)
+    out = np.full(2, np.nan)
+    assert sched.finished() and sched.reduce(out) and out.tolist() == [2.0, -1.0]
+    assert sched.totals() == (0.5, 1, 0.01)

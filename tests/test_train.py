@@ -1,5 +1,7 @@
 """Sequential and Pool trainers: learning, determinism, and Pool == sequential as an oracle."""
 import json
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from parsgd.data import make_synthetic
 from parsgd.training.rundir import RunDir
 from parsgd.training.loop import Trainer, shard_bounds
 from parsgd.training.pool import PoolTrainer
+from procs import PY
 
 
 def quiet(_):
@@ -99,3 +102,46 @@ def test_pool_baseline_equals_sequential_in_float64(data64, workers):
     assert np.max(np.abs(pool.params - seq.params)) < 1e-8
     assert pool.metrics[0]["train_loss"] == pytest.approx(seq.metrics[0]["train_loss"], rel=1e-9)
     assert pool.metrics[0]["bytes_sent"] > 0
+
+
+def _empty_test_split(folder: Path) -> None:
+    from parsgd.data import write_idx
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    write_idx(folder / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (64, 28, 28), dtype=np.uint8))
+    write_idx(folder / "train-labels-idx1-ubyte.gz", rng.integers(0, 10, 64, dtype=np.uint8))
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", np.zeros((0, 28, 28), np.uint8))
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros(0, np.uint8))
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_empty_test_split_is_reported_as_absent_not_as_zero(tmp_path, workers):
+    _empty_test_split(tmp_path / "data" / "mnist")
+    out = tmp_path / "run"
+    result = subprocess.run(PY + ["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "data"), "--epochs", "2",
+                                  "--batch-size", "16", "--workers", workers, "--out", str(out)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "test acc n/a" in result.stdout and "Traceback" not in result.stderr
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["test_loss"], m["test_acc"]) for m in metrics] == [(None, None)] * 2
+    assert all(m["train_acc"] is not None for m in metrics)
+    assert json.loads((out / "summary.json").read_text())["final_test_acc"] is None
+    from parsgd.analysis.plots import plot_runs  # a reader of such a run draws it, it does not crash
+    assert plot_runs([out], tmp_path / "png")
+
+
+def test_divergence_stops_every_in_process_mode_with_the_last_finite_model(tmp_path):
+    """`train --lr 1e8`: exit 1, one error line, and model.npz holds finite parameters (sequential and Pool)."""
+    for workers in ("1", "2"):
+        out = tmp_path / f"run{workers}"
+        result = subprocess.run(PY + ["train", "--dataset", "synthetic", "--num-samples", "1024", "--epochs", "2",
+                                      "--lr", "1e8", "--workers", workers, "--out", str(out)],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1, result.stdout + result.stderr
+        errors = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(errors) == 1 and errors[0].startswith("error: the loss or gradient of step"), result.stderr
+        assert "try a lower --lr" in errors[0] and str(out / "model.npz") in errors[0]
+        with np.load(out / "model.npz") as z:
+            assert all(np.isfinite(z[k]).all() for k in z.files)
+        assert "done" not in result.stdout

@@ -19,6 +19,7 @@ import click
 
 from parsgd.config import RunConfig, ServerOptions
 from parsgd.errors import Interrupted, UsageError, UserError
+from parsgd.training.loop import fmt
 
 MODES = ("sequential", "pool", "ps")
 FAILED_TAIL_LINES = 15  # of a failed PS run's output, shown to say why it failed
@@ -159,7 +160,7 @@ def _run_one(config: Configuration, cfg: RunConfig, data, run_dir: Path, echo, e
         if verbose:
             echo(traceback.format_exc().rstrip())
         return why
-    echo(f"  done: test acc {summary['final_test_acc']:.4f}, {summary['total_time_s']:.2f} s of training "
+    echo(f"  done: test acc {fmt(summary['final_test_acc'])}, {summary['total_time_s']:.2f} s of training "
          f"-> {run_dir}")
     return None
 

@@ -18,6 +18,7 @@ import click
 
 from parsgd.config import ConfigError, RunConfig, ServerOptions
 from parsgd.errors import UserError
+from parsgd.training.loop import fmt
 
 ADDRESS_FILE = "server.address"  # written into the run directory once the server listens
 
@@ -110,6 +111,6 @@ def run_server(cfg: RunConfig | None, opts: ServerOptions, out=None, resume=None
         echo(f"resuming {rundir.path} at step {srv.step}")
     atomic_write_bytes(Path(rundir.path) / ADDRESS_FILE, srv.address.encode())
     summary = srv.serve()
-    echo(f"done: test acc {summary['final_test_acc']:.4f} in {summary['total_time_s']:.2f} s of training; "
+    echo(f"done: test acc {fmt(summary['final_test_acc'])} in {summary['total_time_s']:.2f} s of training; "
          f"run directory {rundir.path}")
     return summary

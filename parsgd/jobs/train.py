@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from parsgd.config import RunConfig
+from parsgd.training.loop import fmt
 
 
 def load_data(cfg: RunConfig, quiet: bool = False, echo=click.echo):
@@ -51,6 +52,6 @@ def run_training(cfg: RunConfig, out=None, blas_threads: int | None = None, echo
         trainer.close()
         if limits is not None:
             limits.restore_original_limits()
-    echo(f"done: test acc {summary['final_test_acc']:.4f} in {summary['total_time_s']:.2f} s "
+    echo(f"done: test acc {fmt(summary['final_test_acc'])} in {summary['total_time_s']:.2f} s "
          f"of training; run directory {rundir.path}")
     return rundir.path

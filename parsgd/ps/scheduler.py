@@ -72,8 +72,14 @@ class Scheduler:
 
     def begin(self, step: int, epoch: int, lo: int, hi: int) -> Step:
         """Start step `step` on batch rows [lo, hi) of the epoch order; no shard is owned yet."""
-        self.cur = Step(step, epoch, hi - lo, shard_bounds(lo, hi, self.n_shards))
-        return self.cur
+        st = self.cur = Step(step, epoch, hi - lo, shard_bounds(lo, hi, self.n_shards))
+        for s, (a, b) in enumerate(st.shards):
+            st.done[s] = a == b  # a batch with fewer rows than shards: an empty shard is owed nothing
+        return st
+
+    def todo(self) -> list[int]:
+        """Shards of the current step still owed (all but the empty ones, right after `begin`)."""
+        return [s for s, done in enumerate(self.cur.done) if not done]
 
     def end(self) -> None:
         self.cur = None
@@ -150,9 +156,11 @@ class Scheduler:
         """Sum the shard gradients into `out` (n_params,) in shard order; True if the sum is finite."""
         st = self.cur
         assert all(st.done)
-        np.copyto(out, st.src[0])
-        for src in st.src[1:]:  # shard order, never arrival order
-            out += src
+        sources = [src for src in st.src if src is not None]  # empty shards add nothing
+        np.copyto(out, sources[0])
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported, not warned about
+            for src in sources[1:]:  # shard order, never arrival order
+                out += src
         # NaN or Inf anywhere makes the sum non-finite: one read-only pass, no temporary
         return math.isfinite(np.add.reduce(out)) and math.isfinite(sum(st.loss))
 
@@ -165,7 +173,7 @@ class Scheduler:
         """
         st, redo = self.cur, []
         for s, src in enumerate(st.src):
-            if not np.isfinite(src).all() or not math.isfinite(st.loss[s]):
+            if (src is not None and not np.isfinite(src).all()) or not math.isfinite(st.loss[s]):
                 st.bad[s] += 1
                 seen(s, st.owner[s])
                 if st.bad[s] > 1:

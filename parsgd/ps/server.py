@@ -82,7 +82,7 @@ class ParameterServer(Trainer):
 
     # -- the Trainer hooks -----------------------------------------------------------------------
     def batch_gradient(self, epoch, step, order, lo, hi):
-        st = self.scheduler.begin(step, epoch, lo, hi)
+        self.scheduler.begin(step, epoch, lo, hi)
         live = self.members.live()
         for member in live:  # every copy first, so the TASKs then leave back to back
             if member.buf is not None:
@@ -91,7 +91,7 @@ class ParameterServer(Trainer):
             t = self.log.now()
             np.copyto(self.send_buf, self.params)
             self.log.add("serialize", step, t, self.params.nbytes)
-        for s in range(len(st.shards)):
+        for s in self.scheduler.todo():
             self.assign(s)
         while True:
             wait_start, waited = self.log.now(), 0.0
@@ -113,6 +113,9 @@ class ParameterServer(Trainer):
         self._release_deferred()
         return loss_sum, correct
 
+    def check_finite(self, loss_sum: float) -> None:
+        """Already checked by Scheduler.reduce, with one retry of a non-finite shard elsewhere."""
+
     def update(self):
         t = self.log.now()
         super().update()
@@ -120,13 +123,13 @@ class ParameterServer(Trainer):
 
     def after_step(self):
         every = self.opts.checkpoint_every
-        if every and self.step % every == 0:
+        # An epoch's last step is checkpointed by after_epoch, once that epoch's metrics exist:
+        # a checkpoint taken here would resume without them (and merge two epochs' train loss).
+        if every and self.step % every == 0 and self.step % self.steps_per_epoch:
             self.checkpoint()
 
     def after_epoch(self):
-        every = self.opts.checkpoint_every
-        if not every or self.step % every:
-            self.checkpoint()
+        self.checkpoint()
 
     def epoch_extras(self) -> dict:
         """comm_s: step time not spent in the slowest shard's compute, aggregation or update."""

@@ -280,8 +280,9 @@ class Worker:
         params = task.params if task.params is not None else self.buf.params
         grad = self.buf.slots[task.shard] if self.buf is not None else self.grads[task.shard]
         # The shard's share of the batch mean (sum of its row gradients / batch rows): the server only adds.
-        loss_sum, correct = loss_and_grad(params, self.sizes, rows, self.data.y_train[idx], grad, self.ws,
-                                          scale=1.0 / task.batch)
+        with np.errstate(over="ignore", invalid="ignore"):  # a non-finite result is the server's to judge
+            loss_sum, correct = loss_and_grad(params, self.sizes, rows, self.data.y_train[idx], grad, self.ws,
+                                              scale=1.0 / task.batch)
         self.faults.corrupt(task.step, self.rank, grad)
         end = self.log.add("compute", task.step, t)
         msg = proto.Grad(self.incarnation, self.session, task.step, task.shard, task.lo, task.hi, idx.size,

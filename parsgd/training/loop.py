@@ -19,6 +19,7 @@ from parsgd.config import RunConfig
 from parsgd.data import Dataset, epoch_order
 from parsgd.model.mlp import Workspace, evaluate, init_params, loss_and_grad
 from parsgd.model.optim import sgd_momentum_
+from parsgd.errors import UserError
 from parsgd.training.rundir import RunDir
 
 
@@ -33,9 +34,18 @@ def shard_bounds(lo: int, hi: int, parts: int) -> list[tuple[int, int]]:
     return bounds
 
 
+class Diverged(UserError):
+    """The loss or gradient became NaN or Inf: training stops (exit 1); the last finite model is kept."""
+
+
+def fmt(value, spec: str = ".4f") -> str:
+    """A metric for the console; None (e.g. the accuracy of an empty test split) prints as n/a."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def epoch_line(m: dict, epochs: int) -> str:
-    return (f"epoch {m['epoch']:>3}/{epochs}  loss {m['train_loss']:.4f}  train acc {m['train_acc']:.4f}"
-            f"  test acc {m['test_acc']:.4f}  {m['epoch_time_s']:.2f} s")
+    return (f"epoch {m['epoch']:>3}/{epochs}  loss {fmt(m['train_loss'])}  train acc {fmt(m['train_acc'])}"
+            f"  test acc {fmt(m['test_acc'])}  {m['epoch_time_s']:.2f} s")
 
 
 class Trainer:
@@ -67,6 +77,15 @@ class Trainer:
         rows = self._gather(idx)
         return loss_and_grad(self.params, self.sizes, rows, self.data.y_train[idx], self.grad, self.ws)
 
+    def check_finite(self, loss_sum: float) -> None:
+        """Raise Diverged if this step's loss or gradient has a NaN or Inf (before it is applied).
+
+        One read-only pass over the gradient: NaN or Inf anywhere makes the sum non-finite.
+        """
+        if not (math.isfinite(loss_sum) and math.isfinite(np.add.reduce(self.grad))):
+            raise Diverged(f"the loss or gradient of step {self.step} (epoch {self.step // self.steps_per_epoch + 1}) "
+                           "is not finite (NaN or Inf): the model diverged; try a lower --lr")
+
     def update(self) -> None:
         sgd_momentum_(self.params, self.velocity, self.grad, self.cfg.lr, self.cfg.momentum, self.scratch)
 
@@ -93,8 +112,19 @@ class Trainer:
         return rows
 
     def run(self, rundir: RunDir | None = None) -> dict:
-        cfg, n, B = self.cfg, self.n_train, self.cfg.batch_size
         wall0 = time.perf_counter()
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by check_finite
+                self._epochs(rundir)
+        except Diverged as exc:
+            if rundir is None:
+                raise
+            rundir.write_model(self.params, self.sizes)  # the update that diverged was not applied
+            raise Diverged(f"{exc} (the last finite model is in {rundir.path / 'model.npz'})") from None
+        return self.finish(rundir, time.perf_counter() - wall0)
+
+    def _epochs(self, rundir: RunDir | None) -> None:
+        cfg, n, B = self.cfg, self.n_train, self.cfg.batch_size
         for epoch in range(self.step // self.steps_per_epoch, cfg.epochs):
             order = epoch_order(n, cfg.seed, epoch)
             first = self.step - epoch * self.steps_per_epoch
@@ -105,6 +135,7 @@ class Trainer:
                     t0 = time.perf_counter()
                     lo, hi = b * B, min(n, (b + 1) * B)
                     loss_sum, correct = self.batch_gradient(epoch, self.step, order, lo, hi)
+                    self.check_finite(loss_sum)
                     self.update()
                     self.step += 1
                     p = self.partial
@@ -115,7 +146,6 @@ class Trainer:
                     self.after_step()
             self._end_epoch(epoch, rundir)
             self.after_epoch()
-        return self.finish(rundir, time.perf_counter() - wall0)
 
     def finish(self, rundir: RunDir | None, wall_s: float) -> dict:
         """Write the model and summary.json; returns the summary."""
@@ -126,7 +156,9 @@ class Trainer:
         return summary
 
     def _end_epoch(self, epoch: int, rundir: RunDir | None) -> None:
-        test_loss, test_acc = evaluate(self.params, self.sizes, self.data.x_test, self.data.y_test, self.ws)
+        test_loss = test_acc = None  # an empty test split is not measured: null in metrics.jsonl, n/a on screen
+        if len(self.data.y_test):
+            test_loss, test_acc = evaluate(self.params, self.sizes, self.data.x_test, self.data.y_test, self.ws)
         p = self.partial
         m = {"epoch": epoch + 1, "train_loss": p["loss_sum"] / max(1, p["seen"]),
              "train_acc": p["correct"] / max(1, p["seen"]), "test_loss": test_loss, "test_acc": test_acc,
