@@ -47,6 +47,7 @@ def reference(tmp_path_factory):
         result = launch(out, workers)
         assert result.returncode == 0, result.stdout[-3000:]
         ref[workers] = load_params(out)
+        ref[f"metrics{workers}"] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return ref
 
 
@@ -233,6 +234,31 @@ def test_server_sigkilled_then_resumed_keeps_the_same_workers(tmp_path, referenc
     assert {e["pid"] for e in hellos} == pids and len(hellos) == 6  # each worker registered twice
     metrics = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(m)["epoch"] for m in metrics] == [1, 2, 3]
+    assert_same_model(run, reference[3])
+
+
+def test_resume_from_an_epoch_end_checkpoint_keeps_every_metrics_line(tmp_path, reference):
+    """--checkpoint-every 20 = one epoch: the checkpoint at step 20 must hold epoch 1's metrics, so the
+    resumed run's metrics.jsonl equals the uninterrupted run's line for line (timings aside)."""
+    run, port = tmp_path / "run", free_port()
+    with Procs(tmp_path) as p:
+        first, address = p.server(run, 3, *ARGS, *KNOBS, "--checkpoint-every", "20", port=port)
+        workers = [p.worker(address, "--faults", SLOW) for _ in range(3)]
+        deadline = time.monotonic() + 30
+        while not named(run, "checkpoint") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        first.kill()
+        assert [e["step"] for e in named(run, "checkpoint")] == [20]
+        second, _ = p.server(run, 3, "--resume", str(run), *KNOBS, "--checkpoint-every", "20", port=port)
+        assert second.wait(60) == 0, second.output()[-3000:]
+        assert all(w.wait(10) == 0 for w in workers)
+        no_traceback(first, second, *workers)
+    got = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    want = reference["metrics3"]
+    assert [m["epoch"] for m in got] == [1, 2, 3]
+    for g, w in zip(got, want):
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+            assert g[key] == pytest.approx(w[key], rel=1e-12, abs=1e-15), (g["epoch"], key)
     assert_same_model(run, reference[3])
 
 
