@@ -179,6 +179,21 @@ def test_slow_but_alive_worker_loses_its_shard_but_is_not_declared_dead(tmp_path
     assert_same_model(run, reference[3])
 
 
+def test_a_worker_busy_far_longer_than_its_queue_lasts_is_never_declared_dead(tmp_path, reference):
+    """Heartbeats every 0.05 s for a 6 s shard: once 16 unread pings fill the busy worker's receive
+    queue (RCVHWM), libzmq stops reading its connection, ZMTP pings go unanswered and the connection
+    is dropped 3 s later (HEARTBEAT_TIMEOUT). A busy worker must be sent nothing it cannot read now."""
+    run = tmp_path / "run"
+    result = launch(run, 3, "--heartbeat", "0.05", "--liveness", "10", "--step-timeout", "1",
+                    "--faults", "hang=worker1@step10:6s")
+    assert result.returncode == 0, result.stdout[-3000:]
+    slow = session_of(run, name="w1")[0]
+    rank = next(e["rank"] for e in named(run, "hello") if e["session"] == slow)
+    assert named(run, "dead") == [], named(run, "dead")
+    assert [(e["step"], e["rank"]) for e in named(run, "step_timeout")] == [(10, rank)]
+    assert_same_model(run, reference[3])
+
+
 # -- membership ---------------------------------------------------------------------------------------
 def test_worker_joining_mid_run_takes_shards_from_the_next_step(tmp_path, reference):
     run = tmp_path / "run"

@@ -92,6 +92,7 @@ def on_grad(srv, identity: bytes, msg: proto.Grad, frames, t: float) -> None:
     member = _fenced(srv, identity, msg)
     if member is None:
         return
+    member.owes.discard((msg.step, msg.shard))  # answered, whether it is still owed or not
     st = srv.scheduler.cur
     # Logged under the step in progress: a late or made-up GRAD's own step may be long gone or never come.
     srv.log.add("recv", st.step if st is not None else srv.step, t, proto.frames_nbytes(frames[1:]))
@@ -114,7 +115,9 @@ def on_grad(srv, identity: bytes, msg: proto.Grad, frames, t: float) -> None:
 
 
 def on_heartbeat(srv, identity: bytes, msg: proto.Heartbeat, frames, t: float) -> None:
-    _fenced(srv, identity, msg, any_identity=True)  # from the worker's heartbeat socket too
+    member = _fenced(srv, identity, msg, any_identity=True)  # from the worker's heartbeat socket too
+    if member is not None and not msg.busy:
+        member.owes.clear()  # idle, so nothing sent to it is still being computed (a lost GRAD, say)
 
 
 def on_logs(srv, identity: bytes, msg: proto.Logs, frames, t: float) -> None:
@@ -151,11 +154,13 @@ def strike(srv, identity: bytes, error: str, severe: bool = False) -> None:
 
 
 def on_timer(srv, now: float) -> None:
-    """Run every TIMERS_MAX_S: expiry, heartbeats to every member, step timeouts, the no-worker wait."""
+    """Run every TIMERS_MAX_S: expiry, heartbeats to idle members, step timeouts, the no-worker wait."""
     for member, reason in srv.members.overdue():
         srv.drop(member, reason)
     if now >= srv._next_heartbeat:
-        for member in list(srv.members.members.values()):
+        # A busy worker reads no message until its TASK is done: pings would only fill its queue
+        # until a send fails. Its own heartbeat thread shows it is alive; it is pinged when idle.
+        for member in [m for m in srv.members.members.values() if not m.busy()]:
             srv.send(member, proto.Heartbeat(srv.incarnation, member.session))
         srv._next_heartbeat = now + srv.opts.heartbeat_s
     for s, owner in srv.scheduler.overdue(srv.opts.step_timeout_s):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 QUARANTINE_AFTER = 3          # protocol errors from one unregistered peer before it is ignored
@@ -33,6 +33,15 @@ class Member:
     ready: bool = False
     buf: object = None            # its shared-memory SessionBuffer, owned by the server
     params_step: int = -1         # the step whose parameters are in buf
+    owes: set = field(default_factory=set)   # (step, shard) of TASKs sent, not answered, not reported idle
+
+    def busy(self) -> bool:
+        """It is computing (or has queued) a TASK: it reads nothing else meanwhile."""
+        return bool(self.owes)
+
+    def stuck_before(self, step: int) -> bool:
+        """It still computes a TASK of an earlier step: a new shard would wait behind it."""
+        return any(s < step for s, _ in self.owes)
 
 
 class Membership:

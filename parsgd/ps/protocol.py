@@ -19,7 +19,7 @@ size, msgpack well-formedness, version, type, the exact set of fields, field typ
 frame count, dtype and payload length (checked before `frombuffer`). Encoding runs the same
 field checks, so a sender never puts on the wire what a receiver would refuse.
 
-Protocol 2 (this one) added TASK.batch; versions are compared for equality.
+Protocol 2 (this one) added TASK.batch and HEARTBEAT.busy; versions are compared for equality.
 
 Version choice: a header whose `v` differs from PROTOCOL_VERSION raises `VersionMismatch`,
 except for HELLO: a foreign-version HELLO is decoded leniently (fields that do not check out
@@ -235,8 +235,9 @@ class Grad(Message):
 class Heartbeat(Message):
     incarnation: int
     session: int
+    busy: bool = False         # worker -> server: it is computing a TASK and reads nothing meanwhile
     TYPE = "HEARTBEAT"
-    FIELDS = dict(incarnation=ID, session=ID)
+    FIELDS = dict(incarnation=ID, session=ID, busy=BOOL)
 
 
 @dataclass(frozen=True, eq=False)

@@ -165,10 +165,10 @@ class ParameterServer(Trainer):
         self.stopping = signal.Signals(signum).name
 
     def _abort(self):
-        """Checkpoint and tell every worker to stop; used on signals and unrecoverable states."""
+        """STOP every worker, then checkpoint (so STOP goes out even if that write fails); on signals and fatal states."""
+        self._stop_workers("server stopped", collect=False)
         if self.step > 0:
             self.checkpoint()
-        self._stop_workers("server stopped", collect=False)
 
     def finish(self, rundir, wall_s):
         self._stop_workers("training finished", collect=True)
@@ -256,10 +256,12 @@ class ParameterServer(Trainer):
 
     def assign(self, s: int, avoid: int | None = None) -> None:
         """Give shard s of the current step to a live worker (see Scheduler.assign) and send its TASK."""
-        member = self.scheduler.assign(s, self.members.live(), avoid)
+        st = self.scheduler.cur
+        live = self.members.live()
+        # A worker still computing an earlier step's shard would hold this one back as well.
+        member = self.scheduler.assign(s, [m for m in live if not m.stuck_before(st.step)] or live, avoid)
         if member is None:
             return
-        st = self.scheduler.cur
         lo, hi = st.shards[s]
         if member.buf is not None:
             self._load_params(member, st.step)  # a no-op unless it joined during this step
@@ -268,7 +270,8 @@ class ParameterServer(Trainer):
             payload = self.send_buf
         task = proto.Task(self.incarnation, member.session, st.step, st.epoch, s, lo, hi, st.batch,
                           self.log.now(), payload)
-        self.send(member, task, st.step)
+        if self.send(member, task, st.step):
+            member.owes.add((st.step, s))
 
     def new_segment(self, session: int) -> SessionBuffer:
         """A shared-memory segment for a same-host worker: its parameters and one gradient slot per shard.

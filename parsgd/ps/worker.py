@@ -31,7 +31,7 @@ from parsgd.ps import protocol as proto
 from parsgd.ps.commlog import CommLog
 from parsgd.ps.faults import FaultPlan
 from parsgd.ps.shm import SessionBuffer
-from parsgd.ps.sockets import configure_dealer
+from parsgd.ps.sockets import configure_dealer, dealer_context
 from parsgd.errors import UserError
 
 HELLO_RETRY_S = 1.0           # resend HELLO this often while no server answers (Lazy Pirate)
@@ -71,7 +71,8 @@ class Heartbeats(threading.Thread):
     def __init__(self, ctx, opts: WorkerOptions, incarnation: int, session: int, interval: float):
         super().__init__(daemon=True, name="parsgd-heartbeat")
         self.ctx, self.opts, self.interval = ctx, opts, interval
-        self.msg = proto.Heartbeat(incarnation, session)
+        self.idle_msg, self.busy_msg = (proto.Heartbeat(incarnation, session, b) for b in (False, True))
+        self.busy = False          # set by the main thread while it computes: the server then sends it nothing
         self.halt = threading.Event()
 
     def run(self):
@@ -81,7 +82,8 @@ class Heartbeats(threading.Thread):
         try:
             while not self.halt.wait(self.interval):
                 try:
-                    sock.send_multipart(self.msg.to_frames(), flags=zmq.NOBLOCK)
+                    msg = self.busy_msg if self.busy else self.idle_msg
+                    sock.send_multipart(msg.to_frames(), flags=zmq.NOBLOCK)
                 except zmq.Again:
                     pass
         finally:
@@ -98,8 +100,7 @@ class Worker:
 
     def __init__(self, opts: WorkerOptions, echo=click.echo):
         self.opts, self.echo = opts, echo
-        self.ctx = zmq.Context()
-        self.ctx.linger = 0
+        self.ctx = dealer_context(opts.connect)
         self.sock = None
         self.log = CommLog()
         self._clock_mark, self._clock_fix = 0, -math.inf  # see _settle_clock
@@ -246,7 +247,11 @@ class Worker:
                 self.log.add("wait", msg.step if self.tasks_done else -1, t, end=waited)
                 self.log.add("recv", msg.step, waited, proto.frames_nbytes(frames), end=recvd)
                 self.log.add("deserialize", msg.step, recvd)
-                self._compute(msg)
+                self.heartbeats.busy = True
+                try:
+                    self._compute(msg)
+                finally:
+                    self.heartbeats.busy = False
                 self.tasks_done += 1
                 spin = self.spin
             elif isinstance(msg, proto.Stop):
