@@ -129,3 +129,24 @@ def ends_cleanly(server: Proc, *workers: Proc, timeout: float = 120, worker_time
     for w in workers:
         assert w.wait(worker_timeout) == 0, w.output()[-3000:]
     no_traceback(server, *workers)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group `pgid`, from /proc: what a Ctrl-C run must not leave behind."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it exited meanwhile
+        if fields[0] != "Z" and int(fields[2]) == pgid:  # state, ppid, pgrp
+            found.append(int(stat.parent.name))
+    return found
+
+
+def no_group_left(pgid: int, timeout: float = 2.0) -> None:
+    """Every process of group `pgid` is gone within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert group_members(pgid) == [], f"left behind: {group_members(pgid)}"

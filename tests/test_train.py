@@ -145,3 +145,21 @@ def test_divergence_stops_every_in_process_mode_with_the_last_finite_model(tmp_p
         with np.load(out / "model.npz") as z:
             assert all(np.isfinite(z[k]).all() for k in z.files)
         assert "done" not in result.stdout
+
+
+@pytest.mark.parametrize("rows,batch", [(1025, 256), (3, 2)])
+def test_pool_with_a_last_batch_smaller_than_its_workers_equals_sequential(rows, batch):
+    """The last batch has 1 row for 2 workers: the empty shard is skipped (never sent), the model is the same."""
+    assert shard_bounds(1024, 1025, 2) == [(1024, 1025), (1025, 1025)]
+    data = make_synthetic(rows, 50, seed=4, dtype="float64")
+    cfg = RunConfig(dataset="synthetic", epochs=2, batch_size=batch, hidden=(16,), dtype="float64", seed=4)
+    seq = Trainer(cfg, data, echo=quiet)
+    seq.run()
+    pool = PoolTrainer(cfg.replace(workers=2), data, echo=quiet)
+    try:
+        pool.run()
+    finally:
+        pool.close()
+    assert np.max(np.abs(pool.params - seq.params)) < 1e-8
+    steps = -(-rows // batch)
+    assert pool.metrics[-1]["bytes_sent"] == pool.params.nbytes * (2 * steps - 1)  # one shard of one step is empty

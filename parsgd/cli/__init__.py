@@ -13,7 +13,7 @@ import sys
 import click
 
 from parsgd.cli import reports, training
-from parsgd.errors import UserError
+from parsgd.errors import Interrupted, UserError
 
 
 class ParsgdGroup(click.Group):
@@ -38,6 +38,13 @@ class ParsgdGroup(click.Group):
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+    def invoke(self, ctx):
+        """Ctrl-C in a command is Interrupted (exit 130), before click turns it into Abort after a blank line."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted() from None
 
 
 @click.group(cls=ParsgdGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from parsgd.config import RunConfig
+from parsgd.errors import Interrupted
 from parsgd.training.loop import fmt
 
 
@@ -34,8 +35,16 @@ def run_training(cfg: RunConfig, out=None, blas_threads: int | None = None, echo
     directory (`out`, default runs/MODE-pP-TIMESTAMP), prints one line per epoch and a final
     `done:` line; returns the run directory. `blas_threads` limits BLAS threads in this process.
 
-    Raises DataError and ConfigError (see load_data) and OutputDirError (`out` unusable).
+    Raises DataError and ConfigError (see load_data), OutputDirError (`out` unusable) and Interrupted
+    (Ctrl-C / SIGINT: exit 130, after the Pool processes are gone).
     """
+    try:
+        return _run_training(cfg, out, blas_threads, echo)
+    except KeyboardInterrupt:
+        raise Interrupted() from None
+
+
+def _run_training(cfg: RunConfig, out, blas_threads: int | None, echo) -> Path:
     from threadpoolctl import threadpool_limits
 
     from parsgd.training.pool import make_trainer

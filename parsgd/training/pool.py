@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
+import threading
 import time
 
 import numpy as np
@@ -16,10 +18,17 @@ from parsgd.model.mlp import Workspace, loss_and_grad
 from parsgd.training.loop import Trainer, shard_bounds
 
 _pool_state: dict = {}
+CLOSE_TIMEOUT_S = 2.0  # Pool.terminate() gets this long; then its processes are SIGKILLed
 
 
 def _pool_init(sizes, dtype, data: Dataset | None) -> None:
-    """Runs once in each Pool process: pin BLAS to one thread, keep the data (inherited by fork)."""
+    """Runs once in each Pool process: ignore SIGINT, pin BLAS to one thread, keep the data (inherited by fork).
+
+    Ctrl-C in a terminal reaches the whole foreground process group. Only the parent may act on it: a Pool
+    process killed by KeyboardInterrupt in the middle of writing its result leaves a partial message in the
+    result pipe (or a lock held), and Pool.terminate() then waits for it forever.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _pool_state["limits"] = threadpool_limits(1)
     _pool_state["data"] = data if data is not None else _pool_state_data
     _pool_state["sizes"] = sizes
@@ -64,14 +73,30 @@ class PoolTrainer(Trainer):
             ctx, initdata = mp.get_context("fork"), None
         else:
             ctx, initdata = mp.get_context(), data
-        self.pool = ctx.Pool(cfg.workers, initializer=_pool_init, initargs=(self.sizes, cfg.dtype, initdata))
+        # Until each process has run _pool_init, a SIGINT must neither kill it nor be lost by the parent:
+        # the processes are forked with a handler that only records it, and the parent raises it after.
+        self.pending = None  # the step's map, still running if Ctrl-C interrupted the wait for it
+        caught: list[int] = []
+        main = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread
+        old = signal.signal(signal.SIGINT, lambda signum, _: caught.append(signum)) if main else None
+        try:
+            self.pool = ctx.Pool(cfg.workers, initializer=_pool_init, initargs=(self.sizes, cfg.dtype, initdata))
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, signal.SIG_DFL if old is None else old)
+        if caught:
+            self.close()
+            raise KeyboardInterrupt
         self.bytes_sent = self.bytes_recv = 0
         self.compute_s = self.comm_s = 0.0
 
     def batch_gradient(self, epoch, step, order, lo, hi):
-        shards = shard_bounds(lo, hi, self.cfg.workers)
+        # An epoch's last batch may have fewer rows than workers: its empty shards add nothing and are skipped.
+        shards = [(a, b) for a, b in shard_bounds(lo, hi, self.cfg.workers) if b > a]
         t = time.perf_counter()
-        results = self.pool.map(_pool_shard_gradient, [(self.params, order[a:b], hi - lo) for a, b in shards])
+        tasks = [(self.params, order[a:b], hi - lo) for a, b in shards]
+        self.pending = self.pool.map_async(_pool_shard_gradient, tasks)
+        results = self.pending.get()
         slowest = max(r[3] for r in results)
         self.compute_s += slowest
         self.comm_s += time.perf_counter() - t - slowest  # pickling, pipes and scheduling around the compute
@@ -96,6 +121,24 @@ class PoolTrainer(Trainer):
         return extras
 
     def close(self) -> None:
+        """Stop the Pool processes, within CLOSE_TIMEOUT_S plus a SIGKILL, whatever state they are in.
+
+        An interrupted step's shards are first let finish (a process writing a result after the result
+        thread stopped blocks Pool.terminate() for good, CPython's pool design); terminate() then runs
+        in a daemon thread, and any process still alive after the bound is killed.
+        """
+        if self.pending is not None:  # a process still writing its result would block terminate() for good
+            self.pending.wait(CLOSE_TIMEOUT_S)
+        procs = list(getattr(self.pool, "_pool", ()))
+        stopper = threading.Thread(target=self._terminate, daemon=True)
+        stopper.start()
+        stopper.join(CLOSE_TIMEOUT_S)
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+            p.join(CLOSE_TIMEOUT_S)
+
+    def _terminate(self) -> None:
         self.pool.terminate()
         self.pool.join()
 

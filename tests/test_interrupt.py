@@ -1,0 +1,81 @@
+"""Ctrl-C at a random moment: every in-process trainer exits 130 within seconds, one `error:` line, no
+traceback, no Pool process left behind (real processes, real SIGINT, many tries).
+
+    python -m pytest -q tests/test_interrupt.py -s      # -s prints each try's delay and exit time
+
+A terminal's Ctrl-C sends SIGINT to the whole foreground process group (the Pool processes too):
+`os.killpg`; a `kill -INT PID` reaches the parent alone: `os.kill`. Both are tried.
+"""
+import os
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+
+from procs import PY, no_group_left
+
+pytestmark = pytest.mark.slow  # real processes, waited on
+ENV = {**os.environ, "PARSGD_NO_DOWNLOAD": "1", "PYTHONUNBUFFERED": "1"}
+POOL = ["train", "--workers", "2", "--batch-size", "16", "--dataset", "synthetic", "--num-samples", "8192",
+        "--epochs", "50"]
+EXIT_WITHIN_S = 5.0
+
+
+def interrupt(tmp_path, args, started: str, delay: float, group: bool) -> float:
+    """Start `parsgd ARGS` in its own process group, wait until `started` is printed plus `delay` s, send
+    SIGINT; asserts exit 130 within EXIT_WITHIN_S, one `error: interrupted` line, and no process left."""
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with open(out, "wb") as fo, open(err, "wb") as fe:
+        proc = subprocess.Popen(PY + list(args) + ["--out", str(tmp_path / "run")], stdout=fo, stderr=fe,
+                                stdin=subprocess.DEVNULL, env=ENV, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while started not in out.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, err.read_text()
+            time.sleep(0.02)
+        assert started in out.read_text(), out.read_text()
+        time.sleep(delay)
+        assert proc.poll() is None, f"finished before the signal: {out.read_text()[-500:]}"
+        sent = time.monotonic()
+        (os.killpg if group else os.kill)(proc.pid, signal.SIGINT)
+        try:
+            status = proc.wait(EXIT_WITHIN_S)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"no exit within {EXIT_WITHIN_S} s of SIGINT ({delay:.2f} s in, "
+                                 f"{'killpg' if group else 'kill'}):\n{err.read_text()[-3000:]}") from None
+        took = time.monotonic() - sent
+        stderr = err.read_text()
+        assert status == 130, (status, stderr[-3000:])
+        assert "Traceback" not in stderr + out.read_text(), stderr[-3000:]
+        assert stderr.splitlines() == ["error: interrupted"], stderr[-3000:]
+        no_group_left(proc.pid)
+        return took
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_ctrl_c_on_the_pool_baseline_always_exits_130_at_once(tmp_path):
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    for i in range(10):
+        delay, group = rng.uniform(0.3, 2.5), i % 2 == 0
+        d = tmp_path / f"try{i}"
+        d.mkdir()
+        took = interrupt(d, POOL, "dataset:", delay, group)
+        print(f"\ntry {i} (seed {seed}): SIGINT by {'killpg' if group else 'kill'} {delay:.2f} s in, "
+              f"exit 130 after {took:.2f} s")
+
+
+def test_ctrl_c_on_the_sequential_trainer_exits_130(tmp_path):
+    args = [a if a != "2" else "1" for a in POOL]  # --workers 1
+    interrupt(tmp_path, args, "dataset:", random.uniform(0.3, 1.5), group=True)
+
+
+def test_ctrl_c_on_an_experiment_exits_130(tmp_path):
+    args = ["experiment", "--workers", "2", "--modes", "sequential,pool", "--quiet", *POOL[3:]]
+    args[args.index("--epochs") + 1] = "3"
+    interrupt(tmp_path, args, "pool P=2", random.uniform(0.3, 1.0), group=True)
