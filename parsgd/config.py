@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from parsgd.errors import UsageError
@@ -13,6 +14,9 @@ DATASETS = ("auto", "mnist", "fashion-mnist", "synthetic")
 DTYPES = ("float32", "float64")
 N_INPUTS = 784
 N_CLASSES = 10
+SEED_MAX = 2**64 - 1  # NumPy takes any seed >= 0; the WELCOME message carries it as a msgpack uint64
+HEARTBEAT_MIN_S = 1e-6  # the WELCOME message refuses a smaller heartbeat
+LIVENESS_MAX = 2**53 - 1  # ... and a larger liveness
 
 
 class ConfigError(UsageError, ValueError):
@@ -51,14 +55,16 @@ class RunConfig:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"--lr must be a finite number > 0, got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
         if not self.hidden:
             raise ConfigError("--hidden is empty: give at least one layer width, e.g. --hidden 256,128")
         if any(h < 1 for h in self.hidden):
             raise ConfigError(f"--hidden widths must be >= 1, got {','.join(map(str, self.hidden))}")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise ConfigError(f"--seed must be a whole number from 0 to 2**64-1 ({SEED_MAX}), got {self.seed}")
         if self.num_samples is not None and self.num_samples < 1:
             raise ConfigError(f"--num-samples must be at least 1, got {self.num_samples}")
         if self.workers < 1:
@@ -123,14 +129,17 @@ class ServerOptions:
     transport: str = "tcp"             # label recorded in the run: shm, tcp or ipc
 
     def __post_init__(self):
+        seconds = "a finite number > 0 seconds"  # NaN passes no comparison, inf would never time out
         for option, value, ok, allowed in (
-                ("--wait-timeout", self.wait_timeout_s, self.wait_timeout_s > 0, "> 0 seconds"),
-                ("--heartbeat", self.heartbeat_s, self.heartbeat_s > 0, "> 0 seconds"),
-                ("--liveness", self.liveness, self.liveness >= 1, "a whole number >= 1"),
-                ("--step-timeout", self.step_timeout_s, self.step_timeout_s > 0, "> 0 seconds"),
+                ("--wait-timeout", self.wait_timeout_s, self.wait_timeout_s > 0, seconds),
+                ("--heartbeat", self.heartbeat_s, self.heartbeat_s >= HEARTBEAT_MIN_S,
+                 f"{seconds}, at least {HEARTBEAT_MIN_S:g}"),
+                ("--liveness", self.liveness, 1 <= self.liveness <= LIVENESS_MAX,
+                 "a whole number >= 1 (at most 2**53-1)"),
+                ("--step-timeout", self.step_timeout_s, self.step_timeout_s > 0, seconds),
                 ("--checkpoint-every", self.checkpoint_every, self.checkpoint_every >= 0, "a step count >= 0"),
-                ("--register-timeout", self.register_timeout_s, self.register_timeout_s > 0, "> 0 seconds")):
-            if not ok or value != value:
+                ("--register-timeout", self.register_timeout_s, self.register_timeout_s > 0, seconds)):
+            if not ok or not (isinstance(value, int) or math.isfinite(value)):
                 raise ConfigError(f"{option} {value} is out of range: it must be {allowed}")
 
     @property

@@ -5,9 +5,11 @@ validated config classes (ConfigError, a parsgd.errors.UsageError): both exit 2 
 """
 from __future__ import annotations
 
+import math
+
 import click
 
-from parsgd.config import DATASETS, DTYPES, RunConfig, ServerOptions
+from parsgd.config import DATASETS, DTYPES, ConfigError, RunConfig, ServerOptions
 
 
 def parse_int_list(value, name: str) -> tuple[int, ...]:
@@ -24,6 +26,23 @@ def parse_int_list(value, name: str) -> tuple[int, ...]:
                 raise click.BadParameter(f"{tok!r} is not a whole number; write numbers like 2,4 or '2 4'",
                                          param_hint=name) from None
     return tuple(out)
+
+
+def check_range(option: str, value, ok: bool, allowed: str) -> None:
+    """Raises ConfigError `OPTION VALUE is out of range: it must be ALLOWED` (exit 2) unless `ok` and,
+    for a float, `value` is finite (NaN fails no `>` test by itself, so every float goes through here)."""
+    if not ok or (isinstance(value, float) and not math.isfinite(value)):
+        raise ConfigError(f"{option} {value} is out of range: it must be {allowed}")
+
+
+def no_repeats(values: tuple, name: str) -> tuple:
+    """`values` unchanged; raises ConfigError (exit 2) naming the first value given twice."""
+    seen = set()
+    for v in values:
+        if v in seen:
+            raise ConfigError(f"{name} {','.join(map(str, values))} gives {v} twice: give each value once")
+        seen.add(v)
+    return values
 
 
 def parse_str_list(value, choices, name: str) -> tuple[str, ...]:

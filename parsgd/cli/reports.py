@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from parsgd.cli.options import build_config, parse_int_list, parse_str_list, training_options
+from parsgd.cli.options import build_config, no_repeats, parse_int_list, parse_str_list, training_options
 
 
 @click.command()
@@ -20,23 +20,25 @@ from parsgd.cli.options import build_config, parse_int_list, parse_str_list, tra
 def experiment(workers, modes, transports, quiet, verbose, out, **opts):
     """Compare sequential, Pool and parameter-server training with one seed: table, report, plots."""
     from parsgd.jobs.experiment import MODES, run_experiment
-    from parsgd.jobs.launch import TRANSPORTS
+    from parsgd.jobs.launch import TRANSPORTS, check_ipc_room
     from parsgd.jobs.train import load_data
 
-    modes = parse_str_list(modes, MODES, "--modes")
+    modes = no_repeats(parse_str_list(modes, MODES, "--modes"), "--modes")
     if not modes:
         raise click.BadParameter(f"give at least one of {', '.join(MODES)}", param_hint="--modes")
-    transports = parse_str_list(transports, TRANSPORTS, "--transport")
+    transports = no_repeats(parse_str_list(transports, TRANSPORTS, "--transport"), "--transport")
     if "ps" in modes and not transports:
         raise click.BadParameter(f"give at least one of {', '.join(TRANSPORTS)}", param_hint="--transport")
     cfg = build_config(1, **opts)
-    workers_list = parse_int_list(workers, "--workers")
+    workers_list = no_repeats(parse_int_list(workers, "--workers"), "--workers")
     if set(modes) - {"sequential"} and not workers_list:
         raise click.BadParameter("give at least one worker count, e.g. --workers 2,4", param_hint="--workers")
     for p in workers_list:
         if not 1 <= p <= cfg.batch_size:
             raise click.BadParameter(f"{p} is out of range: each P must be between 1 and --batch-size "
                                      f"({cfg.batch_size})", param_hint="--workers")
+    if "ps" in modes and "ipc" in transports:
+        check_ipc_room()
     cfg, data = load_data(cfg, quiet)
     run_experiment(cfg, workers_list, modes, transports, out or "results", quiet=quiet, verbose=verbose, data=data)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 from click.core import ParameterSource
 
-from parsgd.cli.options import build_config, build_server_options, server_options, training_options
+from parsgd.cli.options import build_config, build_server_options, check_range, server_options, training_options
 
 
 @click.command()
@@ -17,6 +17,8 @@ def train(workers, blas_threads, out, **opts):
     """Train on one machine: sequentially, or with the Pool baseline (--workers P)."""
     from parsgd.jobs.train import run_training
 
+    if blas_threads is not None:
+        check_range("--blas-threads", blas_threads, blas_threads >= 1, "a whole number >= 1 (omit it for the default)")
     run_training(build_config(workers, **opts), out, blas_threads)
 
 
@@ -50,16 +52,20 @@ def server(ctx, bind, workers, wait_timeout, heartbeat, liveness, step_timeout, 
            register_timeout, resume, spec, out, **opts):
     """Run the parameter server: hold the weights, wait for workers, train."""
     from parsgd.jobs.serve import ServerSpec, run_server
+    from parsgd.ps.address import parse_endpoint
+    from parsgd.ps.sockets import refuse_open_bind
 
     if spec:
         _spec_alone(ctx)
         s = ServerSpec.read(spec)
         run_server(s.config, s.server, s.out, s.resume)
         return
+    endpoint = parse_endpoint(bind, "bind")  # before anything is loaded: a bad address is exit 2 at once
     sopts = build_server_options(wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, bind=bind,
                                  shm=shm, keys_dir=keys_dir, register_timeout_s=register_timeout,
-                                 transport="shm" if shm else bind.split("://")[0])
+                                 transport="shm" if shm else endpoint.scheme)
     cfg = None if resume else build_config(workers, **opts)
+    refuse_open_bind(bind, keys_dir)  # exit 1, also before loading
     run_server(cfg, sopts, out, resume)
 
 
@@ -75,10 +81,11 @@ def server(ctx, bind, workers, wait_timeout, heartbeat, liveness, step_timeout, 
 @click.option("--name", default="", help="A label for this worker in the server's log.")
 def worker(connect, connect_timeout, data_dir, keys_dir, faults, name):
     """Run a worker: take the config from the server, compute gradients until it says stop."""
+    from parsgd.ps.address import parse_endpoint
     from parsgd.ps.worker import Worker, WorkerOptions
 
-    if connect_timeout <= 0:
-        raise click.BadParameter(f"{connect_timeout} must be > 0", param_hint="--connect-timeout")
+    parse_endpoint(connect, "connect")
+    check_range("--connect-timeout", connect_timeout, connect_timeout > 0, "a finite number > 0 seconds")
     w = Worker(WorkerOptions(connect=connect, connect_timeout_s=connect_timeout, data_dir=data_dir,
                              keys_dir=keys_dir, faults=faults, name=name))
     return w.run()
@@ -100,12 +107,17 @@ def launch(workers, transport, wait_timeout, heartbeat, liveness, step_timeout, 
            faults, resume, out, **opts):
     """Start a parameter server and N workers on this machine; stop them all on exit."""
     from parsgd.jobs.launch import launch as run_launch
+    from parsgd.data.load import check_num_samples
+    from parsgd.jobs.launch import check_ipc_room
     from parsgd.ps.faults import parse_launch_faults
 
     sopts = build_server_options(wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every)
-    if restart_workers < 0:
-        raise click.BadParameter(f"{restart_workers} is negative", param_hint="--restart-workers")
+    check_range("--restart-workers", restart_workers, restart_workers >= 0, "a whole number >= 0 (restarts in all)")
     cfg = build_config(workers, **opts)
+    if transport == "ipc":
+        check_ipc_room()  # TMPDIR short enough for the socket path launch makes there
+    if not resume:
+        check_num_samples(cfg.dataset, cfg.data_dir, cfg.num_samples)  # the server child would refuse it
     per_worker = parse_launch_faults(faults, workers)
     return run_launch(cfg, sopts, transport, out, resume=resume, worker_faults=per_worker,
                       restart_workers=restart_workers)

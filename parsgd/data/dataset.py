@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from parsgd.errors import UserError
+from parsgd.errors import UsageError, UserError
 
 # Streams of stream_rng(seed, k). They differ from epoch_order's [seed, epoch] in length and in the
 # 0xDA7A word, so no data stream ever repeats an epoch's permutation.
@@ -23,6 +23,10 @@ STREAM_SUBSAMPLE, STREAM_SYNTHETIC_TRAIN, STREAM_SYNTHETIC_TEST = 1, 2, 3
 
 class DataError(UserError):
     """A dataset cannot be found, read or downloaded; the one-line message names the file and the fix."""
+
+
+class TooManySamples(DataError, UsageError):
+    """--num-samples asks for more training rows than the dataset has; the message names its size (exit 2)."""
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from parsgd.data.dataset import STREAM_SUBSAMPLE, DataError, Dataset, stream_rng
+from parsgd.data.dataset import STREAM_SUBSAMPLE, DataError, Dataset, TooManySamples, stream_rng
 
 SET_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",  # each as .gz, or un-gzipped
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -83,6 +83,21 @@ def write_idx(path, array) -> None:
     Path(path).write_bytes(gzip.compress(data, mtime=0) if str(path).endswith(".gz") else data)
 
 
+def idx_rows(path) -> int | None:
+    """The first dimension in the header of the IDX file at `path` (raw or gzip), i.e. its number of
+    rows, from its first 8 bytes only; None if it cannot be read or is not IDX (load_folder says why)."""
+    try:
+        with open(path, "rb") as f:
+            gz = f.read(2) == b"\x1f\x8b"
+            f.seek(0)
+            head = (gzip.GzipFile(fileobj=f) if gz else f).read(8)
+    except (OSError, EOFError, zlib.error):
+        return None
+    if len(head) < 8 or head[:2] != b"\0\0" or head[2] not in _IDX_TYPES or not head[3]:
+        return None
+    return int.from_bytes(head[4:8], "big")
+
+
 def idx_file(folder: Path, stem: str) -> Path | None:
     """folder/stem.gz, else folder/stem, else None."""
     return next((p for p in (folder / f"{stem}.gz", folder / stem) if p.is_file()), None)
@@ -124,8 +139,8 @@ def load_folder(name: str, folder: Path, num_samples, seed: int, dtype) -> Datas
     x_test, y_test = _read_split(folder, *SET_FILES[2:])
     if num_samples is not None:
         if num_samples > len(y_train):
-            raise DataError(f"--num-samples {num_samples} is more than the {len(y_train)} rows of the {name} "
-                            f"training set: use at most {len(y_train)}")
+            raise TooManySamples(f"--num-samples {num_samples} is more than the {len(y_train)} rows of the "
+                                 f"{name} training set: use at most {len(y_train)}")
         rows = np.sort(stream_rng(seed, STREAM_SUBSAMPLE).choice(len(y_train), num_samples, replace=False))
         x_train, y_train = x_train[rows], y_train[rows]
     x_train, x_test = np.divide(x_train, 255, dtype=dtype), np.divide(x_test, 255, dtype=dtype)

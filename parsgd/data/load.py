@@ -14,11 +14,12 @@ import os
 from pathlib import Path
 
 from parsgd.data import mnist
-from parsgd.data.dataset import DataError, Dataset, default_data_dir, float_dtype
-from parsgd.data.idx import find_set, load_folder
+from parsgd.data.dataset import DataError, Dataset, TooManySamples, default_data_dir, float_dtype
+from parsgd.data.idx import SET_FILES, find_set, idx_file, idx_rows, load_folder
 from parsgd.data.synthetic import SYNTHETIC_TEST, SYNTHETIC_TRAIN, make_synthetic
 
 FASHION_SYSTEM_DIRS = ("/usr/share/datasets/fashion-mnist",)  # Debian package dataset-fashion-mnist
+MNIST_TRAIN = 60_000  # rows of the downloaded MNIST training set (its files are pinned by SHA256)
 
 
 def load_dataset(name="auto", data_dir=None, num_samples=None, seed=42, dtype="float32", log=None) -> Dataset:
@@ -37,8 +38,7 @@ def load_dataset(name="auto", data_dir=None, num_samples=None, seed=42, dtype="f
     """
     log, dtype = log or (lambda line: None), float_dtype(dtype)
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
-    if num_samples is not None and num_samples < 1:
-        raise DataError(f"--num-samples must be at least 1, got {num_samples}")
+    check_num_samples(name, data_dir, num_samples)
 
     def done(data: Dataset, how: str, why: str = "") -> Dataset:
         log(f"dataset: {data.name} {how} ({len(data.y_train)} train / {len(data.y_test)} test rows){why}")
@@ -77,3 +77,42 @@ def load_dataset(name="auto", data_dir=None, num_samples=None, seed=42, dtype="f
             raise
         return done(synthetic(), "generated", f", because no MNIST or Fashion-MNIST is available here: {exc}")
     return done(from_folder("mnist", folder), f"downloaded into {folder}")
+
+
+def train_rows(name="auto", data_dir=None) -> tuple[str, int] | None:
+    """(what, rows): the training rows of the set load_dataset(name, data_dir) would load, read from
+    file headers only (nothing is loaded or generated), and a few words naming that set; None when
+    that cannot be told (an unknown name, no Fashion-MNIST, a broken file: load_dataset says why)."""
+    if name == "synthetic":
+        return "built-in synthetic set", SYNTHETIC_TRAIN
+    if name not in ("auto", "mnist", "fashion-mnist"):
+        return None
+    root = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    for kind, places in (("mnist", [root / "mnist", root]),
+                         ("fashion-mnist", [root / "fashion-mnist", *map(Path, FASHION_SYSTEM_DIRS)])):
+        folder = find_set(places) if name in ("auto", kind) else None
+        if folder:
+            rows = idx_rows(idx_file(folder, SET_FILES[1]))
+            return (f"{kind} set in {folder}", rows) if rows is not None else None
+    if name == "fashion-mnist":
+        return None
+    if name == "mnist":  # to be downloaded
+        return "MNIST set", MNIST_TRAIN
+    return "MNIST or synthetic set", min(MNIST_TRAIN, SYNTHETIC_TRAIN)  # auto: a download, else synthetic
+
+
+def check_num_samples(name="auto", data_dir=None, num_samples=None) -> None:
+    """Refuses a `num_samples` the dataset cannot give, before anything is loaded or generated.
+
+    Raises DataError for num_samples < 1, TooManySamples (exit 2) naming the set and its size when
+    num_samples is more than train_rows(name, data_dir) says it has.
+    """
+    if num_samples is None:
+        return
+    if num_samples < 1:
+        raise DataError(f"--num-samples must be at least 1, got {num_samples}")
+    known = train_rows(name, data_dir)
+    if known is not None and num_samples > known[1]:
+        what, rows = known
+        raise TooManySamples(f"--num-samples {num_samples} is more than the {rows} training rows of the {what}: "
+                             f"use at most {rows}")

@@ -27,12 +27,14 @@ import click
 from parsgd.config import ConfigError, RunConfig, ServerOptions
 from parsgd.errors import UserError
 from parsgd.jobs.serve import ADDRESS_FILE, ServerSpec
+from parsgd.ps.address import IPC_PATH_MAX, EndpointError
 
 ADDRESS_TIMEOUT_S = 60.0      # how long the server may take to load data and bind
 WORKER_EXIT_GRACE_S = 10.0    # after the server is done, workers get this long to exit by themselves
 TERM_GRACE_S = 3.0            # after SIGTERM, children get this long before SIGKILL
 TRANSPORTS = ("shm", "tcp", "ipc")
 SPEC_FILE = "server-spec.json"  # in the launcher's private temp folder
+IPC_SOCKET = "server.sock"      # --transport ipc: the server's socket, beside the spec
 
 
 class LaunchError(UserError):
@@ -104,6 +106,18 @@ def _wait_for_address(path: Path, server: Child) -> str:
     raise LaunchError(f"the server did not start listening within {ADDRESS_TIMEOUT_S:g} s")
 
 
+def check_ipc_room() -> None:
+    """Raises EndpointError (exit 2) when TMPDIR is so long that the ipc socket path launch makes
+    there (TMPDIR/parsgd-XXXXXXXX/server.sock, from mkdtemp) would not fit in IPC_PATH_MAX bytes."""
+    tmpdir = tempfile.gettempdir()
+    path = os.path.join(tmpdir, "parsgd-" + "x" * 8, IPC_SOCKET)  # mkdtemp adds 8 random characters
+    size = len(os.fsencode(path))
+    if size > IPC_PATH_MAX:
+        raise EndpointError(f"--transport ipc: the socket path would be {size} bytes ({tmpdir}/parsgd-XXXXXXXX/"
+                            f"{IPC_SOCKET}), more than the {IPC_PATH_MAX} an ipc path may have: set TMPDIR to a "
+                            "shorter folder (e.g. TMPDIR=/tmp) or use --transport tcp")
+
+
 def launch(cfg: RunConfig, opts: ServerOptions, transport: str = "shm", out=None, resume=None,
            worker_faults: dict[int, str] | None = None, restart_workers: int = 0, echo=click.echo) -> int:
     """Runs a whole parameter-server job on this machine; returns the server's exit status (130 if interrupted).
@@ -116,19 +130,21 @@ def launch(cfg: RunConfig, opts: ServerOptions, transport: str = "shm", out=None
     (see parsgd.ps.faults.parse_launch_faults); `restart_workers`: restarts allowed in all.
     Every child line goes to `echo`, prefixed by its role.
 
-    Raises ConfigError (unknown transport), OutputDirError (`out` unusable) and LaunchError (the
-    server exited, or did not listen, within ADDRESS_TIMEOUT_S).
+    Raises ConfigError (unknown transport), EndpointError (ipc with too long a TMPDIR), OutputDirError
+    (`out` unusable) and LaunchError (the server exited, or did not listen, within ADDRESS_TIMEOUT_S).
     """
     from parsgd.training.rundir import default_out, prepare_dir
 
     if transport not in TRANSPORTS:
         raise ConfigError(f"unknown transport {transport!r}: use one of {', '.join(TRANSPORTS)}")
+    if transport == "ipc":
+        check_ipc_room()
     workers = cfg.workers
     out = prepare_dir(resume or out or default_out("ps", workers))
     py = [sys.executable, "-m", "parsgd"]
     (out / ADDRESS_FILE).unlink(missing_ok=True)
     tmp = tempfile.mkdtemp(prefix="parsgd-")  # 0700: an ipc socket and the spec here are ours alone
-    bind = f"ipc://{tmp}/server.sock" if transport == "ipc" else "tcp://127.0.0.1:*"
+    bind = f"ipc://{tmp}/{IPC_SOCKET}" if transport == "ipc" else "tcp://127.0.0.1:*"
     spec = ServerSpec(config=None if resume else cfg, out=str(out), resume=str(out) if resume else None,
                       server=dataclasses.replace(opts, bind=bind, shm=transport == "shm", transport=transport))
     children: list[Child] = []

@@ -15,6 +15,7 @@ splits such a schedule into one worker --faults text per worker.
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -31,6 +32,12 @@ class FaultSpecError(UsageError, ValueError):
 ONCE = ("kill", "crash", "stop", "hang", "nan")
 RATES = ("drop", "dup", "delay")
 HELP = "kill@STEP, crash@STEP, stop@STEP:SECONDS, hang@STEP:SECONDS, nan@STEP, drop=P, dup=P, delay=P:SECONDS, seed=N"
+RANGES = "STEP is a whole number >= 0, SECONDS a finite number >= 0, P a probability in [0, 1]"
+
+
+def _seconds(x: float) -> bool:
+    """A duration time.sleep takes: finite and >= 0 (NaN, inf and negatives raise there, mid-run)."""
+    return math.isfinite(x) and x >= 0
 
 
 class FaultPlan:
@@ -50,7 +57,10 @@ class FaultPlan:
                     step, _, secs = when.partition(":")
                     if kind not in ONCE:
                         raise ValueError
-                    at[int(step.removeprefix("step"))] = (kind, float(secs.rstrip("s") or 0))
+                    step, secs = int(step.removeprefix("step")), float(secs.rstrip("s") or 0)
+                    if step < 0 or not _seconds(secs):
+                        raise FaultSpecError(f"bad --faults item {item!r}: {RANGES}")
+                    at[step] = (kind, secs)
                 else:
                     kind, _, value = item.partition("=")
                     if kind == "seed":
@@ -58,10 +68,12 @@ class FaultPlan:
                     elif kind in RATES:
                         p, _, secs = value.partition(":")
                         rates[kind] = (float(p), float(secs.rstrip("s") or 0))
-                        if not 0 <= rates[kind][0] <= 1:
-                            raise ValueError
+                        if not (0 <= rates[kind][0] <= 1 and _seconds(rates[kind][1])):
+                            raise FaultSpecError(f"bad --faults item {item!r}: {RANGES}")
                     else:
                         raise ValueError
+            except FaultSpecError:
+                raise
             except ValueError:
                 raise FaultSpecError(f"bad --faults item {item!r}: use {HELP}") from None
         plan = cls(at, rates, seed, echo, stream)

@@ -10,14 +10,13 @@ DIR/authorized/*.key: the worker public keys the server accepts (the ZAP allowli
 """
 from __future__ import annotations
 
-import ipaddress
 import os
 import shutil
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import zmq
 from parsgd.errors import UserError
+from parsgd.ps.address import EndpointError, parse_endpoint
 
 HWM = 16
 HANDSHAKE_IVL_MS = 5000
@@ -37,19 +36,21 @@ class KeysError(UserError):
 
 
 def is_loopback(address: str) -> bool:
-    """True for ipc://, inproc:// and tcp:// on 127.0.0.0/8, ::1 or localhost."""
-    scheme = address.split("://", 1)[0]
-    if scheme in ("ipc", "inproc"):
-        return True
-    if scheme != "tcp":
-        return False
-    host = urlsplit(address).hostname or ""
-    if host == "localhost":
+    """True for ipc://, inproc:// and tcp:// on 127.0.0.0/8, ::1 or localhost; False for anything else,
+    a malformed address included (parsgd.ps.address.parse_endpoint says what is wrong with it)."""
+    if address.startswith("inproc://"):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # '*', an interface name or a host name
+        return parse_endpoint(address, "bind", filesystem=False).is_loopback
+    except EndpointError:
         return False
+
+
+def refuse_open_bind(bind: str, keys_dir) -> None:
+    """Raises BindError (exit 1) when a well-formed `bind` is not loopback and there are no keys."""
+    if not keys_dir and not is_loopback(bind):
+        raise BindError(f"--bind {bind} is not a loopback address: binding it needs CURVE keys "
+                        "(`parsgd keygen DIR`, then --keys DIR on the server and the workers)")
 
 
 def _common(sock: zmq.Socket, max_frame_bytes: int) -> None:
@@ -72,10 +73,10 @@ def configure_router(ctx: zmq.Context, sock: zmq.Socket, opts, max_frame_bytes: 
     # HTTP request, junk) counts as a finished 1.0 handshake: HANDSHAKE_IVL no longer applies and
     # the junk is parsed into messages. Without a ZAP handler (no --keys) NULL peers pass as before.
     sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+    if parse_endpoint(opts.bind, "bind", filesystem=False).ipv6:  # EndpointError (exit 2) if malformed
+        sock.setsockopt(zmq.IPV6, 1)
     if not opts.keys_dir:
-        if not is_loopback(opts.bind):
-            raise BindError(f"--bind {opts.bind} is not a loopback address: binding it needs CURVE keys "
-                             "(`parsgd keygen DIR`, then --keys DIR on the server and the workers)")
+        refuse_open_bind(opts.bind, None)
         return None
     from zmq.auth.thread import ThreadAuthenticator
     keys = Path(opts.keys_dir)
@@ -90,6 +91,15 @@ def configure_router(ctx: zmq.Context, sock: zmq.Socket, opts, max_frame_bytes: 
     sock.curve_secretkey, sock.curve_publickey = secret, public
     sock.curve_server = True
     return auth
+
+
+def dealer_context(connect: str) -> zmq.Context:
+    """A context for the worker's sockets: linger 0, and IPv6 on when `connect` has an IPv6 host
+    (libzmq's default is IPv4 only). Raises EndpointError (exit 2) if `connect` is malformed."""
+    ctx = zmq.Context()
+    ctx.linger = 0
+    ctx.ipv6 = parse_endpoint(connect, "connect").ipv6
+    return ctx
 
 
 def configure_dealer(sock: zmq.Socket, max_frame_bytes: int, keys_dir: str | None) -> None:
