@@ -7,6 +7,7 @@ Figures draw on an Agg canvas without pyplot, so they are plain objects with not
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from matplotlib.figure import Figure
 
 from parsgd.analysis.report import describe_config
 from parsgd.analysis.rundirs import Run, load_run
+from parsgd.files import ensure_dir, write_file
 
 DPI = 100
 FIGSIZE = (8, 5)          # loss, accuracy, epoch_time, speedup: 800 x 500 px
@@ -44,12 +46,14 @@ def marker_style(i: int, n: int) -> dict:
 def save_png(fig: Figure, path) -> Path:
     """Write `fig` as a PNG at DPI to `path` (str or Path), creating its folders; returns the Path.
 
-    Raises OSError if the file cannot be written.
+    Rendered in memory, then written with parsgd.files.write_file (atomically; a device in place).
+    Raises WriteError (`cannot write PATH: REASON; FIX`) if the folder or the file cannot be written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    return path
+    ensure_dir(path.parent)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return write_file(path, buf.getvalue())
 
 
 def as_run(run) -> Run:

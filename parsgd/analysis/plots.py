@@ -4,8 +4,9 @@
 
 Sizes, fonts, markers and saving live in figures.py. `runs` arguments are lists of loaded Runs
 unless a docstring says paths are accepted too; `path` is the PNG to write (str or Path, folders
-created). Every plot function returns the Path(s) it wrote and raises OSError when a PNG cannot
-be written.
+created). Every plot function returns the Path(s) it wrote and raises WriteError when a PNG cannot
+be written. A value that is null in a run's files (an empty test split's accuracy, a loss that was
+not finite) is a gap in its curve, and the figure says so instead of drawing an empty axis.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from matplotlib.ticker import MaxNLocator
 # DPI and the figure sizes are imported so that callers can read the PNG size off this module.
 from parsgd.analysis.figures import (DPI, FIGSIZE, FONTS, WIDE_FIGSIZE, WIDE_FONTS,  # noqa: F401
                                      as_run, figure_title, marker_style, new_figure, run_labels, save_png)
-from parsgd.analysis.report import comm_breakdown, with_baseline
+from parsgd.analysis.report import comm_breakdown, number, with_baseline
 from parsgd.analysis.rundirs import CommSpans, Run, RunDirError
 from parsgd.ps.protocol import SPANS
 
@@ -39,10 +40,21 @@ def _same_as(runs: list[Run], labels: list[str], fields) -> list[str | None]:
     for i, run in enumerate(runs):
         values = [run.column(f) for f in fields]
         match = next((labels[j] for j in range(i) if all(
-            len(v) == len(runs[j].metrics) and np.allclose(v, runs[j].column(f), rtol=1e-6, atol=0)
+            len(v) == len(runs[j].metrics) and np.allclose(v, runs[j].column(f), rtol=1e-6, atol=0, equal_nan=True)
             for v, f in zip(values, fields))), None)
         same.append(match)
     return same
+
+
+def _gaps(runs: list[Run], fields) -> str | None:
+    """Which fields have epochs without a value (null or not finite) and why, or None if none has."""
+    counts = {f: (sum(int(np.isnan(r.column(f)).sum()) for r in runs), sum(len(r.metrics) for r in runs))
+              for f in fields}
+    parts = [f"{f.replace('_', ' ')}: {n} of {total} epochs" for f, (n, total) in counts.items() if n]
+    if not parts:
+        return None
+    return "\n".join(["missing values (gaps):", *parts, "null in metrics.jsonl: an empty",
+                      "test split, or a value that", "was not finite (NaN, Inf)"])
 
 
 @rc_context(FONTS)
@@ -61,8 +73,16 @@ def _per_epoch(runs, path, what, fields, ylabel) -> Path:
     if len(fields) == 2:
         handles += [Line2D([], [], color="gray", ls="-", label=fields[0].replace("_", " ")),
                     Line2D([], [], color="gray", ls="--", label=fields[1].replace("_", " "))]
-    note = "identical curves overlap:\nmarkers nest, smallest on top" if any(same) else None
+    gaps = _gaps(runs, fields)
+    notes = ["identical curves overlap:\nmarkers nest, smallest on top" if any(same) else None, gaps]
+    note = "\n\n".join(n for n in notes if n) or None
     ax.legend(handles=handles, title=note, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if gaps and not any(np.isfinite(run.column(f)).any() for run in runs for f in fields):
+        ax.text(0.5, 0.5, f"nothing to draw: no run has a value of {' or '.join(fields)}\n"
+                "(null in metrics.jsonl: an empty test split, or values that were not finite)",
+                ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlim(0.5, max(len(run.metrics) for run in runs) + 0.5)
+        ax.set_yticks([])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
@@ -91,17 +111,25 @@ def plot_speedup(runs: list[Run], baseline: Run, path) -> Path:
     """Speedup T_baseline / T_run (summary.json total_time_s) against P, one line per mode/transport.
 
     Standard definition of speedup; the dashed ideal line is linear scaling, speedup = P.
-    The baseline itself is skipped in `runs`. Returns Path(path); OSError if it cannot be written.
+    The baseline itself is skipped in `runs`. Returns Path(path); WriteError if it cannot be written.
     """
     fig, axes = new_figure(FIGSIZE)
     ax = axes[0, 0]
-    base_total_s = float(baseline.summary["total_time_s"])
+    base_total_s = number(baseline.summary["total_time_s"])
     series: dict[str, list[tuple[int, float]]] = {}
+    skipped = []  # no finite, non-zero total time: no speedup to draw
     for run in runs:
         if run is baseline:
             continue
         key = run.mode + (f" {run.transport}" if run.transport else "")
-        series.setdefault(key, []).append((run.workers, base_total_s / float(run.summary["total_time_s"])))
+        total_s = number(run.summary["total_time_s"])
+        if base_total_s is None or not total_s:
+            skipped.append(run.label)
+            continue
+        series.setdefault(key, []).append((run.workers, base_total_s / total_s))
+    if skipped:
+        ax.text(0.5, 0.02, f"left out, no finite total time (null in summary.json): {', '.join(skipped)}",
+                ha="center", va="bottom", transform=ax.transAxes)
     ps = sorted({1, *(p for pts in series.values() for p, _ in pts)})
     ax.plot(ps, ps, "k--", lw=1, label="ideal (speedup = P)")
     ax.axhline(1.0, color="gray", ls=":", lw=1, label=f"{baseline.label} baseline")
@@ -120,8 +148,8 @@ def plot_speedup(runs: list[Run], baseline: Run, path) -> Path:
 
 def _epoch_shares(run: Run) -> dict[str, float]:
     """compute / communication / other as shares of the summed epoch wall time (metrics.jsonl)."""
-    total_s = run.column("epoch_time_s").sum()
-    compute_s, comm_s = run.column("compute_s").sum(), run.column("comm_s").sum()
+    total_s = np.nansum(run.column("epoch_time_s"))  # null (NaN) epochs left out
+    compute_s, comm_s = np.nansum(run.column("compute_s")), np.nansum(run.column("comm_s"))
     denom_s = max(total_s, compute_s + comm_s)  # parallel workers' compute can exceed wall time
     if denom_s <= 0:
         return {"compute": 0.0, "communication": 0.0, "other": 1.0}
@@ -150,7 +178,7 @@ def _stacked(ax, names, shares: list[dict], colors: dict, xlabel: str, title: st
 
 @rc_context(WIDE_FONTS)
 def plot_comm_overhead(runs: list[Run], path) -> Path:
-    """Two panels of % bars; returns Path(path). Raises RunDirError if a comm.jsonl is corrupt, OSError.
+    """Two panels of % bars; returns Path(path). Raises RunDirError if a comm.jsonl is corrupt, WriteError.
 
     Left: compute / communication / other share of each run's epoch time (metrics.jsonl);
     right: span categories per role of the PS runs (report.comm_breakdown).
@@ -200,9 +228,11 @@ def _step_starts_s(comm: CommSpans, steps, mask) -> np.ndarray:
 def _draw_timeline(ax, run: Run, max_steps: int) -> None:
     comm = run.comm
     steps = timeline_steps(comm, max_steps)
-    mask = np.isin(comm.step, steps)
+    mask = np.isin(comm.step, steps) & np.isfinite(comm.t_s + comm.dur_s)  # a null time is no span
+    steps = steps[np.isin(steps, comm.step[mask])]
     if not mask.any():
-        ax.text(0.5, 0.5, "no step spans in comm.jsonl", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no step spans with finite times in comm.jsonl", ha="center", va="center",
+                transform=ax.transAxes)
         return
     starts_s = _step_starts_s(comm, steps, mask)
     t0_s = starts_s[0]
@@ -251,7 +281,7 @@ def plot_step_timeline(runs, path, max_steps: int = TIMELINE_STEPS) -> Path:
     """Gantt chart (ms on x, one row per server/worker) of the timeline_steps of PS runs' comm.jsonl.
 
     `runs`: one Run or run-dir path, or a list of them (one panel each, stacked). Returns Path(path).
-    Raises RunDirError when a run cannot be loaded or has no comm.jsonl (not a PS run); OSError.
+    Raises RunDirError when a run cannot be loaded or has no comm.jsonl (not a PS run); WriteError.
     """
     runs = [as_run(r) for r in (runs if isinstance(runs, (list, tuple)) else [runs])]
     for run in runs:
@@ -270,7 +300,7 @@ def plot_experiment(runs, baseline, out_dir) -> list[Path]:
 
     `runs`: Run objects or run-dir paths of every configuration; `baseline`: the sequential one
     (added to runs if missing). Returns the five paths in that order. Raises RunDirError when a
-    path is not a loadable run directory, OSError when out_dir cannot be written.
+    path is not a loadable run directory, WriteError when out_dir cannot be written.
     """
     baseline = as_run(baseline)
     runs = with_baseline([as_run(r) for r in runs], baseline)
@@ -287,7 +317,7 @@ def plot_runs(run_dirs, out_dir=None) -> list[Path]:
     run is a parameter-server run, step_timeline (one panel per PS run) and comm_overhead.
     out_dir None: the run directory itself for one run, else the current directory.
     Returns the PNG paths in that order. Raises ValueError for no run_dirs, RunDirError when one
-    is not a loadable run directory, OSError when the output folder cannot be written.
+    is not a loadable run directory, WriteError when the output folder cannot be written.
     """
     runs = [as_run(r) for r in run_dirs]
     if not runs:

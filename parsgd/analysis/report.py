@@ -7,13 +7,19 @@ print(format_table(comparison_rows(rs, rs[0])))"
 
 Speedup and efficiency use the standard definitions (those of Amdahl's-law analyses):
 speedup S(P) = T_seq / T_P and efficiency E(P) = S(P) / P, T being total training wall time.
+A value a run does not have (null in its files: the accuracy of an empty test split, a loss that was
+not finite) is None in the rows, "-" in the table, and the report says why (`missing_notes`).
 """
 from __future__ import annotations
 
 import datetime as _dt
+import math
 from pathlib import Path
 
+import numpy as np
+
 from parsgd.analysis.rundirs import Run
+from parsgd.files import ensure_dir, write_file
 
 # Span names of comm.jsonl grouped into what the report calls them.
 CATEGORIES = {"serialize": ("serialize",), "transfer": ("send", "recv"), "wait": ("wait",),
@@ -28,6 +34,31 @@ COLUMNS = [("run", "run", "{}"), ("P", "P", "{:d}"), ("total_s", "total s", "{:.
            ("test_loss", "test loss", "{:.4f}"), ("comm_share", "comm %", "{:.1%}"),
            ("bytes_per_step", "KB/step", "{:.1f}")]
 _SCALE = {"bytes_per_step": 1e-3}
+# Why a column of the comparison table can be "-" (the value is null or not finite in the run's files).
+MISSING_WHY = {
+    "test_acc": "the test split is empty, or the value was not finite (written as null)",
+    "test_loss": "the test split is empty, or the value was not finite (written as null)",
+    "train_acc": "the value was not finite (written as null)",
+    "train_loss": "the value was not finite, e.g. the run diverged (written as null)",
+    "total_s": "no finite training time was recorded",
+    "s_per_epoch": "no finite epoch time was recorded",
+    "speedup": "it needs a finite, non-zero total time of this run and of the baseline",
+}
+
+
+def number(value) -> float | None:
+    """`value` as a float, or None when it is missing: None (null in a file), NaN, +-Infinity, not a number."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _final(run: Run, name: str) -> float | None:
+    """summary.json final_NAME, else the last epoch's NAME; None when neither has a finite value."""
+    v = number(run.summary.get(f"final_{name}"))
+    return v if v is not None else number(run.metrics[-1].get(name))
 
 
 def with_baseline(runs: list[Run], baseline: Run) -> list[Run]:
@@ -43,27 +74,27 @@ def comparison_rows(runs: list[Run], baseline: Run) -> list[dict]:
     total_time_s in seconds; None when T_run is 0); s_per_epoch is the mean of metrics.jsonl
     epoch_time_s (s); bytes_per_step is (sent + received) / steps (None without a step count).
     """
-    base_total_s = float(baseline.summary["total_time_s"])
+    base_total_s = number(baseline.summary["total_time_s"])
     rows = []
     for run in with_baseline(runs, baseline):
-        s, last = run.summary, run.metrics[-1]
-        total_s, p = float(s["total_time_s"]), run.workers
-        speedup = base_total_s / total_s if total_s > 0 else None
-        comm_share = s.get("comm_share")
+        s = run.summary
+        total_s, p = number(s["total_time_s"]), run.workers
+        speedup = base_total_s / total_s if base_total_s is not None and total_s else None
+        comm_share = number(s.get("comm_share"))
         if comm_share is None:
-            busy_s = run.column("comm_s").sum() + run.column("compute_s").sum()
-            comm_share = float(run.column("comm_s").sum() / busy_s) if busy_s > 0 else 0.0
+            busy_s = np.nansum(run.column("comm_s")) + np.nansum(run.column("compute_s"))
+            comm_share = float(np.nansum(run.column("comm_s")) / busy_s) if busy_s > 0 else 0.0
         steps = s.get("steps")
-        moved = float(run.column("bytes_sent").sum() + run.column("bytes_recv").sum())
+        moved = float(np.nansum(run.column("bytes_sent")) + np.nansum(run.column("bytes_recv")))
+        epoch_s = run.column("epoch_time_s")
+        epoch_s = epoch_s[np.isfinite(epoch_s)]
         rows.append({
             "run": run.label, "mode": run.mode, "transport": run.transport, "P": p,
-            "total_s": total_s, "s_per_epoch": float(run.column("epoch_time_s").mean()),
+            "total_s": total_s, "s_per_epoch": float(epoch_s.mean()) if epoch_s.size else None,
             "speedup": speedup, "efficiency": speedup / p if speedup is not None else None,
-            "train_acc": float(s.get("final_train_acc", last["train_acc"])),
-            "test_acc": float(s.get("final_test_acc", last["test_acc"])),
-            "train_loss": float(s.get("final_train_loss", last["train_loss"])),
-            "test_loss": float(s.get("final_test_loss", last["test_loss"])),
-            "comm_share": float(comm_share),
+            "train_acc": _final(run, "train_acc"), "test_acc": _final(run, "test_acc"),
+            "train_loss": _final(run, "train_loss"), "test_loss": _final(run, "test_loss"),
+            "comm_share": comm_share,
             "bytes_per_step": moved / steps if steps else None,
             "steps": steps, "path": str(run.path)})
     return rows
@@ -131,6 +162,14 @@ def format_table(rows: list[dict], columns=None) -> str:
     return "\n".join(out + [line(r) for r in cells])
 
 
+def missing_notes(rows: list[dict]) -> list[str]:
+    """One line per run and column of MISSING_WHY whose value is None in `rows` (comparison_rows),
+    saying why the table shows "-" there; [] when nothing is missing."""
+    headers = {key: header for key, header, _ in COLUMNS}
+    return [f"  {row['run']}: no {headers[key]}: {why}" for row in rows
+            for key, why in MISSING_WHY.items() if key in row and row[key] is None]
+
+
 def describe_config(config: dict, dataset: str | None = None) -> str:
     """One line naming the training configuration (also the plots' subtitle).
 
@@ -159,9 +198,9 @@ def _comm_section(run: Run) -> list[str]:
     if not bd:
         return out + ["  no communication log in this run directory", ""]
     steps = run.summary.get("steps")
-    total_s = float(run.summary["total_time_s"])
+    total_s = number(run.summary["total_time_s"]) or 0.0
     if steps:
-        moved = run.column("bytes_sent").sum() + run.column("bytes_recv").sum()
+        moved = np.nansum(run.column("bytes_sent")) + np.nansum(run.column("bytes_recv"))
         out.append(f"  {steps} steps, {1e3 * total_s / steps:.2f} ms wall time per step, "
                    f"{moved / steps / 1e3:.1f} KB moved per step, "
                    f"comm share {float(run.summary.get('comm_share') or 0):.1%}")
@@ -205,11 +244,10 @@ def write_report(out_dir, runs: list[Run], baseline: Run, config=None, machine: 
     `runs`: the loaded runs (the baseline is added first if missing); `baseline`: the run speedups
     are relative to. `config`: the RunConfig (or its dict) the experiment used; default: the
     baseline's config.json. `machine`: {"cores", "blas", "platform"} (rundir.machine_info());
-    default: the baseline's. Creates out_dir if needed. Raises OSError if the file cannot be
+    default: the baseline's. Creates out_dir if needed. Raises WriteError if the file cannot be
     written, RunDirError if a run's comm.jsonl is corrupt.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = ensure_dir(out_dir)
     if config is None:
         config = baseline.config
     elif hasattr(config, "to_dict"):
@@ -218,6 +256,8 @@ def write_report(out_dir, runs: list[Run], baseline: Run, config=None, machine: 
     versions = baseline.meta.get("versions", {})
     runs = with_baseline(runs, baseline)
     ps_runs = [r for r in runs if r.mode == "ps" or r.has_comm]
+    rows = comparison_rows(runs, baseline)
+    notes = missing_notes(rows)
     now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     lines = [
         "parsgd experiment report", "=" * 24,
@@ -228,13 +268,12 @@ def write_report(out_dir, runs: list[Run], baseline: Run, config=None, machine: 
         f"BLAS:          {describe_blas(machine)}",
         "versions:      " + (", ".join(f"{k} {v}" for k, v in versions.items()) or "unknown"),
         f"runs:          {', '.join(str(r.path) for r in runs)}",
-        "", "Comparison", "-" * 10, format_table(comparison_rows(runs, baseline)), "",
+        "", "Comparison", "-" * 10, format_table(rows), "",
+        *(["Missing values (- in the table)", *notes, ""] if notes else []),
         "Communication overhead (parameter-server runs)", "-" * 46]
     for run in ps_runs:
         lines += _comm_section(run)
     if not ps_runs:
         lines += ["no parameter-server runs in this experiment", ""]
     lines.append(HOW_TO_READ.format(base=baseline.label))
-    path = out_dir / "experiment_report.txt"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    return write_file(out_dir / "experiment_report.txt", "\n".join(lines).encode())

@@ -8,6 +8,7 @@ turns every problem with a folder into a one-line RunDirError that names the fil
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,10 +51,11 @@ class CommSpans:
         return sorted(pairs, key=lambda p: (ROLES.index(p[0]) if p[0] in ROLES else 9, p[1]))
 
     def seconds_by_span(self, role: str) -> dict[str, float]:
-        """{span name: total seconds} for one role, summed over its ranks and steps ({} if absent)."""
+        """{span name: total seconds} for one role, summed over its ranks and steps ({} if absent); a null
+        (NaN) duration is left out."""
         mask = self.role == role
         spans, dur_s = self.span[mask], self.dur_s[mask]
-        return {str(s): float(dur_s[spans == s].sum()) for s in np.unique(spans)}
+        return {str(s): float(np.nansum(dur_s[spans == s])) for s in np.unique(spans)}
 
 
 @dataclass
@@ -104,7 +106,8 @@ class Run:
         return self._comm
 
     def column(self, name: str) -> np.ndarray:
-        """One metrics.jsonl field over the epochs: float64 array of shape (epochs,), 0.0 where absent."""
+        """One metrics.jsonl field over the epochs: float64 array of shape (epochs,), 0.0 where the key is
+        absent, NaN where its value is null (e.g. test_acc of an empty test split): plots show a gap."""
         return np.array([m.get(name, 0.0) for m in self.metrics], dtype=np.float64)
 
 
@@ -158,15 +161,20 @@ def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
     return rows
 
 
+def _total(metrics: list[dict], key: str) -> float:
+    """Sum of a metrics field over the epochs, null (None), non-finite and absent values left out."""
+    return sum(v for m in metrics if isinstance(v := m.get(key), (int, float)) and math.isfinite(v))
+
+
 def _derived_summary(meta: dict, metrics: list[dict]) -> dict:
     """What summary.json would say, for a run that stopped before writing it."""
     last, cfg = metrics[-1], meta.get("config", {})
-    comm_s = sum(m.get("comm_s", 0.0) for m in metrics)
-    busy_s = comm_s + sum(m.get("compute_s", 0.0) for m in metrics)
+    comm_s = _total(metrics, "comm_s")
+    busy_s = comm_s + _total(metrics, "compute_s")
     return {"mode": meta.get("mode"), "workers": cfg.get("workers", 1), "transport": meta.get("transport"),
             "dataset": meta.get("dataset") or cfg.get("dataset"), "epochs": len(metrics),
             "batch_size": cfg.get("batch_size"), "steps": None,
-            "total_time_s": sum(m["epoch_time_s"] for m in metrics),
+            "total_time_s": _total(metrics, "epoch_time_s"),
             "final_train_loss": last["train_loss"], "final_train_acc": last["train_acc"],
             "final_test_loss": last["test_loss"], "final_test_acc": last["test_acc"],
             "comm_share": comm_s / busy_s if busy_s > 0 else 0.0, "time_breakdown": {}}

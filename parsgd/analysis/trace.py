@@ -10,12 +10,12 @@ and Perfetto read): "ph" X = complete event, i = instant (scope "s": "g" = globa
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from parsgd.analysis.rundirs import load_comm
+from parsgd.files import ensure_dir, json_text, write_file
 
 PIDS = {"server": 0, "worker": 1}
 US_PER_S = 1e6  # the format's "ts" and "dur" are microseconds
@@ -73,13 +73,14 @@ def write_trace(run_dir, out_path) -> int:
 
     Creates the parent folders of out_path; returns the number of span events written.
     Raises RunDirError when run_dir is not a run directory or has no comm.jsonl (only
-    parameter-server runs write one), before anything is written; OSError if out_path cannot be written.
+    parameter-server runs write one), before anything is written; WriteError (`cannot write PATH:
+    REASON; FIX`) if out_path cannot be written. The JSON is strict: a NaN time is written as null.
     """
     events, n_spans = trace_events(run_dir)
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out_path.parent)
     doc = {"traceEvents": events, "displayTimeUnit": "ms",
            "otherData": {"run_dir": str(run_dir), "source": "comm.jsonl"}}
     # dumps, not dump: json.dump streams through the pure-Python encoder, dumps uses the C one
-    out_path.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
+    write_file(out_path, json_text(doc, separators=(",", ":")).encode())
     return n_spans

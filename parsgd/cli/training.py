@@ -106,10 +106,17 @@ def worker(connect, connect_timeout, data_dir, keys_dir, faults, name):
 def launch(workers, transport, wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, restart_workers,
            faults, resume, out, **opts):
     """Start a parameter server and N workers on this machine; stop them all on exit."""
-    from parsgd.jobs.launch import launch as run_launch
+    from parsgd.jobs.launch import LaunchError, launch as run_launch
     from parsgd.data.load import check_num_samples
     from parsgd.jobs.launch import check_ipc_room
     from parsgd.ps.faults import parse_launch_faults
+
+    server_errors = []  # the server's own `error: ...` line, repeated as this command's error
+
+    def echo(line: str) -> None:
+        click.echo(line)
+        if line.startswith("[server] error: "):
+            server_errors.append(line.removeprefix("[server] error: "))
 
     sopts = build_server_options(wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every)
     check_range("--restart-workers", restart_workers, restart_workers >= 0, "a whole number >= 0 (restarts in all)")
@@ -119,8 +126,11 @@ def launch(workers, transport, wait_timeout, heartbeat, liveness, step_timeout, 
     if not resume:
         check_num_samples(cfg.dataset, cfg.data_dir, cfg.num_samples)  # the server child would refuse it
     per_worker = parse_launch_faults(faults, workers)
-    return run_launch(cfg, sopts, transport, out, resume=resume, worker_faults=per_worker,
-                      restart_workers=restart_workers)
+    status = run_launch(cfg, sopts, transport, out, resume=resume, worker_faults=per_worker,
+                        restart_workers=restart_workers, echo=echo)
+    if status == 1 and server_errors:
+        raise LaunchError(server_errors[-1])
+    return status
 
 
 @click.command()

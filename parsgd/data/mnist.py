@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from parsgd.data.dataset import DataError
+from parsgd.files import WriteError, write_file
 
 # torchvision's mirror, then the CVDF mirror that TensorFlow uses, then the original site
 MNIST_MIRRORS = (
@@ -43,16 +42,12 @@ def offline_fix(folder: Path) -> str:
 
 
 def _write_atomic(target: Path, data: bytes) -> None:
-    """Write to a temp file beside `target`, then rename: readers never see a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    """Write to a temp file beside `target`, then rename (parsgd.files.write_file): readers never see a
+    partial file. Raises DataError `cannot write PATH: REASON; ...` (so `auto` can fall back)."""
     try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, target)  # rename(2): atomic within one file system, hence the temp file beside it
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise DataError(f"{target}: cannot write it ({exc.strerror or exc}); free disk space or "
-                        "pass a writable --data-dir") from None
+        write_file(target, data, fix="free disk space or pass a writable --data-dir")
+    except WriteError as exc:
+        raise DataError(str(exc)) from None
 
 
 def download_mnist(dest_dir, mirrors=None, timeout=DOWNLOAD_TIMEOUT, log=None, files=None) -> Path:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from parsgd.training.rundir import atomic_write_bytes, npz_bytes
 from parsgd.errors import UserError
+from parsgd.files import json_text, write_file
+from parsgd.training.rundir import npz_bytes
 
 NAME = "checkpoint.npz"
 
@@ -22,11 +23,12 @@ class CheckpointError(UserError):
 
 
 def save_checkpoint(run_dir: Path, trainer) -> Path:
+    """Write RUN_DIR/checkpoint.npz atomically (state as strict JSON: NaN as null); WriteError on failure."""
     state = {"step": trainer.step, "epoch": trainer.step // trainer.steps_per_epoch, "metrics": trainer.metrics,
              "partial": trainer.partial, "config": trainer.cfg.to_dict()}
-    blob = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
+    blob = np.frombuffer(json_text(state).encode(), dtype=np.uint8)
     path = Path(run_dir) / NAME
-    atomic_write_bytes(path, npz_bytes({"params": trainer.params, "velocity": trainer.velocity, "state": blob}))
+    write_file(path, npz_bytes({"params": trainer.params, "velocity": trainer.velocity, "state": blob}))
     return path
 
 
@@ -53,4 +55,5 @@ def restore(trainer, state: dict) -> None:
     trainer.velocity[...] = state["velocity"]
     trainer.step = int(state["step"])
     trainer.metrics = list(state["metrics"])
-    trainer.partial = dict(state["partial"])
+    # a NaN running sum was written as null
+    trainer.partial = {k: float("nan") if v is None else v for k, v in state["partial"].items()}

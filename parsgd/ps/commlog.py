@@ -6,12 +6,12 @@ in LOGS at the end; the server writes comm.jsonl.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
+from parsgd.files import json_text, write_file
 from parsgd.ps.protocol import SPANS
 
 SPAN_CODE = {name: i for i, name in enumerate(SPANS)}
@@ -59,15 +59,18 @@ class CommLog:
 
 
 def write_comm_jsonl(path: Path, server: CommLog, workers: dict[int, np.ndarray]) -> int:
-    """comm.jsonl: the server's spans, then each worker's (by rank), sorted by start time."""
+    """comm.jsonl: the server's spans, then each worker's (by rank), sorted by start time; returns how many.
+
+    Written atomically as strict JSON lines (a NaN time is written as null); raises WriteError.
+    """
     rows = [("server", 0, *r) for r in server.rows]
     for rank, arr in sorted(workers.items()):
         rows += [("worker", rank, int(c), int(s), float(t), float(d), int(b)) for c, s, t, d, b in arr]
     rows.sort(key=lambda r: r[4])
-    with open(path, "w", encoding="utf-8") as f:
-        for role, rank, code, step, t, dur, nbytes in rows:
-            f.write(json.dumps({"role": role, "rank": rank, "step": step, "span": SPANS[code],
-                                "t": round(t, 7), "dur": round(dur, 7), "bytes": nbytes}) + "\n")
+    lines = [json_text({"role": role, "rank": rank, "step": step, "span": SPANS[code],
+                        "t": round(t, 7), "dur": round(dur, 7), "bytes": nbytes}) + "\n"
+             for role, rank, code, step, t, dur, nbytes in rows]
+    write_file(path, "".join(lines).encode())
     return len(rows)
 
 

@@ -8,9 +8,10 @@ second, the rest counted in a `suppressed` event, so a flood of bad messages can
 """
 from __future__ import annotations
 
-import json
 import time
 from typing import Callable
+
+from parsgd.files import AppendFile, WriteError, json_text
 
 HOSTILE_EVENTS_PER_S = 50
 
@@ -19,19 +20,27 @@ class EventLog:
     """Appends `{"t": clock(), "event": name, **fields}` lines to `path` and flushes each one.
 
     `clock()` stamps lines (seconds since the server started); `window_clock()` times the rate limit.
-    Raises OSError if `path` cannot be opened for appending.
+    Lines are strict JSON (a NaN field is written as null). Raises WriteError if `path` cannot be
+    opened for appending, and from the first line that cannot be written; after that failure the log
+    drops its lines, so the server can still stop its workers while that error travels up.
     """
 
     def __init__(self, path, clock: Callable[[], float], window_clock: Callable[[], float] = time.monotonic):
-        self.f = open(path, "a", encoding="utf-8")
+        self.f = AppendFile(path)
+        self.failed = False
         self.clock, self.window_clock = clock, window_clock
         self._budget: dict[str, int] = {}
         self._suppressed: dict[str, int] = {}
         self._window = -float("inf")
 
     def __call__(self, event: str, **fields) -> None:
-        self.f.write(json.dumps({"t": round(self.clock(), 6), "event": event, **fields}) + "\n")
-        self.f.flush()
+        if self.failed:
+            return
+        try:
+            self.f.write((json_text({"t": round(self.clock(), 6), "event": event, **fields}) + "\n").encode())
+        except WriteError:
+            self.failed = True
+            raise
 
     def limited(self, event: str, **fields) -> None:
         """Like calling the log, but at most HOSTILE_EVENTS_PER_S of this kind per second."""

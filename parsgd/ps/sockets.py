@@ -10,12 +10,12 @@ DIR/authorized/*.key: the worker public keys the server accepts (the ZAP allowli
 """
 from __future__ import annotations
 
-import os
-import shutil
+import datetime as _dt
 from pathlib import Path
 
 import zmq
 from parsgd.errors import UserError
+from parsgd.files import write_error, write_file
 from parsgd.ps.address import EndpointError, parse_endpoint
 
 HWM = 16
@@ -126,19 +126,34 @@ def load_keypair(path: Path) -> tuple[bytes, bytes | None]:
         raise KeysError(f"cannot read key file {path}: {exc}") from None
 
 
+def _certificate(public: bytes, secret: bytes | None = None) -> bytes:
+    """A key file in the ZPL format of pyzmq's zmq.auth.create_certificates (read by load_certificate)."""
+    kind = "**Secret**" if secret else "Public"
+    text = (f"#   ****  Generated on {_dt.datetime.now()} by parsgd  ****\n#   ZeroMQ CURVE {kind} Certificate\n\n"
+            f"metadata\ncurve\n    public-key = \"{public.decode()}\"\n")
+    return (text + (f"    secret-key = \"{secret.decode()}\"\n" if secret else "")).encode()
+
+
 def keygen(directory) -> list[Path]:
-    """Write a server and a worker keypair, and allow that worker key on the server."""
-    import zmq.auth
+    """Write a server and a worker keypair, and allow that worker key on the server.
+
+    DIR (created if missing) is made 0700 and the *.key_secret files are 0600 whatever the umask;
+    public keys get the umask's mode. Raises KeysError (DIR is a file), WriteError (cannot write).
+    """
     d = Path(directory)
     if d.exists() and not d.is_dir():
         raise KeysError(f"{d} is a file: pass a folder for the keys")
-    (d / "authorized").mkdir(parents=True, exist_ok=True)
-    d.chmod(0o700)
+    try:
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        d.chmod(0o700)  # private before any secret is written into it
+        (d / "authorized").mkdir(exist_ok=True)
+    except OSError as exc:
+        raise write_error(d, exc, "pass a folder you may write to for the keys") from None
     written = []
     for name in ("server", "worker"):
-        public, secret = zmq.auth.create_certificates(str(d), name)
-        os.chmod(secret, 0o600)  # pyzmq writes it with the umask; the 0700 folder hid it meanwhile
-        written += [Path(public), Path(secret)]
-    shutil.copy(d / "worker.key", d / "authorized" / "worker.key")
-    written.append(d / "authorized" / "worker.key")
+        public, secret = zmq.curve_keypair()
+        written += [write_file(d / f"{name}.key", _certificate(public)),
+                    write_file(d / f"{name}.key_secret", _certificate(public, secret), secret=True)]
+        if name == "worker":
+            written.append(write_file(d / "authorized" / "worker.key", _certificate(public)))
     return written

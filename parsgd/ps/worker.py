@@ -14,7 +14,6 @@ import os
 import random
 import signal
 import socket
-import threading
 import time
 from dataclasses import dataclass
 
@@ -30,6 +29,7 @@ from parsgd.model.mlp import Workspace, loss_and_grad, n_params
 from parsgd.ps import protocol as proto
 from parsgd.ps.commlog import CommLog
 from parsgd.ps.faults import FaultPlan
+from parsgd.ps.heartbeat import Heartbeats
 from parsgd.ps.shm import SessionBuffer
 from parsgd.ps.sockets import configure_dealer, dealer_context
 from parsgd.errors import UserError
@@ -48,6 +48,9 @@ DEFAULT_LIVENESS = 3
 # step-time tail by that much in benchmarks/. sched_yield lets the server and other workers run,
 # but with more workers than cores the spinners still slow the ones computing: then no spin.
 SPIN_S = 0.005
+# Spans go to the server in LOGS chunks this often while the worker trains (and all at STOP), so a
+# SIGKILLed worker loses at most this much of its timeline.
+LOGS_EVERY_S = 1.0
 
 
 class WorkerExit(UserError):
@@ -65,31 +68,6 @@ class WorkerOptions:
     name: str = ""
 
 
-class Heartbeats(threading.Thread):
-    """Sends HEARTBEAT every interval from its own socket, whatever the main thread is doing."""
-
-    def __init__(self, ctx, opts: WorkerOptions, incarnation: int, session: int, interval: float):
-        super().__init__(daemon=True, name="parsgd-heartbeat")
-        self.ctx, self.opts, self.interval = ctx, opts, interval
-        self.idle_msg, self.busy_msg = (proto.Heartbeat(incarnation, session, b) for b in (False, True))
-        self.busy = False          # set by the main thread while it computes: the server then sends it nothing
-        self.halt = threading.Event()
-
-    def run(self):
-        sock = self.ctx.socket(zmq.DEALER)
-        configure_dealer(sock, proto.HEADER_MAX, self.opts.keys_dir)
-        sock.connect(self.opts.connect)
-        try:
-            while not self.halt.wait(self.interval):
-                try:
-                    msg = self.busy_msg if self.busy else self.idle_msg
-                    sock.send_multipart(msg.to_frames(), flags=zmq.NOBLOCK)
-                except zmq.Again:
-                    pass
-        finally:
-            sock.close(linger=0)
-
-
 class Worker:
     """A parameter-server worker: registers (HELLO / WELCOME / READY), computes the shards it is sent,
     heartbeats from its own thread, and ships its comm spans when the server says STOP.
@@ -104,6 +82,7 @@ class Worker:
         self.sock = None
         self.log = CommLog()
         self._clock_mark, self._clock_fix = 0, -math.inf  # see _settle_clock
+        self._shipped, self._next_ship = 0, time.monotonic() + LOGS_EVERY_S  # see _ship_logs
         self.data = self.data_key = None
         self.heartbeats: Heartbeats | None = None
         self.buf: SessionBuffer | None = None
@@ -254,6 +233,8 @@ class Worker:
                     self.heartbeats.busy = False
                 self.tasks_done += 1
                 spin = self.spin
+                if time.monotonic() >= self._next_ship:
+                    self._ship_logs()
             elif isinstance(msg, proto.Stop):
                 self._send_logs()
                 self.echo(f"worker {self.rank}: stopped by the server ({msg.reason})")
@@ -328,15 +309,22 @@ class Worker:
             self.log.shift(self._clock_mark, self._clock_fix)
             self._clock_fix = -math.inf
 
-    def _send_logs(self) -> None:
-        """Spans in chunks no larger than a gradient frame, then an empty chunk that ends them."""
+    def _ship_logs(self) -> None:
+        """The spans not sent yet, in LOGS chunks no larger than a gradient frame (the server streams
+        them into comm.jsonl)."""
         self._settle_clock()
-        spans = self.log.as_array()
+        spans = self.log.as_array()[self._shipped:]
         rows = max(1, n_params(self.sizes) * np.dtype(self.cfg.dtype).itemsize // (5 * 8))
-        self.sock.setsockopt(zmq.LINGER, 2000)  # the LOGS must leave before the socket closes
         for lo in range(0, len(spans), rows):
             chunk = np.ascontiguousarray(spans[lo:lo + rows])
             self._send(proto.Logs(self.incarnation, self.session, self.rank, chunk).to_frames())
+        self._shipped += len(spans)
+        self._next_ship = time.monotonic() + LOGS_EVERY_S
+
+    def _send_logs(self) -> None:
+        """At STOP: the rest of the spans, then an empty chunk that ends them."""
+        self.sock.setsockopt(zmq.LINGER, 2000)  # the LOGS must leave before the socket closes
+        self._ship_logs()
         self._send(proto.Logs(self.incarnation, self.session, self.rank, np.zeros((0, 5))).to_frames())
 
     def close(self) -> None:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
-import json
 import os
 import platform
 import socket
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -22,10 +20,10 @@ import numpy as np
 from parsgd import __version__
 from parsgd.config import RunConfig
 from parsgd.model.mlp import named_arrays
-from parsgd.errors import UserError
+from parsgd.files import WriteError, append_bytes, ensure_dir, json_text, write_file
 
 
-class OutputDirError(UserError):
+class OutputDirError(WriteError):
     """The --out path cannot hold a run directory (it is a file, or cannot be created)."""
 
 
@@ -36,18 +34,16 @@ def default_out(mode: str, workers: int) -> Path:
 
 
 def prepare_dir(path) -> Path:
-    """Create the folder `path` (str or Path) and its parents if missing; returns it as a Path.
+    """Create the folder `path` (str or Path) and its parents if missing and check that files can be
+    created in it, before anything of an earlier run there is touched; returns it as a Path.
 
-    Raises OutputDirError when path is a file or cannot be created.
+    Raises OutputDirError when path is a file, WriteError (`cannot write PATH: REASON; FIX`) when it
+    cannot be created or written (read-only, no permission, a path that cannot exist).
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputDirError(f"--out {path} is a file, not a directory: pass a new or existing folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputDirError(f"cannot create run directory {path}: {exc.strerror}; pass another --out") from None
-    return path
+    return ensure_dir(path, probe=True)
 
 
 def versions() -> dict:
@@ -69,19 +65,11 @@ def machine_info() -> dict:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically: readers see the old file or the whole new one, never a part.
 
-    A temp file in the same folder is written, fsynced, then renamed over `path`; it is removed
-    if anything fails. Raises OSError (folder missing or not writable, disk full).
+    parsgd.files.write_file: a temp file beside it, fsynced, renamed over a regular file (a device
+    such as /dev/full is written in place, never replaced). Raises WriteError (`cannot write PATH:
+    REASON; FIX`: folder missing or not writable, disk full).
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_file(path, data)
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -109,8 +97,9 @@ class RunDir:
 
     `path`: the folder (created if missing); `mode`: "sequential" | "pool" | "ps"; `transport`:
     the PS transport label, None otherwise; `dataset`: the dataset actually loaded. Without
-    `append` (a resume sets it) metrics.jsonl is emptied and STALE_FILES are removed. Raises
-    OutputDirError when the folder cannot be made, OSError when a file cannot be written.
+    `append` (a resume sets it) metrics.jsonl is emptied and STALE_FILES are removed, only once the
+    folder is known to be writable. Every file is strict JSON (NaN and Infinity are written as null).
+    Raises OutputDirError / WriteError when the folder or a file cannot be written.
     """
 
     def __init__(self, path, cfg: RunConfig, mode: str, transport: str | None = None,
@@ -118,9 +107,13 @@ class RunDir:
         self.path = prepare_dir(path)
         self.cfg, self.mode, self.transport = cfg, mode, transport
         if not append:  # a new run in a used folder: nothing of the old run may pass for this one's
-            (self.path / "metrics.jsonl").write_text("")
+            write_file(self.path / "metrics.jsonl", b"")
             for stale in STALE_FILES:
-                (self.path / stale).unlink(missing_ok=True)
+                try:
+                    (self.path / stale).unlink(missing_ok=True)
+                except OSError as exc:
+                    raise WriteError(f"cannot write {self.path / stale}: cannot remove it ({exc.strerror}); "
+                                     "remove it by hand or pass another --out") from None
         self.write_json("config.json", {
             "config": cfg.to_dict(), "mode": mode, "transport": transport, "dataset": dataset,
             "versions": versions(), "host": socket.gethostname(),
@@ -128,28 +121,28 @@ class RunDir:
             "machine": machine_info()})
 
     def write_json(self, name: str, obj) -> None:
-        """Write `obj` as indented JSON to the file `name` in the folder, atomically; OSError on failure."""
-        atomic_write_bytes(self.path / name, (json.dumps(obj, indent=2) + "\n").encode())
+        """Write `obj` as indented strict JSON to the file `name` in the folder, atomically; WriteError."""
+        write_file(self.path / name, (json_text(obj, indent=2) + "\n").encode())
 
     def log_epoch(self, metrics: dict) -> None:
-        """Append one epoch's metrics (times in seconds, keys *_s) as a line of metrics.jsonl; OSError."""
-        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(metrics) + "\n")
+        """Append one epoch's metrics (times in seconds, keys *_s; NaN written as null) as a line of
+        metrics.jsonl; WriteError (the file is left without a partial line)."""
+        append_bytes(self.path / "metrics.jsonl", (json_text(metrics) + "\n").encode())
 
     def rewrite_metrics(self, metrics: list[dict]) -> None:
-        """Replace metrics.jsonl, atomically, by one line per dict of `metrics`; OSError on failure.
+        """Replace metrics.jsonl, atomically, by one line per dict of `metrics`; WriteError on failure.
 
         A resumed run drops the epochs logged after its checkpoint this way.
         """
-        atomic_write_bytes(self.path / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics).encode())
+        write_file(self.path / "metrics.jsonl", "".join(json_text(m) + "\n" for m in metrics).encode())
 
     def write_model(self, params: np.ndarray, sizes) -> Path:
         """Write model.npz: W1, b1, W2, ... from the 1-D parameter vector `params`; returns its path.
 
         `sizes`: layer widths from input to output; Wi has shape (sizes[i-1], sizes[i]) and bi
-        shape (sizes[i],). Raises OSError if the file cannot be written.
+        shape (sizes[i],). Raises WriteError if the file cannot be written.
         """
         path = self.path / "model.npz"
-        atomic_write_bytes(path, npz_bytes(named_arrays(params, sizes)))
+        write_file(path, npz_bytes(named_arrays(params, sizes)))
         return path
 
