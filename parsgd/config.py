@@ -127,6 +127,7 @@ class ServerOptions:
     keys_dir: str | None = None        # CURVE keys (`parsgd keygen`); required off loopback
     register_timeout_s: float = 60.0   # WELCOME to READY (the worker loads its data meanwhile)
     transport: str = "tcp"             # label recorded in the run: shm, tcp or ipc
+    resume_command: str = ""           # printed to continue after a stop; "" = `parsgd server --resume RUN_DIR`
 
     def __post_init__(self):
         seconds = "a finite number > 0 seconds"  # NaN passes no comparison, inf would never time out
@@ -141,6 +142,14 @@ class ServerOptions:
                 ("--register-timeout", self.register_timeout_s, self.register_timeout_s > 0, seconds)):
             if not ok or not (isinstance(value, int) or math.isfinite(value)):
                 raise ConfigError(f"{option} {value} is out of range: it must be {allowed}")
+
+    def continue_hint(self, step: int, run_dir) -> str:
+        """The end of a stop message at `step`: `; checkpoint written; continue with `CMD`` (CMD is
+        resume_command, else `parsgd server --resume RUN_DIR`), or, at step 0 (the server then writes
+        no checkpoint), `; no step was taken, so there is nothing to resume`."""
+        if step <= 0:
+            return "; no step was taken, so there is nothing to resume"
+        return f"; checkpoint written; continue with `{self.resume_command or f'parsgd server --resume {run_dir}'}`"
 
     @property
     def dead_after_s(self) -> float:

@@ -150,3 +150,16 @@ def no_group_left(pgid: int, timeout: float = 2.0) -> None:
     while group_members(pgid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert group_members(pgid) == [], f"left behind: {group_members(pgid)}"
+
+
+def parsgd(*args, timeout: float = 120, env=None) -> subprocess.CompletedProcess:
+    """`python -m parsgd ARGS` to the end (PARSGD_NO_DOWNLOAD=1), output captured as text; no traceback allowed."""
+    result = subprocess.run(PY + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, "PARSGD_NO_DOWNLOAD": "1", **(env or {})})
+    assert "Traceback" not in result.stdout + result.stderr, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def error_lines(result) -> list[str]:
+    """The `error: ...` lines a command printed on stderr."""
+    return [line for line in result.stderr.splitlines() if line.startswith("error: ")]

@@ -120,16 +120,34 @@ def test_launch_gives_its_server_the_config_as_data_not_flags(tmp_path, monkeypa
     assert label == "server" and argv[-3:-1] == ["server", "--spec"] and len(argv) == 6, argv
     assert spec.config == ODD and spec.out == str(tmp_path / "run") and spec.resume is None
     assert spec.server == ServerOptions(bind="tcp://127.0.0.1:*", heartbeat_s=0.25, liveness=5, step_timeout_s=2.5,
-                                        checkpoint_every=3, wait_timeout_s=7.5, shm=False, transport="tcp")
+                                        checkpoint_every=3, wait_timeout_s=7.5, shm=False, transport="tcp",
+                                        resume_command=f"parsgd launch --resume {tmp_path / 'run'} --transport tcp")
 
 
 def test_launch_resume_sends_no_config(tmp_path, monkeypatch):
+    """The server takes the config from the checkpoint, and the options given with --resume to check;
+    the launcher starts as many workers as the checkpoint has shards, noting a different --workers."""
+    import types
+
+    import numpy as np
+
+    from parsgd.ps.checkpoint import save_checkpoint
+
+    (tmp_path / "run").mkdir()
+    save_checkpoint(tmp_path / "run", types.SimpleNamespace(
+        step=3, steps_per_epoch=4, metrics=[], partial={}, cfg=ODD, params=np.zeros(3), velocity=np.zeros(3)))
     monkeypatch.setattr(launch_job, "Child", FakeChild)
     FakeChild.started = []
+    lines = []
     with pytest.raises(LaunchError):
-        launch(ODD, ServerOptions(), "shm", tmp_path / "ignored", resume=tmp_path / "run")
+        launch(None, ServerOptions(), "shm", tmp_path / "ignored", resume=tmp_path / "run", echo=lines.append,
+               given={"workers": 5, "epochs": 4})
     [(_, _, spec)] = FakeChild.started
     assert spec.config is None and spec.resume == spec.out == str(tmp_path / "run") and spec.server.shm
+    assert spec.given == {"epochs": 4}
+    assert spec.server.resume_command == f"parsgd launch --resume {tmp_path / 'run'}"
+    assert lines == ["[launch] --workers 5 ignored: the checkpoint's run cuts every batch into 2 shards, "
+                     "so 2 workers start"]
     assert not (tmp_path / "ignored").exists()
 
 

@@ -292,7 +292,7 @@ def test_launch_resume_after_sigint(tmp_path, reference):
         proc.kill()  # a no-op once it exited; its children die with it (PR_SET_PDEATHSIG)
         proc.stdout.close()
     out = "".join(lines)
-    assert "Traceback" not in out and "continue with `parsgd server --resume" in out, out[-3000:]
+    assert "Traceback" not in out and f"continue with `parsgd launch --resume {run}`" in out, out[-3000:]
     step = named(run, "checkpoint")[-1]["step"]
     assert 20 <= step < 60
     result = launch(run, 3, "--resume", str(run))

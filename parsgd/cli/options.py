@@ -99,6 +99,24 @@ def build_config(workers: int, dataset, data_dir, num_samples, epochs, batch_siz
                      seed=seed, dtype=dtype, workers=workers)
 
 
+# What `server --resume` and `launch --resume` check against the checkpoint (parsgd.jobs.serve.resume_config)
+RESUME_CHECKED = ("dataset", "data_dir", "num_samples", "epochs", "batch_size", "lr", "momentum", "hidden", "seed",
+                  "dtype", "workers", "out")
+
+
+def given_options(ctx: click.Context, names=RESUME_CHECKED) -> dict:
+    """{name: value} of the options among `names` the user gave on the command line or through the
+    environment (not click's defaults), --hidden parsed to a tuple of ints."""
+    from click.core import ParameterSource
+
+    given = {}
+    for name in names:
+        if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            value = ctx.params[name]
+            given[name] = parse_int_list(value, "--hidden") if name == "hidden" else value
+    return given
+
+
 def server_options(f):
     """Knobs of the server's fault handling, shared by `server` and `launch` (checked by ServerOptions)."""
     return _apply(f, [

@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 from click.core import ParameterSource
 
-from parsgd.cli.options import build_config, build_server_options, check_range, server_options, training_options
+from parsgd.cli.options import (build_config, build_server_options, check_range, given_options, server_options,
+                                training_options)
 
 
 @click.command()
@@ -58,7 +59,7 @@ def server(ctx, bind, workers, wait_timeout, heartbeat, liveness, step_timeout, 
     if spec:
         _spec_alone(ctx)
         s = ServerSpec.read(spec)
-        run_server(s.config, s.server, s.out, s.resume)
+        run_server(s.config, s.server, s.out, s.resume, given=s.given)
         return
     endpoint = parse_endpoint(bind, "bind")  # before anything is loaded: a bad address is exit 2 at once
     sopts = build_server_options(wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, bind=bind,
@@ -66,7 +67,7 @@ def server(ctx, bind, workers, wait_timeout, heartbeat, liveness, step_timeout, 
                                  transport="shm" if shm else endpoint.scheme)
     cfg = None if resume else build_config(workers, **opts)
     refuse_open_bind(bind, keys_dir)  # exit 1, also before loading
-    run_server(cfg, sopts, out, resume)
+    run_server(cfg, sopts, out, resume, given=given_options(ctx) if resume else None)
 
 
 @click.command()
@@ -103,7 +104,8 @@ def worker(connect, connect_timeout, data_dir, keys_dir, faults, name):
               help="Fault schedule, e.g. kill=worker1@step40,stop=worker2@step60:5s,drop=0.05,seed=3.")
 @click.option("--resume", type=click.Path(), help="Continue the run in this run directory from its checkpoint.")
 @training_options
-def launch(workers, transport, wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, restart_workers,
+@click.pass_context
+def launch(ctx, workers, transport, wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, restart_workers,
            faults, resume, out, **opts):
     """Start a parameter server and N workers on this machine; stop them all on exit."""
     from parsgd.jobs.launch import LaunchError, launch as run_launch
@@ -120,14 +122,14 @@ def launch(workers, transport, wait_timeout, heartbeat, liveness, step_timeout, 
 
     sopts = build_server_options(wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every)
     check_range("--restart-workers", restart_workers, restart_workers >= 0, "a whole number >= 0 (restarts in all)")
-    cfg = build_config(workers, **opts)
+    cfg = None if resume else build_config(workers, **opts)  # resuming: the checkpoint's, checked by the job
     if transport == "ipc":
         check_ipc_room()  # TMPDIR short enough for the socket path launch makes there
     if not resume:
         check_num_samples(cfg.dataset, cfg.data_dir, cfg.num_samples)  # the server child would refuse it
     per_worker = parse_launch_faults(faults, workers)
     status = run_launch(cfg, sopts, transport, out, resume=resume, worker_faults=per_worker,
-                        restart_workers=restart_workers, echo=echo)
+                        restart_workers=restart_workers, echo=echo, given=given_options(ctx) if resume else None)
     if status == 1 and server_errors:
         raise LaunchError(server_errors[-1])
     return status

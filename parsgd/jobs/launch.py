@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -25,8 +26,8 @@ from pathlib import Path
 import click
 
 from parsgd.config import ConfigError, RunConfig, ServerOptions
-from parsgd.errors import UserError
-from parsgd.jobs.serve import ADDRESS_FILE, ServerSpec
+from parsgd.errors import Interrupted, UserError
+from parsgd.jobs.serve import ADDRESS_FILE, ServerSpec, plan_resume
 from parsgd.ps.address import IPC_PATH_MAX, EndpointError
 
 ADDRESS_TIMEOUT_S = 60.0      # how long the server may take to load data and bind
@@ -118,20 +119,48 @@ def check_ipc_room() -> None:
                             "shorter folder (e.g. TMPDIR=/tmp) or use --transport tcp")
 
 
-def launch(cfg: RunConfig, opts: ServerOptions, transport: str = "shm", out=None, resume=None,
-           worker_faults: dict[int, str] | None = None, restart_workers: int = 0, echo=click.echo) -> int:
-    """Runs a whole parameter-server job on this machine; returns the server's exit status (130 if interrupted).
+def launch_resume_command(run_dir, transport: str) -> str:
+    """`parsgd launch --resume RUN_DIR` (+ --transport unless shm): what continues an interrupted launch."""
+    words = ["parsgd", "launch", "--resume", str(run_dir)] + ([] if transport == "shm" else ["--transport", transport])
+    return shlex.join(words)
+
+
+def _interrupted(signum: int, out: Path, transport: str, since: float, resumed: bool) -> Interrupted:
+    """`interrupted by SIGINT; the checkpoint is at step K; continue with `parsgd launch --resume OUT``,
+    or no hint when this run wrote no checkpoint (one left by an earlier run in OUT is not this run's)."""
+    from parsgd.ps.checkpoint import NAME, CheckpointError, load_checkpoint
+
+    message = f"interrupted by {signal.Signals(signum).name}"
+    path = out / NAME
+    try:
+        if path.is_file() and (resumed or path.stat().st_mtime >= since):
+            step = load_checkpoint(out)["step"]
+            return Interrupted(f"{message}; the checkpoint is at step {step}; continue with "
+                               f"`{launch_resume_command(out, transport)}`")
+    except (OSError, CheckpointError):
+        pass
+    return Interrupted(f"{message} before the first checkpoint: nothing to resume")
+
+
+def launch(cfg: RunConfig | None, opts: ServerOptions, transport: str = "shm", out=None, resume=None,
+           worker_faults: dict[int, str] | None = None, restart_workers: int = 0, echo=click.echo,
+           given: dict | None = None) -> int:
+    """Runs a whole parameter-server job on this machine; returns the server's exit status.
 
     Starts a server for `cfg` and `cfg.workers` worker processes. `opts` gives the fault knobs; its
     bind address, shm flag and transport label are set here from `transport` (shm, tcp or ipc).
     `out`: the run directory (default runs/ps-pN-TIMESTAMP); `resume`: a run directory to continue
-    from its checkpoint instead (the server then takes the config from the checkpoint; `cfg.workers`
-    is still the number of worker processes). `worker_faults`: {worker index: --faults text}
-    (see parsgd.ps.faults.parse_launch_faults); `restart_workers`: restarts allowed in all.
-    Every child line goes to `echo`, prefixed by its role.
+    from its checkpoint instead: `cfg` is ignored, `given` (the options the user gave explicitly:
+    {RunConfig field or "out": value}) is checked against the checkpoint (parsgd.jobs.serve.resume_config)
+    except `workers`: as many workers start as the checkpoint's run has shards, and a different
+    `workers` is only noted. A finished run is said so (returns 0). `worker_faults`: {worker index:
+    --faults text} (see parsgd.ps.faults.parse_launch_faults); `restart_workers`: restarts allowed in
+    all. Every child line goes to `echo`, prefixed by its role.
 
     Raises ConfigError (unknown transport), EndpointError (ipc with too long a TMPDIR), OutputDirError
-    (`out` unusable) and LaunchError (the server exited, or did not listen, within ADDRESS_TIMEOUT_S).
+    (`out` unusable), CheckpointError and ResumeMismatch (--resume), LaunchError (the server exited,
+    or did not listen, within ADDRESS_TIMEOUT_S) and Interrupted (SIGINT or SIGTERM: the signal is
+    passed on to the server, which checkpoints; the message says how to continue).
     """
     from parsgd.training.rundir import default_out, prepare_dir
 
@@ -139,6 +168,19 @@ def launch(cfg: RunConfig, opts: ServerOptions, transport: str = "shm", out=None
         raise ConfigError(f"unknown transport {transport!r}: use one of {', '.join(TRANSPORTS)}")
     if transport == "ipc":
         check_ipc_room()
+    started = time.time()
+    if resume:
+        given = dict(given or {})
+        asked = given.pop("workers", None)
+        cfg, _, finished = plan_resume(resume, given)
+        if finished:
+            echo(f"[launch] {finished}")
+            return 0
+        if asked is not None and asked != cfg.workers:
+            echo(f"[launch] --workers {asked} ignored: the checkpoint's run cuts every batch into {cfg.workers} "
+                 f"shards, so {cfg.workers} workers start")
+    elif cfg is None:
+        raise ConfigError("launch needs a config unless it resumes a run")
     workers = cfg.workers
     out = prepare_dir(resume or out or default_out("ps", workers))
     py = [sys.executable, "-m", "parsgd"]
@@ -146,7 +188,9 @@ def launch(cfg: RunConfig, opts: ServerOptions, transport: str = "shm", out=None
     tmp = tempfile.mkdtemp(prefix="parsgd-")  # 0700: an ipc socket and the spec here are ours alone
     bind = f"ipc://{tmp}/{IPC_SOCKET}" if transport == "ipc" else "tcp://127.0.0.1:*"
     spec = ServerSpec(config=None if resume else cfg, out=str(out), resume=str(out) if resume else None,
-                      server=dataclasses.replace(opts, bind=bind, shm=transport == "shm", transport=transport))
+                      given=given if resume else None,
+                      server=dataclasses.replace(opts, bind=bind, shm=transport == "shm", transport=transport,
+                                                 resume_command=launch_resume_command(out, transport)))
     children: list[Child] = []
     interrupted = []
     old = {s: signal.signal(s, lambda signum, _: interrupted.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -185,12 +229,12 @@ def launch(cfg: RunConfig, opts: ServerOptions, transport: str = "shm", out=None
             time.sleep(0.05)
         if interrupted:
             echo(f"[launch] {signal.Signals(interrupted[0]).name}: stopping the server and the workers")
-            server.signal(signal.SIGTERM)
+            server.signal(interrupted[0])  # the signal that came, so the server's own line names it
             try:
                 server.proc.wait(timeout=TERM_GRACE_S * 2)
             except subprocess.TimeoutExpired:
                 pass
-            return 130
+            raise _interrupted(interrupted[0], out, transport, started, bool(resume))
         deadline = time.monotonic() + WORKER_EXIT_GRACE_S
         for w in workers_by_index.values():
             try:
