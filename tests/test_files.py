@@ -196,7 +196,7 @@ def test_non_finite_values_are_written_as_null_and_read_as_gaps(tmp_path):
     from parsgd.analysis.report import write_report
     from parsgd.analysis.rundirs import load_run
     from parsgd.analysis.trace import write_trace
-    from parsgd.ps.commlog import CommLog, write_comm_jsonl
+    from parsgd.ps.commlog import CommLog, CommStream
     from parsgd.ps.events import EventLog
     from parsgd.training.rundir import RunDir
 
@@ -213,7 +213,10 @@ def test_non_finite_values_are_written_as_null_and_read_as_gaps(tmp_path):
     log = CommLog()
     log.add("send", 0, 0.0, 100, end=nan)
     log.add("update", 0, 0.001, end=0.002)
-    write_comm_jsonl(rd.path / "comm.jsonl", log, {0: np.array([[0, 0, 0.0, nan, 5.0]])})
+    comm = CommStream(rd.path / "comm.jsonl")
+    comm.server(log)
+    comm.worker(0, np.array([[0, 0, 0.0, nan, 5.0]]))
+    comm.close()
     events = EventLog(rd.path / "events.jsonl", lambda: nan)
     events("odd", value=inf, values=[1.0, nan])
     events.close()

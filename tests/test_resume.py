@@ -154,8 +154,6 @@ def test_no_hint_when_interrupted_before_the_first_checkpoint(tmp_path):
     assert not (run / "checkpoint.npz").exists()
 
 
-@pytest.mark.xfail(reason="until ps/server.py prints self.opts.continue_hint(...) (see ServerOptions.resume_command)",
-                   strict=False)
 def test_the_hint_after_sigint_on_a_server_names_the_address_it_really_bound(finished, tmp_path):
     """`server --bind tcp://127.0.0.1:*`: the hint must give the port it got, or its workers cannot find it again."""
     from procs import Procs

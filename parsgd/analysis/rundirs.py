@@ -31,7 +31,7 @@ class RunDirError(UserError):
 class CommSpans:
     """The spans of a comm.jsonl, in columns: seven 1-D arrays of the same length k, one entry per span.
 
-    Built by load_comm; the file's "t" and "dur" fields become `t_s` and `dur_s`.
+    Built by load_comm, sorted by start time; the file's "t" and "dur" fields become `t_s` and `dur_s`.
     """
     role: np.ndarray   # str, "server" | "worker"
     rank: np.ndarray   # int64
@@ -252,7 +252,9 @@ def load_comm(path) -> CommSpans:
     if bad.any():
         lineno = _line_of(file, int(np.argmax(bad)))
         raise RunDirError(f"{file} line {lineno}: role {spans.role[bad][0]!r} is not server or worker")
-    return spans
+    # The server writes spans as they arrive (worker chunks every second): sorted by start here.
+    order = np.argsort(spans.t_s, kind="stable")
+    return CommSpans(**{name: getattr(spans, name)[order] for name in spans.__dataclass_fields__})
 
 
 def _line_of(file: Path, index: int) -> int:

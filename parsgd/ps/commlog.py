@@ -1,8 +1,9 @@
 """The span timer: the only place that measures communication.
 
 Each span is (span, step, t, dur, bytes) with t in seconds since the run start on the server's
-clock. Workers keep theirs in memory (a few hundred KB per epoch) and ship them to the server
-in LOGS at the end; the server writes comm.jsonl.
+clock. Workers ship theirs to the server in LOGS chunks every second and at STOP; `CommStream`
+appends them, and the server's own spans every COMM_FLUSH_S, to comm.jsonl as they come, so an
+interrupted run keeps its timeline (a SIGKILL loses at most the last second of spans).
 """
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from parsgd.files import json_text, write_file
+from parsgd.files import AppendFile, json_text, write_file
 from parsgd.ps.protocol import SPANS
 
 SPAN_CODE = {name: i for i, name in enumerate(SPANS)}
 COMM_SPANS = ("serialize", "send", "recv", "deserialize", "wait")  # time spent moving parameters
+COMM_FLUSH_S = 1.0            # the server appends its spans to comm.jsonl at least this often
 
 
 class CommLog:
@@ -58,20 +60,41 @@ class CommLog:
         return np.asarray(self.rows, dtype=np.float64).reshape(-1, 5)
 
 
-def write_comm_jsonl(path: Path, server: CommLog, workers: dict[int, np.ndarray]) -> int:
-    """comm.jsonl: the server's spans, then each worker's (by rank), sorted by start time; returns how many.
+def _lines(role: str, rank: int, rows) -> bytes:
+    return "".join(json_text({"role": role, "rank": rank, "step": int(step), "span": SPANS[int(code)],
+                              "t": round(float(t), 7), "dur": round(float(dur), 7), "bytes": int(nbytes)}) + "\n"
+                   for code, step, t, dur, nbytes in rows).encode()
 
-    Written atomically as strict JSON lines (a NaN time is written as null); raises WriteError.
+
+class CommStream:
+    """comm.jsonl, written as spans arrive: one strict-JSON object per span, whole lines only.
+
+    The file is started afresh (a resumed run's comm.jsonl covers the part after the restart);
+    lines are in arrival order, not sorted by `t`. Raises WriteError when the file cannot be written.
     """
-    rows = [("server", 0, *r) for r in server.rows]
-    for rank, arr in sorted(workers.items()):
-        rows += [("worker", rank, int(c), int(s), float(t), float(d), int(b)) for c, s, t, d, b in arr]
-    rows.sort(key=lambda r: r[4])
-    lines = [json_text({"role": role, "rank": rank, "step": step, "span": SPANS[code],
-                        "t": round(t, 7), "dur": round(dur, 7), "bytes": nbytes}) + "\n"
-             for role, rank, code, step, t, dur, nbytes in rows]
-    write_file(path, "".join(lines).encode())
-    return len(rows)
+
+    def __init__(self, path: Path):
+        write_file(path, b"")
+        self.f = AppendFile(path)
+        self.mark = 0           # server rows already written
+        self.count = 0          # spans written so far
+
+    def server(self, log: CommLog) -> None:
+        """Append the server's spans recorded since the last call."""
+        rows = log.rows[self.mark:]
+        if rows:
+            self.f.write(_lines("server", 0, rows))
+            self.mark += len(rows)
+            self.count += len(rows)
+
+    def worker(self, rank: int, spans: np.ndarray) -> None:
+        """Append one LOGS chunk of worker `rank`: spans (k, 5) [code, step, t, dur, bytes]."""
+        if len(spans):
+            self.f.write(_lines("worker", rank, spans))
+            self.count += len(spans)
+
+    def close(self) -> None:
+        self.f.close()
 
 
 def summarize(server: CommLog, workers: dict[int, np.ndarray]) -> dict[str, dict[str, float]]:

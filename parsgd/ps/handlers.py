@@ -50,7 +50,7 @@ def on_hello(srv, identity: bytes, msg: proto.Hello, frames, t: float) -> None:
         member = srv.members.admit(identity, msg.session, msg.host, msg.pid)
         if srv.opts.shm and msg.host == srv.host:
             try:
-                member.buf = srv.new_segment(msg.session)
+                member.buf = srv.segments.create(msg.session)
             except OSError as exc:  # /dev/shm full or the name taken: the payload goes through the socket
                 srv.events("shm_unavailable", session=msg.session, error=str(exc))
         srv.events.limited("hello", rank=member.rank, session=msg.session, host=msg.host, pid=msg.pid,
@@ -64,10 +64,10 @@ def on_ready(srv, identity: bytes, msg: proto.Ready, frames, t: float) -> None:
     member = _fenced(srv, identity, msg)
     if member is None or member.ready:
         return
-    if msg.fingerprint != srv.fingerprint or msg.n_train != srv.n_train:
-        text = (f"worker {member.rank} on {member.host} loaded different data (fingerprint "
-                f"{msg.fingerprint}, {msg.n_train} rows) than the server ({srv.fingerprint}, "
-                f"{srv.n_train} rows): give it the same dataset files and --data-dir")
+    differs = data_differences(srv, msg)
+    if differs:
+        text = (f"worker {member.rank} on {member.host} loaded different data than the server: "
+                f"{'; '.join(differs)}: give it the same dataset files, --data-dir and parsgd version")
         srv.events("refused", reason="data_mismatch", rank=member.rank, detail=text)
         srv.echo(f"turned away worker {member.rank}: {text}")
         srv.router.reply_error(identity, "DATA_MISMATCH", text)
@@ -86,6 +86,24 @@ def on_ready(srv, identity: bytes, msg: proto.Ready, frames, t: float) -> None:
     if srv.scheduler.cur is not None:
         for s in srv.scheduler.unowned():
             srv.assign(s)
+
+
+def data_differences(srv, msg: proto.Ready) -> list[str]:
+    """What differs between the server's data and a READY's: dataset name, rows, dtype, else bytes.
+
+    The fingerprint guards against accidents (other files, --num-samples, dtype), not against a
+    lying worker; the server's fingerprint is never sent, so a worker with other rows cannot copy it.
+    """
+    data = srv.data
+    ours = {"dataset": data.name, "training rows": srv.n_train, "test rows": len(data.y_test),
+            "dtype": data.x_train.dtype.name}
+    theirs = {"dataset": msg.dataset, "training rows": msg.n_train, "test rows": msg.n_test,
+              "dtype": msg.data_dtype}
+    out = [f"{what} {theirs[what]!r} (server: {ours[what]!r})" for what in ours if theirs[what] != ours[what]]
+    if not out and msg.fingerprint != srv.fingerprint:
+        out.append("the same dataset name, rows and dtype, but other bytes (other files, or data "
+                   "made by another parsgd version)")
+    return out
 
 
 def on_grad(srv, identity: bytes, msg: proto.Grad, frames, t: float) -> None:
@@ -126,6 +144,7 @@ def on_logs(srv, identity: bytes, msg: proto.Logs, frames, t: float) -> None:
         return
     if len(msg.spans):
         srv.log_chunks.setdefault(member.rank, []).append(np.array(msg.spans, copy=True))
+        srv.comm.worker(member.rank, msg.spans)  # on disk now: an interrupted run keeps it
     else:  # the empty chunk ends a worker's logs: it is leaving, which is no death
         chunks = srv.log_chunks.pop(member.rank, [])
         srv.worker_logs[member.rank] = np.concatenate(chunks) if chunks else np.zeros((0, 5))
@@ -175,8 +194,8 @@ def on_timer(srv, now: float) -> None:
         srv.no_workers_since = now
         srv.echo(f"no workers left: waiting up to {srv.opts.wait_timeout_s:g} s for one to join")
     elif now - srv.no_workers_since > srv.opts.wait_timeout_s:
-        raise ServerExit(f"no workers for {srv.opts.wait_timeout_s:g} s at step {srv.step}; "
-                         f"checkpoint written; continue with `parsgd server --resume {srv.rundir.path}`")
+        raise ServerExit(f"no workers for {srv.opts.wait_timeout_s:g} s at step {srv.step}"
+                         f"{srv.opts.continue_hint(srv.step, srv.rundir.path)}")
 
 
 HANDLERS = {proto.Hello: on_hello, proto.Ready: on_ready, proto.Grad: on_grad,

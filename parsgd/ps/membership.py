@@ -31,8 +31,7 @@ class Member:
     welcomed: float
     last_seen: float
     ready: bool = False
-    buf: object = None            # its shared-memory SessionBuffer, owned by the server
-    params_step: int = -1         # the step whose parameters are in buf
+    buf: object = None            # its shared-memory SessionBuffer, owned by the server's Segments
     owes: set = field(default_factory=set)   # (step, shard) of TASKs sent, not answered, not reported idle
 
     def busy(self) -> bool:

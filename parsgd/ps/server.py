@@ -25,12 +25,12 @@ from parsgd.data import Dataset
 from parsgd.errors import UserError
 from parsgd.ps import protocol as proto
 from parsgd.ps.checkpoint import save_checkpoint
-from parsgd.ps.commlog import CommLog, format_summary, summarize, write_comm_jsonl
+from parsgd.ps.commlog import COMM_FLUSH_S, CommLog, CommStream, format_summary, summarize
 from parsgd.ps.events import EventLog
 from parsgd.ps.handlers import HANDLERS, on_timer, strike
 from parsgd.ps.membership import Member, Membership
 from parsgd.ps.scheduler import Scheduler, ServerExit
-from parsgd.ps.shm import SessionBuffer, sweep_stale
+from parsgd.ps.shm import Segments, sweep_stale
 from parsgd.ps.router import Router
 from parsgd.training.loop import Trainer
 from parsgd.training.rundir import RunDir
@@ -63,6 +63,7 @@ class ParameterServer(Trainer):
         self.router = Router(opts, max_frames=3, max_bytes=self.params.nbytes + proto.HEADER_MAX + 256)
         self.address = self.router.address
         self.events = EventLog(rundir.path / "events.jsonl", self.log.now)
+        self.comm = CommStream(rundir.path / "comm.jsonl")
         self.members = Membership(self.n_shards, opts.dead_after_s, opts.register_timeout_s)
         self.scheduler = Scheduler(self.n_shards)
         self.shard_grads = np.empty((self.n_shards, self.params.size), self.params.dtype)
@@ -71,12 +72,13 @@ class ParameterServer(Trainer):
         self.log_chunks: dict[int, list[np.ndarray]] = {}
         self.stopping: str | None = None
         self.no_workers_since: float | None = None
-        self.deferred_close: list[SessionBuffer] = []
+        self.segments = Segments(self.params.size, self.n_shards, self.params.dtype)
         self.host = socket.gethostname()
         self._epoch_mark = 0
         self._step_compute = 0.0
         self._next_heartbeat = 0.0
         self._timers_due = 0.0
+        self._next_flush = 0.0
         swept = sweep_stale() if opts.shm else 0
         self.events("listening", address=self.address, incarnation=self.incarnation, swept_shm=swept)
 
@@ -110,7 +112,7 @@ class ParameterServer(Trainer):
         loss_sum, correct, slowest = self.scheduler.totals()
         self._step_compute += slowest
         self.scheduler.end()
-        self._release_deferred()
+        self.segments.close_retired()
         return loss_sum, correct
 
     def check_finite(self, loss_sum: float) -> None:
@@ -172,7 +174,8 @@ class ParameterServer(Trainer):
 
     def finish(self, rundir, wall_s):
         self._stop_workers("training finished", collect=True)
-        n = write_comm_jsonl(rundir.path / "comm.jsonl", self.log, self.worker_logs)
+        self.comm.server(self.log)
+        n = self.comm.count
         breakdown = summarize(self.log, self.worker_logs)
         summary = self.summary(wall_s)
         summary["time_breakdown"] = breakdown
@@ -205,13 +208,16 @@ class ParameterServer(Trainer):
     # -- the event loop --------------------------------------------------------------------------
     def _poll_once(self, timeout_s: float) -> None:
         if self.stopping:
-            raise ServerExit(f"interrupted by {self.stopping} at step {self.step}; "
-                             f"continue with `parsgd server --resume {self.rundir.path}`")
+            raise ServerExit(f"interrupted by {self.stopping} at step {self.step}"
+                             f"{self.opts.continue_hint(self.step, self.rundir.path)}")
         self._receive_ready(timeout_s)
         now = time.monotonic()
         if now >= self._timers_due:
             on_timer(self, now)
             self._timers_due = now + min(TIMERS_MAX_S, self.opts.heartbeat_s / 4)
+            if now >= self._next_flush:
+                self.comm.server(self.log)
+                self._next_flush = now + COMM_FLUSH_S
 
     def _receive_ready(self, timeout_s: float) -> None:
         """Wait up to timeout_s for a message, then handle every one that is queued."""
@@ -273,20 +279,11 @@ class ParameterServer(Trainer):
         if self.send(member, task, st.step):
             member.owes.add((st.step, s))
 
-    def new_segment(self, session: int) -> SessionBuffer:
-        """A shared-memory segment for a same-host worker: its parameters and one gradient slot per shard.
-
-        Raises OSError when /dev/shm is full or the name is taken (the caller falls back to the socket).
-        """
-        return SessionBuffer.create(session, self.params.size, self.n_shards, self.params.dtype)
-
     def _load_params(self, member: Member, step: int) -> None:
         """The step's parameters into a shared-memory worker's segment, once per step."""
-        if member.params_step != step:
-            t = self.log.now()
-            np.copyto(member.buf.params, self.params)
+        t = self.log.now()
+        if self.segments.load(member.buf, step, self.params):
             self.log.add("serialize", step, t, self.params.nbytes)
-            member.params_step = step
 
     def _log_non_finite(self, s: int, owner: int | None) -> None:
         member = self.members.get(owner) if owner is not None else None
@@ -312,15 +309,7 @@ class ParameterServer(Trainer):
     def forget(self, member: Member, close_now: bool = False) -> None:
         self.members.remove(member)
         if member.buf is not None:
-            member.buf.unlink()
-            if close_now:
-                member.buf.close()
-            else:  # a finished shard of this step may still point into it
-                self.deferred_close.append(member.buf)
-
-    def _release_deferred(self) -> None:
-        while self.deferred_close:
-            self.deferred_close.pop().close()
+            self.segments.release(member.buf, now=close_now)
 
     def _stop_workers(self, reason: str, collect: bool) -> None:
         """STOP every worker and wait for its final LOGS, which double as the acknowledgement: closing
@@ -342,8 +331,14 @@ class ParameterServer(Trainer):
         self.events("checkpoint", step=self.step)
 
     def close(self) -> None:
+        """Release everything on every exit path; the spans gathered so far reach comm.jsonl."""
         for member in list(self.members.members.values()):
             self.forget(member)
-        self._release_deferred()
+        self.segments.close_retired()
         self.router.close()
+        try:
+            self.comm.server(self.log)
+        except UserError:  # a full disk: the error that stopped the run is the one to report
+            pass
+        self.comm.close()
         self.events.close()

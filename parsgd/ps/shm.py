@@ -30,6 +30,7 @@ class SessionBuffer:
         self.slots = self.array[n:].reshape(shards, n)
         self.name = shm.name
         self.unlinked = False
+        self.step = -1  # server side: the step whose parameters `params` holds
 
     @classmethod
     def create(cls, session: int, n: int, shards: int, dtype) -> "SessionBuffer":
@@ -68,6 +69,42 @@ class SessionBuffer:
             self.shm.close()
         except BufferError:  # a view is still alive somewhere; the OS frees it at exit
             pass
+
+
+class Segments:
+    """The server's segments: one per same-host member, loaded once per step, closed when safe.
+
+    A removed member's segment is unlinked at once but closed only at the end of the step
+    (`close_retired`), since a finished shard of that step may still point into its gradient slot.
+    """
+
+    def __init__(self, n: int, shards: int, dtype):
+        self.n, self.shards, self.dtype = n, shards, dtype
+        self.retired: list[SessionBuffer] = []
+
+    def create(self, session: int) -> SessionBuffer:
+        """A segment for `session`; raises OSError when /dev/shm is full or the name is taken."""
+        return SessionBuffer.create(session, self.n, self.shards, self.dtype)
+
+    @staticmethod
+    def load(buf: SessionBuffer, step: int, params: np.ndarray) -> bool:
+        """Copy `params` (n,) into buf for `step` unless it holds them already; True if it copied."""
+        if buf.step == step:
+            return False
+        np.copyto(buf.params, params)
+        buf.step = step
+        return True
+
+    def release(self, buf: SessionBuffer, now: bool = False) -> None:
+        buf.unlink()
+        if now:
+            buf.close()
+        else:
+            self.retired.append(buf)
+
+    def close_retired(self) -> None:
+        while self.retired:
+            self.retired.pop().close()
 
 
 def sweep_stale(root: str = "/dev/shm") -> int:

@@ -155,7 +155,8 @@ class Worker:
                 self.echo(f"shared memory unavailable ({exc}); parameters will travel through the socket")
         self.max_msg_bytes = n * np.dtype(cfg.dtype).itemsize + 2 * proto.HEADER_MAX
         self._send(proto.Ready(self.incarnation, self.session, self.data.fingerprint(), len(self.data.y_train),
-                           len(self.data.y_test), self.buf is not None).to_frames())
+                               len(self.data.y_test), self.buf is not None, self.data.name,
+                               self.data.x_train.dtype.name).to_frames())
         self.tasks_done = 0
         self.spin = cfg.workers <= len(os.sched_getaffinity(0))  # see SPIN_S
         self.echo(f"worker {self.rank}: registered with {self.opts.connect}"
@@ -309,22 +310,24 @@ class Worker:
             self.log.shift(self._clock_mark, self._clock_fix)
             self._clock_fix = -math.inf
 
-    def _ship_logs(self) -> None:
+    def _ship_logs(self, timeout_s: float = 0.0) -> None:
         """The spans not sent yet, in LOGS chunks no larger than a gradient frame (the server streams
-        them into comm.jsonl)."""
+        them into comm.jsonl). During training a chunk that cannot leave at once waits for the next
+        try: a vanished server must not delay the worker noticing it."""
         self._settle_clock()
         spans = self.log.as_array()[self._shipped:]
         rows = max(1, n_params(self.sizes) * np.dtype(self.cfg.dtype).itemsize // (5 * 8))
         for lo in range(0, len(spans), rows):
             chunk = np.ascontiguousarray(spans[lo:lo + rows])
-            self._send(proto.Logs(self.incarnation, self.session, self.rank, chunk).to_frames())
-        self._shipped += len(spans)
+            if not self._send(proto.Logs(self.incarnation, self.session, self.rank, chunk).to_frames(), timeout_s):
+                break
+            self._shipped += len(chunk)
         self._next_ship = time.monotonic() + LOGS_EVERY_S
 
     def _send_logs(self) -> None:
         """At STOP: the rest of the spans, then an empty chunk that ends them."""
         self.sock.setsockopt(zmq.LINGER, 2000)  # the LOGS must leave before the socket closes
-        self._ship_logs()
+        self._ship_logs(SEND_TIMEOUT_S)
         self._send(proto.Logs(self.incarnation, self.session, self.rank, np.zeros((0, 5))).to_frames())
 
     def close(self) -> None:
