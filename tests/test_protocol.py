@@ -26,7 +26,7 @@ def spans(k=3):
 
 PARAMS = np.linspace(-1, 1, 1000, dtype=np.float32)
 HELLO = proto.Hello("0.1.0", proto.PROTOCOL_VERSION, "host-a", 1234, 17.25, 2**63 - 1, name="w0")
-READY = proto.Ready(3, 7, "sha256:abc", 60000, 10000)
+READY = proto.Ready(3, 7, "sha256:abc", 60000, 10000, dataset="mnist", data_dtype="float64")
 TASK = proto.Task(3, 7, 10, 1, 0, 0, 128, 128, 5.0, PARAMS)
 TASK_SHM = proto.Task(3, 7, 10, 1, 0, 0, 128, 128, 5.0, None)
 GRAD = proto.Grad(3, 7, 10, 0, 0, 128, 128, 291.5, 100, 0.0015, PARAMS * 2)
@@ -36,7 +36,7 @@ MESSAGES = [
     HELLO, READY, TASK, TASK_SHM, GRAD, HEARTBEAT, LOGS,
     proto.Hello("0.1.0", proto.PROTOCOL_VERSION, "host-a", 1234, 0, 5),
     proto.Welcome(3, 2**62, 1, RunConfig().to_dict(), 100.5, 1.0, 3, shm="/psm_1"),
-    proto.Ready(3, 7, "sha256:abc", 60000, 10000, shm=True),
+    proto.Ready(3, 7, "sha256:abc", 60000, 10000, shm=True),   # dataset "" and float32
     proto.Task(3, 7, 10, 1, 0, 0, 128, 128, 5.0, np.arange(4, dtype=np.float64)),
     proto.Grad(3, 7, 10, 0, 0, 128, 128, math.nan, 0, 0.0, None),
     proto.Grad(3, 7, 10, 0, 5, 6, 1, -math.inf, 1, 2, np.zeros(0, np.float32)),
@@ -234,7 +234,7 @@ BAD_VALUES = [None, True, False, -1, 2**63, 2**64 - 1, -2**63, 1.5, math.nan, "7
               "x" * 257, "x" * 1025]
 FLOAT_LOWER_BOUND = {"t_send": -math.inf, "t_server": -math.inf, "loss_sum": -math.inf,
                      "heartbeat_s": 0, "compute_s": -0.5}   # value must be > this
-STRING_MAX = {"name": 256, "host": 256, "package_version": 256, "fingerprint": 256, "shm": 256,
+STRING_MAX = {"name": 256, "host": 256, "package_version": 256, "fingerprint": 256, "shm": 256, "dataset": 256,
               "code": 256, "reason": 1024, "message": 1024}
 
 
@@ -339,3 +339,19 @@ def test_task_batch_and_error_code_are_checked():
                 proto.Error("NOT_REGISTERED", "x")):
         with pytest.raises(ProtocolError):
             bad.to_frames()
+
+
+def test_ready_names_the_data_it_describes():
+    """READY carries the dataset name and dtype (protocol 2), so a mismatch can be named without the
+    server's fingerprint; both are required fields, and the dtype is float32 or float64 only."""
+    assert header_of(READY)["dataset"] == "mnist" and header_of(READY)["data_dtype"] == "float64"
+    for key in ("dataset", "data_dtype"):
+        header = header_of(READY)
+        del header[key]
+        with pytest.raises(ProtocolError, match="missing fields"):
+            proto.decode([msgpack.packb(header)])
+    for dtype in ("float16", "<f8", "", 64):
+        with pytest.raises(ProtocolError, match="data_dtype"):
+            proto.decode([msgpack.packb(header_of(READY) | {"data_dtype": dtype})])
+        with pytest.raises(ProtocolError):
+            dataclasses.replace(READY, data_dtype=dtype).to_frames()

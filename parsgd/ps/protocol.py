@@ -19,7 +19,8 @@ size, msgpack well-formedness, version, type, the exact set of fields, field typ
 frame count, dtype and payload length (checked before `frombuffer`). Encoding runs the same
 field checks, so a sender never puts on the wire what a receiver would refuse.
 
-Protocol 2 (this one) added TASK.batch and HEARTBEAT.busy; versions are compared for equality.
+Protocol 2 (this one) added TASK.batch, HEARTBEAT.busy, READY.dataset and READY.data_dtype;
+versions are compared for equality. The specification is docs/protocol.md.
 
 Version choice: a header whose `v` differs from PROTOCOL_VERSION raises `VersionMismatch`,
 except for HELLO: a foreign-version HELLO is decoded leniently (fields that do not check out
@@ -39,7 +40,7 @@ from parsgd.ps.wire import (BOOL, DTYPES, HEADER_MAX, ID, INT, MAX_CONFIG_KEYS, 
                             MAX_LIST, MAX_TEXT, NAME, TEXT, TIME, ProtocolError, VersionMismatch, config_map,
                             float_in, frame_buffer, frames_nbytes, int_in, payload_array, recv_frames, short)
 
-PROTOCOL_VERSION = 2            # 2: TASK carries `batch`
+PROTOCOL_VERSION = 2            # 2: TASK.batch, HEARTBEAT.busy, READY.dataset and READY.data_dtype
 SPANS = ("serialize", "send", "recv", "deserialize", "compute", "wait", "aggregate", "update")
 ERROR_CODES = ("VERSION", "DATA_MISMATCH", "STALE", "BAD_MESSAGE", "BUSY")
 
@@ -173,16 +174,26 @@ class Welcome(Message):
                   heartbeat_s=float_in(lo=1e-6), liveness=int_in(1), shm=NAME)
 
 
+def _dtype_name(where, x):
+    if type(x) is not str or x not in DTYPES:
+        raise ProtocolError(f"{where}: expected one of {', '.join(DTYPES)}, got {short(x)}")
+    return x
+
+
 @dataclass(frozen=True, eq=False)
 class Ready(Message):
+    """The worker's data, so the server can name what differs (dataset, rows, dtype, bytes) on a mismatch."""
     incarnation: int
     session: int
     fingerprint: str
     n_train: int
     n_test: int
     shm: bool = False          # the worker attached the shared-memory segment WELCOME offered
+    dataset: str = ""          # Dataset.name: "mnist", "fashion-mnist" or "synthetic"
+    data_dtype: str = "float32"
     TYPE = "READY"
-    FIELDS = dict(incarnation=ID, session=ID, fingerprint=NAME, n_train=INT, n_test=INT, shm=BOOL)
+    FIELDS = dict(incarnation=ID, session=ID, fingerprint=NAME, n_train=INT, n_test=INT, shm=BOOL,
+                  dataset=NAME, data_dtype=_dtype_name)
 
 
 @dataclass(frozen=True, eq=False)
