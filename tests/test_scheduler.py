@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from parsgd.ps.scheduler import NonFiniteGradient, Scheduler
+from parsgd.ps.scheduler import NOT_OWED, NonFiniteGradient, Scheduler
 
 
 @dataclass
@@ -63,9 +63,9 @@ def test_reduce_sums_in_shard_order_not_arrival_order():
 @pytest.mark.parametrize("change, why", [
     (dict(step=4), "late or duplicate"),
     (dict(step=6), "unknown step"),
-    (dict(session=99), "late or duplicate"),      # not the owner
-    (dict(lo=1), "late or duplicate"),            # other rows
-    (dict(shard=7), "late or duplicate"),         # no such shard
+    (dict(session=99), NOT_OWED),                 # never given this shard
+    (dict(lo=1), NOT_OWED),                       # other rows
+    (dict(shard=7), NOT_OWED),                    # no such shard
 ])
 def test_only_the_owner_gradient_for_this_step_and_rows_is_accepted(change, why):
     sched, _ = started()
@@ -95,6 +95,8 @@ def test_a_dead_owner_loses_only_its_unfinished_shards_and_its_late_gradient_is_
     assert new.session == 12 and st.owner[mine[1]] == 12
     lo, hi = st.shards[mine[1]]
     assert sched.check(11, 5, mine[1], lo, hi) == "late or duplicate"   # the zombie's copy
+    other = next(s for s, o in enumerate(st.owner) if o == 12 and s != mine[1])
+    assert sched.check(11, 5, other, *st.shards[other]) == NOT_OWED    # a shard it never had
     assert sched.check(12, 5, mine[1], lo, hi) is None
 
 

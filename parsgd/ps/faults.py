@@ -3,10 +3,17 @@
     parsgd worker --connect ADDR --faults "kill@40"
     parsgd worker --connect ADDR --faults "drop=0.1,seed=7"
 
-Items, comma-separated:  kill@STEP (SIGKILL itself), crash@STEP (exit 1), stop@STEP:SECONDS
-(SIGSTOP itself; a child process sends SIGCONT after SECONDS: a zombie), hang@STEP:SECONDS (a slow
-but alive worker), nan@STEP (every gradient it computes for STEP has a NaN), drop=P / dup=P (drop
-or duplicate each outgoing GRAD with probability P), delay=P:SECONDS, seed=N (the PRNG of the
+Items, comma-separated:  kill@STEP (SIGKILL itself on the TASK, before computing), crash@STEP
+(exit 1), stop@STEP:SECONDS (SIGSTOP itself; a child process sends SIGCONT after SECONDS: a
+zombie), hang@STEP:SECONDS (a slow but alive worker), nan@STEP / inf@STEP (every gradient it
+computes for STEP has a NaN / an Inf), killpush@STEP[:SECONDS] (SIGKILL itself SECONDS, default
+0.2, after its GRAD for STEP left: pushed and applied, then gone), cutpush@STEP (SIGKILL itself the
+moment that GRAD is handed to the socket: over tcp the frame is cut mid-transfer), deaf@STEP
+(after its GRAD for STEP it never reads its socket again, while its heartbeat thread goes on),
+wrongshard@STEP / wrongsize@STEP (its GRAD for STEP names the next shard / has one element too
+few: a broken worker, answered with ERROR BAD_MESSAGE),
+drop=P / dup=P (drop or duplicate each outgoing GRAD with probability P), delay=P:SECONDS,
+droptask=P (ignore each incoming TASK with probability P: a lost TASK), seed=N (the PRNG of the
 probabilistic faults; each worker draws from its own stream, random.Random("SEED/NAME") with its
 --name, so `launch` workers sharing one seed do not drop in lockstep).
 
@@ -15,6 +22,7 @@ splits such a schedule into one worker --faults text per worker.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -22,6 +30,9 @@ import signal
 import subprocess
 import sys
 import time
+
+import numpy as np
+
 from parsgd.errors import UsageError
 
 
@@ -29,9 +40,11 @@ class FaultSpecError(UsageError, ValueError):
     """The --faults text cannot be parsed; the message shows the accepted items."""
 
 
-ONCE = ("kill", "crash", "stop", "hang", "nan")
-RATES = ("drop", "dup", "delay")
-HELP = "kill@STEP, crash@STEP, stop@STEP:SECONDS, hang@STEP:SECONDS, nan@STEP, drop=P, dup=P, delay=P:SECONDS, seed=N"
+ONCE = ("kill", "crash", "stop", "hang", "nan", "inf", "killpush", "cutpush", "deaf", "wrongshard", "wrongsize")
+RATES = ("drop", "dup", "delay", "droptask")
+HELP = ("kill@STEP, crash@STEP, stop@STEP:SECONDS, hang@STEP:SECONDS, nan@STEP, inf@STEP, killpush@STEP[:SECONDS], "
+        "cutpush@STEP, deaf@STEP, wrongshard@STEP, wrongsize@STEP, drop=P, dup=P, delay=P:SECONDS, droptask=P, seed=N")
+KILLPUSH_WAIT_S = 0.2         # killpush: time for the GRAD to arrive and be applied before the SIGKILL
 RANGES = "STEP is a whole number >= 0, SECONDS a finite number >= 0, P a probability in [0, 1]"
 
 
@@ -109,9 +122,37 @@ class FaultPlan:
     def corrupt(self, step: int, rank: int, grad) -> None:
         """Every attempt at the step, not once: a reassigned shard fails again if it comes back here."""
         fault = self.at.get(step)
-        if fault and fault[0] == "nan":
-            self.echo(f"fault injection: nan at step {step}")
-            grad[0] = float("nan")
+        if fault and fault[0] in ("nan", "inf"):
+            self.echo(f"fault injection: {fault[0]} at step {step}")
+            grad[0] = float(fault[0])
+
+    def after_push(self, step: int) -> bool:
+        """Right after the GRAD for `step` was handed to the socket: killpush / cutpush SIGKILL the
+        process; returns True when the worker must go deaf (never read its socket again)."""
+        fault = self._due(step, ("killpush", "cutpush", "deaf"))
+        if fault is None:
+            return False
+        kind, secs = fault
+        if kind == "deaf":
+            return True
+        if kind == "killpush":
+            time.sleep(secs or KILLPUSH_WAIT_S)
+        os.kill(os.getpid(), signal.SIGKILL)
+        return False
+
+    def mangle(self, step: int, grad_msg, workers: int):
+        """wrongshard / wrongsize: the GRAD for `step` made into one a broken worker would send."""
+        fault = self._due(step, ("wrongshard", "wrongsize"))
+        if fault is None:
+            return grad_msg
+        if fault[0] == "wrongshard":
+            return dataclasses.replace(grad_msg, shard=(grad_msg.shard + 1) % workers)
+        payload = grad_msg.grad if grad_msg.grad is not None else np.zeros(2)
+        return dataclasses.replace(grad_msg, grad=np.ascontiguousarray(payload[:-1]))
+
+    def drop_task(self) -> bool:
+        """True to ignore the TASK just received (a lost TASK), with probability droptask."""
+        return "droptask" in self.rates and self.rng.random() < self.rates["droptask"][0]
 
     def outgoing(self, step: int, rank: int) -> range:
         """How many copies of this GRAD to send: 0 (dropped), 1, or 2 (duplicated)."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from parsgd import __version__
 from parsgd.ps import protocol as proto
-from parsgd.ps.scheduler import ServerExit
+from parsgd.ps.scheduler import NOT_OWED, ServerExit
 
 
 def _fenced(srv, identity: bytes, msg, any_identity: bool = False):
@@ -115,6 +115,9 @@ def on_grad(srv, identity: bytes, msg: proto.Grad, frames, t: float) -> None:
     # Logged under the step in progress: a late or made-up GRAD's own step may be long gone or never come.
     srv.log.add("recv", st.step if st is not None else srv.step, t, proto.frames_nbytes(frames[1:]))
     why = srv.scheduler.check(member.session, msg.step, msg.shard, msg.lo, msg.hi)
+    if why == NOT_OWED:
+        strike(srv, identity, f"GRAD for step {msg.step} shard {msg.shard} rows [{msg.lo}, {msg.hi}): {why}")
+        return
     if why is not None:
         srv.events.limited("ignored_grad", rank=member.rank, step=msg.step, shard=msg.shard, why=why)
         return

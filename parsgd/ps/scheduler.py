@@ -22,6 +22,9 @@ from parsgd.errors import UserError
 from parsgd.training.loop import shard_bounds
 
 
+NOT_OWED = "not a shard it was given"
+
+
 class ServerExit(UserError):
     """Training cannot go on; the message says why and what to do. Exit 1 after a checkpoint."""
 
@@ -51,12 +54,14 @@ class Step:
     correct: list[int] = field(init=False)
     compute_s: list[float] = field(init=False)
     bad: list[int] = field(init=False)                  # non-finite results seen for shard s
+    ever: list[set] = field(init=False)                 # sessions shard s was ever given this step
 
     def __post_init__(self):
         k = len(self.shards)
         self.owner, self.done, self.sent_at = [None] * k, [False] * k, [0.0] * k
         self.src, self.loss, self.correct = [None] * k, [0.0] * k, [0] * k
         self.compute_s, self.bad = [0.0] * k, [0] * k
+        self.ever = [set() for _ in range(k)]
 
 
 class Scheduler:
@@ -103,6 +108,7 @@ class Scheduler:
         turn = 1 + max(w.rank for w in live)
         chosen = min(live, key=lambda w: (load[w.session], (w.rank - st.step) % turn))
         st.owner[s], st.sent_at[s] = chosen.session, self.clock()
+        st.ever[s].add(chosen.session)
         return chosen
 
     def unowned(self) -> list[int]:
@@ -129,17 +135,21 @@ class Scheduler:
                 if o is not None and not st.done[s] and now - st.sent_at[s] > timeout_s]
 
     def check(self, session: int, step: int, shard: int, lo: int, hi: int) -> str | None:
-        """None if a GRAD with these fields is the one owed, else why it is ignored.
+        """None if a GRAD with these fields is the one owed, else why it is refused.
 
         Accepted only from the session that owns the shard now, for the current step, with the same
-        rows, and only once: late, duplicate, reassigned and made-up gradients are all refused.
+        rows, and only once. Late, duplicate and reassigned gradients are "late or duplicate" (an
+        honest worker sends them after a timeout or a fault); a current-step shard or rows the session
+        was never given are NOT_OWED (only a broken worker sends that; the server answers BAD_MESSAGE).
         """
         st = self.cur
         if st is None or step < st.step:
             return "late or duplicate"
         if step > st.step:
             return "unknown step"
-        if shard >= len(st.shards) or st.owner[shard] != session or st.done[shard] or (lo, hi) != st.shards[shard]:
+        if shard >= len(st.shards) or session not in st.ever[shard] or (lo, hi) != st.shards[shard]:
+            return NOT_OWED  # a shard or rows it was never given in this step: a broken worker
+        if st.owner[shard] != session or st.done[shard]:
             return "late or duplicate"
         return None
 

@@ -227,11 +227,16 @@ class Worker:
                 self.log.add("wait", msg.step if self.tasks_done else -1, t, end=waited)
                 self.log.add("recv", msg.step, waited, proto.frames_nbytes(frames), end=recvd)
                 self.log.add("deserialize", msg.step, recvd)
+                if self.faults.drop_task():
+                    continue
                 self.heartbeats.busy = True
                 try:
-                    self._compute(msg)
+                    deaf = self._compute(msg)
                 finally:
                     self.heartbeats.busy = False
+                if deaf:  # fault injection: alive and heartbeating, but never reading its socket
+                    time.sleep(self.opts.connect_timeout_s)
+                    return "deaf for --connect-timeout (fault injection)"
                 self.tasks_done += 1
                 spin = self.spin
                 if time.monotonic() >= self._next_ship:
@@ -254,7 +259,8 @@ class Worker:
             os.sched_yield()
         return False
 
-    def _compute(self, task: proto.Task) -> None:
+    def _compute(self, task: proto.Task) -> bool:
+        """Compute and push one shard's gradient; True if a `deaf` fault says to stop reading."""
         self.faults.before_compute(task.step, self.rank)
         t = self.log.now()
         order = self._orders.get(task.epoch)
@@ -273,12 +279,13 @@ class Worker:
         self.faults.corrupt(task.step, self.rank, grad)
         end = self.log.add("compute", task.step, t)
         msg = proto.Grad(self.incarnation, self.session, task.step, task.shard, task.lo, task.hi, idx.size,
-                     loss_sum, correct, end - t, None if self.buf is not None else grad)
-        frames = msg.to_frames()
+                         loss_sum, correct, end - t, None if self.buf is not None else grad)
+        frames = self.faults.mangle(task.step, msg, self.cfg.workers).to_frames()
         t = self.log.add("serialize", task.step, end)
         for copy in self.faults.outgoing(task.step, self.rank):
             self._send(frames, self.hb_s * self.liveness)  # unsent if the server is gone: _work notices
         self.log.add("send", task.step, t, proto.frames_nbytes(frames))
+        return self.faults.after_push(task.step)
 
     def _send(self, frames, timeout_s: float = SEND_TIMEOUT_S) -> bool:
         """Send within timeout_s or give up: with IMMEDIATE=1 a plain send blocks while no server is connected."""
