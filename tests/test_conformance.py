@@ -21,7 +21,7 @@ import pytest
 
 import conformance_worker as cw
 from parsgd import __version__
-from parsgd.data import epoch_order, load_dataset, write_idx
+from parsgd.data import Dataset, epoch_order, load_dataset, write_idx
 from parsgd.model.mlp import Workspace, init_params, loss_and_grad
 from procs import Procs, events, load_params, no_traceback, sequential_params
 
@@ -99,6 +99,26 @@ def test_spec_gradient_is_parsgds():
     loss, correct = loss_and_grad(params, sizes, x, y, grad, Workspace(sizes, "float64"), scale=1 / 65)
     mine, my_loss, my_correct = cw.loss_and_grad(params, sizes, x, y, 1 / 65)
     assert np.max(np.abs(mine - grad)) < 1e-15 and abs(my_loss - loss) < 1e-9 and my_correct == correct
+
+
+def test_the_specifications_test_vectors_hold():
+    """Appendix A of docs/protocol.md, recomputed with the written-out algorithms and with parsgd."""
+    spec = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    rng = cw.PCG64([42, 0])
+    expected = [" ".join(f"0x{w:016x}" for w in cw.seed_words([42, 0])),
+                f"0x{rng.next64():016x} 0x{rng.next64():016x}",
+                " ".join(map(str, cw.epoch_order(10, 42, 0))), " ".join(map(str, cw.epoch_order(10, 42, 1))),
+                " ".join(map(str, cw.subsample(300, 5, 7))), " ".join(map(str, cw.subsample(60_000, 5, 7)))]
+    x = (np.arange(2 * 784).reshape(2, 784) % 256).astype(np.uint8)
+    for dtype in ("float64", "float32"):
+        data = {"name": "mnist", "x_train": np.divide(x, 255, dtype=dtype), "y_train": np.array([3, 9], "<i8"),
+                "x_test": np.zeros((0, 784), dtype), "y_test": np.zeros(0, "<i8")}
+        reference = Dataset(data["name"], "", *(data[k] for k in ("x_train", "y_train", "x_test", "y_test")))
+        assert cw.fingerprint(data) == reference.fingerprint()
+        expected.append(cw.fingerprint(data))
+    assert expected[2] == " ".join(map(str, epoch_order(10, 42, 0)))
+    for value in expected:
+        assert f"`{value}`" in spec, value
 
 
 # -- against a real server ---------------------------------------------------------------------------------
