@@ -408,6 +408,7 @@ class Worker:
     def _work(self) -> bool:
         """True after STOP; False when this session is stale or the server went silent."""
         self.last_heard = self.last_sent = time.monotonic()
+        self.tasks_read = 0                         # HEARTBEAT.tasks: TASKs read in this session
         silent_limit = self.heartbeat_s * self.liveness
         while True:
             if time.monotonic() - self.last_sent >= self.heartbeat_s:
@@ -420,6 +421,7 @@ class Worker:
             header, payload = reply
             kind = header["type"]
             if kind == "TASK" and (header["incarnation"], header["session"]) == (self.incarnation, self.session):
+                self.tasks_read += 1
                 self._task(header, payload, self.now())
             elif kind == "STOP" and header["incarnation"] == self.incarnation:
                 self._ship_logs()
@@ -434,7 +436,8 @@ class Worker:
 
     def _heartbeat(self, busy: bool, session: int | None = None) -> None:
         self.send({"type": "HEARTBEAT", "incarnation": self.incarnation,
-                   "session": self.session if session is None else session, "busy": busy})
+                   "session": self.session if session is None else session, "busy": busy,
+                   "tasks": getattr(self, "tasks_read", 0)})
 
     def _task(self, task: dict, params, received: float) -> None:
         cfg = self.config

@@ -111,3 +111,28 @@ def test_a_broken_worker_gets_bad_message_and_its_shard_goes_elsewhere(tmp_path,
     assert [e["rank"] for e in named(run, "dead")] == [victim]
     assert json.loads((run / "summary.json").read_text())["epochs"] == 2
     same_model(run, reference)
+
+
+def test_a_worker_that_heartbeats_but_stops_reading_is_dropped_within_the_dead_time(tmp_path, reference):
+    """After its GRAD for step 5, worker 0 never reads its socket again while its heartbeat thread
+    says it is alive and idle. The server sees the TASK it sent stay unread (HEARTBEAT.tasks) and drops
+    it after --liveness x --heartbeat (1 s here), well before the 5 s step timeout would."""
+    run = tmp_path / "run"
+    result = launch(run, "--faults", "deaf=worker0@step5", "--step-timeout", "5")
+    assert result.returncode == 0, result.stdout[-3000:]
+    victim = rank_of(run, "w0")
+    dead = named(run, "dead")
+    assert [e["rank"] for e in dead] == [victim] and "not reading its socket" in dead[0]["reason"], dead
+    assert dead[0]["step"] == 6 and named(run, "step_timeout") == []
+    assert [e["step"] for e in named(run, "reassign")] == [6]
+    same_model(run, reference)
+
+
+def test_lost_gradients_do_not_make_an_idle_worker_look_deaf(tmp_path, reference):
+    """A dropped GRAD leaves a TASK unanswered, but the worker read it: it is not dropped, only the
+    shard times out."""
+    run = tmp_path / "run"
+    result = launch(run, "--faults", "drop=0.05,seed=2", "--step-timeout", "0.5")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert named(run, "step_timeout") and named(run, "dead") == []
+    same_model(run, reference)

@@ -137,8 +137,9 @@ def on_grad(srv, identity: bytes, msg: proto.Grad, frames, t: float) -> None:
 
 def on_heartbeat(srv, identity: bytes, msg: proto.Heartbeat, frames, t: float) -> None:
     member = _fenced(srv, identity, msg, any_identity=True)  # from the worker's heartbeat socket too
-    if member is not None and not msg.busy:
-        member.owes.clear()  # idle, so nothing sent to it is still being computed (a lost GRAD, say)
+    why = srv.members.not_reading(member, msg.tasks, msg.busy) if member is not None else None
+    if why is not None:  # idle and alive, yet deaf: demoted; it registers again once it reads
+        srv.drop(member, why)
 
 
 def on_logs(srv, identity: bytes, msg: proto.Logs, frames, t: float) -> None:

@@ -18,14 +18,16 @@ from parsgd.ps.sockets import configure_dealer
 
 class Heartbeats(threading.Thread):
     """Sends HEARTBEAT every `interval` seconds to `opts.connect` (with `opts.keys_dir`) from its own
-    socket, whatever the main thread is doing; `busy` is set by the main thread while it computes.
+    socket, whatever the main thread is doing; the main thread sets `busy` while it computes and
+    counts the TASKs it reads in `tasks`.
     Stop it with `halt.set()`; a full queue drops a heartbeat rather than blocking."""
 
     def __init__(self, ctx, opts, incarnation: int, session: int, interval: float):
         super().__init__(daemon=True, name="parsgd-heartbeat")
         self.ctx, self.opts, self.interval = ctx, opts, interval
-        self.idle_msg, self.busy_msg = (proto.Heartbeat(incarnation, session, b) for b in (False, True))
+        self.incarnation, self.session = incarnation, session
         self.busy = False          # set by the main thread while it computes: the server then sends it nothing
+        self.tasks = 0             # TASKs the main thread has read: the server tells a deaf worker by it
         self.halt = threading.Event()
 
     def run(self):
@@ -35,7 +37,7 @@ class Heartbeats(threading.Thread):
         try:
             while not self.halt.wait(self.interval):
                 try:
-                    msg = self.busy_msg if self.busy else self.idle_msg
+                    msg = proto.Heartbeat(self.incarnation, self.session, self.busy, self.tasks)
                     sock.send_multipart(msg.to_frames(), flags=zmq.NOBLOCK)
                 except zmq.Again:
                     pass

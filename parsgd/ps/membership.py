@@ -11,7 +11,7 @@ token, so a zombie's or an earlier registration's messages never pass `fenced`. 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -33,10 +33,26 @@ class Member:
     ready: bool = False
     buf: object = None            # its shared-memory SessionBuffer, owned by the server's Segments
     owes: set = field(default_factory=set)   # (step, shard) of TASKs sent, not answered, not reported idle
+    unread: deque = field(default_factory=deque)  # send times (clock s) of TASKs it has not said it read
+    tasks_read: int = 0           # TASKs it said (HEARTBEAT.tasks) it has read
 
     def busy(self) -> bool:
         """It is computing (or has queued) a TASK: it reads nothing else meanwhile."""
         return bool(self.owes)
+
+    def heard(self, tasks_read: int, busy: bool) -> float | None:
+        """A HEARTBEAT said it has read `tasks_read` TASKs and is (not) busy. Returns the send time of
+        its oldest unread TASK if it says it is idle, else None. An idle worker that has read every
+        TASK owes nothing any more (a GRAD it sent may have been lost)."""
+        while self.tasks_read < tasks_read and self.unread:
+            self.unread.popleft()
+            self.tasks_read += 1
+        if busy:
+            return None
+        if not self.unread:
+            self.owes.clear()
+            return None
+        return self.unread[0]
 
     def stuck_before(self, step: int) -> bool:
         """It still computes a TASK of an earlier step: a new shard would wait behind it."""
@@ -131,6 +147,18 @@ class Membership:
             elif not m.ready and now - m.welcomed > self.register_timeout_s:
                 out.append((m, f"no READY within {self.register_timeout_s:g} s"))
         return out
+
+    def sent_task(self, member: Member, step: int, shard: int) -> None:
+        member.owes.add((step, shard))
+        member.unread.append(self.clock())
+
+    def not_reading(self, member: Member, tasks_read: int, busy: bool) -> str | None:
+        """Why an idle member that leaves a TASK unread for more than dead_after_s must be dropped
+        (it heartbeats but does not read its socket), or None."""
+        since = member.heard(tasks_read, busy)
+        if since is None or self.clock() - since <= self.dead_after_s:
+            return None
+        return f"not reading its socket: a TASK unread for {self.clock() - since:.1f} s while it says it is idle"
 
     # -- misbehaving peers -------------------------------------------------------------------------
     def is_quarantined(self, identity: bytes) -> bool:

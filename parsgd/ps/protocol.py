@@ -19,7 +19,7 @@ size, msgpack well-formedness, version, type, the exact set of fields, field typ
 frame count, dtype and payload length (checked before `frombuffer`). Encoding runs the same
 field checks, so a sender never puts on the wire what a receiver would refuse.
 
-Protocol 2 (this one) added TASK.batch, HEARTBEAT.busy, READY.dataset and READY.data_dtype;
+Protocol 2 (this one) added TASK.batch, HEARTBEAT.busy and .tasks, READY.dataset and READY.data_dtype;
 versions are compared for equality. The specification is docs/protocol.md.
 
 Version choice: a header whose `v` differs from PROTOCOL_VERSION raises `VersionMismatch`,
@@ -40,7 +40,7 @@ from parsgd.ps.wire import (BOOL, DTYPES, HEADER_MAX, ID, INT, MAX_CONFIG_KEYS, 
                             MAX_LIST, MAX_TEXT, NAME, TEXT, TIME, ProtocolError, VersionMismatch, config_map,
                             float_in, frame_buffer, frames_nbytes, int_in, payload_array, recv_frames, short)
 
-PROTOCOL_VERSION = 2            # 2: TASK.batch, HEARTBEAT.busy, READY.dataset and READY.data_dtype
+PROTOCOL_VERSION = 2            # 2: TASK.batch, HEARTBEAT.busy/.tasks, READY.dataset and READY.data_dtype
 SPANS = ("serialize", "send", "recv", "deserialize", "compute", "wait", "aggregate", "update")
 ERROR_CODES = ("VERSION", "DATA_MISMATCH", "STALE", "BAD_MESSAGE", "BUSY")
 
@@ -247,8 +247,9 @@ class Heartbeat(Message):
     incarnation: int
     session: int
     busy: bool = False         # worker -> server: it is computing a TASK and reads nothing meanwhile
+    tasks: int = 0             # worker -> server: TASKs it has read in this session (0 from the server)
     TYPE = "HEARTBEAT"
-    FIELDS = dict(incarnation=ID, session=ID, busy=BOOL)
+    FIELDS = dict(incarnation=ID, session=ID, busy=BOOL, tasks=INT)
 
 
 @dataclass(frozen=True, eq=False)

@@ -277,7 +277,7 @@ class ParameterServer(Trainer):
         task = proto.Task(self.incarnation, member.session, st.step, st.epoch, s, lo, hi, st.batch,
                           self.log.now(), payload)
         if self.send(member, task, st.step):
-            member.owes.add((st.step, s))
+            self.members.sent_task(member, st.step, s)
 
     def _load_params(self, member: Member, step: int) -> None:
         """The step's parameters into a shared-memory worker's segment, once per step."""

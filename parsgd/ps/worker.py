@@ -227,6 +227,7 @@ class Worker:
                 self.log.add("wait", msg.step if self.tasks_done else -1, t, end=waited)
                 self.log.add("recv", msg.step, waited, proto.frames_nbytes(frames), end=recvd)
                 self.log.add("deserialize", msg.step, recvd)
+                self.heartbeats.tasks += 1  # read (a droptask fault loses it after that)
                 if self.faults.drop_task():
                     continue
                 self.heartbeats.busy = True
