@@ -30,7 +30,7 @@ HELLO_RETRY_S = 1.0
 HELLO_BREAKS = ("package_version", "v1", "missing_session")
 READY_BREAKS = ("fingerprint", "n_train", "dataset", "data_dtype")
 GRAD_BREAKS = ("missing_field", "payload_length", "payload_size", "payload_dtype", "stale_incarnation",
-               "wrong_type", "stale_heartbeat")
+               "wrong_type", "wrong_rows", "stale_heartbeat")
 
 
 class Refused(Exception):
@@ -482,6 +482,8 @@ class Worker:
             self.send({**header, "incarnation": self.incarnation ^ 1}, grad)
         elif brk == "wrong_type":                # a TASK is the server's to send
             self.send({**task, "type": "TASK"}, grad)
+        elif brk == "wrong_rows":                # rows of the current step it was not given (§4.5)
+            self.send({**header, "lo": header["lo"] + 1, "count": header["count"] - 1}, grad)
         elif brk == "stale_heartbeat":            # answered by silence (§8)
             self._heartbeat(busy=True, session=self.session ^ 1)
         else:

@@ -223,9 +223,10 @@ def test_malformed_messages_get_bad_message_or_stale_and_the_run_goes_on(tmp_pat
         params = finished(server, tmp_path, 1)
     assert [(step, code) for step, code, _ in worker.errors] == [
         (0, "BAD_MESSAGE"), (1, "BAD_MESSAGE"), (2, "BAD_MESSAGE"), (3, "BAD_MESSAGE"), (4, "STALE"),
-        (5, "BAD_MESSAGE"), (6, "-")], worker.errors              # a stale HEARTBEAT is answered by silence
+        (5, "BAD_MESSAGE"), (6, "BAD_MESSAGE"), (7, "-")], worker.errors   # a stale HEARTBEAT: silence
     messages = [m for _, _, m in worker.errors]
     assert "compute_s" in messages[0] and "payload" in messages[1] and "does not match the model" in messages[2]
+    assert "not a shard it was given" in messages[6]
     assert np.max(np.abs(params - oracle)) < EXACT
     assert not [e for e in events(tmp_path / "run") if e["event"] == "dead"]
 
