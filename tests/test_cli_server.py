@@ -172,7 +172,7 @@ def test_server_spec_options_reach_the_server(tmp_path):
                       out=str(tmp_path / "run")).write(tmp_path / "spec.json")
     result = subprocess.run(PY + ["server", "--spec", str(spec)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "error: only 0/1 workers registered within 0.4 s" in result.stderr, result.stderr
+    assert "error: only 0 of 1 worker registered within 0.4 s" in result.stderr, result.stderr
     assert json.loads((tmp_path / "run" / "config.json").read_text())["transport"] == "tcp"
 
 

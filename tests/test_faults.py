@@ -430,7 +430,8 @@ def test_signal_on_a_worker_and_then_on_the_server(tmp_path, sig):
         workers[0].signal(sig)
         assert workers[0].wait(5) in (1, 130)
         took_worker = time.monotonic() - start
-        wait_for_event(run, lambda e: e["event"] == "dead")
+        # a signalled worker says it leaves: "left", not "dead", and its shard moves at once
+        wait_for_event(run, lambda e: e["event"] == "left" and e["session"] == session_of(run, pid=workers[0].pid)[0])
         start = time.monotonic()
         server.signal(sig)
         assert server.wait(10) == 1
@@ -443,6 +444,9 @@ def test_signal_on_a_worker_and_then_on_the_server(tmp_path, sig):
           f"its workers by {max(took_workers):.2f} s")
     assert took_worker < 2 and took_server < 3 and max(took_workers) < 3
     assert "error: " in outs[0]
+    victim = session_of(run, pid=workers[0].pid)[0]
+    assert [e for e in named(run, "dead") if e["session"] == victim] == []
+    assert f"worker {named(run, 'left')[0]['rank']} left: 2 live" in server_out
     error = [line for line in server_out.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and f"interrupted by {sig.name}" in error[0] and f"--resume {run}" in error[0]
     assert all("stopped by the server (server stopped)" in out for out in outs[1:])

@@ -113,3 +113,13 @@ def test_strike_and_quarantine_tables_are_bounded():
         reg.strike((i + 10**6).to_bytes(4, "big"))
     assert len(reg.quarantined) == MAX_TRACKED_PEERS and len(reg.strikes) == MAX_TRACKED_PEERS
     assert not reg.is_quarantined((0).to_bytes(4, "big"))  # the oldest made room
+
+
+def test_a_launch_worker_named_wN_gets_rank_N_when_it_is_free():
+    """One number per worker for the user: launch's worker 2 (--name w2) is rank 2 whatever the order."""
+    reg, _ = registry(n_shards=3)
+    assert reg.admit(b"c", 3, "h", 3, name="w2").rank == 2
+    assert reg.admit(b"a", 1, "h", 1, name="w0").rank == 0
+    assert reg.admit(b"x", 9, "h", 9, name="w2").rank == 1      # taken: the lowest free rank
+    assert reg.admit(b"y", 8, "h", 8, name="w7").rank == 3      # beyond the shards: lowest free
+    assert reg.admit(b"z", 7, "h", 7, name="worker").rank == 4  # another name: lowest free

@@ -67,7 +67,7 @@ def test_worker_with_different_data_is_turned_away_and_the_run_goes_on(tmp_path)
     with Procs(tmp_path) as p:
         server, address = p.server(tmp_path / "run", 1, "--dataset", "mnist", "--data-dir", str(tmp_path / "right"),
                                    "--epochs", "2", "--batch-size", "50", "--hidden", "16")
-        server.wait_for("waiting for 1 workers")
+        server.wait_for("waiting for 1 worker ")
         bad = p.worker(address, "--data-dir", str(tmp_path / "wrong"))
         assert bad.wait(60) == 1
         assert "different data" in bad.output() and "error: " in bad.output()

@@ -149,6 +149,7 @@ def test_curve_allowlisted_workers_train_and_strangers_deliver_nothing(tmp_path,
                 s.join()
             assert keyless_worker.wait(30) == 1
             assert "error: no parameter server answered" in keyless_worker.output()
+            assert "this worker needs --keys DIR too" in keyless_worker.output()  # the likely cause, named
 
             assert server.p.poll() is None, "the run ended before the strangers were done: raise the delay"
             ends_cleanly(server, *workers)

@@ -47,7 +47,7 @@ def on_hello(srv, identity: bytes, msg: proto.Hello, frames, t: float) -> None:
         if not room:
             srv.router.reply_error(identity, "BUSY", "the server has as many workers as it takes")
             return
-        member = srv.members.admit(identity, msg.session, msg.host, msg.pid)
+        member = srv.members.admit(identity, msg.session, msg.host, msg.pid, msg.name)
         if srv.opts.shm and msg.host == srv.host:
             try:
                 member.buf = srv.segments.create(msg.session)
@@ -152,8 +152,7 @@ def on_logs(srv, identity: bytes, msg: proto.Logs, frames, t: float) -> None:
     else:  # the empty chunk ends a worker's logs: it is leaving, which is no death
         chunks = srv.log_chunks.pop(member.rank, [])
         srv.worker_logs[member.rank] = np.concatenate(chunks) if chunks else np.zeros((0, 5))
-        srv.forget(member)
-        srv.events("left", rank=member.rank, session=member.session)
+        srv.drop(member, "left", left=True)  # mid-run (a signal), its unfinished shards go to others
 
 
 def on_error(srv, identity: bytes, msg: proto.Error, frames, t: float) -> None:
@@ -200,6 +199,12 @@ def on_timer(srv, now: float) -> None:
     elif now - srv.no_workers_since > srv.opts.wait_timeout_s:
         raise ServerExit(f"no workers for {srv.opts.wait_timeout_s:g} s at step {srv.step}"
                          f"{srv.opts.continue_hint(srv.step, srv.rundir.path)}")
+
+
+def on_non_finite(srv, s: int, owner: int | None) -> None:
+    """Shard s of the current step came back with a NaN or Inf (from session `owner`)."""
+    member = srv.members.get(owner) if owner is not None else None
+    srv.events("non_finite_grad", step=srv.scheduler.cur.step, shard=s, rank=member.rank if member else None)
 
 
 HANDLERS = {proto.Hello: on_hello, proto.Ready: on_ready, proto.Grad: on_grad,

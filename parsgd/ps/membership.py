@@ -10,6 +10,7 @@ token, so a zombie's or an earlier registration's messages never pass `fenced`. 
 """
 from __future__ import annotations
 
+import re
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -113,10 +114,14 @@ class Membership:
         evict = [min(pending, key=lambda m: m.welcomed)] if len(pending) >= self.n_shards + PENDING_SLACK else []
         return evict, len(self.members) - len(evict) < 2 * self.n_shards + PENDING_SLACK
 
-    def admit(self, identity: bytes, session: int, host: str, pid: int) -> Member:
-        """A new pending member with the lowest free rank; call `room_for` first."""
+    def admit(self, identity: bytes, session: int, host: str, pid: int, name: str = "") -> Member:
+        """A new pending member; call `room_for` first. A worker named `wN` (what `parsgd launch`
+        calls its worker N) gets rank N if it is free, so a user meets one number per worker in the
+        console, the events and the --faults schedule; any other gets the lowest free rank."""
         used = {m.rank for m in self.members.values()}
-        rank = next(r for r in range(len(used) + 1) if r not in used)
+        wanted = int(name[1:]) if re.fullmatch(r"w\d{1,6}", name) else -1
+        rank = wanted if 0 <= wanted < self.n_shards and wanted not in used else (
+            next(r for r in range(len(used) + 1) if r not in used))
         now = self.clock()
         member = Member(identity, session, rank, host, pid, welcomed=now, last_seen=now)
         self.members[session] = member

@@ -27,7 +27,7 @@ from parsgd.ps import protocol as proto
 from parsgd.ps.checkpoint import save_checkpoint
 from parsgd.ps.commlog import COMM_FLUSH_S, CommLog, CommStream, format_summary, summarize
 from parsgd.ps.events import EventLog
-from parsgd.ps.handlers import HANDLERS, on_timer, strike
+from parsgd.ps.handlers import HANDLERS, on_non_finite, on_timer, strike
 from parsgd.ps.membership import Member, Membership
 from parsgd.ps.scheduler import Scheduler, ServerExit
 from parsgd.ps.shm import Segments, sweep_stale
@@ -40,6 +40,10 @@ LOGS_TIMEOUT_S = 10.0         # how long to wait for workers' LOGS at the end
 STOP_ACK_S = 1.5              # on abort, how long to wait for the workers' final LOGS (their acknowledgement of STOP)
 POLL_MAX_S = 0.1              # longest single poll, so signals and timers are seen promptly
 TIMERS_MAX_S = 0.05           # timers (heartbeats, expiry, step timeouts) run at least this often
+
+
+def workers(n: int) -> str:
+    return f"{n} worker{'' if n == 1 else 's'}"
 
 
 class ParameterServer(Trainer):
@@ -107,7 +111,7 @@ class ParameterServer(Trainer):
             self.log.add("aggregate", step, t)
             if finite:
                 break
-            for s, owner in self.scheduler.reject_non_finite(self._log_non_finite):
+            for s, owner in self.scheduler.reject_non_finite(lambda s, owner: on_non_finite(self, s, owner)):
                 self.assign(s, avoid=owner)
         loss_sum, correct, slowest = self.scheduler.totals()
         self._step_compute += slowest
@@ -188,18 +192,18 @@ class ParameterServer(Trainer):
 
     def _wait_for_initial_workers(self):
         deadline = time.monotonic() + self.opts.wait_timeout_s
-        self.echo(f"server listening on {self.address}: waiting for {self.n_shards} workers "
+        self.echo(f"server listening on {self.address}: waiting for {workers(self.n_shards)} "
                   f"(start them with: parsgd worker --connect {self.address})")
         next_status = time.monotonic() + STATUS_EVERY_S
         while len(self.members.live()) < self.n_shards:
             now, ready = time.monotonic(), len(self.members.live())
             if now >= deadline:
                 raise ServerExit(
-                    f"only {ready}/{self.n_shards} workers registered within "
+                    f"only {ready} of {workers(self.n_shards)} registered within "
                     f"{self.opts.wait_timeout_s:g} s: start them with `parsgd worker --connect {self.address}` "
                     "or raise --wait-timeout")
             if now >= next_status:
-                self.echo(f"waiting for {self.n_shards - ready}/{self.n_shards} workers "
+                self.echo(f"{ready} of {workers(self.n_shards)} ready, waiting for {self.n_shards - ready} more "
                           f"on {self.address}, {deadline - now:.0f} s left")
                 next_status = now + STATUS_EVERY_S
             self._poll_once(min(POLL_MAX_S, deadline - now))
@@ -253,8 +257,9 @@ class ParameterServer(Trainer):
         t = self.log.now()
         try:
             nbytes = self.router.send(member.identity, msg)
-        except zmq.ZMQError as exc:  # EAGAIN: its queue is full; EHOSTUNREACH: it is gone
-            self.drop(member, f"cannot send to it ({exc.strerror})")
+        except zmq.ZMQError as exc:
+            self.drop(member, "its queue is full: it does not read its socket" if exc.errno == zmq.EAGAIN
+                      else "its connection is gone: the process exited or died")
             return False
         if step >= 0:
             self.log.add("send", step, t, nbytes)
@@ -285,13 +290,8 @@ class ParameterServer(Trainer):
         if self.segments.load(member.buf, step, self.params):
             self.log.add("serialize", step, t, self.params.nbytes)
 
-    def _log_non_finite(self, s: int, owner: int | None) -> None:
-        member = self.members.get(owner) if owner is not None else None
-        self.events("non_finite_grad", step=self.scheduler.cur.step, shard=s,
-                    rank=member.rank if member else None)
-
-    def drop(self, member: Member, reason: str) -> None:
-        """A member is gone: forget it; a worker's unfinished shards go to the others."""
+    def drop(self, member: Member, reason: str, left: bool = False) -> None:
+        """A member is gone (`left`: it said so): forget it; a worker's unfinished shards go to others."""
         if self.members.get(member.session) is not member:
             return
         if not member.ready:  # never a worker: no shard to reassign, and its segment can go now
@@ -299,9 +299,14 @@ class ParameterServer(Trainer):
             self.forget(member, close_now=True)
             return
         self.forget(member)
-        self.events("dead", rank=member.rank, session=member.session, reason=reason,
-                    generation=self.members.generation, step=self.step)
-        self.echo(f"lost worker {member.rank} ({reason}): {len(self.members.live())} live")
+        if left:
+            self.events("left", rank=member.rank, session=member.session)
+        else:
+            self.events("dead", rank=member.rank, session=member.session, reason=reason,
+                        generation=self.members.generation, step=self.step)
+        if self.scheduler.cur is not None:  # at the end, every worker leaves: that is no news
+            what = f"worker {member.rank} left" if left else f"lost worker {member.rank} ({reason})"
+            self.echo(f"{what}: {len(self.members.live())} live")
         for s in self.scheduler.release(member.session):
             self.events("reassign", step=self.scheduler.cur.step, shard=s, from_rank=member.rank)
             self.assign(s)

@@ -9,7 +9,6 @@ gives up after --connect-timeout with a clear message.
 """
 from __future__ import annotations
 
-import math
 import os
 import random
 import signal
@@ -27,7 +26,7 @@ from parsgd.config import RunConfig
 from parsgd.data import epoch_order, load_dataset
 from parsgd.model.mlp import Workspace, loss_and_grad, n_params
 from parsgd.ps import protocol as proto
-from parsgd.ps.commlog import CommLog
+from parsgd.ps.commlog import WorkerSpans
 from parsgd.ps.faults import FaultPlan
 from parsgd.ps.heartbeat import Heartbeats
 from parsgd.ps.shm import SessionBuffer
@@ -80,9 +79,7 @@ class Worker:
         self.opts, self.echo = opts, echo
         self.ctx = dealer_context(opts.connect)
         self.sock = None
-        self.log = CommLog()
-        self._clock_mark, self._clock_fix = 0, -math.inf  # see _settle_clock
-        self._shipped, self._next_ship = 0, time.monotonic() + LOGS_EVERY_S  # see _ship_logs
+        self.log = WorkerSpans(LOGS_EVERY_S)
         self.data = self.data_key = None
         self.heartbeats: Heartbeats | None = None
         self.buf: SessionBuffer | None = None
@@ -105,7 +102,7 @@ class Worker:
         deadline = start + self.opts.connect_timeout_s
         next_status = start + STATUS_EVERY_S
         self.session = random.SystemRandom().getrandbits(62) + 1
-        self._settle_clock()  # the previous session's spans keep its server's clock
+        self.log.settle()  # the previous session's spans keep its server's clock
         self._new_socket()
         while True:
             hello = proto.Hello(__version__, proto.PROTOCOL_VERSION, socket.gethostname(), os.getpid(),
@@ -114,18 +111,18 @@ class Worker:
             if self._send(hello.to_frames(), HELLO_RETRY_S) and self.sock.poll(int(HELLO_RETRY_S * 1000)):
                 msg = self._recv()
                 if isinstance(msg, proto.Welcome) and msg.session == self.session:
-                    t_recv = self.log.now()
-                    self.log.offset += msg.t_server - (t_sent + t_recv) / 2  # midpoint clock estimate
-                    self._clock_mark, self._clock_fix = len(self.log.rows), -math.inf
+                    self.log.registered(t_sent, self.log.now(), msg.t_server)
                     return msg
                 if isinstance(msg, proto.Error) and msg.code in ("VERSION", "BUSY"):
                     raise WorkerExit(f"server refused this worker: {msg.message}")
                 continue
             now = time.monotonic()
             if now >= deadline:
+                keys = "" if self.opts.keys_dir else (
+                    "; if that server was started with --keys, this worker needs --keys DIR too")
                 raise WorkerExit(f"no parameter server answered at {self.opts.connect} within "
                                  f"{self.opts.connect_timeout_s:g} s: start `parsgd server` there, or check "
-                                 "--connect and --connect-timeout")
+                                 f"--connect and --connect-timeout{keys}")
             if now >= next_status:
                 self.echo(f"waiting for the server at {self.opts.connect}, {deadline - now:.0f} s left")
                 next_status = now + STATUS_EVERY_S
@@ -159,8 +156,8 @@ class Worker:
                                self.data.x_train.dtype.name).to_frames())
         self.tasks_done = 0
         self.spin = cfg.workers <= len(os.sched_getaffinity(0))  # see SPIN_S
-        self.echo(f"worker {self.rank}: registered with {self.opts.connect}"
-                  f"{' (shared memory)' if self.buf else ''}")
+        self.echo(f"worker {self.rank}: data loaded, READY sent to {self.opts.connect}"
+                  f"{' (shared memory)' if self.buf else ''}; waiting for work")
 
     def _start_heartbeats(self) -> None:
         self._stop_heartbeats()
@@ -189,6 +186,9 @@ class Worker:
                 if outcome == "stop":
                     return 0
                 self.echo(f"worker {self.rank}: {outcome}; registering again")
+        except (Stopped, KeyboardInterrupt):
+            self._leave()  # so the server reports it left, not that it died, and moves its shard now
+            raise
         finally:
             signal.signal(signal.SIGTERM, old)
             self.close()
@@ -219,10 +219,7 @@ class Worker:
             if isinstance(msg, proto.Task):
                 if msg.incarnation != self.incarnation or msg.session != self.session:
                     continue
-                # A TASK cannot arrive before the server stamped it: the midpoint estimate at
-                # registration is off by half the server's WELCOME processing (~1 ms measured), the
-                # earliest-looking TASK bounds the offset to within the fastest delivery (~0.05 ms).
-                self._clock_fix = max(self._clock_fix, msg.t_send - waited)
+                self.log.task_stamp(msg.t_send, waited)
                 # Idle time before a session's first task is start-up, not a step's cost: step -1.
                 self.log.add("wait", msg.step if self.tasks_done else -1, t, end=waited)
                 self.log.add("recv", msg.step, waited, proto.frames_nbytes(frames), end=recvd)
@@ -240,7 +237,7 @@ class Worker:
                     return "deaf for --connect-timeout (fault injection)"
                 self.tasks_done += 1
                 spin = self.spin
-                if time.monotonic() >= self._next_ship:
+                if self.log.due():
                     self._ship_logs()
             elif isinstance(msg, proto.Stop):
                 self._send_logs()
@@ -312,25 +309,21 @@ class Worker:
         except proto.ProtocolError:
             return None
 
-    def _settle_clock(self) -> None:
-        """Align this session's spans so that no TASK was received before it was sent."""
-        if math.isfinite(self._clock_fix):
-            self.log.shift(self._clock_mark, self._clock_fix)
-            self._clock_fix = -math.inf
-
     def _ship_logs(self, timeout_s: float = 0.0) -> None:
         """The spans not sent yet, in LOGS chunks no larger than a gradient frame (the server streams
         them into comm.jsonl). During training a chunk that cannot leave at once waits for the next
         try: a vanished server must not delay the worker noticing it."""
-        self._settle_clock()
-        spans = self.log.as_array()[self._shipped:]
         rows = max(1, n_params(self.sizes) * np.dtype(self.cfg.dtype).itemsize // (5 * 8))
-        for lo in range(0, len(spans), rows):
-            chunk = np.ascontiguousarray(spans[lo:lo + rows])
+        for chunk in self.log.unshipped(rows):
             if not self._send(proto.Logs(self.incarnation, self.session, self.rank, chunk).to_frames(), timeout_s):
                 break
-            self._shipped += len(chunk)
-        self._next_ship = time.monotonic() + LOGS_EVERY_S
+            self.log.shipped_one(chunk)
+
+    def _leave(self) -> None:
+        """On a signal: the empty LOGS that says this session leaves, if it has one (best effort, 0.2 s)."""
+        if getattr(self, "rank", None) is not None and self.sock is not None:
+            self._send(proto.Logs(self.incarnation, self.session, self.rank, np.zeros((0, 5))).to_frames(), 0.2)
+            self.sock.setsockopt(zmq.LINGER, 200)
 
     def _send_logs(self) -> None:
         """At STOP: the rest of the spans, then an empty chunk that ends them."""
@@ -346,5 +339,9 @@ class Worker:
         self.ctx.term()
 
 
+class Stopped(WorkerExit):
+    """SIGTERM: the worker says it leaves, then exits 1."""
+
+
 def _raise_exit(signum, _frame):
-    raise WorkerExit(f"stopped by {signal.Signals(signum).name}")
+    raise Stopped(f"stopped by {signal.Signals(signum).name}")
