@@ -14,7 +14,6 @@ import pickle
 import random
 import re
 import select
-import socket
 import threading
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from attack import (RssWatch, dealer, hello, raw_connect, read_until_closed, rec
                     wait_event, zmtp_null_handshake)
 from parsgd import __version__
 from parsgd.ps import protocol as proto
+from parsgd.ps.shm import host_identity
 from parsgd.ps.sockets import HANDSHAKE_IVL_MS
 from procs import Procs, ends_cleanly, events, load_params, sequential_params
 
@@ -295,7 +295,7 @@ def test_malformed_messages_floods_and_a_live_fuzz_while_training(tmp_path, orac
             flood = [dealer(ctx, run.address) for _ in range(40)]
             for i in range(200):
                 flood[i % 40].send_multipart(hello(0xF100D000 + i, pid=FAKE_PID + 7000 + i,
-                                                   host=socket.gethostname() if i % 2 else "attacker"))
+                                                   host=host_identity() if i % 2 else "attacker"))
             welcomes = 0  # every HELLO is admitted (the oldest pending peer makes room): 200 WELCOMEs
             deadline = time.monotonic() + 20
             while welcomes < 200 and time.monotonic() < deadline:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import random
 import signal
-import socket
 import time
 
 import click
@@ -30,7 +29,7 @@ from parsgd.ps.events import EventLog
 from parsgd.ps.handlers import HANDLERS, on_non_finite, on_timer, strike
 from parsgd.ps.membership import Member, Membership
 from parsgd.ps.scheduler import Scheduler, ServerExit
-from parsgd.ps.shm import Segments, sweep_stale
+from parsgd.ps.shm import Segments, host_identity, sweep_stale
 from parsgd.ps.router import Router
 from parsgd.training.loop import Trainer
 from parsgd.training.rundir import RunDir
@@ -77,7 +76,7 @@ class ParameterServer(Trainer):
         self.stopping: str | None = None
         self.no_workers_since: float | None = None
         self.segments = Segments(self.params.size, self.n_shards, self.params.dtype)
-        self.host = socket.gethostname()
+        self.host = host_identity()
         self._epoch_mark = 0
         self._step_compute = 0.0
         self._next_heartbeat = 0.0

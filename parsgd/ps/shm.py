@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
 
@@ -18,6 +19,17 @@ import numpy as np
 
 PREFIX = "parsgd"
 _NAME = re.compile(rf"^{PREFIX}_(\d+)_[0-9a-f]+$")
+
+
+def host_identity() -> str:
+    """Who can share memory with whom: the host name plus the network namespace, e.g.
+    `vm/net:[4026531840]`. Emulated hosts (network namespaces on one machine) share the host name
+    but are separate hosts to parsgd: no shared-memory path across them."""
+    try:
+        netns = os.readlink("/proc/self/ns/net")
+    except OSError:
+        netns = "net:?"
+    return f"{socket.gethostname()}/{netns}"
 
 
 class SessionBuffer:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import time
 from dataclasses import dataclass
 
@@ -29,7 +28,7 @@ from parsgd.ps import protocol as proto
 from parsgd.ps.commlog import WorkerSpans
 from parsgd.ps.faults import FaultPlan
 from parsgd.ps.heartbeat import Heartbeats
-from parsgd.ps.shm import SessionBuffer
+from parsgd.ps.shm import SessionBuffer, host_identity
 from parsgd.ps.sockets import configure_dealer, dealer_context
 from parsgd.errors import UserError
 
@@ -105,7 +104,7 @@ class Worker:
         self.log.settle()  # the previous session's spans keep its server's clock
         self._new_socket()
         while True:
-            hello = proto.Hello(__version__, proto.PROTOCOL_VERSION, socket.gethostname(), os.getpid(),
+            hello = proto.Hello(__version__, proto.PROTOCOL_VERSION, host_identity(), os.getpid(),
                             self.log.now(), self.session, self.opts.name)
             t_sent = self.log.now()
             if self._send(hello.to_frames(), HELLO_RETRY_S) and self.sock.poll(int(HELLO_RETRY_S * 1000)):
