@@ -7,6 +7,7 @@ from click.testing import CliRunner
 from parsgd.cli import cli
 from parsgd.ps.faults import parse_launch_faults
 from parsgd.data import write_idx
+from parsgd.training.rundir import RUN_FILES
 
 BASE = ["--dataset", "synthetic", "--num-samples", "512", "--epochs", "1"]
 SMALL = [*BASE, "--hidden", "16"]
@@ -95,3 +96,85 @@ def test_launch_fault_schedule_is_split_per_worker():
                           "worker7", code=2)
     # FaultSpecError is a usage error: exit 2 like every other bad flag value (it was 1 before errors.UserError)
     assert_one_line_error(run(["launch", *SMALL, "--workers", "2", "--faults", "explode@3"]), "explode", code=2)
+
+
+# -- commands that replace files say so (keygen refuses without --force) ------------------------------
+def test_keygen_refuses_to_replace_keys_unless_forced(tmp_path):
+    keys = tmp_path / "keys"
+    assert run(["keygen", str(keys)]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in keys.rglob("*.key*")}
+    names = "server.key, server.key_secret, worker.key, worker.key_secret, authorized/worker.key"
+    assert_one_line_error(run(["keygen", str(keys)]), str(keys), names, "--force", code=1)
+    assert {p.name: p.read_bytes() for p in keys.rglob("*.key*")} == before, "a refused keygen changed a key"
+    result = run(["keygen", str(keys), "--force"])
+    assert result.exit_code == 0, result.output
+    assert f"replaced the earlier keys in {keys}: {names}" in result.stdout
+    assert (keys / "server.key_secret").read_bytes() != before["server.key_secret"]
+
+
+def test_train_into_an_earlier_run_names_what_it_replaces(tmp_path):
+    out = tmp_path / "run"
+    first = run(["train", *SMALL, "--out", str(out)])
+    assert first.exit_code == 0 and "replacing" not in first.output, first.output
+    (out / "comm.jsonl").write_text("{}\n")   # as a parameter-server run there would have left
+    (out / "checkpoint.npz").write_bytes(b"x")
+    earlier = [name for name in RUN_FILES if (out / name).exists()]
+    assert {"config.json", "metrics.jsonl", "comm.jsonl", "checkpoint.npz", "model.npz"} <= set(earlier)
+    second = run(["train", *SMALL, "--out", str(out)])
+    assert second.exit_code == 0, second.output
+    lines = [line for line in second.stdout.splitlines() if "replacing" in line]
+    assert lines == [f"replacing the earlier run in {out}: {', '.join(earlier)}"], second.stdout
+    assert not (out / "comm.jsonl").exists() and not (out / "checkpoint.npz").exists()
+
+
+def test_launch_into_an_earlier_run_says_it_once(tmp_path):
+    out = tmp_path / "ps"
+    assert run(["train", *SMALL, "--out", str(out)]).exit_code == 0
+    earlier = [name for name in RUN_FILES if (out / name).exists()]
+    assert "model.npz" in earlier
+    result = run(["launch", *SMALL, "--workers", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if "replacing" in line]
+    assert lines == [f"[launch] replacing the earlier run in {out}: {', '.join(earlier)}"], result.stdout
+
+
+# -- help --------------------------------------------------------------------------------------------
+def flat(text: str) -> str:
+    """`text` with every run of whitespace made one space (help text is wrapped to the terminal)."""
+    return " ".join(text.split())
+
+
+def test_root_help_has_whole_summaries_environment_and_completion():
+    result = run(["--help"])
+    assert result.exit_code == 0
+    text = flat(result.output)
+    assert "..." not in result.output.split("Commands:")[1], "a summary was cut"
+    for name, command in cli.commands.items():
+        summary = flat(command.help.split("\n\n")[0])
+        assert f"{name} {summary}" in text, name
+    for var in ("PARSGD_NO_DOWNLOAD=1", "PARSGD_DATA_DIR=DIR", "PARSGD_FAULTS=SPEC"):
+        assert var in text
+    assert 'eval "$(_PARSGD_COMPLETE=bash_source parsgd)"' in text
+
+
+def test_completion_works_with_the_installed_click(monkeypatch):
+    import subprocess
+    import sys
+    env = {"_PARSGD_COMPLETE": "bash_source", "PATH": "/usr/bin:/bin"}
+    script = subprocess.run([sys.executable, "-m", "parsgd"], env=env, capture_output=True, text=True)
+    assert script.returncode == 0 and "_parsgd_completion" in script.stdout, script.stderr
+    env = {"_PARSGD_COMPLETE": "bash_complete", "COMP_WORDS": "parsgd train --num", "COMP_CWORD": "2"}
+    words = subprocess.run([sys.executable, "-m", "parsgd"], env=env, capture_output=True, text=True).stdout
+    assert "plain,--num-samples" in words.splitlines(), words
+
+
+@pytest.mark.parametrize("command", ["train", "server", "worker", "launch", "experiment", "plot", "trace", "keygen"])
+def test_every_default_is_written_one_way(command):
+    text = flat(run([command, "--help"]).output)
+    assert "(default" not in text and "[default " not in text and "[default: (" not in text, text
+    if command in ("train", "server", "launch", "experiment"):
+        assert "--num-samples INTEGER Use this many training rows (deterministic subsample from the seed). " \
+               "[default: all rows]" in text.replace("--num-samples, --num_samples", "--num-samples")
+        assert "[env var: PARSGD_DATA_DIR; default: $XDG_CACHE_HOME/parsgd, else ~/.cache/parsgd]" in text
+    if command == "keygen":
+        assert "--force" in text

@@ -16,6 +16,20 @@ from parsgd.cli import reports, training
 from parsgd.errors import Interrupted, UserError
 
 
+ENVIRONMENT = [
+    ("PARSGD_DATA_DIR=DIR", "Where datasets are found and downloads cached, as --data-dir.  "
+                            "[default: $XDG_CACHE_HOME/parsgd, else ~/.cache/parsgd]"),
+    ("PARSGD_NO_DOWNLOAD=1", "Never download: --dataset mnist fails without local files, "
+                             "--dataset auto falls back to synthetic."),
+    ("PARSGD_FAULTS=SPEC", "Fault injection of `parsgd worker`, as its --faults (e.g. kill@40)."),
+]
+COMPLETION = [  # click's completion: the variable is _{PROG_NAME}_COMPLETE
+    ("bash", 'eval "$(_PARSGD_COMPLETE=bash_source parsgd)"   (e.g. in ~/.bashrc)'),
+    ("zsh", 'eval "$(_PARSGD_COMPLETE=zsh_source parsgd)"   (e.g. in ~/.zshrc)'),
+    ("fish", "_PARSGD_COMPLETE=fish_source parsgd | source"),
+]
+
+
 class ParsgdGroup(click.Group):
     """Prints every error as one line, `error: ...`: exit 2 for bad usage, 1 for anything else.
 
@@ -39,6 +53,21 @@ class ParsgdGroup(click.Group):
             sys.exit(exc.exit_code)
         sys.exit(rv if isinstance(rv, int) else 0)
 
+    def format_commands(self, ctx, formatter):
+        """Each command with its whole one-line summary (click would cut it to fit one row with '...')."""
+        rows = [(name, cmd.get_short_help_str(limit=1_000)) for name in self.list_commands(ctx)
+                if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def format_epilog(self, ctx, formatter):
+        """The environment variables parsgd reads and how to turn on shell completion."""
+        with formatter.section("Environment"):
+            formatter.write_dl(ENVIRONMENT)
+        with formatter.section("Shell completion"):
+            formatter.write_dl(COMPLETION)
+
     def invoke(self, ctx):
         """Ctrl-C in a command is Interrupted (exit 130), before click turns it into Abort after a blank line."""
         try:
@@ -47,7 +76,7 @@ class ParsgdGroup(click.Group):
             raise Interrupted() from None
 
 
-@click.group(cls=ParsgdGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ParsgdGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="parsgd")
 def cli():
     """Data-parallel mini-batch SGD as explicit message passing."""

@@ -56,6 +56,17 @@ def parse_str_list(value, choices, name: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+class Option(click.Option):
+    """A click.Option whose described default (`show_default="all rows"`) reads `[default: all rows]`
+    like every other default (click would write `[default: (all rows)]`)."""
+
+    def get_help_extra(self, ctx):
+        extra = super().get_help_extra(ctx)
+        if isinstance(self.show_default, str):
+            extra["default"] = self.show_default
+        return extra
+
+
 def _apply(f, opts):
     for opt in reversed(opts):
         f = opt(f)
@@ -66,11 +77,12 @@ def training_options(f):
     """DESIGN's common training options, each also spelled with underscores."""
     return _apply(f, [
         click.option("--dataset", type=click.Choice(DATASETS), default="auto", show_default=True,
-                     help="auto: MNIST if found locally, else Fashion-MNIST, else download MNIST, else synthetic."),
-        click.option("--data-dir", "--data_dir", "data_dir", envvar="PARSGD_DATA_DIR",
-                     help="Folder with mnist/ and fashion-mnist/ IDX files, and the download cache "
-                          "[env PARSGD_DATA_DIR; default ~/.cache/parsgd]."),
-        click.option("--num-samples", "--num_samples", "num_samples", type=int,
+                     help="auto: MNIST if found locally, else Fashion-MNIST, else download MNIST (not with "
+                          "PARSGD_NO_DOWNLOAD=1), else synthetic."),
+        click.option("--data-dir", "--data_dir", "data_dir", cls=Option, envvar="PARSGD_DATA_DIR", show_envvar=True,
+                     show_default="$XDG_CACHE_HOME/parsgd, else ~/.cache/parsgd",
+                     help="Folder with mnist/ and fashion-mnist/ IDX files, and the download cache."),
+        click.option("--num-samples", "--num_samples", "num_samples", type=int, cls=Option, show_default="all rows",
                      help="Use this many training rows (deterministic subsample from the seed)."),
         click.option("--epochs", type=int, default=10, show_default=True, help="Passes over the training set."),
         click.option("--batch-size", "--batch_size", "batch_size", type=int, default=256, show_default=True,
@@ -83,7 +95,8 @@ def training_options(f):
                      help="Seed of the initial weights, the data order and synthetic data."),
         click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
                      help="Floating-point type of parameters, data and gradients."),
-        click.option("--out", type=click.Path(), help="Run directory [default runs/MODE-pP-TIMESTAMP]."),
+        click.option("--out", type=click.Path(), cls=Option, show_default="runs/MODE-pP-TIMESTAMP",
+                     help="Run directory (an earlier run in it is replaced, and said so)."),
     ])
 
 

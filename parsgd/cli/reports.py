@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from parsgd.cli.options import build_config, no_repeats, parse_int_list, parse_str_list, training_options
+from parsgd.cli.options import Option, build_config, no_repeats, parse_int_list, parse_str_list, training_options
 
 
 @click.command()
@@ -45,13 +45,15 @@ def experiment(workers, modes, transports, quiet, verbose, out, **opts):
 
 for _param in experiment.params:
     if _param.name == "out":
-        _param.help = "Folder for the run directories, experiment_report.txt and the plots [default results]."
+        _param.help = "Folder for the run directories, experiment_report.txt and the plots."
+        _param.show_default = "results"
 
 
 @click.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(), metavar="RUN_DIR...")
-@click.option("-o", "--out", type=click.Path(),
-              help="Folder for the PNGs [default: the run directory for one run, else the current folder].")
+@click.option("-o", "--out", type=click.Path(), cls=Option,
+              show_default="the run directory for one run, else the current folder",
+              help="Folder for the PNGs.")
 def plot(run_dirs, out):
     """Plot runs: loss, accuracy, epoch time (every run a series); PS runs add timeline and overhead."""
     from parsgd.analysis.plots import plot_runs
@@ -62,7 +64,8 @@ def plot(run_dirs, out):
 
 @click.command()
 @click.argument("run_dir", type=click.Path())
-@click.option("-o", "--out", type=click.Path(), help="Trace file to write [default RUN_DIR/trace.json].")
+@click.option("-o", "--out", type=click.Path(), cls=Option, show_default="RUN_DIR/trace.json",
+              help="Trace file to write.")
 def trace(run_dir, out):
     """Write a parameter-server run's comm.jsonl as a Chrome trace (open it in ui.perfetto.dev)."""
     from pathlib import Path

@@ -4,15 +4,16 @@ from __future__ import annotations
 import click
 from click.core import ParameterSource
 
-from parsgd.cli.options import (build_config, build_server_options, check_range, given_options, server_options,
-                                training_options)
+from parsgd.cli.options import (Option, build_config, build_server_options, check_range, given_options,
+                                server_options, training_options)
 
 
 @click.command()
 @click.option("--workers", type=int, default=1, show_default=True,
               help="1: sequential; P > 1: the multiprocessing.Pool data-parallel baseline.")
-@click.option("--blas-threads", "--blas_threads", "blas_threads", type=int,
-              help="Limit BLAS threads in this process (default: the library's own choice).")
+@click.option("--blas-threads", "--blas_threads", "blas_threads", type=int, cls=Option,
+              show_default="the library's own choice",
+              help="Limit BLAS threads in this process.")
 @training_options
 def train(workers, blas_threads, out, **opts):
     """Train on one machine: sequentially, or with the Pool baseline (--workers P)."""
@@ -59,7 +60,7 @@ def server(ctx, bind, workers, wait_timeout, heartbeat, liveness, step_timeout, 
     if spec:
         _spec_alone(ctx)
         s = ServerSpec.read(spec)
-        run_server(s.config, s.server, s.out, s.resume, given=s.given)
+        run_server(s.config, s.server, s.out, s.resume, given=s.given, say_replaced=False)  # launch said it
         return
     endpoint = parse_endpoint(bind, "bind")  # before anything is loaded: a bad address is exit 2 at once
     sopts = build_server_options(wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, bind=bind,
@@ -77,8 +78,8 @@ def server(ctx, bind, workers, wait_timeout, heartbeat, liveness, step_timeout, 
 @click.option("--data-dir", "--data_dir", "data_dir",
               help="Where this worker finds the dataset files, if not where the server's config says.")
 @click.option("--keys", "keys_dir", type=click.Path(), help="CURVE key folder from `parsgd keygen`.")
-@click.option("--faults", default="", envvar="PARSGD_FAULTS",
-              help="Fault injection for tests and demos, e.g. kill@40 or drop=0.1,seed=7 [env PARSGD_FAULTS].")
+@click.option("--faults", default="", envvar="PARSGD_FAULTS", show_envvar=True,
+              help="Fault injection for tests and demos, e.g. kill@40 or drop=0.1,seed=7.")
 @click.option("--name", default="", help="A label for this worker in the server's log.")
 def worker(connect, connect_timeout, data_dir, keys_dir, faults, name):
     """Run a worker: take the config from the server, compute gradients until it says stop."""
@@ -137,12 +138,18 @@ def launch(ctx, workers, transport, wait_timeout, heartbeat, liveness, step_time
 
 @click.command()
 @click.argument("directory", type=click.Path())
-def keygen(directory):
+@click.option("--force", is_flag=True,
+              help="Replace keys already in DIRECTORY (workers set up with the old ones are then locked out).")
+def keygen(directory, force):
     """Write CURVE keypairs for a server and a worker into DIRECTORY (and allow that worker)."""
-    from parsgd.ps.sockets import keygen as make_keys
+    from parsgd.ps.sockets import existing_keys, keygen as make_keys
 
-    for path in make_keys(directory):
+    old = existing_keys(directory) if force else []
+    for path in make_keys(directory, force=force):
         click.echo(str(path))
+    if old:
+        click.echo(f"replaced the earlier keys in {directory}: {', '.join(old)}; give workers set up with them "
+                   "the new worker.key_secret and server.key")
 
 
 COMMANDS = (train, server, worker, launch, keygen)

@@ -155,14 +155,15 @@ def launch(cfg: RunConfig | None, opts: ServerOptions, transport: str = "shm", o
     except `workers`: as many workers start as the checkpoint's run has shards, and a different
     `workers` is only noted. A finished run is said so (returns 0). `worker_faults`: {worker index:
     --faults text} (see parsgd.ps.faults.parse_launch_faults); `restart_workers`: restarts allowed in
-    all. Every child line goes to `echo`, prefixed by its role.
+    all. Every child line goes to `echo`, prefixed by its role; a new run in a folder that holds an
+    earlier one first prints `[launch] replacing the earlier run in OUT: FILES`.
 
     Raises ConfigError (unknown transport), EndpointError (ipc with too long a TMPDIR), OutputDirError
     (`out` unusable), CheckpointError and ResumeMismatch (--resume), LaunchError (the server exited,
     or did not listen, within ADDRESS_TIMEOUT_S) and Interrupted (SIGINT or SIGTERM: the signal is
     passed on to the server, which checkpoints; the message says how to continue).
     """
-    from parsgd.training.rundir import default_out, prepare_dir
+    from parsgd.training.rundir import default_out, earlier_run, prepare_dir, replacing_line
 
     if transport not in TRANSPORTS:
         raise ConfigError(f"unknown transport {transport!r}: use one of {', '.join(TRANSPORTS)}")
@@ -183,6 +184,9 @@ def launch(cfg: RunConfig | None, opts: ServerOptions, transport: str = "shm", o
         raise ConfigError("launch needs a config unless it resumes a run")
     workers = cfg.workers
     out = prepare_dir(resume or out or default_out("ps", workers))
+    old = [] if resume else earlier_run(out)
+    if old:  # the server (started with a spec) removes them and says nothing
+        echo(f"[launch] {replacing_line(out, old)}")
     py = [sys.executable, "-m", "parsgd"]
     (out / ADDRESS_FILE).unlink(missing_ok=True)
     tmp = tempfile.mkdtemp(prefix="parsgd-")  # 0700: an ipc socket and the spec here are ours alone

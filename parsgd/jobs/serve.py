@@ -161,7 +161,7 @@ class ServerSpec:
 
 
 def run_server(cfg: RunConfig | None, opts: ServerOptions, out=None, resume=None, echo=click.echo,
-               given: dict | None = None) -> dict | None:
+               given: dict | None = None, say_replaced: bool = True) -> dict | None:
     """Runs a parameter server to the end of training; returns the run's summary.
 
     A new run trains `cfg` into `out` (default runs/ps-pN-TIMESTAMP); with `resume` (a run directory)
@@ -169,8 +169,9 @@ def run_server(cfg: RunConfig | None, opts: ServerOptions, out=None, resume=None
     (`cfg` and `out` are ignored; `given`, the options the user gave explicitly, are checked against
     the checkpoint by resume_config). A resume of a finished run prints so and returns None. Writes
     RUN_DIR/server.address once listening, then prints one line per epoch and a final `done:` line
-    through `echo`. A stop prints `opts.resume_command`, by default the `server --resume` command of
-    the address really bound.
+    through `echo`, after a line naming the files of an earlier run in `out` it replaces (unless
+    `say_replaced` is False: launch says it). A stop prints `opts.resume_command`, by default the
+    `server --resume` command of the address really bound.
 
     Raises CheckpointError (no usable checkpoint), ResumeMismatch, DataError, ConfigError (e.g. --batch-size larger
     than the data), OutputDirError, KeysError (CURVE keys) and ServerExit (cannot bind, workers missing
@@ -192,7 +193,7 @@ def run_server(cfg: RunConfig | None, opts: ServerOptions, out=None, resume=None
         raise ConfigError("run_server needs a config unless it resumes a run")
     cfg, data = load_data(cfg, echo=echo)
     rundir = RunDir(out or default_out("ps", cfg.workers), cfg, "ps", transport=opts.transport,
-                    dataset=data.name, append=bool(resume))
+                    dataset=data.name, append=bool(resume), echo=echo if say_replaced else None)
     srv = ParameterServer(cfg, data, opts, rundir, echo=echo)
     if not opts.resume_command:  # only now is a `*` port known
         srv.opts = dataclasses.replace(opts, resume_command=server_resume_command(rundir.path, srv.address, opts))

@@ -52,7 +52,7 @@ def _run_training(cfg: RunConfig, out, blas_threads: int | None, echo) -> Path:
 
     cfg, data = load_data(cfg, echo=echo)
     mode = "pool" if cfg.workers > 1 else "sequential"
-    rundir = RunDir(out or default_out(mode, cfg.workers), cfg, mode, dataset=data.name)
+    rundir = RunDir(out or default_out(mode, cfg.workers), cfg, mode, dataset=data.name, echo=echo)
     limits = threadpool_limits(blas_threads) if blas_threads else None
     trainer = make_trainer(cfg, data, echo=echo)
     try:

@@ -134,15 +134,34 @@ def _certificate(public: bytes, secret: bytes | None = None) -> bytes:
     return (text + (f"    secret-key = \"{secret.decode()}\"\n" if secret else "")).encode()
 
 
-def keygen(directory) -> list[Path]:
+KEY_FILES = ("server.key", "server.key_secret", "worker.key", "worker.key_secret", "authorized/worker.key")
+
+
+class KeysExistError(KeysError):
+    """keygen would replace keys already in DIR (exit 1): refused without force."""
+
+
+def existing_keys(directory) -> list[str]:
+    """The KEY_FILES (paths relative to `directory`) that already exist there, in KEY_FILES order."""
+    d = Path(directory)
+    return [name for name in KEY_FILES if (d / name).exists()]
+
+
+def keygen(directory, force: bool = False) -> list[Path]:
     """Write a server and a worker keypair, and allow that worker key on the server.
 
     DIR (created if missing) is made 0700 and the *.key_secret files are 0600 whatever the umask;
-    public keys get the umask's mode. Raises KeysError (DIR is a file), WriteError (cannot write).
+    public keys get the umask's mode. Keys already there (existing_keys) are replaced only with
+    `force`: workers set up with the old ones would be locked out. Raises KeysExistError (keys
+    there, no force), KeysError (DIR is a file), WriteError (cannot write).
     """
     d = Path(directory)
     if d.exists() and not d.is_dir():
         raise KeysError(f"{d} is a file: pass a folder for the keys")
+    old = existing_keys(d)
+    if old and not force:
+        raise KeysExistError(f"{d} already holds keys ({', '.join(old)}): new ones would lock out every worker "
+                             f"set up with them; pass --force to replace them, or another folder")
     try:
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
         d.chmod(0o700)  # private before any secret is written into it

@@ -15,6 +15,7 @@ import socket
 import zipfile
 from pathlib import Path
 
+import click
 import numpy as np
 
 from parsgd import __version__
@@ -90,6 +91,19 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 # What a run writes besides config.json and metrics.jsonl (events.jsonl is appended to, and a
 # resume would pick up an old checkpoint.npz): a new run in the same folder removes them first.
 STALE_FILES = ("summary.json", "comm.jsonl", "model.npz", "events.jsonl", "checkpoint.npz", "server.address")
+RUN_FILES = ("config.json", "metrics.jsonl", *STALE_FILES)  # what a new run in the folder replaces or removes
+
+
+def earlier_run(path) -> list[str]:
+    """The RUN_FILES present in the folder `path` (in that order): what a new run there would replace
+    or remove; [] when it holds no earlier run or does not exist."""
+    path = Path(path)
+    return [name for name in RUN_FILES if (path / name).is_file()]
+
+
+def replacing_line(path, names) -> str:
+    """The console line a command prints before a new run replaces the files `names` of an earlier one."""
+    return f"replacing the earlier run in {path}: {', '.join(names)}"
 
 
 class RunDir:
@@ -98,14 +112,18 @@ class RunDir:
     `path`: the folder (created if missing); `mode`: "sequential" | "pool" | "ps"; `transport`:
     the PS transport label, None otherwise; `dataset`: the dataset actually loaded. Without
     `append` (a resume sets it) metrics.jsonl is emptied and STALE_FILES are removed, only once the
-    folder is known to be writable. Every file is strict JSON (NaN and Infinity are written as null).
-    Raises OutputDirError / WriteError when the folder or a file cannot be written.
+    folder is known to be writable, after `echo` was given the replacing_line naming the files of
+    the earlier run (None: say nothing). Every file is strict JSON (NaN and Infinity are written as
+    null). Raises OutputDirError / WriteError when the folder or a file cannot be written.
     """
 
     def __init__(self, path, cfg: RunConfig, mode: str, transport: str | None = None,
-                 dataset: str | None = None, append: bool = False):
+                 dataset: str | None = None, append: bool = False, echo=click.echo):
         self.path = prepare_dir(path)
         self.cfg, self.mode, self.transport = cfg, mode, transport
+        old = [] if append else earlier_run(self.path)
+        if old and echo is not None:
+            echo(replacing_line(self.path, old))
         if not append:  # a new run in a used folder: nothing of the old run may pass for this one's
             write_file(self.path / "metrics.jsonl", b"")
             for stale in STALE_FILES:
