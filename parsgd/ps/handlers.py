@@ -132,7 +132,7 @@ def on_grad(srv, identity: bytes, msg: proto.Grad, frames, t: float) -> None:
         strike(srv, identity, f"GRAD payload does not match the model ({srv.params.size} x {srv.params.dtype})")
         return
     srv.log.add("deserialize", msg.step, t)
-    srv.scheduler.complete(s, src, msg.loss_sum, msg.correct, msg.compute_s)
+    srv.gradient_in(srv.scheduler.key(msg.step, s), src, msg)
 
 
 def on_heartbeat(srv, identity: bytes, msg: proto.Heartbeat, frames, t: float) -> None:

@@ -153,6 +153,10 @@ class Scheduler:
             return "late or duplicate"
         return None
 
+    def key(self, step: int, shard: int) -> int:
+        """Which of this step's slots an accepted GRAD fills: its shard."""
+        return shard
+
     def complete(self, s: int, src: np.ndarray, loss_sum: float, correct: int, compute_s: float) -> None:
         """Record shard s's accepted result; `src` must stay valid until `reduce`."""
         st = self.cur

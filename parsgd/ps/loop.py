@@ -1,0 +1,300 @@
+"""The parameter server's event loop, whatever the consistency model: sockets, members, stop.
+
+    parsgd server --bind tcp://127.0.0.1:5555 --workers 2 --dataset synthetic --num-samples 4096
+    parsgd worker --connect tcp://127.0.0.1:5555        # twice, in other terminals
+
+The rules live elsewhere: a scheduler (`scheduler.Scheduler` for BSP, `batches.BatchScheduler` for
+SSP and ASP) decides who owes what and what is accepted, `membership.Membership` who is a worker
+and who is alive. `ServerLoop` connects them to the socket: one thread, `poll` with a timeout (no
+wait is unbounded), and a table of message handlers. It also owns the shared-memory segments,
+checkpoints and the stop handshake. `server.ParameterServer` (BSP) and `async_server.AsyncServer`
+(SSP, ASP) say how a step's work is handed out and applied.
+"""
+from __future__ import annotations
+
+import random
+import signal
+import time
+
+import click
+import numpy as np
+import zmq
+from threadpoolctl import threadpool_limits
+
+from parsgd.config import RunConfig, ServerOptions
+from parsgd.data import Dataset
+from parsgd.errors import UserError
+from parsgd.ps import protocol as proto
+from parsgd.ps.checkpoint import save_checkpoint
+from parsgd.ps.commlog import COMM_FLUSH_S, CommLog, CommStream, format_summary, summarize
+from parsgd.ps.events import EventLog
+from parsgd.ps.handlers import HANDLERS, on_timer, strike
+from parsgd.ps.membership import Member, Membership
+from parsgd.ps.scheduler import ServerExit
+from parsgd.ps.shm import Segments, host_identity, sweep_stale
+from parsgd.ps.router import Router
+from parsgd.training.loop import Trainer
+from parsgd.training.rundir import RunDir
+
+STATUS_EVERY_S = 5.0          # "waiting for k/N workers" lines
+LOGS_TIMEOUT_S = 10.0         # how long to wait for workers' LOGS at the end
+STOP_ACK_S = 1.5              # on abort, how long to wait for the workers' final LOGS (their acknowledgement of STOP)
+POLL_MAX_S = 0.1              # longest single poll, so signals and timers are seen promptly
+TIMERS_MAX_S = 0.05           # timers (heartbeats, expiry, step timeouts) run at least this often
+
+
+def workers(n: int) -> str:
+    return f"{n} worker{'' if n == 1 else 's'}"
+
+
+class ServerLoop(Trainer):
+    """Trains `cfg` on `data` with remote workers; subclasses hand out the work (`assign`) and take
+    each accepted gradient (`gradient_in`).
+
+    Raises BindError or KeysError (UserErrors) if it cannot listen on `opts.bind`; `serve()` raises
+    UserError subclasses for every reason training cannot go on, after a checkpoint and STOP.
+    """
+
+    mode = "ps"
+
+    def __init__(self, cfg: RunConfig, data: Dataset, opts: ServerOptions, rundir: RunDir, echo=click.echo):
+        super().__init__(cfg, data, echo=echo, progress=False)
+        self._limits = threadpool_limits(1)  # the workers need the cores; aggregation is memory-bound
+        self.opts, self.rundir, self.transport = opts, rundir, opts.transport
+        self.n_shards = cfg.workers
+        self.incarnation = random.SystemRandom().getrandbits(62) + 1
+        self.fingerprint = data.fingerprint()
+        self.log = CommLog()
+        # frames: identity, header, payload
+        self.router = Router(opts, max_frames=3, max_bytes=self.params.nbytes + proto.HEADER_MAX + 256)
+        self.address = self.router.address
+        self.events = EventLog(rundir.path / "events.jsonl", self.log.now)
+        self.comm = CommStream(rundir.path / "comm.jsonl")
+        self.members = Membership(self.n_shards, opts.dead_after_s, opts.register_timeout_s)
+        self.scheduler = None  # set by the subclass: a Scheduler (BSP) or a BatchScheduler (SSP, ASP)
+        self.shard_grads = np.empty((self.n_shards, self.params.size), self.params.dtype)
+        self.send_buf = np.empty_like(self.params)
+        self.worker_logs: dict[int, np.ndarray] = {}
+        self.log_chunks: dict[int, list[np.ndarray]] = {}
+        self.stopping: str | None = None
+        self.no_workers_since: float | None = None
+        self.segments = Segments(self.params.size, self.n_shards, self.params.dtype)
+        self.host = host_identity()
+        self._epoch_mark = 0
+        self._step_compute = 0.0
+        self._next_heartbeat = 0.0
+        self._timers_due = 0.0
+        self._next_flush = 0.0
+        swept = sweep_stale() if opts.shm else 0
+        self.events("listening", address=self.address, incarnation=self.incarnation, swept_shm=swept)
+
+    # -- the Trainer hooks -----------------------------------------------------------------------
+    def check_finite(self, loss_sum: float) -> None:
+        """Already checked by Scheduler.reduce, with one retry of a non-finite shard elsewhere."""
+
+    def update(self):
+        t = self.log.now()
+        super().update()
+        self.log.add("update", self.step, t)
+
+    def after_step(self):
+        every = self.opts.checkpoint_every
+        # An epoch's last step is checkpointed by after_epoch, once that epoch's metrics exist:
+        # a checkpoint taken here would resume without them (and merge two epochs' train loss).
+        if every and self.step % every == 0 and self.step % self.steps_per_epoch:
+            self.checkpoint()
+
+    def after_epoch(self):
+        self.checkpoint()
+
+    def epoch_extras(self) -> dict:
+        """comm_s: step time not spent in the slowest shard's compute, aggregation or update."""
+        totals = self.log.totals(self._epoch_mark)
+        compute = self._step_compute
+        comm = max(0.0, self.partial["time_s"] - compute - totals["aggregate"] - totals["update"])
+        extras = {"compute_s": compute, "comm_s": comm,
+                  "bytes_sent": self.log.bytes_since(self._epoch_mark, "send"),
+                  "bytes_recv": self.log.bytes_since(self._epoch_mark, "recv")}
+        self._epoch_mark, self._step_compute = len(self.log.rows), 0.0
+        return extras
+
+    # -- the run ---------------------------------------------------------------------------------
+    def serve(self) -> dict:
+        """Wait for the workers, train, stop the workers, write the run directory; returns the summary.
+
+        Raises UserError subclasses (ServerExit, NonFiniteGradient) after a checkpoint and STOP to
+        every worker when training cannot go on (a signal, no workers, a diverged model).
+        """
+        old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._wait_for_initial_workers()
+            return self.run(self.rundir)
+        except UserError:
+            self._abort()
+            raise
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+            self.close()
+
+    def _on_signal(self, signum, _frame):
+        self.stopping = signal.Signals(signum).name
+
+    def _abort(self):
+        """STOP every worker, then checkpoint (so STOP goes out even if that write fails); on signals and fatal states."""
+        self._stop_workers("server stopped", collect=False)
+        if self.step > 0:
+            self.checkpoint()
+
+    def finish(self, rundir, wall_s):
+        self._stop_workers("training finished", collect=True)
+        self.comm.server(self.log)
+        n = self.comm.count
+        breakdown = summarize(self.log, self.worker_logs)
+        summary = self.summary(wall_s)
+        summary["time_breakdown"] = breakdown
+        summary["comm_spans"] = n
+        summary["generation"] = self.members.generation
+        rundir.write_model(self.params, self.sizes)
+        rundir.write_json("summary.json", summary)
+        self.echo(format_summary(breakdown, self.n_shards))
+        return summary
+
+    def _wait_for_initial_workers(self):
+        deadline = time.monotonic() + self.opts.wait_timeout_s
+        self.echo(f"server listening on {self.address}: waiting for {workers(self.n_shards)} "
+                  f"(start them with: parsgd worker --connect {self.address})")
+        next_status = time.monotonic() + STATUS_EVERY_S
+        while len(self.members.live()) < self.n_shards:
+            now, ready = time.monotonic(), len(self.members.live())
+            if now >= deadline:
+                raise ServerExit(
+                    f"only {ready} of {workers(self.n_shards)} registered within "
+                    f"{self.opts.wait_timeout_s:g} s: start them with `parsgd worker --connect {self.address}` "
+                    "or raise --wait-timeout")
+            if now >= next_status:
+                self.echo(f"{ready} of {workers(self.n_shards)} ready, waiting for {self.n_shards - ready} more "
+                          f"on {self.address}, {deadline - now:.0f} s left")
+                next_status = now + STATUS_EVERY_S
+            self._poll_once(min(POLL_MAX_S, deadline - now))
+        self.no_workers_since = None
+
+    # -- the event loop --------------------------------------------------------------------------
+    def _poll_once(self, timeout_s: float) -> None:
+        if self.stopping:
+            raise ServerExit(f"interrupted by {self.stopping} at step {self.step}"
+                             f"{self.opts.continue_hint(self.step, self.rundir.path)}")
+        self._receive_ready(timeout_s)
+        now = time.monotonic()
+        if now >= self._timers_due:
+            on_timer(self, now)
+            self._timers_due = now + min(TIMERS_MAX_S, self.opts.heartbeat_s / 4)
+            if now >= self._next_flush:
+                self.comm.server(self.log)
+                self._next_flush = now + COMM_FLUSH_S
+
+    def _receive_ready(self, timeout_s: float) -> None:
+        """Wait up to timeout_s for a message, then handle every one that is queued."""
+        if self.router.poll(timeout_s):
+            while self.router.has_message():
+                self._receive_one()
+
+    def _receive_one(self) -> None:
+        t = self.log.now()
+        try:
+            frames = self.router.recv()
+        except proto.ProtocolError as exc:  # too many frames or bytes: drained; never a worker's doing
+            if not self.members.is_quarantined(exc.first_frame):
+                strike(self, exc.first_frame, str(exc), severe=True)
+            return
+        identity = frames[0].bytes
+        if self.members.is_quarantined(identity):
+            return
+        try:
+            msg = proto.decode(frames[1:])
+        except proto.ProtocolError as exc:
+            strike(self, identity, str(exc))
+            return
+        handler = HANDLERS.get(type(msg))
+        if handler is None:
+            strike(self, identity, f"unexpected {type(msg).__name__} from a worker")
+            return
+        handler(self, identity, msg, frames, t)
+
+    # -- sending, assignment, membership changes ----------------------------------------------------
+    def send(self, member: Member, msg, step: int = -1) -> bool:
+        """Send msg to a member at once; a member that cannot take it is dropped (False)."""
+        t = self.log.now()
+        try:
+            nbytes = self.router.send(member.identity, msg)
+        except zmq.ZMQError as exc:
+            self.drop(member, "its queue is full: it does not read its socket" if exc.errno == zmq.EAGAIN
+                      else "its connection is gone: the process exited or died")
+            return False
+        if step >= 0:
+            self.log.add("send", step, t, nbytes)
+        return True
+
+    def _load_params(self, member: Member, step: int) -> None:
+        """The step's parameters into a shared-memory worker's segment, once per step."""
+        t = self.log.now()
+        if self.segments.load(member.buf, step, self.params):
+            self.log.add("serialize", step, t, self.params.nbytes)
+
+    def drop(self, member: Member, reason: str, left: bool = False) -> None:
+        """A member is gone (`left`: it said so): forget it; a worker's unfinished shards go to others."""
+        if self.members.get(member.session) is not member:
+            return
+        if not member.ready:  # never a worker: no shard to reassign, and its segment can go now
+            self.events.limited("expired", session=member.session, rank=member.rank, reason=reason)
+            self.forget(member, close_now=True)
+            return
+        self.forget(member)
+        if left:
+            self.events("left", rank=member.rank, session=member.session)
+        else:
+            self.events("dead", rank=member.rank, session=member.session, reason=reason,
+                        generation=self.members.generation, step=self.step)
+        if self.scheduler.cur is not None:  # at the end, every worker leaves: that is no news
+            what = f"worker {member.rank} left" if left else f"lost worker {member.rank} ({reason})"
+            self.echo(f"{what}: {len(self.members.live())} live")
+        for s in self.scheduler.release(member.session):
+            self.events("reassign", step=self.scheduler.cur.step, shard=s, from_rank=member.rank)
+            self.assign(s)
+
+    def forget(self, member: Member, close_now: bool = False) -> None:
+        self.members.remove(member)
+        if member.buf is not None:
+            self.segments.release(member.buf, now=close_now)
+
+    def _stop_workers(self, reason: str, collect: bool) -> None:
+        """STOP every worker and wait for its final LOGS, which double as the acknowledgement: closing
+        sooner loses the STOP in a worker busy computing (libzmq drops unread messages of a closed peer)."""
+        for member in list(self.members.members.values()):
+            self.send(member, proto.Stop(self.incarnation, reason))
+        deadline = time.monotonic() + (LOGS_TIMEOUT_S if collect else STOP_ACK_S)
+        want = {m.rank for m in self.members.live()}
+        while not want <= set(self.worker_logs) and time.monotonic() < deadline and self.members.members:
+            if collect:
+                self._poll_once(POLL_MAX_S)
+            else:  # aborting: no timers, no signal check
+                self._receive_ready(POLL_MAX_S)
+            want &= {m.rank for m in self.members.live()} | set(self.worker_logs)
+
+    # -- checkpoints and closing ---------------------------------------------------------------------
+    def checkpoint(self) -> None:
+        save_checkpoint(self.rundir.path, self)
+        self.events("checkpoint", step=self.step)
+
+    def close(self) -> None:
+        """Release everything on every exit path; the spans gathered so far reach comm.jsonl."""
+        for member in list(self.members.members.values()):
+            self.forget(member)
+        self.segments.close_retired()
+        self.router.close()
+        try:
+            self.comm.server(self.log)
+        except UserError:  # a full disk: the error that stopped the run is the one to report
+            pass
+        self.comm.close()
+        self.events.close()
