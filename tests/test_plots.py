@@ -11,7 +11,7 @@ import pytest
 from matplotlib import image as mpimg
 from matplotlib.colors import to_rgb
 
-from parsgd.analysis import figures, plots
+from parsgd.analysis import figures, plots, timeline
 from parsgd.analysis.rundirs import RunDirError, load_run
 from rundir_factory import make_experiment, make_run
 
@@ -143,3 +143,97 @@ def test_identical_curves_are_named_in_the_legend(exp, tmp_path):
     labels = figures.run_labels(runs)
     assert plots._same_as(runs, labels, ("train_loss", "test_loss")) == [None, None, labels[1]]
     check_png(plots.plot_loss(runs, tmp_path / "loss.png"), SMALL)
+
+
+# -- what the figures are drawn from: every series told apart, axes and titles from the data -----------
+def set_config(path, **fields):
+    """Change fields of the run's config.json "config" (the factory writes one configuration)."""
+    meta = json.loads((path / "config.json").read_text())
+    meta["config"].update(fields)
+    (path / "config.json").write_text(json.dumps(meta))
+    return path
+
+
+def styles(series):
+    return [(s["style"]["color"], s["style"]["marker"]) for s in series if s["field"] == series[0]["field"]]
+
+
+def test_runs_in_folders_of_the_same_name_get_different_legends_and_styles(tmp_path):
+    runs = [load_run(make_run(tmp_path / f"r{i}", name="run", seed=i)) for i in range(1, 13)]
+    assert figures.run_labels(runs) == [f"sequential (r{i}/run)" for i in range(1, 13)]
+    series = plots.epoch_series(runs, ("train_loss", "test_loss"))
+    assert [s["label"] for s in series if s["label"]] == figures.run_labels(runs)
+    assert len(set(styles(series))) == 12, "colour and marker repeat"
+    check_png(plots.plot_loss(runs, tmp_path / "loss.png"), SMALL)
+    twice = [runs[0], load_run(runs[0].path)]
+    labels = figures.run_labels(twice)
+    assert len(set(labels)) == 2 and labels[1].endswith("#2"), labels
+
+
+@pytest.mark.parametrize("n", [1, 2, 10, 11, 12, 99, 100, 101, 150])
+def test_the_style_cycle_never_repeats_within_a_figure(n):
+    pairs = [(figures.marker_style(i, n)["color"], figures.marker_style(i, n)["marker"]) for i in range(n)]
+    assert len(set(pairs)) == n
+
+
+def test_train_and_test_differ_in_line_and_marker_fill(exp):
+    series = plots.epoch_series([load_run(exp["sequential"]), load_run(exp["pool"])], ("train_acc", "test_acc"))
+    train, test = series[0]["style"], series[1]["style"]
+    assert (train["ls"], train["mfc"]) == ("-", "none")
+    assert (test["ls"], test["mfc"]) == ("--", test["color"]) and test["color"] == train["color"]
+
+
+@pytest.mark.parametrize("epochs,xlim,ticks", [(1, (0.5, 1.5), [1]), (3, (0.5, 3.5), [1, 2, 3]),
+                                               (30, (0.5, 30.5), list(range(1, 31, 3)))])
+def test_epoch_axis_has_whole_epochs_and_room_for_one(tmp_path, epochs, xlim, ticks):
+    run = load_run(make_run(tmp_path, epochs=epochs, steps_per_epoch=1))
+    assert figures.epoch_axis([run]) == (xlim, ticks)
+    check_png(plots.plot_accuracy([run], tmp_path / "a.png"), SMALL)
+
+
+def test_titles_and_legends_say_what_differs(tmp_path):
+    paths = [make_run(tmp_path, "sequential", 1), make_run(tmp_path, "pool", 2), make_run(tmp_path, "ps", 2, "shm"),
+             set_config(make_run(tmp_path, "sequential", 1, name="seq-4096"), num_samples=4096)]
+    runs = [load_run(p) for p in paths]
+    title = figures.figure_title("Loss per epoch", runs).splitlines()
+    assert title[0] == "Loss per epoch" and "n=" not in title[1] and "1 epoch" not in title[1]
+    assert title[2] == "4 runs, not all alike: n=2048 (3 runs) vs n=4096 (1 run)"
+    assert figures.run_labels(runs) == ["sequential, n=2048", "pool P=2, n=2048", "ps P=2 shm, n=2048",
+                                        "sequential, n=4096"]
+    alike = figures.figure_title("Loss per epoch", runs[:3]).splitlines()
+    assert len(alike) == 2 and "n=2048, 3 epochs, batch 128" in alike[1]
+    seeds = [load_run(set_config(make_run(tmp_path, name=f"s{i}"), seed=i)) for i in range(1, 13)]
+    assert figures.figure_title("x", seeds).splitlines()[-1] == \
+        "12 runs, not all alike: seed 1, seed 2, ..., seed 12 (12 values)"
+
+
+def test_comm_overhead_left_panel_has_every_run(exp, tmp_path, monkeypatch):
+    runs = [load_run(exp[k]) for k in ("pool", "sequential", "ps")]
+    left, right = plots.overhead_rows(runs)
+    assert [name for name, _ in left] == ["pool P=2", "sequential", "ps P=2 shm"]
+    assert [name for name, _ in right] == ["ps P=2 shm server", "ps P=2 shm worker"]
+    assert left[1][1]["communication"] == 0 and left[0][1]["communication"] > 0 and left[2][1]["communication"] > 0
+    drawn = []
+    monkeypatch.setattr(plots, "plot_comm_overhead", lambda rs, path: drawn.append(rs) or path)
+    plots.plot_runs([exp["pool"], exp["sequential"], exp["ps"]], tmp_path)
+    assert [r.label for r in drawn[0]] == ["pool P=2", "sequential", "ps P=2 shm"]
+
+
+def test_timeline_labels_the_evaluation_gap_at_each_epoch_end(tmp_path):
+    run = load_run(make_run(tmp_path, "ps", 2, "shm", epochs=4, steps_per_epoch=6))
+    assert plots.steps_per_epoch(run) == 6
+    fig, axes = figures.new_figure(figures.WIDE_FIGSIZE)
+    gaps = plots._draw_timeline(axes[0, 0], run, plots.TIMELINE_STEPS)
+    assert [epoch for epoch, _, _ in gaps] == [1, 2, 3]   # steps 1-20 cross the ends of epochs 1-3
+    spans = [json.loads(line) for line in (run.path / "comm.jsonl").read_text().splitlines()]
+    for epoch, start_s, end_s in gaps:
+        last = max(s["t"] + s["dur"] for s in spans if s["step"] == 6 * epoch - 1 and s["role"] == "server")
+        first = min(s["t"] for s in spans if s["step"] == 6 * epoch and s["role"] == "server")
+        assert (start_s, end_s) == pytest.approx((last, first)) and end_s - start_s > 0.0099  # the factory's eval
+    legend = [t.get_text() for t in axes[0, 0].get_legend().get_texts()]
+    assert legend[-1] == timeline.GAP_LABEL
+    assert [t.get_text() for t in axes[0, 0].texts] == ["end of\nepoch 1", "end of\nepoch 2", "end of\nepoch 3"]
+    one = load_run(make_run(tmp_path, "ps", 2, "tcp", epochs=1, steps_per_epoch=8))
+    fig, axes = figures.new_figure(figures.WIDE_FIGSIZE)
+    assert plots._draw_timeline(axes[0, 0], one, plots.TIMELINE_STEPS) == []
+    check_png(plots.plot_step_timeline(run, tmp_path / "t.png"), WIDE)
