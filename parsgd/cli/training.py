@@ -104,10 +104,16 @@ def worker(connect, connect_timeout, data_dir, keys_dir, faults, name):
 @click.option("--faults", default="",
               help="Fault schedule, e.g. kill=worker1@step40,stop=worker2@step60:5s,drop=0.05,seed=3.")
 @click.option("--resume", type=click.Path(), help="Continue the run in this run directory from its checkpoint.")
+@click.option("--link", help="Emulated hosts: the server and each worker in a network namespace of its own, joined "
+                             "by links of this rate each way, e.g. 100mbit, 1gbit (root only; transport tcp, CURVE).")
+@click.option("--link-delay", "--link_delay", "link_delay",
+              help="With --link: one-way latency of every link, e.g. 5ms (needs the kernel's netem qdisc).")
+@click.option("--keys", "keys_dir", type=click.Path(),
+              help="With --link: the CURVE key folder (`parsgd keygen`); default: keys made for the run.")
 @training_options
 @click.pass_context
 def launch(ctx, workers, transport, wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, restart_workers,
-           faults, resume, out, **opts):
+           faults, resume, link, link_delay, keys_dir, out, **opts):
     """Start a parameter server and N workers on this machine; stop them all on exit."""
     from parsgd.jobs.launch import LaunchError, launch as run_launch
     from parsgd.data.load import check_num_samples
@@ -121,6 +127,8 @@ def launch(ctx, workers, transport, wait_timeout, heartbeat, liveness, step_time
         if line.startswith("[server] error: "):
             server_errors.append(line.removeprefix("[server] error: "))
 
+    from parsgd.jobs.emulate import link_options
+    link = link_options(link, link_delay, keys_dir, transport, faults)  # root, netem: before anything starts
     sopts = build_server_options(wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every)
     check_range("--restart-workers", restart_workers, restart_workers >= 0, "a whole number >= 0 (restarts in all)")
     cfg = None if resume else build_config(workers, **opts)  # resuming: the checkpoint's, checked by the job
@@ -130,7 +138,8 @@ def launch(ctx, workers, transport, wait_timeout, heartbeat, liveness, step_time
         check_num_samples(cfg.dataset, cfg.data_dir, cfg.num_samples)  # the server child would refuse it
     per_worker = parse_launch_faults(faults, workers)
     status = run_launch(cfg, sopts, transport, out, resume=resume, worker_faults=per_worker,
-                        restart_workers=restart_workers, echo=echo, given=given_options(ctx) if resume else None)
+                        restart_workers=restart_workers, echo=echo, given=given_options(ctx) if resume else None,
+                        link=link)
     if status == 1 and server_errors:
         raise LaunchError(server_errors[-1])
     return status

@@ -15,6 +15,7 @@ import ctypes
 import dataclasses
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,11 +53,11 @@ def _die_with_parent():
 
 
 class Child:
-    def __init__(self, label: str, argv: list[str], echo):
+    def __init__(self, label: str, argv: list[str], echo, preexec=_die_with_parent):
         self.label, self.argv, self.echo = label, argv, echo
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env, start_new_session=True, preexec_fn=_die_with_parent)
+                                     env=env, start_new_session=True, preexec_fn=preexec)
         self.reader = threading.Thread(target=self._pump, daemon=True)
         self.reader.start()
 
@@ -144,7 +145,7 @@ def _interrupted(signum: int, out: Path, transport: str, since: float, resumed: 
 
 def launch(cfg: RunConfig | None, opts: ServerOptions, transport: str = "shm", out=None, resume=None,
            worker_faults: dict[int, str] | None = None, restart_workers: int = 0, echo=click.echo,
-           given: dict | None = None) -> int:
+           given: dict | None = None, link=None) -> int:
     """Runs a whole parameter-server job on this machine; returns the server's exit status.
 
     Starts a server for `cfg` and `cfg.workers` worker processes. `opts` gives the fault knobs; its
@@ -155,7 +156,9 @@ def launch(cfg: RunConfig | None, opts: ServerOptions, transport: str = "shm", o
     except `workers`: as many workers start as the checkpoint's run has shards, and a different
     `workers` is only noted. A finished run is said so (returns 0). `worker_faults`: {worker index:
     --faults text} (see parsgd.ps.faults.parse_launch_faults); `restart_workers`: restarts allowed in
-    all. Every child line goes to `echo`, prefixed by its role; a new run in a folder that holds an
+    all. `link` (parsgd.jobs.emulate.LinkOptions): the server and each worker on an emulated host of
+    their own, over links of that rate, with CURVE (see parsgd.jobs.emulate; the caller ran its
+    preflight). Every child line goes to `echo`, prefixed by its role; a new run in a folder that holds an
     earlier one first prints `[launch] replacing the earlier run in OUT: FILES`.
 
     Raises ConfigError (unknown transport), EndpointError (ipc with too long a TMPDIR), OutputDirError
@@ -191,25 +194,38 @@ def launch(cfg: RunConfig | None, opts: ServerOptions, transport: str = "shm", o
     (out / ADDRESS_FILE).unlink(missing_ok=True)
     tmp = tempfile.mkdtemp(prefix="parsgd-")  # 0700: an ipc socket and the spec here are ours alone
     bind = f"ipc://{tmp}/{IPC_SOCKET}" if transport == "ipc" else "tcp://127.0.0.1:*"
+    net = None
+    if link is not None:  # emulated hosts: shared memory and ipc cannot cross them
+        from parsgd.jobs.emulate import EmulatedRun
+        net = EmulatedRun(link, workers, tmp, echo)
+        bind, transport = net.bind, "tcp"
     spec = ServerSpec(config=None if resume else cfg, out=str(out), resume=str(out) if resume else None,
                       given=given if resume else None,
                       server=dataclasses.replace(opts, bind=bind, shm=transport == "shm", transport=transport,
-                                                 resume_command=launch_resume_command(out, transport)))
+                                                 resume_command=launch_resume_command(out, transport),
+                                                 **({"keys_dir": net.keys} if net else {})))
     children: list[Child] = []
     interrupted = []
     old = {s: signal.signal(s, lambda signum, _: interrupted.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        if net is not None:
+            net.start(cfg)
         spec_path = spec.write(Path(tmp) / SPEC_FILE)
-        server = Child("server", py + ["server", "--spec", str(spec_path)], echo)
+        server = Child("server", py + ["server", "--spec", str(spec_path)], echo,
+                       **({"preexec": net.preexec("server")} if net else {}))
         children.append(server)
         address = _wait_for_address(out / ADDRESS_FILE, server)
+        if net is not None:
+            net.record(out)
         faults = worker_faults or {}
 
         def start_worker(i: int) -> Child:
             argv = py + ["worker", "--connect", address, "--name", f"w{i}"]
             if faults.get(i):
                 argv += ["--faults", faults[i]]
-            return Child(f"worker {i}", argv, echo)
+            if net is None:
+                return Child(f"worker {i}", argv, echo)
+            return Child(f"worker {i}", argv + ["--keys", net.keys], net.worker_echo(i, echo), net.preexec(f"w{i}"))
 
         workers_by_index = {i: start_worker(i) for i in range(workers)}
         children += workers_by_index.values()
@@ -249,8 +265,8 @@ def launch(cfg: RunConfig | None, opts: ServerOptions, transport: str = "shm", o
         return exit_status(server.proc.returncode)
     finally:
         stop_all(children)
+        if net is not None:
+            net.close()
         for s, h in old.items():
             signal.signal(s, h)
-        for leftover in Path(tmp).iterdir():
-            leftover.unlink(missing_ok=True)
-        os.rmdir(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -40,10 +40,13 @@ class FaultSpecError(UsageError, ValueError):
     """The --faults text cannot be parsed; the message shows the accepted items."""
 
 
-ONCE = ("kill", "crash", "stop", "hang", "nan", "inf", "killpush", "cutpush", "deaf", "wrongshard", "wrongsize")
+ONCE = ("kill", "crash", "stop", "hang", "nan", "inf", "killpush", "cutpush", "deaf", "wrongshard", "wrongsize",
+        "partition")
 RATES = ("drop", "dup", "delay", "droptask")
 HELP = ("kill@STEP, crash@STEP, stop@STEP:SECONDS, hang@STEP:SECONDS, nan@STEP, inf@STEP, killpush@STEP[:SECONDS], "
-        "cutpush@STEP, deaf@STEP, wrongshard@STEP, wrongsize@STEP, drop=P, dup=P, delay=P:SECONDS, droptask=P, seed=N")
+        "cutpush@STEP, deaf@STEP, wrongshard@STEP, wrongsize@STEP, partition@STEP:SECONDS (launch --link), "
+        "drop=P, dup=P, delay=P:SECONDS, droptask=P, seed=N")
+PARTITION_SETTLE_S = 0.5      # partition: the launcher takes this worker's link down meanwhile, before its GRAD
 KILLPUSH_WAIT_S = 0.2         # killpush: time for the GRAD to arrive and be applied before the SIGKILL
 RANGES = "STEP is a whole number >= 0, SECONDS a finite number >= 0, P a probability in [0, 1]"
 
@@ -103,7 +106,7 @@ class FaultPlan:
         return None
 
     def before_compute(self, step: int, rank: int) -> None:
-        fault = self._due(step, ("kill", "crash", "stop", "hang"))
+        fault = self._due(step, ("kill", "crash", "stop", "hang", "partition"))
         if fault is None:
             return
         kind, secs = fault
@@ -118,6 +121,9 @@ class FaultPlan:
             os.kill(os.getpid(), signal.SIGSTOP)
         elif kind == "hang":
             time.sleep(secs)
+        elif kind == "partition":  # launch --link watches for this line (parsgd.jobs.emulate) and pulls the cable
+            self.echo(f"fault injection: partition at step {step} for {secs:g} s")
+            time.sleep(PARTITION_SETTLE_S)
 
     def corrupt(self, step: int, rank: int, grad) -> None:
         """Every attempt at the step, not once: a reassigned shard fails again if it comes back here."""

@@ -1,0 +1,191 @@
+"""Measuring an emulated link as parsgd uses it: ZeroMQ DEALER/ROUTER with CURVE, through veth and bridge.
+
+    python -m parsgd.cluster.probe serve tcp://198.18.0.1:5600 KEYS            # in the server's host
+    python -m parsgd.cluster.probe client tcp://198.18.0.1:5600 KEYS 1024,1048576 # in a worker's host
+
+The client prints one JSON object: for each message size, the median time of a one-way transfer up
+(client -> server, acknowledged by an empty reply) and down (server -> client, asked for by an empty
+request); the per-size `alpha + size x beta` fit of both (Hockney); and a stream (messages sent back
+to back, acknowledged once) giving the sustained payload rate of each direction. `measure` runs both
+processes in the hosts of an EmulatedNet and returns that object.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+
+from parsgd.cluster.netns import NetworkError
+
+MIN_REPS, MAX_REPS, SIZE_BUDGET_S = 3, 15, 0.4   # ping-pong repetitions per size and direction
+STREAM_S = 0.6                                   # a stream lasts about this long per direction
+STREAM_MESSAGE_BYTES = 256 * 1024
+PROBE_PORT = 5600
+PROBE_TIMEOUT_S = 60.0
+MAX_FRAME = 1 << 31
+
+
+def serve(address: str, keys: str) -> None:
+    """Answers `up` (payload in, empty reply), `down` (reply of the asked size), `sink` (payloads
+    in, no reply) and `ack`, `source` (N payloads of a size out) until `bye`."""
+    import zmq
+    from parsgd.ps.sockets import configure_router
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    auth = configure_router(ctx, sock, SimpleNamespace(bind=address, keys_dir=keys), MAX_FRAME)
+    sock.bind(address)
+    print("listening", flush=True)
+    blobs: dict[int, bytes] = {}
+    try:
+        while True:
+            ident, kind, *rest = sock.recv_multipart(copy=True)
+            if kind == b"up":
+                sock.send_multipart([ident, b""])
+            elif kind == b"down":
+                size = int(rest[0])
+                sock.send_multipart([ident, blobs.setdefault(size, bytes(size))], copy=False)
+            elif kind == b"ack":
+                sock.send_multipart([ident, b""])
+            elif kind == b"source":
+                count, size = int(rest[0]), int(rest[1])
+                blob = blobs.setdefault(size, bytes(size))
+                for _ in range(count):
+                    sock.send_multipart([ident, blob], copy=False)
+            elif kind == b"bye":
+                sock.send_multipart([ident, b""])
+                break
+    finally:
+        sock.close(0)
+        if auth is not None:
+            auth.stop()
+        ctx.term()
+
+
+def _fit(sizes: list[int], seconds: list[float]) -> dict:
+    """Least-squares alpha (s) and beta (s per byte) of t = alpha + size x beta."""
+    slope, intercept = np.polyfit(np.asarray(sizes, float), np.asarray(seconds, float), 1)
+    return {"alpha_s": float(max(intercept, 0.0)), "beta_s_per_byte": float(max(slope, 0.0))}
+
+
+def client(address: str, keys: str, sizes: list[int], stream: bool = True) -> dict:
+    """The measurements (see the module doc) as a dict; sizes in bytes."""
+    import zmq
+    from parsgd.ps.sockets import configure_dealer
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    configure_dealer(sock, MAX_FRAME, keys)
+    sock.setsockopt(zmq.SNDTIMEO, int(PROBE_TIMEOUT_S * 1e3))  # IMMEDIATE: a send waits for the connection
+    sock.connect(address)
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+
+    def call(*frames, copy=True):
+        sock.send_multipart(list(frames), copy=copy)
+        if not poller.poll(PROBE_TIMEOUT_S * 1e3):
+            raise TimeoutError(f"no answer from the probe server at {address}")
+        return sock.recv_multipart(copy=False)
+
+    try:
+        call(b"ack")  # connected, CURVE handshake done
+        out = {"sizes": [], "up_s": [], "down_s": []}
+        for size in sizes:
+            blob = bytes(size)
+            times = {"up": [], "down": []}
+            for direction in ("up", "down"):
+                spent, reps = 0.0, 0
+                while reps < MIN_REPS or (spent < SIZE_BUDGET_S and reps < MAX_REPS):
+                    t0 = time.perf_counter()
+                    if direction == "up":
+                        call(b"up", blob, copy=False)
+                    else:
+                        call(b"down", str(size).encode())
+                    dt = time.perf_counter() - t0
+                    times[direction].append(dt)
+                    spent, reps = spent + dt, reps + 1
+            out["sizes"].append(size)
+            out["up_s"].append(statistics.median(times["up"]))
+            out["down_s"].append(statistics.median(times["down"]))
+        out["up_fit"] = _fit(out["sizes"], out["up_s"])
+        out["down_fit"] = _fit(out["sizes"], out["down_s"])
+        if stream:
+            out["stream"] = _stream(call, sock, poller, out)
+        call(b"bye")
+        return out
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+def _stream(call, sock, poller, pingpong: dict) -> dict:
+    """Sustained payload rate each way (bytes/s): STREAM_MESSAGE_BYTES messages back to back."""
+    size = STREAM_MESSAGE_BYTES
+    per_message = max(pingpong["up_fit"]["beta_s_per_byte"] * size, 1e-5)
+    count = int(min(4000, max(8, STREAM_S / per_message)))
+    blob = bytes(size)
+    t0 = time.perf_counter()
+    for _ in range(count):
+        sock.send_multipart([b"sink", blob], copy=False)
+    call(b"ack")
+    up = count * size / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    sock.send_multipart([b"source", str(count).encode(), str(size).encode()])
+    for _ in range(count):
+        if not poller.poll(PROBE_TIMEOUT_S * 1e3):
+            raise TimeoutError("the probe stream stopped")
+        sock.recv_multipart(copy=False)
+    down = count * size / (time.perf_counter() - t0)
+    return {"message_bytes": size, "messages": count, "up_bytes_per_s": up, "down_bytes_per_s": down}
+
+
+def measure(net, keys: str, sizes: list[int], client_role: str = "w0", stream: bool = True) -> dict:
+    """Runs a probe server in `net`'s server host and a client in `client_role`'s host; returns the
+    client's measurements. Raises NetworkError when the probe fails."""
+    from parsgd.cluster.emulated import host_ip
+
+    address = f"tcp://{host_ip('server')}:{PROBE_PORT}"
+    py = [sys.executable, "-m", "parsgd.cluster.probe"]
+    server = subprocess.Popen(py + ["serve", address, keys], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, preexec_fn=net.preexec("server"), text=True)
+    try:
+        first = server.stdout.readline().strip()
+        if first != "listening":
+            raise NetworkError(f"the link probe's server did not start: {first or server.wait()}")
+        argv = py + ["client", address, keys, ",".join(map(str, sizes))] + ([] if stream else ["--no-stream"])
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
+                              preexec_fn=net.preexec(client_role), stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise NetworkError(f"the link probe failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+        return json.loads(done.stdout)
+    except subprocess.TimeoutExpired:
+        raise NetworkError(f"the link probe took more than {PROBE_TIMEOUT_S:g} s") from None
+    finally:
+        try:
+            server.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        server.stdout.close()
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["serve"] and len(argv) == 3:
+        serve(argv[1], argv[2])
+        return 0
+    if argv[:1] == ["client"] and len(argv) in (4, 5):
+        sizes = [int(s) for s in argv[3].split(",")]
+        print(json.dumps(client(argv[1], argv[2], sizes, stream="--no-stream" not in argv)))
+        return 0
+    print("usage: python -m parsgd.cluster.probe serve ADDRESS KEYS | client ADDRESS KEYS SIZES [--no-stream]",
+          file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,239 @@
+"""`launch --link RATE`: the server and each worker on an emulated host of their own, and what it measured.
+
+    sudo parsgd launch --workers 2 --link 100mbit --dataset synthetic --num-samples 4096 --epochs 1
+
+`LinkOptions` is what the command line gave (checked by `preflight` before anything starts: root
+with CAP_NET_ADMIN, netem for a delay, a transport that crosses the link); `EmulatedRun` builds the
+network (parsgd.cluster.emulated), generates CURVE keys for the run unless --keys was given,
+calibrates the link (parsgd.cluster.probe: a ping-pong at several message sizes and a stream, first
+unshaped, then at RATE, and the gradient of one batch on this machine), writes it all to
+RUN_DIR/link.json, marks comm.jsonl with the rate, takes links down for `partition` faults, and
+removes everything on every exit path (a SIGKILLed launcher's namespaces go at the next launch).
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from parsgd.cluster import netns
+from parsgd.cluster.emulated import EmulatedNet, host_ip, tbf_args, wire_efficiency
+from parsgd.cluster.rates import LinkOptionError, format_rate, parse_delay, parse_rate
+from parsgd.config import RunConfig
+from parsgd.errors import UsageError
+from parsgd.files import AppendFile, json_text, write_file
+
+LINK_FILE = "link.json"
+RATE_TOLERANCE = 0.10        # the shaped stream must run within 10% of RATE x wire efficiency
+CPU_BOUND_SHARE = 0.90       # a rate whose stream reaches < 90% of it while unshaped capacity is below: CPU-bound
+PARTITION_LINE = "fault injection: partition at step "
+
+
+class NoNetemError(UsageError):
+    """--link-delay on a kernel without the netem qdisc (exit 2), said before anything starts."""
+
+
+@dataclass(frozen=True)
+class LinkOptions:
+    """`launch --link RATE [--link-delay D] [--keys DIR]`, checked on creation (LinkOptionError)."""
+    rate: str
+    delay: str | None = None
+    keys: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "rate", format_rate(parse_rate(self.rate)))
+        if self.delay is not None:
+            parse_delay(self.delay)
+
+    @property
+    def rate_bps(self) -> float:
+        return parse_rate(self.rate)
+
+    @property
+    def delay_s(self) -> float:
+        return parse_delay(self.delay) if self.delay else 0.0
+
+
+def preflight(link: LinkOptions, transport: str | None = None) -> None:
+    """Everything checked before a process starts: `--transport ipc` (a socket file would bypass the
+    link) refused, root with CAP_NET_ADMIN (PrivilegeError), netem for --link-delay (NoNetemError)."""
+    if transport == "ipc":
+        raise LinkOptionError("--transport ipc with --link: an ipc socket is a file every emulated host sees, "
+                              "so it would not cross the link; use --transport tcp (the default with --link)")
+    netns.check_privileges("--link")
+    if link.delay_s and not netns.has_netem():
+        raise NoNetemError(f"--link-delay {link.delay}: this kernel has no netem qdisc (the one that delays "
+                           "packets), and parsgd loads no kernel module; leave out --link-delay")
+    if link.keys:
+        from parsgd.ps.sockets import load_keypair
+        for name in ("server.key_secret", "worker.key_secret", "server.key"):
+            load_keypair(Path(link.keys) / name)
+
+
+def model_bytes(cfg: RunConfig) -> int:
+    """Bytes of one parameter (or gradient) vector of `cfg`'s model."""
+    from parsgd.model.mlp import n_params
+    import numpy as np
+    return n_params(cfg.sizes) * np.dtype(cfg.dtype).itemsize
+
+
+def time_gradient(cfg: RunConfig, rows: int, reps: int = 5) -> float:
+    """Fastest seconds of one gradient of `rows` random rows of `cfg`'s model in this process, alone."""
+    import numpy as np
+    from parsgd.model.mlp import Workspace, init_params, loss_and_grad
+
+    rng = np.random.default_rng(0)
+    params = init_params(cfg.sizes, 0, cfg.dtype)
+    x = rng.random((rows, cfg.sizes[0])).astype(cfg.dtype)
+    y = rng.integers(0, cfg.sizes[-1], rows)
+    grad, ws = np.empty_like(params), Workspace(cfg.sizes, cfg.dtype)
+    times = []
+    for _ in range(reps + 1):
+        t0 = time.perf_counter()
+        loss_and_grad(params, cfg.sizes, x, y, grad, ws)
+        times.append(time.perf_counter() - t0)
+    return float(np.min(times[1:]))
+
+
+class EmulatedRun:
+    """One emulated run's network, keys and calibration. Use as a context manager; `close` removes all."""
+
+    def __init__(self, link: LinkOptions, workers: int, tmp: str, echo):
+        self.link, self.workers, self.echo = link, workers, echo
+        self.net = EmulatedNet(["server", *(f"w{i}" for i in range(workers))], link.rate_bps, link.delay_s)
+        self.keys = link.keys or str(Path(tmp) / "keys")
+        self.info: dict = {}
+        self.timers: list[threading.Timer] = []
+        self.partitioned: set[int] = set()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def bind(self) -> str:
+        return f"tcp://{host_ip('server')}:*"
+
+    def preexec(self, role: str):
+        return self.net.preexec(role)
+
+    def start(self, cfg: RunConfig, calibrate: bool = True) -> None:
+        """Builds the network and the keys, then calibrates (`info`, written later by `record`)."""
+        t0 = time.monotonic()
+        self.net.create()
+        if not self.link.keys:
+            from parsgd.ps.sockets import keygen
+            keygen(self.keys)
+        self.info = {"rate": self.link.rate, "rate_bps": self.link.rate_bps, "delay_s": self.link.delay_s,
+                     "tbf": " ".join(tbf_args(self.link.rate_bps)), "wire_efficiency": wire_efficiency(),
+                     "hosts": self.net.addresses, "namespaces": [self.net.ns(r) for r in self.net.roles],
+                     "cores": os.cpu_count(), "keys": "given" if self.link.keys else "generated for the run"}
+        self.echo(f"[launch] emulated hosts: server {host_ip('server')} and {self.workers} worker(s), each in a "
+                  f"network namespace, links of {self.net.label} each way (tbf), CURVE keys "
+                  f"{'from ' + self.link.keys if self.link.keys else 'generated for this run'}")
+        if calibrate:
+            try:
+                self.info["calibration"] = self.calibrate(cfg)
+            except netns.NetworkError as exc:  # the run itself does not need it: say so and go on
+                self.echo(f"[launch] link check failed, the run goes on without it (no estimate): {exc}")
+        self.info["setup_s"] = time.monotonic() - t0
+
+    def calibrate(self, cfg: RunConfig) -> dict:
+        """Ping-pong and streams between the server's host and w0's, unshaped then at the rate; the
+        gradient of a batch and of a shard here; says if the rate is off or CPU-bound."""
+        from parsgd.cluster.probe import measure
+
+        m = model_bytes(cfg)
+        sizes = sorted({1024, max(2048, m // 4), m})
+        self.net.shape("server", None)
+        self.net.shape("w0", None)
+        try:
+            unshaped = measure(self.net, self.keys, sizes)
+        finally:
+            self.net.shape("server", self.link.rate_bps)
+            self.net.shape("w0", self.link.rate_bps)
+        shaped = measure(self.net, self.keys, sizes)
+        expected = self.link.rate_bps / 8 * wire_efficiency()
+        got = min(shaped["stream"]["up_bytes_per_s"], shaped["stream"]["down_bytes_per_s"])
+        capacity = min(unshaped["stream"]["up_bytes_per_s"], unshaped["stream"]["down_bytes_per_s"])
+        ok = abs(got / expected - 1) <= RATE_TOLERANCE
+        verdict = "link" if ok else ("cpu-bound" if capacity < expected * CPU_BOUND_SHARE or got < expected
+                                     else "off")
+        shard_rows = -(-cfg.batch_size // cfg.workers)
+        cal = {"sizes": sizes, "message_bytes": m, "unshaped": unshaped, "shaped": shaped,
+               "expected_payload_bytes_per_s": expected, "measured_payload_bytes_per_s": got,
+               "capacity_bytes_per_s": capacity, "rate_ok": ok, "bound": verdict,
+               "gradient_s": {"batch": time_gradient(cfg, cfg.batch_size), "rows": cfg.batch_size,
+                              "shard": time_gradient(cfg, shard_rows), "shard_rows": shard_rows}}
+        self.echo(f"[launch] link check: {got * 8 / 1e6:.1f} Mbit/s of payload at {self.link.rate} "
+                  f"(expected {expected * 8 / 1e6:.1f}); unshaped capacity through veth, bridge, TCP and CURVE "
+                  f"on these {os.cpu_count()} cores: {capacity * 8 / 1e9:.2f} Gbit/s"
+                  + ("" if ok else f"; {self.link.rate} is {'CPU-bound: above what this machine moves' if verdict == 'cpu-bound' else 'not met'}"
+                     ", so it is not a link rate here"))
+        return cal
+
+    def record(self, out: Path) -> None:
+        """Writes RUN_DIR/link.json and marks comm.jsonl with the link (a `link` row at step -1)."""
+        write_file(Path(out) / LINK_FILE, (json_text(self.info, indent=2) + "\n").encode())
+        comm = Path(out) / "comm.jsonl"
+        if comm.is_file():
+            row = {"role": "server", "rank": 0, "step": -1, "span": "link", "t": 0.0, "dur": 0.0, "bytes": 0,
+                   "link": self.link.rate, "rate_bps": self.link.rate_bps, "delay_s": self.link.delay_s}
+            f = AppendFile(comm)
+            try:
+                f.write((json.dumps(row) + "\n").encode())
+            finally:
+                f.close()
+
+    def worker_echo(self, i: int, echo):
+        """`echo` for worker i's lines that also acts on its `partition` fault: the worker says
+        `fault injection: partition at step S` and waits; its link goes down for the item's seconds."""
+        def watch(line: str) -> None:
+            echo(line)
+            text = line.split("] ", 1)[-1]
+            if text.startswith(PARTITION_LINE) and i not in self.partitioned:
+                self.partition(i, float(text.rsplit("for ", 1)[-1].rstrip(" s")))
+        return watch
+
+    def partition(self, i: int, seconds: float) -> None:
+        """Takes worker i's link down now and brings it back after `seconds` (a timer thread)."""
+        self.partitioned.add(i)
+        self.net.set_link(f"w{i}", False)
+        self.echo(f"[launch] worker {i}'s link is down for {seconds:g} s")
+
+        def heal():
+            try:
+                self.net.set_link(f"w{i}", True)
+                self.echo(f"[launch] worker {i}'s link is up again")
+            except netns.NetworkError:
+                pass  # the run ended meanwhile and removed the network
+        timer = threading.Timer(seconds, heal)
+        timer.daemon = True
+        timer.start()
+        self.timers.append(timer)
+
+    def close(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+        self.net.destroy()
+
+
+def link_options(rate: str | None, delay: str | None, keys: str | None, transport: str | None = None,
+                 faults: str = "") -> LinkOptions | None:
+    """The LinkOptions of `launch --link RATE [--link-delay D] [--keys DIR]`, preflight done; None without
+    --link. Raises LinkOptionError (exit 2) for --link-delay, --keys or a partition fault without --link,
+    and what `preflight` raises."""
+    partition = any(item.split("=", 1)[0].strip() == "partition" for item in (faults or "").split(","))
+    if rate is None:
+        for given, what in ((delay, "--link-delay"), (keys, "--keys"), (partition or None, "a partition fault")):
+            if given is not None:
+                raise LinkOptionError(f"{what} is for emulated hosts: add --link RATE (e.g. --link 100mbit)")
+        return None
+    link = LinkOptions(rate, delay, keys)
+    preflight(link, transport)
+    return link
