@@ -98,6 +98,28 @@ class RssWatch(threading.Thread):
         return self
 
 
+class PeakWatch(threading.Thread):
+    """Calls `measure()` every `every` seconds until stop(); .peak is the largest value it returned."""
+
+    def __init__(self, measure, every: float = 0.002):
+        super().__init__(daemon=True)
+        self.measure, self.every, self.halt = measure, every, threading.Event()
+        self.peak = self.samples = 0
+
+    def run(self):
+        while not self.halt.wait(self.every):
+            self.peak = max(self.peak, self.measure())
+            self.samples += 1
+
+    def stop(self) -> "PeakWatch":
+        """Stop sampling, after one last sample of the state now."""
+        self.halt.set()
+        self.join()
+        self.peak = max(self.peak, self.measure())
+        self.samples += 1
+        return self
+
+
 def wait_event(run_dir, pred, timeout: float = 20.0, count: int = 1) -> list[dict]:
     """Wait until `count` events of events.jsonl satisfy pred; returns them."""
     deadline = time.monotonic() + timeout

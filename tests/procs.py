@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import numpy as np
 PY = [sys.executable, "-m", "parsgd"]
 SMALL = ["--dataset", "synthetic", "--num-samples", "2000", "--epochs", "1", "--hidden", "32,16",
          "--batch-size", "100"]
+TRANSPORTS = ("shm", "tcp", "ipc")  # as `launch --transport`: shm = TCP messages + shared memory; tcp, ipc: sockets only
 
 
 def free_port() -> int:
@@ -73,7 +76,7 @@ class Procs:
     """Starts processes in a tmp folder; kills whatever is still running on exit."""
 
     def __init__(self, tmp: Path):
-        self.tmp, self.all = Path(tmp), []
+        self.tmp, self.all, self.dirs = Path(tmp), [], []
 
     def __enter__(self):
         return self
@@ -83,16 +86,32 @@ class Procs:
             p.kill()
         for p in self.all:
             p.log.close()
+        for d in self.dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def address(self, transport: str = "shm") -> str:
+        """A fresh address for a server of `transport`: a free loopback port, or an ipc socket in a short
+        private folder under /tmp (pytest's tmp_path can be longer than an ipc path may be)."""
+        if transport == "ipc":
+            folder = tempfile.mkdtemp(prefix="pg-", dir="/tmp")
+            self.dirs.append(folder)
+            return f"ipc://{folder}/s.sock"
+        return f"tcp://127.0.0.1:{free_port()}"
 
     def start(self, name: str, args, env=None) -> Proc:
         proc = Proc(PY + list(args), self.tmp / f"{name}-{len(self.all)}.log", env)
         self.all.append(proc)
         return proc
 
-    def server(self, out, workers, *extra, port=None, env=None) -> tuple[Proc, str]:
-        address = f"tcp://127.0.0.1:{port or free_port()}"
+    def server(self, out, workers, *extra, port=None, env=None, transport: str = "shm",
+               address: str | None = None) -> tuple[Proc, str]:
+        """`parsgd server` on `address` (default: a fresh one for `transport`, or `port` on 127.0.0.1).
+        transport shm: TCP messages and shared memory for the workers; tcp, ipc: `--no-shm`, so every
+        parameter and gradient frame crosses the socket."""
+        address = address or (f"tcp://127.0.0.1:{port}" if port else self.address(transport))
+        sockets_only = [] if transport == "shm" else ["--no-shm"]
         proc = self.start("server", ["server", "--bind", address, "--workers", str(workers), "--out", str(out),
-                                     "--wait-timeout", "60", *extra], env)
+                                     "--wait-timeout", "60", *sockets_only, *extra], env)
         return proc, address
 
     def worker(self, address, *extra, env=None) -> Proc:
@@ -142,6 +161,45 @@ def group_members(pgid: int) -> list[int]:
         if fields[0] != "Z" and int(fields[2]) == pgid:  # state, ppid, pgrp
             found.append(int(stat.parent.name))
     return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (children, grandchildren, ...), from /proc; whatever their group."""
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parent[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [child for child, ppid in parent.items() if ppid in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def none_left(pids, timeout: float = 3.0) -> None:
+    """Every one of `pids` is gone within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while [p for p in pids if alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pids if alive(p)], f"left behind: {[p for p in pids if alive(p)]}"
+
+
+def shell_status(returncode: int) -> int:
+    """A Popen returncode as a shell reports it: 128 + N for a process killed by signal N."""
+    return 128 - returncode if returncode < 0 else returncode
 
 
 def no_group_left(pgid: int, timeout: float = 2.0) -> None:

@@ -5,6 +5,7 @@
 Tests bind only to 127.0.0.1, CURVE included: a refused non-loopback bind never reaches bind().
 """
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -26,8 +27,8 @@ from procs import PY, Procs, ends_cleanly, events, free_port, load_params, no_tr
 pytestmark = pytest.mark.slow  # real server and worker processes, faults waited out
 
 ARGS = ["--dataset", "synthetic", "--num-samples", "2000", "--hidden", "32,16", "--batch-size", "100",
-        "--dtype", "float64", "--epochs", "2", "--seed", "3"]
-SLOW = ["--faults", "delay=1:0.15"]   # about 6 s of training, while strangers knock
+        "--dtype", "float64", "--epochs", "12", "--seed", "3"]
+SLOW = ["--faults", "delay=1:0.15"]   # 240 steps of >= 0.15 s: 36 s of training, ended by the test with SIGTERM
 FAKE_PID = 10**9
 
 
@@ -151,9 +152,14 @@ def test_curve_allowlisted_workers_train_and_strangers_deliver_nothing(tmp_path,
             assert "error: no parameter server answered" in keyless_worker.output()
             assert "this worker needs --keys DIR too" in keyless_worker.output()  # the likely cause, named
 
-            assert server.p.poll() is None, "the run ended before the strangers were done: raise the delay"
-            ends_cleanly(server, *workers)
-            no_traceback(keyless_worker)
+            assert server.p.poll() is None, "the run ended before the strangers were done: raise --epochs"
+            log = events(run_dir)
+            # the strangers are done: stop the run (checkpoint), then finish it with fresh allowlisted workers
+            server.signal(signal.SIGTERM)
+            assert server.wait(15) == 1 and all(w.wait(15) == 0 for w in workers), server.output()[-3000:]
+            no_traceback(server, *workers, keyless_worker)
+            again, _ = p.server(run_dir, 2, "--resume", str(run_dir), "--keys", str(keys), address=address)
+            ends_cleanly(again, *[p.worker(address, "--keys", str(keys)) for _ in range(2)])
     finally:
         ctx.destroy(linger=0)
     for name, s in strangers.items():
@@ -162,7 +168,6 @@ def test_curve_allowlisted_workers_train_and_strangers_deliver_nothing(tmp_path,
     assert zmq.Event.HANDSHAKE_FAILED_PROTOCOL in strangers["no key"].kinds()      # mechanism mismatch
     assert zmq.Event.HANDSHAKE_FAILED_NO_DETAIL in strangers["wrong server key"].kinds()  # HELLO box unreadable
     assert (zmq.Event.HANDSHAKE_FAILED_AUTH, 400) in strangers["key not allowlisted"].events  # ZAP said no
-    log = events(run_dir)
     assert len([e for e in log if e["event"] == "hello"]) == 2  # the two allowlisted workers only
     assert not [e for e in log if e["event"] in ("protocol_error", "quarantine", "stale", "refused", "dead")]
     assert np.max(np.abs(load_params(run_dir) - oracle)) < 1e-8
