@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from parsgd.training.loop import CHECK_FILE, CHECK_STEPS, WARMUP_STEPS
+
 SIZES = (784, 32, 10)
 N_PARAMS = sum(a * b + b for a, b in zip(SIZES[:-1], SIZES[1:]))
 PARAM_BYTES = 4 * N_PARAMS
@@ -63,11 +65,13 @@ def _simulate_ps(rng, workers, steps, t0_s):
 
 def make_run(root, mode: str = "sequential", workers: int = 1, transport: str | None = None,
              epochs: int = 3, steps_per_epoch: int = 6, batch_size: int = 128, name: str | None = None,
-             seed: int = 0) -> Path:
+             seed: int = 0, check_error: float = 1e-7) -> Path:
     """Write one run directory under `root` and return its path.
 
     The folder is `name`, default MODE-pWORKERS[-TRANSPORT]; it holds config.json, metrics.jsonl
-    (`epochs` lines), summary.json, model.npz and, for mode "ps", comm.jsonl with the spans of
+    (`epochs` lines, with the timed window: the first WARMUP_STEPS steps left out), summary.json,
+    model.npz, check.npz (the update after CHECK_STEPS steps: one fixed vector, off by
+    `check_error` relative for a parallel mode) and, for mode "ps", comm.jsonl with the spans of
     epochs * steps_per_epoch steps. `seed` varies the numbers. Raises OSError if root is not writable.
     """
     rng = np.random.default_rng([seed, workers, len(mode)])
@@ -90,11 +94,15 @@ def make_run(root, mode: str = "sequential", workers: int = 1, transport: str | 
             comm_s = 0.0 if mode == "sequential" else steps_per_epoch * 1.5e-3
             t_s += compute_s + comm_s
             nbytes = 0 if mode == "sequential" else PARAM_BYTES * workers * steps_per_epoch
+        done = epoch * steps_per_epoch
+        timed_steps = min(steps_per_epoch, max(0, done - WARMUP_STEPS))
+        timed_s = (t_s - start_s) * timed_steps / steps_per_epoch
         t_s += 0.01  # evaluation
         loss = 2.3 * np.exp(-0.6 * epoch) + 0.05 * rng.random()
         metrics.append({"epoch": epoch, "train_loss": loss, "train_acc": 1 - loss / 2.6,
                         "test_loss": loss * 1.1, "test_acc": 1 - loss * 1.1 / 2.6,
-                        "epoch_time_s": t_s - start_s, "compute_s": compute_s, "comm_s": comm_s,
+                        "epoch_time_s": t_s - start_s, "timed_steps": timed_steps, "timed_s": timed_s,
+                        "compute_s": compute_s, "comm_s": comm_s,
                         "bytes_sent": nbytes, "bytes_recv": nbytes})
     if mode == "ps":
         for w in range(workers):  # the STOP message arrives outside any step
@@ -117,6 +125,8 @@ def make_run(root, mode: str = "sequential", workers: int = 1, transport: str | 
                "total_time_s": t_s + 0.02, "final_train_loss": last["train_loss"],
                "final_train_acc": last["train_acc"], "final_test_loss": last["test_loss"],
                "final_test_acc": last["test_acc"], "comm_share": comm_total_s / busy_s if busy_s else 0.0,
+               "warmup_steps": epochs * steps_per_epoch - sum(m["timed_steps"] for m in metrics),
+               "timed_steps": sum(m["timed_steps"] for m in metrics), "timed_s": sum(m["timed_s"] for m in metrics),
                "time_breakdown": breakdown}
     (path / "summary.json").write_text(json.dumps(summary, indent=2))
     arrays = {}
@@ -124,6 +134,10 @@ def make_run(root, mode: str = "sequential", workers: int = 1, transport: str | 
         arrays[f"W{i}"] = rng.standard_normal((a, b)).astype(np.float32)
         arrays[f"b{i}"] = np.zeros(b, np.float32)
     np.savez(path / "model.npz", **arrays)
+    update = np.random.default_rng(7).standard_normal(N_PARAMS) * 1e-3
+    if mode != "sequential":
+        update += np.linalg.norm(update) * check_error / np.sqrt(N_PARAMS) * rng.choice([-1.0, 1.0], N_PARAMS)
+    np.savez(path / CHECK_FILE, update=update, steps=np.array([CHECK_STEPS]))
     return path
 
 

@@ -17,6 +17,7 @@ from parsgd.cli import cli
 from parsgd.jobs.experiment import eta, plan
 from parsgd.analysis.report import comm_breakdown
 from parsgd.analysis.rundirs import load_run
+from parsgd.training.loop import WARMUP_STEPS
 
 TINY = ["--dataset", "synthetic", "--num-samples", "2048", "--epochs", "2", "--hidden", "32", "--batch-size", "128"]
 LABELS = {"sequential": "sequential", "pool-p2": "pool P=2", "ps-p2-shm": "ps P=2 shm"}
@@ -99,15 +100,41 @@ def test_report_numbers_agree_with_run_dirs(exp):
     out, _ = exp
     rows = table_rows((out / "experiment_report.txt").read_text())
     summaries = {LABELS[d]: json.loads((out / d / "summary.json").read_text()) for d in LABELS}
-    base = summaries["sequential"]["total_time_s"]
+    base = summaries["sequential"]["timed_s"] / summaries["sequential"]["timed_steps"]
     for label, s in summaries.items():
         row = rows[label]
-        assert float(row["total s"]) == pytest.approx(s["total_time_s"], abs=0.006)
-        assert row["speedup"] == f"{base / s['total_time_s']:.2f}x"
+        assert float(row["timed s"]) == pytest.approx(s["timed_s"], abs=6e-4)
+        assert row["speedup"] == f"{base / (s['timed_s'] / s['timed_steps']):.2f}x"
         assert row["test acc"] == f"{s['final_test_acc']:.4f}"
         assert row["comm %"] == f"{s['comm_share']:.1%}"
+        assert row["same model"] in ("reference", "ok 0") or re.fullmatch(r"ok \de-0[5-9]", row["same model"])
     accs = [s["final_test_acc"] for s in summaries.values()]
     assert max(accs) - min(accs) < 0.02, "same seed, same model up to float rounding"
+
+
+def test_the_timed_window_is_the_same_for_every_configuration(exp):
+    out, _ = exp
+    records = json.loads((out / "experiment.json").read_text())["records"]
+    assert [r["run"] for r in records] == list(LABELS.values())
+    for r in records:
+        metrics = jsonl(out / r["path"].rsplit("/", 1)[1] / "metrics.jsonl")
+        assert r["steps"] == 2 * 16 and r["warmup_steps"] == WARMUP_STEPS
+        assert r["timed_steps"] == r["steps"] - WARMUP_STEPS == sum(m["timed_steps"] for m in metrics)
+        assert [m["timed_steps"] for m in metrics] == [16 - WARMUP_STEPS, 16], "warm-up: the first steps of epoch 1"
+        assert r["timed_s"] == pytest.approx(sum(m["timed_s"] for m in metrics))
+        assert 0 < r["timed_s"] < r["total_s"] == pytest.approx(sum(m["epoch_time_s"] for m in metrics))
+        assert r["ms_per_step"] == pytest.approx(1e3 * r["timed_s"] / r["timed_steps"])
+
+
+def test_a_tiny_run_is_too_short_to_time(exp):
+    out, _ = exp
+    text = (out / "experiment_report.txt").read_text()
+    for label, row in table_rows(text).items():  # 22 timed steps of a few ms
+        assert row["note"] == "too short to time", row
+    notes = text.split("Timing notes", 1)[1].split("\n\n", 1)[0]
+    assert "sequential: too short to time: 22 timed steps" in notes and ">= 100 timed steps" in notes
+    for r in json.loads((out / "experiment.json").read_text())["records"]:
+        assert r["too_short"] is True and r["note"] == "too short to time"
 
 
 def test_comm_shares_sum_to_one_and_match_comm_jsonl(exp):
@@ -231,3 +258,32 @@ def test_a_failing_configuration_is_reported_and_the_rest_compared(tmp_path, mon
     assert list(rows) == ["sequential"]
     check_png(out / "loss.png", SMALL)
     assert not (out / "step_timeline.png").exists()
+
+
+def test_repeat_2_gives_two_records_per_configuration_and_the_median(tmp_path):
+    import csv
+    out = tmp_path / "results"
+    result = invoke(["experiment", "--workers", "2", "--modes", "sequential,pool", "--repeat", "2", *TINY,
+                     "--num-samples", "1024", "--quiet", "--out", out])
+    assert result.exit_code == 0, result.output
+    progress = [ln.split(" ...")[0] for ln in result.stdout.splitlines() if re.match(r"\[\d/4\] ", ln)]
+    assert progress == ["[1/4] sequential (run 1/2)", "[2/4] pool P=2 (run 1/2)",
+                        "[3/4] sequential (run 2/2)", "[4/4] pool P=2 (run 2/2)"], "rounds, interleaved"
+    records = json.loads((out / "experiment.json").read_text())["records"]
+    assert [(r["run"], r["repeat"]) for r in records] == [("sequential", 1), ("sequential", 2),
+                                                         ("pool P=2", 1), ("pool P=2", 2)]
+    assert [r["path"] for r in records] == [str(out / d) for d in ("sequential-r1", "sequential-r2",
+                                                                   "pool-p2-r1", "pool-p2-r2")]
+    rows = list(csv.DictReader((out / "experiment.csv").open()))
+    assert [(r["run"], r["repeat"]) for r in rows] == [(r["run"], str(r["repeat"])) for r in records]
+    assert [float(r["timed_s"]) for r in rows] == pytest.approx([r["timed_s"] for r in records])
+    table = table_rows((out / "experiment_report.txt").read_text())
+    pool = [r for r in records if r["run"] == "pool P=2"]
+    base_ms = float(np.median([r["ms_per_step"] for r in records if r["run"] == "sequential"]))
+    speedups = [r["speedup"] for r in pool]
+    assert table["pool P=2"]["runs"] == "2"
+    assert table["pool P=2"]["ms/step"] == f"{np.median([r['ms_per_step'] for r in pool]):.2f}"
+    assert table["pool P=2"]["speedup"] == f"{base_ms / np.median([r['ms_per_step'] for r in pool]):.2f}x"
+    assert table["pool P=2"]["min-max"] == f"{min(speedups):.2f}-{max(speedups):.2f}x"
+    assert table["sequential"]["speedup"] == "1.00x"
+    check_png(out / "speedup.png", SMALL)

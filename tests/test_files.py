@@ -181,7 +181,7 @@ def test_files_honour_the_umask_and_secrets_stay_private(tmp_path):
     run = tmp_path / "run"
     assert parsgd("train", *ARGS, "--out", run, umask=0o027).returncode == 0
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in run.iterdir()}
-    assert modes == dict.fromkeys(("config.json", "metrics.jsonl", "model.npz", "summary.json"), 0o640), modes
+    assert modes == dict.fromkeys(("config.json", "metrics.jsonl", "model.npz", "summary.json", "check.npz"), 0o640), modes
     assert stat.S_IMODE(run.stat().st_mode) == 0o750
     keys = tmp_path / "keys"
     assert parsgd("keygen", keys, umask=0).returncode == 0
@@ -287,4 +287,4 @@ def test_a_parameter_server_run_is_strict_json_and_honours_the_umask(tmp_path):
     names = {"config.json", "metrics.jsonl", "summary.json", "comm.jsonl", "events.jsonl", "trace.json"}
     assert assert_strict_json(run) == len(names)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in run.iterdir()}
-    assert modes == dict.fromkeys(names | {"model.npz", "checkpoint.npz", "server.address"}, 0o640), modes
+    assert modes == dict.fromkeys(names | {"model.npz", "checkpoint.npz", "server.address", "check.npz"}, 0o640), modes

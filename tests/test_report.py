@@ -10,6 +10,7 @@ import pytest
 
 from parsgd.analysis.report import comm_breakdown, comparison_rows, format_table, write_report
 from parsgd.analysis.rundirs import RunDirError, load_comm, load_run
+from parsgd.training.loop import WARMUP_STEPS
 from rundir_factory import make_experiment, make_run
 
 
@@ -87,17 +88,23 @@ def test_unfinished_run_has_derived_summary(exp):
     assert run.summary["total_time_s"] == pytest.approx(sum(m["epoch_time_s"] for m in run.metrics))
 
 
+def _s_per_step(summary):
+    return summary["timed_s"] / summary["timed_steps"]
+
+
 def test_speedup_and_efficiency_match_summaries(exp):
     runs = [load_run(p) for p in exp.values()]
     rows = comparison_rows(runs[1:], runs[0])  # the baseline is added when missing
     assert [r["path"] for r in rows] == [str(p) for p in exp.values()]
-    base = _summary(exp["sequential"])["total_time_s"]
+    base = _s_per_step(_summary(exp["sequential"]))
     for row, path in zip(rows, exp.values()):
         s = _summary(path)
-        assert row["P"] == s["workers"]
-        assert row["total_s"] == pytest.approx(s["total_time_s"])
-        assert row["speedup"] == pytest.approx(base / s["total_time_s"])
-        assert row["efficiency"] == pytest.approx(base / s["total_time_s"] / s["workers"])
+        assert row["P"] == s["workers"] and row["runs"] == 1 and row["speedup_range"] is None
+        assert row["timed_steps"] == s["timed_steps"] == s["steps"] - WARMUP_STEPS
+        assert row["timed_s"] == pytest.approx(s["timed_s"])
+        assert row["ms_per_step"] == pytest.approx(1e3 * _s_per_step(s))
+        assert row["speedup"] == pytest.approx(base / _s_per_step(s))
+        assert row["efficiency"] == pytest.approx(base / _s_per_step(s) / s["workers"])
         assert row["test_acc"] == pytest.approx(s["final_test_acc"])
         assert row["comm_share"] == pytest.approx(s["comm_share"])
         moved = sum(m["bytes_sent"] + m["bytes_recv"] for m in _lines(path / "metrics.jsonl"))
@@ -148,13 +155,15 @@ def test_report_sections_and_numbers(exp, tmp_path):
     cfg = json.loads((exp["ps"] / "config.json").read_text())
     assert f"{cfg['machine']['cores']} cores" in text
     assert cfg["machine"]["blas"][0]["internal_api"] in text and f"numpy {cfg['versions']['numpy']}" in text
-    base = _summary(exp["sequential"])["total_time_s"]
-    table = text.split("Comparison")[1].split("Communication overhead")[0]
+    base = _s_per_step(_summary(exp["sequential"]))
+    table = text.split("Comparison")[1].split("Timing notes")[0]
     for run, p in zip(runs, exp.values()):
         s = _summary(p)
         row = next(ln for ln in table.splitlines() if ln.startswith(run.label + " "))
-        assert f"{base / s['total_time_s']:.2f}x" in row.split()
-        assert f"{base / s['total_time_s'] / s['workers']:.0%}" in row.split()
+        assert f"{base / _s_per_step(s):.2f}x" in row.split()
+        assert f"{base / _s_per_step(s) / s['workers']:.0%}" in row.split()
+        assert row.endswith("too short to time"), "the factory's runs have 8 timed steps"
+    assert "Same-model check" in text and "all 2 other configurations pass" in text
     comm = text.split("Communication overhead")[1]
     assert "ps P=2 shm" in comm and "transfer" in comm and "pool P=2" not in comm
 
@@ -174,3 +183,88 @@ def test_large_comm_log_loads_quickly(tmp_path):
     comm = load_comm(path)
     assert time.perf_counter() - start_s < 5
     assert len(comm) > 30_000 and np.all(comm.dur_s >= 0)
+
+
+def _set_timing(path, timed_steps, timed_s):
+    """Rewrite a run's timed window in summary.json (what the table is computed from)."""
+    s = _summary(path)
+    s.update(timed_steps=timed_steps, timed_s=timed_s, warmup_steps=s["steps"] - timed_steps)
+    (path / "summary.json").write_text(json.dumps(s))
+
+
+def _table(text):
+    return text.split("Comparison\n----------\n", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+
+
+@pytest.mark.parametrize("base_s,run_s,steps,marked", [
+    (1.0, 0.60, 200, ""),                    # 1.67x at P=2 on a long window: no mark
+    (1.0, 0.50, 200, ""),                    # exactly P: no mark
+    (1.0, 0.30, 200, "above P"),             # 3.33x at P=2 on a long window: above P, with a cause
+    (1.0, 0.30, 40, "too short to time"),    # the same on 40 steps: too short
+    (0.2, 0.05, 200, "too short to time"),   # the baseline's 0.2 s is too short: every row is
+])
+def test_a_speedup_above_p_is_never_printed_unmarked(exp, tmp_path, base_s, run_s, steps, marked):
+    _set_timing(exp["sequential"], steps, base_s)
+    _set_timing(exp["pool"], steps, 0.8)
+    _set_timing(exp["ps"], steps, run_s)
+    runs = [load_run(p) for p in exp.values()]
+    rows = comparison_rows(runs, runs[0])
+    text = write_report(tmp_path, runs, runs[0]).read_text()
+    table = _table(text)
+    ps_row = next(r for r in rows if r["mode"] == "ps")
+    assert ps_row["note"] == marked
+    assert table[2].startswith("ps P=2 shm") and table[2].endswith(marked)
+    for row, line in zip(rows, table):
+        if row is not rows[0] and (row["speedup"] > row["P"] or row["efficiency"] > 1):
+            assert row["note"] and line.endswith(row["note"]), line
+            assert f"  {row['run']}: " in text.split("Timing notes", 1)[1], "each mark says its likely cause"
+    if marked == "above P":
+        assert "ps P=2 shm: speedup 3.33x above P=2 from one run: likely the baseline ran slow" in text
+        assert "its 1 BLAS threads" not in text and "rerun with --repeat 3" in text
+    if marked == "too short to time":
+        assert "A figure needs >= 100 timed steps and >= 0.25 s" in text
+
+
+def test_repeats_are_one_row_with_median_and_min_max(tmp_path):
+    from parsgd.analysis.results import records, write_results
+    from rundir_factory import make_run
+    root = tmp_path / "results"
+    paths = [make_run(root, mode, p, tr, epochs=3, steps_per_epoch=100, name=f"{name}-r{r}", seed=r)
+             for r in (1, 2, 3) for mode, p, tr, name in (("sequential", 1, None, "sequential"), ("pool", 2, None, "pool-p2"))]
+    for path, secs in zip(paths, (1.0, 2.0, 1.2, 1.9, 0.9, 2.2)):  # seq 1.0, 1.2, 0.9; pool 2.0, 1.9, 2.2
+        _set_timing(path, 290, secs)
+    runs = [load_run(p) for p in paths]
+    rows = comparison_rows(runs, runs[0])
+    assert [(r["run"], r["runs"]) for r in rows] == [("sequential", 3), ("pool P=2", 3)]
+    assert rows[0]["speedup"] == pytest.approx(1.0) and rows[0]["timed_s"] == pytest.approx(1.0)
+    assert rows[1]["timed_s"] == pytest.approx(2.0) and rows[1]["speedup"] == pytest.approx(0.5)
+    assert rows[1]["speedup_range"] == pytest.approx((1.0 / 2.2, 1.0 / 1.9))
+    line = _table(write_report(tmp_path, runs, runs[0]).read_text())[1]
+    assert line.split()[2:8] == ["2", "3", "290", "2.000", "6.90", "0.50x"] and "0.45-0.53x" in line
+    recs = records(runs, runs[0])
+    json_path, csv_path = write_results(tmp_path, recs, {"repeat": 3})
+    doc = json.loads(json_path.read_text())
+    got = [(r["run"], r["repeat"], r["timed_s"], r["path"]) for r in doc["records"]]
+    assert sorted(got) == sorted((load_run(p).label, int(p.name[-1]), s, str(p))
+                                 for p, s in zip(paths, (1.0, 2.0, 1.2, 1.9, 0.9, 2.2)))
+    import csv
+    table = list(csv.DictReader(csv_path.open()))
+    assert len(table) == 6 and [r["repeat"] for r in table if r["run"] == "pool P=2"] == ["1", "2", "3"]
+    assert {r["same_model"] for r in table} == {"True"} and table[0]["transport"] == ""
+
+
+def test_a_different_first_update_fails_the_same_model_check(tmp_path):
+    from rundir_factory import make_run
+    paths = [make_run(tmp_path, "sequential", 1), make_run(tmp_path, "pool", 2, check_error=0.3),
+             make_run(tmp_path, "ps", 2, "shm", check_error=1e-6)]
+    runs = [load_run(p) for p in paths]
+    rows = comparison_rows(runs, runs[0])
+    assert [r["check_ok"] for r in rows] == [True, False, True]
+    assert rows[1]["check_diff"] == pytest.approx(0.3, rel=1e-6) and rows[2]["check_diff"] < 1e-5
+    text = write_report(tmp_path, runs, runs[0]).read_text()
+    assert "FAILED 3.0e-01" in _table(text)[1]
+    assert "FAILED: pool P=2: difference 3.0e-01 > 1e-04: it does not train the same model as sequential" in text
+    assert "1 other configuration pass" in text and "chaotically" in text
+    (paths[2] / "check.npz").unlink()
+    rows = comparison_rows([load_run(p) for p in paths], runs[0])
+    assert rows[2]["check_ok"] is None and rows[2]["same_model"] is None

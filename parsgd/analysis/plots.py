@@ -123,40 +123,52 @@ def plot_epoch_time(runs: list[Run], path) -> Path:
 
 @rc_context(FONTS)
 def plot_speedup(runs: list[Run], baseline: Run, path) -> Path:
-    """Speedup T_baseline / T_run (summary.json total_time_s) against P, one line per mode/transport.
+    """Speedup against P, one line per mode/transport: the baseline's median s/step / the run's s/step
+    over the timed steps (warm-up left out; analysis/results.py), median of the repeats of a
+    configuration (runs with one label) with a min-max bar.
 
-    Standard definition of speedup; the dashed ideal line is linear scaling, speedup = P.
-    The baseline itself is skipped in `runs`. Returns Path(path); WriteError if it cannot be written.
+    Standard definition of speedup; the dashed ideal line is linear scaling, speedup = P. A point
+    marked in the table (too short to time, above P) is labelled so. The baseline (and its repeats)
+    is the dotted line at 1. Returns Path(path); RunDirError for a corrupt check.npz; WriteError.
     """
+    from parsgd.analysis.results import TOO_SHORT, records, table_rows
+
     fig, axes = new_figure(FIGSIZE)
     ax = axes[0, 0]
-    base_total_s = number(baseline.summary["total_time_s"])
-    series: dict[str, list[tuple[int, float]]] = {}
-    skipped = []  # no finite, non-zero total time: no speedup to draw
-    for run in runs:
-        if run is baseline:
-            continue
-        key = run.mode + (f" {run.transport}" if run.transport else "")
-        total_s = number(run.summary["total_time_s"])
-        if base_total_s is None or not total_s:
-            skipped.append(run.label)
-            continue
-        series.setdefault(key, []).append((run.workers, base_total_s / total_s))
+    rows = table_rows(records(runs, baseline))
+    series: dict[str, list[dict]] = {}
+    skipped = [row["run"] for row in rows[1:] if row["speedup"] is None]  # nothing timed: no speedup to draw
+    for row in rows[1:]:
+        if row["speedup"] is not None:
+            series.setdefault(row["mode"] + (f" {row['transport']}" if row["transport"] else ""), []).append(row)
     if skipped:
-        ax.text(0.5, 0.02, f"left out, no finite total time (null in summary.json): {', '.join(skipped)}",
+        ax.text(0.5, 0.02, f"left out, no timed steps after the warm-up: {', '.join(skipped)}",
                 ha="center", va="bottom", transform=ax.transAxes)
-    ps = sorted({1, *(p for pts in series.values() for p, _ in pts)})
+    ps = sorted({1, *(row["P"] for pts in series.values() for row in pts)})
     ax.plot(ps, ps, "k--", lw=1, label="ideal (speedup = P)")
     ax.axhline(1.0, color="gray", ls=":", lw=1, label=f"{baseline.label} baseline")
     for i, (key, pts) in enumerate(sorted(series.items())):
-        pts.sort()
-        ax.plot([p for p, _ in pts], [s for _, s in pts], lw=1.5, label=key, **marker_style(i, len(series)))
+        pts.sort(key=lambda row: row["P"])
+        x, y = [row["P"] for row in pts], [row["speedup"] for row in pts]
+        ranges = [row["speedup_range"] or (row["speedup"], row["speedup"]) for row in pts]  # None: one run
+        err = [[row["speedup"] - lo for row, (lo, _) in zip(pts, ranges)],
+               [hi - row["speedup"] for row, (_, hi) in zip(pts, ranges)]]
+        style = marker_style(i, len(series))
+        ax.errorbar(x, y, yerr=err, lw=1.5, capsize=4, label=key, **style)
+        for row in pts:  # the table's mark: too short to time, or above P (the report says why)
+            if row["note"]:
+                text = row["note"] + ("" if row["note"] == TOO_SHORT else " (see the report)")
+                ax.annotate(text, (row["P"], row["speedup"]), xytext=(6, 4), textcoords="offset points", fontsize=8,
+                            color=style["color"])
     ax.set_xticks(ps)
     ax.set_xlabel("workers P (processes)")
     ax.set_ylabel(f"speedup over {baseline.label} (x)")
     ax.set_ylim(bottom=0)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.suptitle(figure_title("Speedup (total wall time)", runs))
+    runs_per = sorted({row["runs"] for row in rows})
+    each = f"median of {runs_per[-1]} runs, bars min-max" if runs_per[-1] > 1 else "one run each"
+    warm = rows[0]["warmup_steps"]
+    fig.suptitle(figure_title(f"Speedup (training time of the timed steps, first {warm} left out; {each})", runs))
     ax.grid(alpha=0.3)
     return save_png(fig, path)
 

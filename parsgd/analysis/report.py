@@ -6,18 +6,21 @@ rs = [load_run(p) for p in ('results/sequential', 'results/ps-p2-shm')]; \
 print(format_table(comparison_rows(rs, rs[0])))"
 
 Speedup and efficiency use the standard definitions (those of Amdahl's-law analyses):
-speedup S(P) = T_seq / T_P and efficiency E(P) = S(P) / P, T being total training wall time.
+speedup S(P) = T_seq / T_P and efficiency E(P) = S(P) / P, T being the training time of the same
+timed steps (warm-up left out) per step; with repeats, the median over them (results.py).
 A value a run does not have (null in its files: the accuracy of an empty test split, a loss that was
 not finite) is None in the rows, "-" in the table, and the report says why (`missing_notes`).
 """
 from __future__ import annotations
 
 import datetime as _dt
-import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
 
+from parsgd.analysis.results import (CHECK_STEPS, CHECK_TOL, MIN_TIMED_S, MIN_TIMED_STEPS, TOO_SHORT,  # noqa: F401
+                                     grouped, number, records, table_rows, with_baseline)
 from parsgd.analysis.rundirs import Run
 from parsgd.files import ensure_dir, write_file
 
@@ -27,12 +30,12 @@ CATEGORIES = {"serialize": ("serialize",), "transfer": ("send", "recv"), "wait":
 ROLE_ORDER = ("server", "worker")
 
 # (row key, header, format) of the comparison table, left to right.
-COLUMNS = [("run", "run", "{}"), ("P", "P", "{:d}"), ("total_s", "total s", "{:.2f}"),
-           ("s_per_epoch", "s/epoch", "{:.3f}"), ("speedup", "speedup", "{:.2f}x"),
-           ("efficiency", "effic.", "{:.0%}"), ("train_acc", "train acc", "{:.4f}"),
-           ("test_acc", "test acc", "{:.4f}"), ("train_loss", "train loss", "{:.4f}"),
-           ("test_loss", "test loss", "{:.4f}"), ("comm_share", "comm %", "{:.1%}"),
-           ("bytes_per_step", "KB/step", "{:.1f}")]
+COLUMNS = [("run", "run", "{}"), ("P", "P", "{:d}"), ("runs", "runs", "{:d}"), ("timed_steps", "steps", "{:d}"),
+           ("timed_s", "timed s", "{:.3f}"), ("ms_per_step", "ms/step", "{:.2f}"), ("speedup", "speedup", "{:.2f}x"),
+           ("speedup_range", "min-max", "{:.2f}-{:.2f}x"), ("efficiency", "effic.", "{:.0%}"),
+           ("test_acc", "test acc", "{:.4f}"), ("test_loss", "test loss", "{:.4f}"),
+           ("same_model", "same model", "{}"), ("comm_share", "comm %", "{:.1%}"),
+           ("bytes_per_step", "KB/step", "{:.1f}"), ("note", "note", "{}")]
 _SCALE = {"bytes_per_step": 1e-3}
 # Why a column of the comparison table can be "-" (the value is null or not finite in the run's files).
 MISSING_WHY = {
@@ -40,64 +43,24 @@ MISSING_WHY = {
     "test_loss": "the test split is empty, or the value was not finite (written as null)",
     "train_acc": "the value was not finite (written as null)",
     "train_loss": "the value was not finite, e.g. the run diverged (written as null)",
-    "total_s": "no finite training time was recorded",
-    "s_per_epoch": "no finite epoch time was recorded",
-    "speedup": "it needs a finite, non-zero total time of this run and of the baseline",
+    "timed_s": "no step after the warm-up was timed (a run no longer than the warm-up, or a trainer that "
+               "does not time single steps)",
+    "ms_per_step": "no step after the warm-up was timed (see timed s)",
+    "speedup": "it needs timed steps after the warm-up in this run and in the baseline",
+    "same_model": "no check.npz in this run or the reference run (written by an older parsgd)",
 }
 
 
-def number(value) -> float | None:
-    """`value` as a float, or None when it is missing: None (null in a file), NaN, +-Infinity, not a number."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
-def _final(run: Run, name: str) -> float | None:
-    """summary.json final_NAME, else the last epoch's NAME; None when neither has a finite value."""
-    v = number(run.summary.get(f"final_{name}"))
-    return v if v is not None else number(run.metrics[-1].get(name))
-
-
-def with_baseline(runs: list[Run], baseline: Run) -> list[Run]:
-    """A new list: `baseline`, then the other runs in order (a run with the baseline's path is dropped)."""
-    rest = [r for r in runs if r is not baseline and r.path != baseline.path]
-    return [baseline, *rest]
-
-
 def comparison_rows(runs: list[Run], baseline: Run) -> list[dict]:
-    """One row dict per run, baseline first (added if missing), keyed as COLUMNS plus mode, transport, steps, path.
+    """One row dict per configuration (repeats of one label are one row), baseline first (added if
+    missing), keyed as COLUMNS plus mode, transport, steps, warmup_steps, check_ok, check_diff,
+    too_short, above_p, path and paths: results.table_rows(results.records(runs, baseline)).
 
-    speedup = T_baseline / T_run and efficiency = speedup / P (standard definitions, T = summary.json
-    total_time_s in seconds; None when T_run is 0); s_per_epoch is the mean of metrics.jsonl
-    epoch_time_s (s); bytes_per_step is (sent + received) / steps (None without a step count).
+    speedup = the baseline's median s/step / the run's s/step over the timed steps, median over the
+    repeats, speedup_range = (min, max); efficiency = speedup / P. Raises RunDirError for a corrupt
+    check.npz.
     """
-    base_total_s = number(baseline.summary["total_time_s"])
-    rows = []
-    for run in with_baseline(runs, baseline):
-        s = run.summary
-        total_s, p = number(s["total_time_s"]), run.workers
-        speedup = base_total_s / total_s if base_total_s is not None and total_s else None
-        comm_share = number(s.get("comm_share"))
-        if comm_share is None:
-            busy_s = np.nansum(run.column("comm_s")) + np.nansum(run.column("compute_s"))
-            comm_share = float(np.nansum(run.column("comm_s")) / busy_s) if busy_s > 0 else 0.0
-        steps = s.get("steps")
-        moved = float(np.nansum(run.column("bytes_sent")) + np.nansum(run.column("bytes_recv")))
-        epoch_s = run.column("epoch_time_s")
-        epoch_s = epoch_s[np.isfinite(epoch_s)]
-        rows.append({
-            "run": run.label, "mode": run.mode, "transport": run.transport, "P": p,
-            "total_s": total_s, "s_per_epoch": float(epoch_s.mean()) if epoch_s.size else None,
-            "speedup": speedup, "efficiency": speedup / p if speedup is not None else None,
-            "train_acc": _final(run, "train_acc"), "test_acc": _final(run, "test_acc"),
-            "train_loss": _final(run, "train_loss"), "test_loss": _final(run, "test_loss"),
-            "comm_share": comm_share,
-            "bytes_per_step": moved / steps if steps else None,
-            "steps": steps, "path": str(run.path)})
-    return rows
+    return table_rows(records(runs, baseline))
 
 
 def comm_breakdown(run: Run) -> dict:
@@ -138,7 +101,7 @@ def _cell(key: str, fmt: str, value) -> str:
     if isinstance(value, (int, float)) and key in _SCALE:
         value = value * _SCALE[key]
     try:
-        return fmt.format(value)
+        return fmt.format(*value) if isinstance(value, tuple) else fmt.format(value)
     except (ValueError, TypeError):
         return str(value)
 
@@ -167,7 +130,7 @@ def missing_notes(rows: list[dict]) -> list[str]:
     saying why the table shows "-" there; [] when nothing is missing."""
     headers = {key: header for key, header, _ in COLUMNS}
     return [f"  {row['run']}: no {headers[key]}: {why}" for row in rows
-            for key, why in MISSING_WHY.items() if key in row and row[key] is None]
+            for key, why in MISSING_WHY.items() if key in headers and key in row and row[key] is None]
 
 
 def describe_config(config: dict, dataset: str | None = None) -> str:
@@ -224,13 +187,94 @@ def _comm_section(run: Run) -> list[str]:
     return out + [f"  (source: {bd[roles[0]]['source']})", ""]
 
 
+def window_line(rows: list[dict]) -> list[str]:
+    """What every figure of the table rests on: the timed steps, the warm-up left out, the repeats."""
+    runs = sorted({r["runs"] for r in rows})
+    each = f"{runs[0]} run{'s' if runs[0] > 1 else ''}" if len(runs) == 1 else f"{runs[0]}-{runs[-1]} runs"
+    spans = {(r["steps"], r["warmup_steps"], r["timed_steps"]) for r in rows}
+    if len(spans) == 1 and None not in (steps := spans.pop()):
+        total, warm, timed = steps
+        where = f"steps {warm + 1}-{total} of every run's {total} ({timed} steps; the first {warm} are warm-up)"
+    else:
+        where = "the steps column (not the same in every run)"
+    return [f"timed window:  {where},", f"               the median of {each} per configuration "
+            "(min-max: over the runs); `timed s` is the seconds each figure rests on"]
+
+
+def timing_notes(rows: list[dict]) -> list[str]:
+    """Lines saying why each row marked in the note column is too short to time, or the likely cause
+    of its speedup above P; [] when no row is marked. rows[0] is the baseline."""
+    base, out = rows[0], []
+    blas = (f", or its {base['blas_threads']} BLAS threads cost more than they gain (small matrices, busy cores; "
+            "each parallel worker uses 1: try `parsgd train --blas-threads 1`)" if (base["blas_threads"] or 0) > 1 else "")
+    for row in rows:
+        steps, secs, p = row["timed_steps"], row["timed_s"] or 0.0, row["P"]
+        lo, hi = row["speedup_range"] or (row["speedup"], row["speedup"])
+        above = f"; its speedup above P={p} comes from that" if row["above_p"] else ""
+        if row["too_short"] and (steps < MIN_TIMED_STEPS or secs < MIN_TIMED_S):
+            out.append(f"  {row['run']}: {TOO_SHORT}: {steps} timed steps, {secs:.3f} s{above}")
+        elif row["too_short"]:
+            out.append(f"  {row['run']}: {TOO_SHORT}: its speedup rests on the baseline, {base['run']}{above}")
+        elif row["above_p"] and row["runs"] == 1:
+            out.append(f"  {row['run']}: speedup {hi:.2f}x above P={p} from one run: likely the baseline ran slow "
+                       f"(another process on the cores{blas}); rerun with --repeat 3")
+        elif row["above_p"] and row["speedup"] <= p:
+            out.append(f"  {row['run']}: only the fastest of its {row['runs']} runs is above P={p} "
+                       f"({lo:.2f}-{hi:.2f}x): timing noise")
+        elif row["above_p"]:
+            b_lo, b_hi = base["speedup_range"] or (1.0, 1.0)
+            out.append(f"  {row['run']}: median speedup {row['speedup']:.2f}x above P={p}: likely the baseline "
+                       f"ran slow (another process, its runs spread {b_lo:.2f}-{b_hi:.2f}x{blas}), or each "
+                       "process's share of the batch fits the caches better than the whole batch (superlinear)")
+    if any(r["too_short"] for r in rows):
+        out += textwrap.wrap(
+            f"A figure needs >= {MIN_TIMED_STEPS} timed steps and >= {MIN_TIMED_S:g} s, in the run and in the "
+            "baseline: below that, what is left of the warm-up, one stall by another process (20-80 ms) or a "
+            "page fault moves it more than the modes differ. Use more --num-samples or --epochs.",
+            100, initial_indent="  ", subsequent_indent="  ")
+    return out
+
+
+FLOAT32_DIVERGENCE = (
+    "In float32 the final accuracy and loss may still differ between modes (by a point or more at small "
+    "batches): a sum of P shard gradients rounds differently from one whole-batch sum (~1e-7 relative), and "
+    "SGD amplifies such differences chaotically over hundreds of steps, so correct runs part ways; in "
+    "float64 they agree to ~1e-12.")
+
+
+def check_lines(rows: list[dict]) -> list[str]:
+    """The same-model section: what is compared, with which tolerance, and which configurations fail."""
+    base = rows[0]["run"]
+    tol = ", ".join(f"{v:.0e} in {k}" for k, v in CHECK_TOL.items())
+    failed = [r for r in rows if r["check_ok"] is False]
+    passed = [r for r in rows[1:] if r["check_ok"]]
+    text = textwrap.wrap(
+        f"Each run's parameter update after its first {CHECK_STEPS} steps (check.npz, float64) is compared with "
+        f"{base}'s: relative difference ||u - u_ref|| / ||u_ref||, tolerance {tol}. Rounding gives ~1e-6 "
+        "in float32 and ~1e-15 in float64 there; a wrong gradient scale, a lost shard or an update applied "
+        "twice gives 0.25 or more.", 100)
+    verdict = [f"  FAILED: {r['run']}: difference {r['check_diff']:.1e} > {r['check_tol']:.0e}: it does not "
+               f"train the same model as {base}" for r in failed]
+    if passed:
+        worst = max(r["check_diff"] for r in passed)
+        verdict.append(f"  {'all ' if not failed else ''}{len(passed)} other configuration"
+                       f"{'s' if len(passed) > 1 else ''} pass (largest difference {worst:.1e})")
+    if any(r["check_ok"] is None and r["same_model"] != "reference" for r in rows):
+        verdict.append("  not judged: '-' has no check.npz (an older parsgd), 'n/a (not bsp)' is a stale-"
+                       "synchronous or asynchronous run, another model by design")
+    return [*text, *verdict, *textwrap.wrap(FLOAT32_DIVERGENCE, 100), ""]
+
+
 HOW_TO_READ = """\
 How to read this
-  speedup = total time of the baseline ({base}) / total time of the run; efficiency = speedup / P,
-  so 100% means perfect linear scaling. s/epoch is the mean epoch wall time from metrics.jsonl.
-  comm % is the share of step time spent communicating (summary.json comm_share); KB/step counts
-  bytes sent plus received per optimisation step. With the same seed every configuration should
-  reach nearly the same accuracy and loss: a large gap means a correctness problem, not a speed one.
+  steps = timed steps per run, timed s = their seconds (median over the runs); ms/step = timed s /
+  steps. speedup = ms/step of the baseline ({base}, median of its runs) / ms/step of the run, the
+  median over its runs and their min-max; efficiency = speedup / P, so 100% means perfect linear
+  scaling. For the baseline itself min-max is its own run-to-run spread. A row marked `too short to
+  time` rests on fewer than {min_steps} timed steps or {min_s:g} s (its own or the baseline's): do not
+  read its speedup. same model: the check above (ok + the difference, or FAILED). comm % is the
+  share of step time spent communicating (summary.json comm_share); KB/step counts bytes sent plus
+  received per optimisation step. Every record is in experiment.json and experiment.csv.
   In the communication sections, transfer = send + recv and update includes aggregation; worker
   seconds are summed over all workers, and a worker's wait is its idle time before each task, so
   large wait shares on both sides mean the step is bound by its serial parts (the server's update,
@@ -255,9 +299,9 @@ def write_report(out_dir, runs: list[Run], baseline: Run, config=None, machine: 
     machine = machine if machine is not None else baseline.meta.get("machine", {})
     versions = baseline.meta.get("versions", {})
     runs = with_baseline(runs, baseline)
-    ps_runs = [r for r in runs if r.mode == "ps" or r.has_comm]
+    ps_runs = [g[0] for g in grouped(runs) if g[0].mode == "ps" or g[0].has_comm]  # first repeat of each
     rows = comparison_rows(runs, baseline)
-    notes = missing_notes(rows)
+    notes, timing = missing_notes(rows), timing_notes(rows)
     now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     lines = [
         "parsgd experiment report", "=" * 24,
@@ -268,12 +312,15 @@ def write_report(out_dir, runs: list[Run], baseline: Run, config=None, machine: 
         f"BLAS:          {describe_blas(machine)}",
         "versions:      " + (", ".join(f"{k} {v}" for k, v in versions.items()) or "unknown"),
         f"runs:          {', '.join(str(r.path) for r in runs)}",
+        *window_line(rows),
         "", "Comparison", "-" * 10, format_table(rows), "",
+        *(["Timing notes (the note column)", *timing, ""] if timing else []),
         *(["Missing values (- in the table)", *notes, ""] if notes else []),
+        "Same-model check", "-" * 16, *check_lines(rows),
         "Communication overhead (parameter-server runs)", "-" * 46]
     for run in ps_runs:
         lines += _comm_section(run)
     if not ps_runs:
         lines += ["no parameter-server runs in this experiment", ""]
-    lines.append(HOW_TO_READ.format(base=baseline.label))
+    lines.append(HOW_TO_READ.format(base=baseline.label, min_steps=MIN_TIMED_STEPS, min_s=MIN_TIMED_S))
     return write_file(out_dir / "experiment_report.txt", "\n".join(lines).encode())

@@ -177,7 +177,9 @@ def _derived_summary(meta: dict, metrics: list[dict]) -> dict:
             "total_time_s": _total(metrics, "epoch_time_s"),
             "final_train_loss": last["train_loss"], "final_train_acc": last["train_acc"],
             "final_test_loss": last["test_loss"], "final_test_acc": last["test_acc"],
-            "comm_share": comm_s / busy_s if busy_s > 0 else 0.0, "time_breakdown": {}}
+            "comm_share": comm_s / busy_s if busy_s > 0 else 0.0, "time_breakdown": {},
+            **({"timed_steps": int(_total(metrics, "timed_steps")), "timed_s": _total(metrics, "timed_s")}
+               if all("timed_steps" in m for m in metrics) else {})}
 
 
 def load_run(path) -> Run:

@@ -3,9 +3,13 @@
     parsgd experiment --workers 2,4 --dataset synthetic --num-samples 16384 --epochs 3 --out results
 
 Sequential runs once; then, for each worker count P, the Pool baseline and the parameter server
-over each transport. Each configuration writes its own run directory under `out` (`sequential`,
-`pool-p2`, `ps-p2-shm`, ...); the report and the plots are read back from those directories only.
-A configuration that fails is reported and skipped; the others still run and are compared.
+over each transport; with `repeat` R > 1 that whole round runs R times (interleaved, so a slow
+spell of the machine spreads over the configurations). Each run writes its own run directory under
+`out` (`sequential`, `pool-p2`, `ps-p2-shm`, ...; `sequential-r1`, `sequential-r2`, ... when R > 1);
+the report, experiment.json / .csv and the plots are read back from those directories only. A run
+that fails is reported and skipped; the others still run and are compared. A configuration that
+does not train the same model as sequential (the same-model check) fails the experiment (exit 1)
+after everything is written.
 """
 from __future__ import annotations
 
@@ -51,6 +55,10 @@ class Configuration:
         if self.mode == "sequential":
             return "sequential"
         return f"{self.mode}-p{self.workers}" + (f"-{self.transport}" if self.transport else "")
+
+
+class ModelMismatch(ExperimentFailed):
+    """A configuration failed the same-model check: it trains another model than the reference."""
 
 
 def plan(workers_list, modes, transports) -> list[Configuration]:
@@ -166,18 +174,19 @@ def _run_one(config: Configuration, cfg: RunConfig, data, run_dir: Path, echo, e
 
 
 def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: bool = False, echo=click.echo,
-                   verbose: bool = False, data=None) -> list[Path]:
+                   verbose: bool = False, data=None, repeat: int = 1) -> list[Path]:
     """Run every configuration, then print and write the report and the plots; returns the run dirs.
 
     `cfg`: the training options (its `workers` is ignored; each configuration sets its own).
     `echo(line)` prints every console line: `quiet` drops the per-epoch ones, `verbose` adds every
     line of the PS processes. `data`: the Dataset for the in-process runs (loaded from cfg when
-    None); the PS server loads the same rows itself from the same options.
+    None); the PS server loads the same rows itself from the same options. `repeat`: how many times
+    each configuration runs (rounds of all of them, one after the other).
 
     Raises UsageError (nothing to run), DataError and ConfigError (loading the data), OutputDirError
     (`out` unusable), Interrupted (a parameter-server run was stopped by SIGINT/SIGTERM: exit 130)
-    and, at the end, ExperimentFailed when any configuration failed, after writing the report of
-    the others.
+    and, at the end, ExperimentFailed when any run failed, after writing the report of the others,
+    or ModelMismatch when a configuration failed the same-model check, after writing everything.
     """
     from parsgd.data import load_dataset
     from parsgd.training.rundir import prepare_dir
@@ -196,41 +205,66 @@ def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: 
     run_dirs: list[Path] = []
     failures: list[str] = []
     done: list[tuple[Configuration, float]] = []
-    for i, config in enumerate(configs):
-        left = eta(done, configs[i:])
-        echo(f"[{i + 1}/{len(configs)}] {config.label} ..." + (f"  ETA {format_seconds(left)}" if left else ""))
+    todo = [(r, c) for r in range(1, repeat + 1) for c in configs]
+    for i, (r, config) in enumerate(todo):
+        left = eta(done, [c for _, c in todo[i:]])
+        run_dir = out / (config.dirname + (f"-r{r}" if repeat > 1 else ""))
+        what = config.label + (f" (run {r}/{repeat})" if repeat > 1 else "")
+        echo(f"[{i + 1}/{len(todo)}] {what} ..." + (f"  ETA {format_seconds(left)}" if left else ""))
         t0 = time.monotonic()
-        why = _run_one(config, cfg, data, out / config.dirname, echo, epoch_echo, verbose)
+        why = _run_one(config, cfg, data, run_dir, echo, epoch_echo, verbose)
         if why is None:
-            run_dirs.append(out / config.dirname)
+            run_dirs.append(run_dir)
             done.append((config, time.monotonic() - t0))
         else:
-            failures.append(f"{config.label} ({why})")
-    if run_dirs:
-        write_outputs(run_dirs, out, cfg, echo)
+            failures.append(f"{what} ({why})")
+    rows = write_outputs(run_dirs, out, cfg, echo)[1] if run_dirs else []
     if failures:
         rest = f"; the report covers the other {len(run_dirs)}" if run_dirs else ""
-        raise ExperimentFailed(f"{len(failures)} of {len(configs)} configurations failed: "
+        noun = "configurations" if repeat == 1 else "runs"
+        raise ExperimentFailed(f"{len(failures)} of {len(todo)} {noun} failed: "
                                f"{', '.join(failures)}{rest}", run_dirs)
+    wrong = [r for r in rows if r["check_ok"] is False]
+    if wrong:
+        raise ModelMismatch(f"{len(wrong)} of {len(rows)} configurations did not train the same model as "
+                            f"{rows[0]['run']} (the same-model check: parameters after the first steps): "
+                            + ", ".join(f"{r['run']} (difference {r['check_diff']:.1e} > {r['check_tol']:.0e})"
+                                        for r in wrong), run_dirs)
     return run_dirs
 
 
-def write_outputs(run_dirs: list[Path], out: Path, cfg: RunConfig, echo=click.echo) -> list[Path]:
-    """Report (printed and written) and PNGs from the finished run directories; returns the files."""
-    from parsgd.analysis import plots, report
+def write_outputs(run_dirs: list[Path], out: Path, cfg: RunConfig, echo=click.echo) -> tuple[list[Path], list[dict]]:
+    """Report (printed and written), experiment.json / .csv and PNGs from the finished run directories.
+
+    Several runs of one configuration (--repeat) are one row of the table and one point (median,
+    min-max bar) of speedup.png; the other plots show the first run of each configuration.
+    Returns (the files written, the comparison rows of the table).
+    """
+    from parsgd.analysis import plots, report, results
     from parsgd.training.rundir import machine_info
     from parsgd.analysis.rundirs import load_run
 
     runs = [load_run(d) for d in run_dirs]
     baseline = next((r for r in runs if r.mode == "sequential"), runs[0])
-    path = report.write_report(out, runs, baseline, cfg, machine_info())
+    machine = machine_info()
+    path = report.write_report(out, runs, baseline, cfg, machine)
+    recs = results.records(runs, baseline)
+    rows = results.table_rows(recs)
+    meta = {"configuration": cfg.to_dict(), "baseline": baseline.label, "repeat": max(r["runs"] for r in rows),
+            "machine": machine, **results.thresholds()}
+    tables = results.write_results(out, recs, meta)
     echo("")
     echo(path.read_text(encoding="utf-8").rstrip())
-    pngs = plots.plot_experiment(runs, baseline, out)
-    ps_runs = [r for r in runs if r.has_comm]
+    first = [group[0] for group in results.grouped(results.with_baseline(runs, baseline))]
+    pngs = [plots.plot_loss(first, out / "loss.png"), plots.plot_accuracy(first, out / "accuracy.png"),
+            plots.plot_epoch_time(first, out / "epoch_time.png"),
+            plots.plot_speedup(runs, baseline, out / "speedup.png"),
+            plots.plot_comm_overhead(first, out / "comm_overhead.png")]
+    ps_runs = [r for r in first if r.has_comm]
     if ps_runs:
         pngs.append(plots.plot_step_timeline(ps_runs, out / "step_timeline.png"))
     echo("")
     echo(f"report: {path}")
+    echo(f"tables: {', '.join(str(p) for p in tables)}")
     echo(f"plots:  {', '.join(str(p) for p in pngs)}")
-    return [path, *pngs]
+    return [path, *tables, *pngs], rows

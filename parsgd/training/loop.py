@@ -4,7 +4,9 @@
 
 `Trainer.run` owns the epoch loop (data order, updates, evaluation, metrics, console lines);
 subclasses only say how one batch's mean gradient is computed. The parameter server subclasses
-it too, so all three modes share one loop and one update function.
+it too, so all three modes share one loop and one update function, and one way of timing: the
+first WARMUP_STEPS steps a trainer runs are warm-up, and every later step is in the timed window
+(metrics.jsonl `timed_steps` / `timed_s`) that `parsgd experiment` compares.
 """
 from __future__ import annotations
 
@@ -20,7 +22,19 @@ from parsgd.data import Dataset, epoch_order
 from parsgd.model.mlp import Workspace, evaluate, init_params, loss_and_grad
 from parsgd.model.optim import sgd_momentum_
 from parsgd.errors import UserError
-from parsgd.training.rundir import RunDir
+from parsgd.files import write_file
+from parsgd.training.rundir import RunDir, npz_bytes
+
+# Steps at the start of every run left out of its timed window (`timed_s`): measured on 2 cores, the
+# Pool's first 4-5 steps and the parameter server's first 3-4 take 2-10x a later step (processes
+# starting to work, first page faults, BLAS threads, shared-memory segments); 10 leaves a margin.
+WARMUP_STEPS = 10
+# check.npz holds the update (parameters minus the initial ones, float64) after this many steps:
+# `parsgd experiment` compares it with the sequential run's (the same-model check). After 3 steps a
+# wrong gradient scale, a lost shard, a double update, stale parameters or lost momentum all show,
+# and float32 rounding is still ~1e-6 of the update (it grows chaotically only after ~100 steps).
+CHECK_STEPS = 3
+CHECK_FILE = "check.npz"
 
 
 def shard_bounds(lo: int, hi: int, parts: int) -> list[tuple[int, int]]:
@@ -67,7 +81,9 @@ class Trainer:
         self.steps_per_epoch = math.ceil(self.n_train / cfg.batch_size)
         self.step = 0
         self.metrics: list[dict] = []
-        self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "time_s": 0.0}
+        self.partial = _new_partial()
+        self.steps_run = 0  # steps this process has run (a resumed run warms up again)
+        self.check: dict | None = None  # check.npz's arrays, once CHECK_STEPS steps are done
         self._rows = None
 
     # -- what subclasses change ------------------------------------------------------------
@@ -102,6 +118,16 @@ class Trainer:
     def close(self) -> None:
         """Release workers and other resources."""
 
+    def count_step_time(self, step_s: float) -> None:
+        """Add one step's seconds to the epoch's time and, past the first WARMUP_STEPS steps this
+        process ran, to its timed window (metrics `timed_s`, `timed_steps`)."""
+        p = self.partial
+        p["time_s"] += step_s
+        self.steps_run += 1
+        if self.steps_run > WARMUP_STEPS:
+            p["timed_s"] = p.get("timed_s", 0.0) + step_s  # a checkpoint of an older version lacks it
+            p["timed_steps"] = p.get("timed_steps", 0) + 1
+
     # -- the loop ----------------------------------------------------------------------------
     def _gather(self, idx: np.ndarray) -> np.ndarray:
         if self._rows is None or self._rows.shape[0] < idx.size:
@@ -121,10 +147,15 @@ class Trainer:
                 raise
             rundir.write_model(self.params, self.sizes)  # the update that diverged was not applied
             raise Diverged(f"{exc} (the last finite model is in {rundir.path / 'model.npz'})") from None
-        return self.finish(rundir, time.perf_counter() - wall0)
+        summary = self.finish(rundir, time.perf_counter() - wall0)
+        if rundir is not None and self.check is not None:
+            write_file(rundir.path / CHECK_FILE, npz_bytes(self.check))
+        return summary
 
     def _epochs(self, rundir: RunDir | None) -> None:
         cfg, n, B = self.cfg, self.n_train, self.cfg.batch_size
+        start = self.params.astype(np.float64) if self.step == 0 and rundir is not None else None
+        check_at = min(CHECK_STEPS, cfg.epochs * self.steps_per_epoch)
         for epoch in range(self.step // self.steps_per_epoch, cfg.epochs):
             order = epoch_order(n, cfg.seed, epoch)
             first = self.step - epoch * self.steps_per_epoch
@@ -142,7 +173,10 @@ class Trainer:
                     p["loss_sum"] += loss_sum
                     p["correct"] += correct
                     p["seen"] += hi - lo
-                    p["time_s"] += time.perf_counter() - t0
+                    self.count_step_time(time.perf_counter() - t0)
+                    if start is not None and self.step == check_at:  # written at the end, after the model
+                        self.check = {"update": self.params - start, "steps": np.array([self.step])}
+                        start = None
                     self.after_step()
             self._end_epoch(epoch, rundir)
             self.after_epoch()
@@ -162,9 +196,10 @@ class Trainer:
         p = self.partial
         m = {"epoch": epoch + 1, "train_loss": p["loss_sum"] / max(1, p["seen"]),
              "train_acc": p["correct"] / max(1, p["seen"]), "test_loss": test_loss, "test_acc": test_acc,
-             "epoch_time_s": p["time_s"], **self.epoch_extras()}
+             "epoch_time_s": p["time_s"], "timed_steps": p.get("timed_steps", 0),
+             "timed_s": p.get("timed_s", 0.0), **self.epoch_extras()}
         self.metrics.append(m)
-        self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "time_s": 0.0}
+        self.partial = _new_partial()
         if rundir is not None:
             rundir.log_epoch(m)
         self.echo(epoch_line(m, self.cfg.epochs))
@@ -173,12 +208,20 @@ class Trainer:
         last = self.metrics[-1] if self.metrics else {}
         train_s = sum(m["epoch_time_s"] for m in self.metrics)
         comm_s = sum(m["comm_s"] for m in self.metrics)
+        timed_steps = sum(m.get("timed_steps", 0) for m in self.metrics)
         return {"mode": self.mode, "workers": self.cfg.workers, "transport": getattr(self, "transport", None),
                 "dataset": self.data.name, "epochs": len(self.metrics), "batch_size": self.cfg.batch_size,
                 "steps": self.step, "total_time_s": train_s, "wall_time_s": wall_s,
+                "warmup_steps": self.step - timed_steps, "timed_steps": timed_steps,
+                "timed_s": sum(m.get("timed_s", 0.0) for m in self.metrics),
                 "final_train_loss": last.get("train_loss"), "final_train_acc": last.get("train_acc"),
                 "final_test_loss": last.get("test_loss"), "final_test_acc": last.get("test_acc"),
                 "comm_share": comm_s / train_s if train_s > 0 else 0.0}
+
+
+def _new_partial() -> dict:
+    """The running sums of an epoch: loss, correct, rows, step time and its part in the timed window."""
+    return {"loss_sum": 0.0, "correct": 0, "seen": 0, "time_s": 0.0, "timed_s": 0.0, "timed_steps": 0}
 
 
 class _NullFile:
