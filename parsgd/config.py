@@ -12,6 +12,7 @@ from parsgd.errors import UsageError
 
 DATASETS = ("auto", "mnist", "fashion-mnist", "synthetic")
 DTYPES = ("float32", "float64")
+CONSISTENCY = ("bsp", "ssp", "async")
 N_INPUTS = 784
 N_CLASSES = 10
 SEED_MAX = 2**64 - 1  # NumPy takes any seed >= 0; the WELCOME message carries it as a msgpack uint64
@@ -36,6 +37,9 @@ class RunConfig:
     seed: int = 42
     dtype: str = "float32"
     workers: int = 1
+    consistency: str = "bsp"        # bsp: shards of one batch per step; ssp / async: whole batches on arrival
+    staleness: int = 0              # ssp: how many clocks a worker may run ahead of the slowest live one
+    lr_staleness: str = "none"      # inverse: an update's lr is lr / (staleness + 1) (Zhang et al. 2016)
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -69,6 +73,13 @@ class RunConfig:
             raise ConfigError(f"--num-samples must be at least 1, got {self.num_samples}")
         if self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+        if self.consistency not in CONSISTENCY:
+            raise ConfigError(f"--consistency must be one of {', '.join(CONSISTENCY)}, got {self.consistency!r}")
+        if self.staleness < 0 or (self.staleness and self.consistency != "ssp"):
+            raise ConfigError(f"--staleness must be a whole number >= 0, and is for --consistency ssp only; "
+                              f"got {self.staleness} with {self.consistency}")
+        if self.lr_staleness not in ("none", "inverse"):
+            raise ConfigError(f"--lr-staleness must be none or inverse, got {self.lr_staleness!r}")
         if self.workers > self.batch_size:
             raise ConfigError(
                 f"--workers {self.workers} is more than --batch-size {self.batch_size}: "

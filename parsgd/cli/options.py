@@ -9,7 +9,7 @@ import math
 
 import click
 
-from parsgd.config import DATASETS, DTYPES, ConfigError, RunConfig, ServerOptions
+from parsgd.config import CONSISTENCY, DATASETS, DTYPES, ConfigError, RunConfig, ServerOptions
 
 
 def parse_int_list(value, name: str) -> tuple[int, ...]:
@@ -101,7 +101,7 @@ def training_options(f):
 
 
 def build_config(workers: int, dataset, data_dir, num_samples, epochs, batch_size, lr, momentum,
-                 hidden, seed, dtype, **_) -> RunConfig:
+                 hidden, seed, dtype, consistency="bsp", staleness=0, lr_staleness="none", **_) -> RunConfig:
     """RunConfig from the parsed training options.
 
     Raises ConfigError (exit 2) naming the option when a value is out of range, click.BadParameter
@@ -109,12 +109,13 @@ def build_config(workers: int, dataset, data_dir, num_samples, epochs, batch_siz
     """
     return RunConfig(dataset=dataset, data_dir=data_dir, num_samples=num_samples, epochs=epochs,
                      batch_size=batch_size, lr=lr, momentum=momentum, hidden=parse_int_list(hidden, "--hidden"),
-                     seed=seed, dtype=dtype, workers=workers)
+                     seed=seed, dtype=dtype, workers=workers, consistency=consistency, staleness=staleness,
+                     lr_staleness=lr_staleness)
 
 
 # What `server --resume` and `launch --resume` check against the checkpoint (parsgd.jobs.serve.resume_config)
 RESUME_CHECKED = ("dataset", "data_dir", "num_samples", "epochs", "batch_size", "lr", "momentum", "hidden", "seed",
-                  "dtype", "workers", "out")
+                  "dtype", "workers", "out", "consistency", "staleness", "lr_staleness")
 
 
 def given_options(ctx: click.Context, names=RESUME_CHECKED) -> dict:
@@ -128,6 +129,20 @@ def given_options(ctx: click.Context, names=RESUME_CHECKED) -> dict:
             value = ctx.params[name]
             given[name] = parse_int_list(value, "--hidden") if name == "hidden" else value
     return given
+
+
+def consistency_options(f):
+    """How the parameter server applies gradients (`server` and `launch`; part of the RunConfig)."""
+    return _apply(f, [
+        click.option("--consistency", type=click.Choice(CONSISTENCY), default="bsp", show_default=True,
+                     help="bsp: each batch cut into --workers shards, one synchronous update per batch; "
+                          "ssp / async: whole batches to idle workers, each applied when it arrives."),
+        click.option("--staleness", type=int, default=0, show_default=True,
+                     help="ssp: how many batches a worker may run ahead of the slowest live worker."),
+        click.option("--lr-staleness", "--lr_staleness", "lr_staleness", type=click.Choice(("none", "inverse")),
+                     default="none", show_default=True,
+                     help="inverse: an update's learning rate is lr / (staleness + 1) (Zhang et al. 2016)."),
+    ])
 
 
 def server_options(f):

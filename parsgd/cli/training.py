@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 from click.core import ParameterSource
 
-from parsgd.cli.options import (Option, build_config, build_server_options, check_range, given_options,
+from parsgd.cli.options import (Option, consistency_options, build_config, build_server_options, check_range, given_options,
                                 server_options, training_options)
 
 
@@ -48,6 +48,7 @@ def _spec_alone(ctx: click.Context) -> None:
 @click.option("--resume", type=click.Path(), help="Continue the run in this run directory from its checkpoint.")
 @click.option("--spec", type=click.Path(dir_okay=False), hidden=True,
               help="A ServerSpec JSON file (config, server options, run directory) from launch; nothing else.")
+@consistency_options
 @training_options
 @click.pass_context
 def server(ctx, bind, workers, wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, shm, keys_dir,
@@ -110,6 +111,7 @@ def worker(connect, connect_timeout, data_dir, keys_dir, faults, name):
               help="With --link: one-way latency of every link, e.g. 5ms (needs the kernel's netem qdisc).")
 @click.option("--keys", "keys_dir", type=click.Path(),
               help="With --link: the CURVE key folder (`parsgd keygen`); default: keys made for the run.")
+@consistency_options
 @training_options
 @click.pass_context
 def launch(ctx, workers, transport, wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, restart_workers,

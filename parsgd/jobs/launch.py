@@ -11,7 +11,6 @@ crash and on every other exit path.
 """
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import os
 import shlex
@@ -30,6 +29,7 @@ from parsgd.config import ConfigError, RunConfig, ServerOptions
 from parsgd.errors import Interrupted, UserError
 from parsgd.jobs.serve import ADDRESS_FILE, ServerSpec, plan_resume
 from parsgd.ps.address import IPC_PATH_MAX, EndpointError
+from parsgd.training.pool import die_with_parent
 
 ADDRESS_TIMEOUT_S = 60.0      # how long the server may take to load data and bind
 WORKER_EXIT_GRACE_S = 10.0    # after the server is done, workers get this long to exit by themselves
@@ -43,17 +43,8 @@ class LaunchError(UserError):
     """The server child never started listening; the message says how it ended (exit 1)."""
 
 
-def _die_with_parent():
-    """In the child: get SIGKILL when the launcher dies, even by SIGKILL."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 class Child:
-    def __init__(self, label: str, argv: list[str], echo, preexec=_die_with_parent):
+    def __init__(self, label: str, argv: list[str], echo, preexec=die_with_parent):
         self.label, self.argv, self.echo = label, argv, echo
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -179,6 +179,7 @@ def run_server(cfg: RunConfig | None, opts: ServerOptions, out=None, resume=None
     """
     from parsgd.jobs.train import load_data
     from parsgd.ps.checkpoint import restore
+    from parsgd.ps.async_server import AsyncServer
     from parsgd.ps.server import ParameterServer
     from parsgd.training.rundir import RunDir, atomic_write_bytes, default_out
 
@@ -194,7 +195,8 @@ def run_server(cfg: RunConfig | None, opts: ServerOptions, out=None, resume=None
     cfg, data = load_data(cfg, echo=echo)
     rundir = RunDir(out or default_out("ps", cfg.workers), cfg, "ps", transport=opts.transport,
                     dataset=data.name, append=bool(resume), echo=echo if say_replaced else None)
-    srv = ParameterServer(cfg, data, opts, rundir, echo=echo)
+    server_class = ParameterServer if cfg.consistency == "bsp" else AsyncServer
+    srv = server_class(cfg, data, opts, rundir, echo=echo)
     if not opts.resume_command:  # only now is a `*` port known
         srv.opts = dataclasses.replace(opts, resume_command=server_resume_command(rundir.path, srv.address, opts))
     if state is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from parsgd.files import AppendFile, WriteError, json_text
+from parsgd.files import AppendFile, WriteError, json_text, write_file
 
 HOSTILE_EVENTS_PER_S = 50
 
@@ -58,3 +58,26 @@ class EventLog:
 
     def close(self) -> None:
         self.f.close()
+
+
+class UpdateLog:
+    """updates.jsonl: one line per applied update, in the order applied (what `parsgd replay` redoes).
+
+    `keep(n)` first cuts the file to its first n lines: a resumed run redoes the updates after its
+    checkpoint, and they must not appear twice. Raises WriteError when the file cannot be written.
+    """
+
+    def __init__(self, path):
+        self.path = path
+
+    def keep(self, n: int) -> None:
+        lines = self.path.read_bytes().splitlines(keepends=True)[:n] if n and self.path.exists() else []
+        write_file(self.path, b"".join(lines))
+        self.f = AppendFile(self.path)
+
+    def write(self, record: dict) -> None:
+        self.f.write((json_text(record) + "\n").encode())
+
+    def close(self) -> None:
+        if hasattr(self, "f"):
+            self.f.close()

@@ -13,7 +13,8 @@ moment that GRAD is handed to the socket: over tcp the frame is cut mid-transfer
 wrongshard@STEP / wrongsize@STEP (its GRAD for STEP names the next shard / has one element too
 few: a broken worker, answered with ERROR BAD_MESSAGE),
 drop=P / dup=P (drop or duplicate each outgoing GRAD with probability P), delay=P:SECONDS,
-droptask=P (ignore each incoming TASK with probability P: a lost TASK), seed=N (the PRNG of the
+droptask=P (ignore each incoming TASK with probability P: a lost TASK), slow=FACTOR (every
+compute takes FACTOR times as long: a straggler; `launch --faults slow=worker1:3`), seed=N (the PRNG of the
 probabilistic faults; each worker draws from its own stream, random.Random("SEED/NAME") with its
 --name, so `launch` workers sharing one seed do not drop in lockstep).
 
@@ -45,7 +46,8 @@ ONCE = ("kill", "crash", "stop", "hang", "nan", "inf", "killpush", "cutpush", "d
 RATES = ("drop", "dup", "delay", "droptask")
 HELP = ("kill@STEP, crash@STEP, stop@STEP:SECONDS, hang@STEP:SECONDS, nan@STEP, inf@STEP, killpush@STEP[:SECONDS], "
         "cutpush@STEP, deaf@STEP, wrongshard@STEP, wrongsize@STEP, partition@STEP:SECONDS (launch --link), "
-        "drop=P, dup=P, delay=P:SECONDS, droptask=P, seed=N")
+        "drop=P, dup=P, delay=P:SECONDS, droptask=P, "
+        "slow=FACTOR, seed=N")
 PARTITION_SETTLE_S = 0.5      # partition: the launcher takes this worker's link down meanwhile, before its GRAD
 KILLPUSH_WAIT_S = 0.2         # killpush: time for the GRAD to arrive and be applied before the SIGKILL
 RANGES = "STEP is a whole number >= 0, SECONDS a finite number >= 0, P a probability in [0, 1]"
@@ -81,6 +83,10 @@ class FaultPlan:
                     kind, _, value = item.partition("=")
                     if kind == "seed":
                         seed = int(value)
+                    elif kind == "slow":
+                        rates[kind] = (float(value), 0.0)
+                        if not (math.isfinite(rates[kind][0]) and rates[kind][0] >= 1):
+                            raise FaultSpecError(f"bad --faults item {item!r}: slow=FACTOR needs a finite FACTOR >= 1")
                     elif kind in RATES:
                         p, _, secs = value.partition(":")
                         rates[kind] = (float(p), float(secs.rstrip("s") or 0))
@@ -98,11 +104,12 @@ class FaultPlan:
         return plan
 
     def _due(self, step: int, kinds) -> tuple | None:
-        fault = self.at.get(step)
-        if fault and fault[0] in kinds and step not in self.fired:
-            self.fired.add(step)
-            self.echo(f"fault injection: {fault[0]} at step {step}")
-            return fault
+        """The one-shot fault of `kinds` set for this step or an earlier one this worker never saw (under
+        SSP and ASP a worker gets only some batches: it fires at the first one from STEP on)."""
+        for at in sorted(s for s in self.at if s <= step and s not in self.fired and self.at[s][0] in kinds):
+            self.fired.add(at)
+            self.echo(f"fault injection: {self.at[at][0]} at step {step}")
+            return self.at[at]
         return None
 
     def before_compute(self, step: int, rank: int) -> None:
@@ -156,6 +163,11 @@ class FaultPlan:
         payload = grad_msg.grad if grad_msg.grad is not None else np.zeros(2)
         return dataclasses.replace(grad_msg, grad=np.ascontiguousarray(payload[:-1]))
 
+    def straggle(self, compute_s: float) -> None:
+        """slow=FACTOR: every shard's compute takes FACTOR times as long (a straggler, every step)."""
+        if "slow" in self.rates:
+            time.sleep((self.rates["slow"][0] - 1) * compute_s)
+
     def drop_task(self) -> bool:
         """True to ignore the TASK just received (a lost TASK), with probability droptask."""
         return "droptask" in self.rates and self.rng.random() < self.rates["droptask"][0]
@@ -183,6 +195,8 @@ def parse_launch_faults(spec: str, workers: int) -> dict[int, str]:
     per: dict[int, list[str]] = {i: [] for i in range(workers)}
     for item in filter(None, (s.strip() for s in (spec or "").split(","))):
         kind, _, rest = item.partition("=")
+        if kind == "slow" and rest.startswith("worker"):  # slow=workerN:FACTOR
+            rest = rest.replace(":", "@", 1)
         if rest.startswith("worker"):
             who, _, when = rest.partition("@")
             try:
@@ -191,7 +205,7 @@ def parse_launch_faults(spec: str, workers: int) -> dict[int, str]:
                 raise FaultSpecError(f"bad --faults item {item!r}: name a worker as workerN") from None
             if i not in per:
                 raise FaultSpecError(f"bad --faults item {item!r}: there are workers 0..{workers - 1}")
-            per[i].append(f"{kind}@{when}")
+            per[i].append(f"slow={when}" if kind == "slow" else f"{kind}@{when}")
         else:
             for items in per.values():
                 items.append(item)

@@ -27,7 +27,7 @@ from parsgd.errors import UserError
 from parsgd.ps import protocol as proto
 from parsgd.ps.checkpoint import save_checkpoint
 from parsgd.ps.commlog import COMM_FLUSH_S, CommLog, CommStream, format_summary, summarize
-from parsgd.ps.events import EventLog
+from parsgd.ps.events import EventLog, UpdateLog
 from parsgd.ps.handlers import HANDLERS, on_timer, strike
 from parsgd.ps.membership import Member, Membership
 from parsgd.ps.scheduler import ServerExit
@@ -70,6 +70,7 @@ class ServerLoop(Trainer):
         self.address = self.router.address
         self.events = EventLog(rundir.path / "events.jsonl", self.log.now)
         self.comm = CommStream(rundir.path / "comm.jsonl")
+        self.updates = UpdateLog(rundir.path / "updates.jsonl")
         self.members = Membership(self.n_shards, opts.dead_after_s, opts.register_timeout_s)
         self.scheduler = None  # set by the subclass: a Scheduler (BSP) or a BatchScheduler (SSP, ASP)
         self.shard_grads = np.empty((self.n_shards, self.params.size), self.params.dtype)
@@ -127,6 +128,7 @@ class ServerLoop(Trainer):
         """
         old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
+            self.updates.keep(self.step)  # a resumed run redoes what followed its checkpoint
             self._wait_for_initial_workers()
             return self.run(self.rundir)
         except UserError:
@@ -297,4 +299,5 @@ class ServerLoop(Trainer):
         except UserError:  # a full disk: the error that stopped the run is the one to report
             pass
         self.comm.close()
+        self.updates.close()
         self.events.close()

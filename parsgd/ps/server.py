@@ -58,6 +58,12 @@ class ParameterServer(ServerLoop):
         self.segments.close_retired()
         return loss_sum, correct
 
+    def update(self):
+        super().update()
+        spe = self.steps_per_epoch  # every shard of the step is in: nothing stale, one update per batch
+        self.updates.write({"update": self.step, "epoch": self.step // spe, "batch": self.step % spe, "rank": None,
+                            "version": self.step, "staleness": 0, "t": round(self.log.now(), 6)})
+
     def gradient_in(self, s: int, src: np.ndarray, msg: proto.Grad) -> None:
         """Shard s of the step is in; the step ends when every shard is (see batch_gradient)."""
         self.scheduler.complete(s, src, msg.loss_sum, msg.correct, msg.compute_s)

@@ -273,6 +273,7 @@ class Worker:
         with np.errstate(over="ignore", invalid="ignore"):  # a non-finite result is the server's to judge
             loss_sum, correct = loss_and_grad(params, self.sizes, rows, self.data.y_train[idx], grad, self.ws,
                                               scale=1.0 / task.batch)
+        self.faults.straggle(self.log.now() - t)
         self.faults.corrupt(task.step, self.rank, grad)
         end = self.log.add("compute", task.step, t)
         msg = proto.Grad(self.incarnation, self.session, task.step, task.shard, task.lo, task.hi, idx.size,

@@ -141,7 +141,7 @@ class Trainer:
         wall0 = time.perf_counter()
         try:
             with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by check_finite
-                self._epochs(rundir)
+                self.train_epochs(rundir)
         except Diverged as exc:
             if rundir is None:
                 raise
@@ -152,7 +152,9 @@ class Trainer:
             write_file(rundir.path / CHECK_FILE, npz_bytes(self.check))
         return summary
 
-    def _epochs(self, rundir: RunDir | None) -> None:
+    def train_epochs(self, rundir: RunDir | None) -> None:
+        """The epochs from the current step on: batches in epoch order, one update each, then the
+        epoch's metrics. Servers that apply batches as they arrive (ps/async_server.py) override it."""
         cfg, n, B = self.cfg, self.n_train, self.cfg.batch_size
         start = self.params.astype(np.float64) if self.step == 0 and rundir is not None else None
         check_at = min(CHECK_STEPS, cfg.epochs * self.steps_per_epoch)

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import signal
 import threading
@@ -21,6 +22,15 @@ _pool_state: dict = {}
 CLOSE_TIMEOUT_S = 2.0  # Pool.terminate() gets this long; then its processes are SIGKILLed
 
 
+def die_with_parent() -> None:
+    """In a child process: be SIGKILLed when the parent dies, even by SIGKILL (Linux PR_SET_PDEATHSIG),
+    so no orphan is left to print a traceback into a closed pipe. A no-op where prctl is missing."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _pool_init(sizes, dtype, data: Dataset | None) -> None:
     """Runs once in each Pool process: ignore SIGINT, pin BLAS to one thread, keep the data (inherited by fork).
 
@@ -29,6 +39,7 @@ def _pool_init(sizes, dtype, data: Dataset | None) -> None:
     result pipe (or a lock held), and Pool.terminate() then waits for it forever.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
     _pool_state["limits"] = threadpool_limits(1)
     _pool_state["data"] = data if data is not None else _pool_state_data
     _pool_state["sizes"] = sizes
