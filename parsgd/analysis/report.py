@@ -21,6 +21,7 @@ import numpy as np
 
 from parsgd.analysis.results import (CHECK_STEPS, CHECK_TOL, MIN_TIMED_S, MIN_TIMED_STEPS, TOO_SHORT,  # noqa: F401
                                      grouped, number, records, table_rows, with_baseline)
+from parsgd.analysis.linkreport import link_section
 from parsgd.analysis.rundirs import Run
 from parsgd.files import ensure_dir, write_file
 
@@ -322,5 +323,6 @@ def write_report(out_dir, runs: list[Run], baseline: Run, config=None, machine: 
         lines += _comm_section(run)
     if not ps_runs:
         lines += ["no parameter-server runs in this experiment", ""]
+    lines += link_section(runs, out_dir)  # emulated hosts (launch --link): capacity, floor, bounds, estimate
     lines.append(HOW_TO_READ.format(base=baseline.label, min_steps=MIN_TIMED_STEPS, min_s=MIN_TIMED_S))
     return write_file(out_dir / "experiment_report.txt", "\n".join(lines).encode())

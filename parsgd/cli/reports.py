@@ -15,19 +15,27 @@ from parsgd.cli.options import (Option, build_config, check_range, no_repeats, p
               help="Which of sequential, pool, ps to run (sequential is the speedup baseline).")
 @click.option("--transport", "transports", multiple=True, default=("shm,tcp",), show_default=True,
               help="Parameter-server transports to run for each P: shm, tcp, ipc (see `parsgd launch --help`).")
+@click.option("--link", "links", multiple=True,
+              help="Run every parameter-server configuration on emulated hosts over links of each of these rates, "
+                   "e.g. 100mbit,1gbit (root only; see `parsgd launch --link`).")
 @click.option("--repeat", type=int, default=1, show_default=True,
               help="Run every configuration this many times (rounds of all of them); the table and speedup.png "
                    "show the median and the min-max.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-epoch lines: one progress line per configuration.")
 @click.option("--verbose", "-v", is_flag=True, help="Show every line of the server and worker processes.")
 @training_options
-def experiment(workers, modes, transports, repeat, quiet, verbose, out, **opts):
+def experiment(workers, modes, transports, links, repeat, quiet, verbose, out, **opts):
     """Compare sequential, Pool and parameter-server training with one seed: table, report, plots."""
     from parsgd.jobs.experiment import MODES, run_experiment
     from parsgd.jobs.launch import TRANSPORTS, check_ipc_room
     from parsgd.jobs.train import load_data
 
     check_range("--repeat", repeat, 1 <= repeat <= 1000, "a whole number from 1 to 1000")
+    from parsgd.cluster.rates import parse_rates
+    from parsgd.jobs.emulate import link_options
+    links = parse_rates(links)
+    if links:
+        link_options(links[0], None, None)  # root with CAP_NET_ADMIN, before anything starts
 
     modes = no_repeats(parse_str_list(modes, MODES, "--modes"), "--modes")
     if not modes:
@@ -47,7 +55,7 @@ def experiment(workers, modes, transports, repeat, quiet, verbose, out, **opts):
         check_ipc_room()
     cfg, data = load_data(cfg, quiet)
     run_experiment(cfg, workers_list, modes, transports, out or "results", quiet=quiet, verbose=verbose, data=data,
-                   repeat=repeat)
+                   repeat=repeat, links=links)
 
 
 for _param in experiment.params:

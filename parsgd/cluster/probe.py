@@ -23,7 +23,7 @@ import numpy as np
 from parsgd.cluster.netns import NetworkError
 
 MIN_REPS, MAX_REPS, SIZE_BUDGET_S = 3, 15, 0.4   # ping-pong repetitions per size and direction
-STREAM_S = 0.6                                   # a stream lasts about this long per direction
+STREAM_S = 0.5                                   # a stream lasts about this long per direction
 STREAM_MESSAGE_BYTES = 256 * 1024
 PROBE_PORT = 5600
 PROBE_TIMEOUT_S = 60.0
@@ -124,16 +124,17 @@ def client(address: str, keys: str, sizes: list[int], stream: bool = True) -> di
 
 
 def _stream(call, sock, poller, pingpong: dict) -> dict:
-    """Sustained payload rate each way (bytes/s): STREAM_MESSAGE_BYTES messages back to back."""
+    """Sustained payload rate each way (bytes/s): STREAM_MESSAGE_BYTES messages back to back for about
+    STREAM_S up (then one acknowledgement), then as many down as went up in that time."""
     size = STREAM_MESSAGE_BYTES
-    per_message = max(pingpong["up_fit"]["beta_s_per_byte"] * size, 1e-5)
-    count = int(min(4000, max(8, STREAM_S / per_message)))
     blob = bytes(size)
-    t0 = time.perf_counter()
-    for _ in range(count):
+    t0, count = time.perf_counter(), 0
+    while count < 4 or time.perf_counter() - t0 < STREAM_S:
         sock.send_multipart([b"sink", blob], copy=False)
+        count += 1
     call(b"ack")
     up = count * size / (time.perf_counter() - t0)
+    count = int(min(4000, max(4, up * STREAM_S / size)))
     t0 = time.perf_counter()
     sock.send_multipart([b"source", str(count).encode(), str(size).encode()])
     for _ in range(count):

@@ -42,33 +42,38 @@ class Configuration:
     mode: str
     workers: int
     transport: str | None = None
+    link: str | None = None   # launch --link RATE: emulated hosts (transport tcp)
 
     @property
     def label(self) -> str:
         """The same short name runs.Run.label gives the finished run."""
         if self.mode == "sequential":
             return "sequential"
-        return f"{self.mode} P={self.workers}" + (f" {self.transport}" if self.transport else "")
+        return (f"{self.mode} P={self.workers}" + (f" {self.transport}" if self.transport else "")
+                + (f"@{self.link}" if self.link else ""))
 
     @property
     def dirname(self) -> str:
         if self.mode == "sequential":
             return "sequential"
-        return f"{self.mode}-p{self.workers}" + (f"-{self.transport}" if self.transport else "")
+        return (f"{self.mode}-p{self.workers}" + (f"-{self.transport}" if self.transport else "")
+                + (f"-{self.link}" if self.link else ""))
 
 
 class ModelMismatch(ExperimentFailed):
     """A configuration failed the same-model check: it trains another model than the reference."""
 
 
-def plan(workers_list, modes, transports) -> list[Configuration]:
-    """Sequential first, then per P (in the given order, duplicates dropped): pool, then ps per transport."""
+def plan(workers_list, modes, transports, links=()) -> list[Configuration]:
+    """Sequential first, then per P (in the given order, duplicates dropped): pool, then ps per transport,
+    or, with `links` (rates of `launch --link`), ps over tcp on each link (emulated hosts)."""
     configs = [Configuration("sequential", 1)] if "sequential" in modes else []
     for p in dict.fromkeys(workers_list):
         if "pool" in modes:
             configs.append(Configuration("pool", p))
         if "ps" in modes:
-            configs += [Configuration("ps", p, t) for t in dict.fromkeys(transports)]
+            configs += ([Configuration("ps", p, "tcp", rate) for rate in links] if links else
+                        [Configuration("ps", p, t) for t in dict.fromkeys(transports)])
     return configs
 
 
@@ -130,7 +135,12 @@ class _ChildOutput:
 def _run_ps(config: Configuration, cfg: RunConfig, run_dir: Path, output: _ChildOutput) -> int:
     from parsgd.jobs.launch import launch
 
-    return launch(cfg.replace(workers=config.workers), ServerOptions(), config.transport, run_dir, echo=output)
+    link = None
+    if config.link:
+        from parsgd.jobs.emulate import LinkOptions
+        link = LinkOptions(config.link)
+    return launch(cfg.replace(workers=config.workers), ServerOptions(), config.transport, run_dir, echo=output,
+                  link=link)
 
 
 def _exit_reason(status: int) -> str:
@@ -174,14 +184,16 @@ def _run_one(config: Configuration, cfg: RunConfig, data, run_dir: Path, echo, e
 
 
 def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: bool = False, echo=click.echo,
-                   verbose: bool = False, data=None, repeat: int = 1) -> list[Path]:
+                   verbose: bool = False, data=None, repeat: int = 1, links=()) -> list[Path]:
     """Run every configuration, then print and write the report and the plots; returns the run dirs.
 
     `cfg`: the training options (its `workers` is ignored; each configuration sets its own).
     `echo(line)` prints every console line: `quiet` drops the per-epoch ones, `verbose` adds every
     line of the PS processes. `data`: the Dataset for the in-process runs (loaded from cfg when
     None); the PS server loads the same rows itself from the same options. `repeat`: how many times
-    each configuration runs (rounds of all of them, one after the other).
+    each configuration runs (rounds of all of them, one after the other). `links`: rates of `launch
+    --link` (preflight done by the caller): every ps configuration runs on each, on emulated hosts, after
+    the machine's unshaped capacity is measured (capacity.json, and the report's first link figure).
 
     Raises UsageError (nothing to run), DataError and ConfigError (loading the data), OutputDirError
     (`out` unusable), Interrupted (a parameter-server run was stopped by SIGINT/SIGTERM: exit 130)
@@ -192,7 +204,7 @@ def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: 
     from parsgd.training.rundir import prepare_dir
 
     out = prepare_dir(out)
-    configs = plan(workers_list, modes, transports)
+    configs = plan(workers_list, modes, transports, links)
     if not configs:
         raise UsageError("nothing to run: give at least one mode, and --workers for pool and ps")
     if data is None and (cfg.dataset == "auto" or any(c.mode != "ps" for c in configs)):
@@ -202,6 +214,9 @@ def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: 
         cfg.check_data_size(len(data.y_train))
         cfg = cfg.replace(dataset=data.name)  # every run, PS included, trains on the same dataset
     epoch_echo = (lambda _: None) if quiet else (lambda line: echo(f"  {line}"))
+    if links and any(c.link for c in configs):
+        from parsgd.jobs.emulate import measure_capacity
+        measure_capacity(out, echo)
     run_dirs: list[Path] = []
     failures: list[str] = []
     done: list[tuple[Configuration, float]] = []

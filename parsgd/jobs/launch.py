@@ -192,7 +192,8 @@ def launch(cfg: RunConfig | None, opts: ServerOptions, transport: str = "shm", o
         bind, transport = net.bind, "tcp"
     spec = ServerSpec(config=None if resume else cfg, out=str(out), resume=str(out) if resume else None,
                       given=given if resume else None,
-                      server=dataclasses.replace(opts, bind=bind, shm=transport == "shm", transport=transport,
+                      server=dataclasses.replace(opts, bind=bind, shm=transport == "shm",
+                                                 transport=f"tcp@{link.rate}" if net else transport,
                                                  resume_command=launch_resume_command(out, transport),
                                                  **({"keys_dir": net.keys} if net else {})))
     children: list[Child] = []

@@ -1,0 +1,211 @@
+"""An alpha-beta (Hockney) cost model of one BSP step, calibrated on an emulated run, and its predictions.
+
+    parsgd estimate runs/ps-p2-link --workers 2,4,8 --link 100mbit,1gbit,10gbit
+
+A message of s bytes costs alpha + s x beta (Hockney 1994). One run holds one message size on one
+link, so the launcher calibrates (parsgd.jobs.emulate, RUN_DIR/link.json): a ping-pong at several
+sizes with the link unshaped gives alpha and the per-byte CPU cost c (copies, CURVE encryption and
+decryption, veth and bridge on these cores); at RATE the per-byte link time is 8 / (RATE x e),
+e = MSS / frame bytes (1448/1514: tbf counts Ethernet, IP and TCP headers). So beta = 8/(RATE e) + c.
+
+One step with P workers, message m bytes (the parameter vector plus a header, both ways), star
+network (every byte crosses the server's link, each direction shaped on its own):
+
+    step(P, RATE) = S(P) + phase(P) + compute(P) + W + phase(P)
+    phase(P)      = alpha + max(link(P m), P m c / 2 x k(P + 1)) + m c        (all TASKs, then all GRADs)
+    link(b)       = max(b - bucket, 0) x 8 / (RATE e)                           (tbf lets `bucket` bytes pass at once)
+    compute(P)    = r x ceil(B / P) x k(P)                                      (the slowest shard)
+    S(P)          = s0 + s1 x P                                                 (the server's serial CPU time)
+    k(n)          = max(1, n / cores)                                           (emulated hosts share the cores)
+
+The server encrypts every TASK and decrypts every GRAD on its one I/O thread (half of c per byte,
+P m bytes a phase) while the link carries them; the first message's encryption and the last one's
+decryption (m c) are not hidden. r (seconds per row alone), s0 (serialize + update), s1 (per worker:
+aggregate, send, recv, deserialize) and W (the worker's copies) come from the run's comm.jsonl, the
+machine's core count from link.json. BSP sends every TASK before any GRAD comes back (the
+synchronous bound; the first GRAD can in fact overlap the last TASKs, so a measured step may be a few
+per cent shorter). The sequential step is the gradient of a batch alone plus the update.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from parsgd.analysis.rundirs import Run, RunDirError, load_run
+from parsgd.cluster.emulated import tbf_args, wire_efficiency
+from parsgd.cluster.rates import format_rate, parse_rate
+
+LINK_FILE = "link.json"
+SOURCES = ("R. W. Hockney, The communication challenge for MPP: Intel Paragon and Meiko CS-2, Parallel "
+           "Computing 20(3), 1994 (alpha-beta model); L. G. Valiant, A bridging model for parallel "
+           "computation, CACM 33(8), 1990 (BSP); M. Li et al., Scaling distributed machine learning with "
+           "the parameter server, OSDI 2014")
+
+
+class NoCalibration(RunDirError):
+    """The run has no link calibration (not an emulated run, or its link check failed)."""
+
+
+def read_link(run_dir) -> dict | None:
+    """RUN_DIR/link.json as a dict, None when the run was not emulated. Raises RunDirError if corrupt."""
+    path = Path(run_dir) / LINK_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"{path}: cannot read it ({exc}); re-run the emulated launch") from None
+
+
+def _bucket(rate_bps: float) -> int:
+    args = tbf_args(rate_bps)
+    return int(args[args.index("burst") + 1])
+
+
+def step_figures(run: Run) -> dict:
+    """Per step, from comm.jsonl (steps >= 1: step 0 holds the start-up): `out_bytes` and `in_bytes`
+    (server send / recv), `compute_s` (slowest shard), `step_s` (training time / steps), and the
+    parts of the server's serial time. Raises RunDirError without a comm.jsonl."""
+    comm = run.comm
+    if comm is None or not len(comm):
+        raise RunDirError(f"{run.path} has no comm.jsonl: pass a parameter-server run")
+    steps = int(run.summary.get("steps") or (comm.step.max() + 1))
+    keep = comm.step >= 1
+    n = max(1, len(np.unique(comm.step[keep])))
+
+    def total(role, span, what="dur_s"):
+        mask = keep & (comm.role == role) & (comm.span == span)
+        return float(np.nansum(getattr(comm, what)[mask])) / n
+
+    mask = keep & (comm.role == "worker") & (comm.span == "compute")
+    slowest: dict[int, float] = {}
+    for s, d in zip(comm.step[mask], comm.dur_s[mask]):
+        slowest[int(s)] = max(slowest.get(int(s), 0.0), float(d))
+    sends = keep & (comm.role == "server") & (comm.span == "send")
+    return {"steps": steps, "workers": run.workers,
+            "out_bytes": total("server", "send", "bytes"), "in_bytes": total("server", "recv", "bytes"),
+            "message_bytes": float(np.median(comm.bytes[sends])) if sends.any() else 0.0,
+            "compute_s": float(np.median(list(slowest.values()))) if slowest else 0.0,
+            "step_s": float(run.summary["total_time_s"]) / steps,
+            "server_const_s": total("server", "serialize") + total("server", "update"),
+            "server_var_s": sum(total("server", s) for s in ("aggregate", "recv", "deserialize")),
+            "worker_copy_s": (total("worker", "deserialize") + total("worker", "serialize")) / max(1, run.workers)}
+
+
+def link_bounds(run: Run, link: dict | None = None) -> dict | None:
+    """Bytes per step each way through the server's link, the bandwidth floor max(out, in) / rate,
+    the synchronous bound (out + in) / rate + compute, and the measured step time (seconds; rate in
+    payload bytes/s = RATE x e / 8); None for a run that was not emulated."""
+    link = link if link is not None else read_link(run.path)
+    if not link:
+        return None
+    f = step_figures(run)
+    payload = link["rate_bps"] * link.get("wire_efficiency", wire_efficiency()) / 8
+    floor = max(f["out_bytes"], f["in_bytes"]) / payload
+    sync = (f["out_bytes"] + f["in_bytes"]) / payload + f["compute_s"]
+    return {"link": link["rate"], "out_bytes": f["out_bytes"], "in_bytes": f["in_bytes"], "floor_s": floor,
+            "sync_s": sync, "step_s": f["step_s"], "compute_s": f["compute_s"],
+            "bound": link.get("calibration", {}).get("bound", "unknown")}
+
+
+@dataclass(frozen=True)
+class Model:
+    """The calibrated parameters (seconds, bytes); see the module doc for the formula."""
+    alpha_s: float            # per message, unshaped ping-pong intercept
+    cpu_s_per_byte: float     # c: unshaped ping-pong slope
+    message_bytes: float      # m
+    row_s: float              # r: seconds per row of a shard, one process alone on a core
+    batch: int                # B
+    cores: int
+    server_const_s: float     # s0
+    server_per_worker_s: float  # s1
+    worker_copy_s: float      # W
+    seq_step_s: float         # the sequential step: gradient of a batch alone + update
+    steps_per_epoch: int
+    run_workers: int
+    run_link: str
+    overlap: float = 0.5      # f: 1 = the synchronous bound (no GRAD moves before the last TASK is through)
+    overhead_s: float = 0.0   # o: what the run's step had beyond the other terms (wake-ups, cores shared)
+
+    def share(self, busy: float) -> float:
+        return max(1.0, busy / self.cores)
+
+    def parts(self, workers: int, rate_bps: float, overlap: float | None = None) -> dict:
+        """The terms of one step (seconds): serial, compute, copies, link, cpu, alpha."""
+        p, m, c = workers, self.message_bytes, self.cpu_s_per_byte
+        f = self.overlap if overlap is None else overlap
+        unit = 8 / (rate_bps * wire_efficiency())
+        link_s = max((p + 1 + f * (p - 1)) * m - 2 * min(_bucket(rate_bps), m), 0) * unit
+        cpu_s = p * m * c * self.share(p + 1)   # the server's I/O thread: every TASK out, every GRAD in
+        return {"serial": self.server_const_s + self.server_per_worker_s * p,
+                "compute": self.row_s * math.ceil(self.batch / p) * self.share(p),
+                "copies": self.worker_copy_s * self.share(p), "link": link_s, "cpu": cpu_s,
+                "fixed": 2 * (self.alpha_s + m * c)}
+
+    def predict(self, workers: int, rate_bps: float) -> dict:
+        """{workers, link, step_s, epoch_s, speedup, comm_share, bound, compute_s, link_s, cpu_s}."""
+        t = self.parts(workers, rate_bps)
+        comm = t["fixed"] + max(t["link"], t["cpu"])
+        step = t["serial"] + t["compute"] + t["copies"] + comm + self.overhead_s
+        epoch = step * self.steps_per_epoch
+        return {"workers": workers, "link": format_rate(rate_bps), "step_s": step, "epoch_s": epoch,
+                "speedup": self.seq_step_s / step, "comm_share": (comm + t["copies"]) / step,
+                "bound": "link" if t["link"] >= t["cpu"] else "cpu", "compute_s": t["compute"],
+                "link_s": t["link"], "cpu_s": t["cpu"]}
+
+
+def calibrate(run_dir) -> Model:
+    """The Model of an emulated run directory (its link.json and comm.jsonl); the overhead o is what the
+    run's own step took beyond the other terms. Raises NoCalibration (no link check), RunDirError."""
+    run = load_run(run_dir)
+    link = read_link(run.path)
+    cal = (link or {}).get("calibration")
+    if not cal:
+        raise NoCalibration(f"{run.path} has no link calibration ({LINK_FILE}): estimate needs a run of "
+                            "`parsgd launch --link RATE` (with its link check, PARSGD_LINK_CHECK unset)")
+    f = step_figures(run)
+    un = cal["unshaped"]
+    alpha = (un["up_fit"]["alpha_s"] + un["down_fit"]["alpha_s"]) / 2
+    c = (un["up_fit"]["beta_s_per_byte"] + un["down_fit"]["beta_s_per_byte"]) / 2
+    cores = int(link.get("cores") or 2)
+    batch, p = int(run.config.get("batch_size", 1)), run.workers
+    row_s = f["compute_s"] / math.ceil(batch / p) / max(1.0, p / cores)
+    grad = cal.get("gradient_s", {})
+    model = Model(alpha_s=alpha, cpu_s_per_byte=c, message_bytes=f["message_bytes"] or cal["message_bytes"],
+                  row_s=row_s, batch=batch, cores=cores, server_const_s=f["server_const_s"],
+                  server_per_worker_s=f["server_var_s"] / p, worker_copy_s=f["worker_copy_s"],
+                  seq_step_s=float(grad.get("batch", row_s * batch)) + f["server_const_s"],
+                  steps_per_epoch=math.ceil(f["steps"] / max(1, len(run.metrics))), run_workers=p,
+                  run_link=link["rate"])
+    return dataclasses.replace(model, overhead_s=max(0.0, f["step_s"] - model.predict(p, link["rate_bps"])["step_s"]))
+
+
+def estimate(run_dir, workers=(2, 4, 8, 16, 64), links=None) -> tuple[Model, list[dict]]:
+    """The model of `run_dir` and one prediction per (workers, link); links default to the run's."""
+    model = calibrate(run_dir)
+    rates = [parse_rate(r) for r in (links or [model.run_link])]
+    return model, [model.predict(p, r) for r in rates for p in workers]
+
+
+def format_estimate(model: Model, predictions: list[dict]) -> str:
+    """The model's parameters and a table of predictions, as `parsgd estimate` prints them."""
+    lines = [f"calibrated on P={model.run_workers} at {model.run_link}: alpha {model.alpha_s * 1e6:.0f} us, "
+             f"CPU {model.cpu_s_per_byte * 1e9:.2f} ns/byte (copies, CURVE), message {model.message_bytes / 1e3:.1f} KB, "
+             f"{model.row_s * 1e6:.1f} us/row alone, server {model.server_const_s * 1e3:.2f} ms + "
+             f"{model.server_per_worker_s * 1e3:.2f} ms x P, {model.cores} cores shared by the emulated hosts",
+             f"{'P':>4}  {'link':>8}  {'step ms':>9}  {'epoch s':>8}  {'speedup':>7}  {'comm %':>6}  bound"]
+    for p in predictions:
+        lines.append(f"{p['workers']:>4}  {p['link']:>8}  {p['step_s'] * 1e3:>9.2f}  {p['epoch_s']:>8.2f}  "
+                     f"{p['speedup']:>6.3g}x  {p['comm_share']:>6.1%}  {p['bound']}")
+    lines.append("estimated with the alpha-beta model of README 'Emulated cluster'; emulated hosts share this "
+                 "machine's cores (k(n) = max(1, n / cores)); bound cpu = above what these cores move")
+    return "\n".join(lines)
+
+
+def model_dict(model: Model) -> dict:
+    return asdict(model)

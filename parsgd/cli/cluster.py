@@ -1,0 +1,35 @@
+"""Emulated-cluster commands: `parsgd estimate` (the alpha-beta cost model of an emulated run)."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from parsgd.cli.options import no_repeats, parse_int_list
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--workers", multiple=True, default=("2,4,8,16,64",), show_default=True,
+              help="Worker counts to predict: 2,4 or '2 4' or a repeated flag.")
+@click.option("--link", "links", multiple=True,
+              help="Link rates to predict, e.g. 1gbit,10gbit [default: the run's own link].")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per prediction, one per line.")
+def estimate(run_dir, workers, links, as_json):
+    """Predict step time, epoch time, speedup and communication share for other worker counts and links."""
+    from parsgd.analysis.costmodel import estimate as run_estimate, format_estimate
+    from parsgd.cluster.rates import parse_rates
+    from parsgd.config import ConfigError
+
+    counts = no_repeats(parse_int_list(workers, "--workers"), "--workers")
+    if not counts or min(counts) < 1:
+        raise ConfigError(f"--workers {','.join(map(str, counts))}: give worker counts >= 1, e.g. --workers 2,4")
+    model, predictions = run_estimate(run_dir, counts, parse_rates(links, "--link") or None)
+    if as_json:
+        for p in predictions:
+            click.echo(json.dumps(p))
+    else:
+        click.echo(format_estimate(model, predictions))
+
+
+COMMANDS = (estimate,)
