@@ -284,7 +284,7 @@ def test_a_parameter_server_run_is_strict_json_and_honours_the_umask(tmp_path):
     result = parsgd("launch", "--workers", "2", "--transport", "tcp", *ARGS, "--out", run, umask=0o027)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     assert parsgd("trace", run, umask=0o027).returncode == 0
-    names = {"config.json", "metrics.jsonl", "summary.json", "comm.jsonl", "events.jsonl", "trace.json"}
+    names = {"config.json", "metrics.jsonl", "summary.json", "comm.jsonl", "events.jsonl", "updates.jsonl", "trace.json"}
     assert assert_strict_json(run) == len(names)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in run.iterdir()}
     assert modes == dict.fromkeys(names | {"model.npz", "checkpoint.npz", "server.address", "check.npz"}, 0o640), modes

@@ -91,7 +91,7 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 # What a run writes besides config.json and metrics.jsonl (events.jsonl is appended to, and a
 # resume would pick up an old checkpoint.npz): a new run in the same folder removes them first.
 STALE_FILES = ("summary.json", "comm.jsonl", "model.npz", "events.jsonl", "checkpoint.npz", "server.address",
-               "check.npz")
+               "check.npz", "link.json", "updates.jsonl")
 RUN_FILES = ("config.json", "metrics.jsonl", *STALE_FILES)  # what a new run in the folder replaces or removes
 
 
