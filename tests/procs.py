@@ -221,3 +221,31 @@ def parsgd(*args, timeout: float = 120, env=None) -> subprocess.CompletedProcess
 def error_lines(result) -> list[str]:
     """The `error: ...` lines a command printed on stderr."""
     return [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+
+
+def cli_run(args, **kw):
+    """`parsgd ARGS` in-process through click's CliRunner (never downloading), timed in `.took` (s)."""
+    from click.testing import CliRunner
+
+    from parsgd.cli import cli
+    env = {"PARSGD_NO_DOWNLOAD": "1", **kw.pop("env", {})}
+    t0 = time.monotonic()
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False, env=env, **kw)
+    result.took = time.monotonic() - t0
+    return result
+
+
+def one_line_error(result, code, *words, before_loading: bool = False, within: float | None = None) -> str:
+    """The command exited `code` with exactly one stderr line `error: ...` holding every word, no
+    traceback; `before_loading`: no dataset was loaded; `within`: it answered within that many s."""
+    assert result.exit_code == code, (result.exit_code, result.output)
+    err = result.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in result.output, err
+    for w in words:
+        assert w in err, err
+    if before_loading:
+        assert "dataset:" not in result.stdout, "refused before any data is loaded"
+    if within is not None:
+        assert result.took < within, f"took {result.took:.2f} s: something was loaded or waited for"
+    return err
+

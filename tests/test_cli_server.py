@@ -8,15 +8,13 @@ import os
 import subprocess
 
 import pytest
-from click.testing import CliRunner
 
-from parsgd.cli import cli
 from parsgd.config import ConfigError, RunConfig, ServerOptions
 from parsgd.jobs import launch as launch_job
 from parsgd.jobs.launch import LaunchError, launch
 from parsgd.jobs.serve import ServerSpec, SpecError
 from parsgd.ps.faults import FaultSpecError, parse_launch_faults
-from procs import PY
+from procs import cli_run as run, one_line_error, PY
 
 TINY = ["--dataset", "synthetic", "--num-samples", "256", "--epochs", "1", "--hidden", "8", "--batch-size", "64"]
 ODD = RunConfig(dataset="synthetic", num_samples=256, epochs=1, batch_size=64, lr=0.1234567890123,
@@ -24,17 +22,8 @@ ODD = RunConfig(dataset="synthetic", num_samples=256, epochs=1, batch_size=64, l
                 data_dir="/tmp/a dir, with --flags=in it")
 
 
-def run(args, **kw):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False, **kw)
 
 
-def one_line_error(result, code, *words):
-    assert result.exit_code == code, (result.exit_code, result.output)
-    err = result.stderr.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in result.output, err
-    for w in words:
-        assert w in err, err
-    return err
 
 
 BAD_KNOBS = [

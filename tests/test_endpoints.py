@@ -14,34 +14,23 @@ import time
 
 import pytest
 import zmq
-from click.testing import CliRunner
 
-from parsgd.cli import cli
 from parsgd.ps.address import IPC_PATH_MAX, EndpointError, Endpoint, parse_endpoint
 from parsgd.ps.sockets import is_loopback
-from procs import PY, Procs, ends_cleanly
+from procs import PY, Procs, cli_run as run, ends_cleanly
+from procs import one_line_error as _one_line_error
 
 TINY = ["--dataset", "synthetic", "--num-samples", "256", "--epochs", "1", "--hidden", "8", "--batch-size", "64"]
 LONG = "/tmp/" + "x" * 120 + ".sock"
 
 
-def run(args, **kw):
-    t0 = time.monotonic()
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False,
-                                env={"PARSGD_NO_DOWNLOAD": "1"}, **kw)
-    result.took = time.monotonic() - t0
-    return result
-
-
 def one_line_error(result, code, *words):
-    assert result.exit_code == code, (result.exit_code, result.output)
-    err = result.stderr.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in result.output, err
-    for w in words:
-        assert w in err, err
-    assert "dataset:" not in result.stdout, "nothing is loaded before the address is checked"
-    assert result.took < 2, f"took {result.took:.2f} s: something was loaded or waited for"
-    return err
+    """Refused before anything was loaded or waited for."""
+    return _one_line_error(result, code, *words, before_loading=True, within=2)
+
+
+
+
 
 
 BAD = [  # (address, words the one line has); each is also given to the other role below

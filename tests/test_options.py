@@ -3,36 +3,25 @@ and the allowed range, before any data is loaded (or generated) and before anyth
 
     python -m pytest -q tests/test_options.py
 """
-import time
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from parsgd.cli import cli
+from procs import cli_run as run
+from procs import one_line_error as _one_line_error
 from parsgd.config import RunConfig, ServerOptions
 from parsgd.data import write_idx
 
 TINY = ["--dataset", "synthetic", "--num-samples", "256", "--epochs", "1", "--hidden", "8", "--batch-size", "64"]
 
 
-def run(args, **kw):
-    t0 = time.monotonic()
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False,
-                                env={"PARSGD_NO_DOWNLOAD": "1"}, **kw)
-    result.took = time.monotonic() - t0
-    return result
+
+
+
 
 
 def one_line_error(result, code, *words, within=2.0):
-    assert result.exit_code == code, (result.exit_code, result.output)
-    err = result.stderr.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in result.output, err
-    for w in words:
-        assert w in err, err
-    assert "dataset:" not in result.stdout, "refused before any data is loaded"
-    assert result.took < within, f"took {result.took:.2f} s"
-    return err
+    return _one_line_error(result, code, *words, before_loading=True, within=within)
 
 
 TRAINING = [  # (option, value, words of the one line besides the option and the value)

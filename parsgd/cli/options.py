@@ -74,7 +74,7 @@ def _apply(f, opts):
 
 
 def training_options(f):
-    """DESIGN's common training options, each also spelled with underscores."""
+    """The training options of train, server, launch and experiment, each also spelled with underscores."""
     return _apply(f, [
         click.option("--dataset", type=click.Choice(DATASETS), default="auto", show_default=True,
                      help="auto: MNIST if found locally, else Fashion-MNIST, else download MNIST (not with "
