@@ -140,7 +140,8 @@ def plot_speedup(runs: list[Run], baseline: Run, path) -> Path:
     skipped = [row["run"] for row in rows[1:] if row["speedup"] is None]  # nothing timed: no speedup to draw
     for row in rows[1:]:
         if row["speedup"] is not None:
-            series.setdefault(row["mode"] + (f" {row['transport']}" if row["transport"] else ""), []).append(row)
+            key = " ".join(str(row[k]) for k in ("mode", "transport", "consistency") if row[k] not in (None, "bsp"))
+            series.setdefault(key, []).append(row)
     if skipped:
         ax.text(0.5, 0.02, f"left out, no timed steps after the warm-up: {', '.join(skipped)}",
                 ha="center", va="bottom", transform=ax.transAxes)

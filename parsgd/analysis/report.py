@@ -35,7 +35,9 @@ COLUMNS = [("run", "run", "{}"), ("P", "P", "{:d}"), ("runs", "runs", "{:d}"), (
            ("timed_s", "timed s", "{:.3f}"), ("ms_per_step", "ms/step", "{:.2f}"), ("speedup", "speedup", "{:.2f}x"),
            ("speedup_range", "min-max", "{:.2f}-{:.2f}x"), ("efficiency", "effic.", "{:.0%}"),
            ("test_acc", "test acc", "{:.4f}"), ("test_loss", "test loss", "{:.4f}"),
-           ("same_model", "same model", "{}"), ("comm_share", "comm %", "{:.1%}"),
+           ("same_model", "same model", "{}"), ("consistency", "consistency", "{}"),
+           ("staleness_mean", "stale mean", "{:.2f}"), ("staleness_max", "stale max", "{:d}"),
+           ("comm_share", "comm %", "{:.1%}"),
            ("bytes_per_step", "KB/step", "{:.1f}"), ("note", "note", "{}")]
 _SCALE = {"bytes_per_step": 1e-3}
 # Why a column of the comparison table can be "-" (the value is null or not finite in the run's files).
@@ -117,7 +119,7 @@ def format_table(rows: list[dict], columns=None) -> str:
     columns = [c for c in (columns or COLUMNS) if not rows or c[0] in rows[0]]
     cells = [[_cell(k, f, row.get(k)) for k, _, f in columns] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, (_, h, _) in enumerate(columns)]
-    left = [i == 0 or (rows and isinstance(rows[0].get(k), str)) for i, (k, _, _) in enumerate(columns)]
+    left = [i == 0 or any(isinstance(r.get(k), str) for r in rows) for i, (k, _, _) in enumerate(columns)]
 
     def line(values):
         return "  ".join(v.ljust(w) if lf else v.rjust(w) for v, w, lf in zip(values, widths, left)).rstrip()

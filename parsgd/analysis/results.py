@@ -42,10 +42,11 @@ CHECK_TOL = {"float32": 1e-4, "float64": 1e-9}
 TOO_SHORT = "too short to time"
 
 # Fields of one experiment.json / experiment.csv record, in column order.
-RECORD_FIELDS = ("run", "mode", "transport", "P", "repeat", "steps", "warmup_steps", "timed_steps", "timed_s",
+RECORD_FIELDS = ("run", "mode", "transport", "consistency", "P", "repeat", "steps", "warmup_steps", "timed_steps", "timed_s",
                  "ms_per_step", "speedup", "efficiency", "total_s", "wall_s", "train_acc", "test_acc",
                  "train_loss", "test_loss", "comm_share", "bytes_per_step", "check_steps", "check_diff",
-                 "check_tol", "same_model", "too_short", "note", "blas_threads", "path")
+                 "check_tol", "same_model", "staleness_mean", "staleness_max", "too_short", "note", "blas_threads",
+                 "path")
 
 
 def number(value) -> float | None:
@@ -144,6 +145,15 @@ def _comm_share(run: Run) -> float:
     return float(comm_s / (comm_s + compute_s)) if comm_s + compute_s > 0 else 0.0
 
 
+def staleness_stats(run: Run) -> tuple[float | None, int | None]:
+    """(mean, max) staleness of the run's applied updates (updates.jsonl): 0, 0 for BSP; (None, None)
+    for a run without the file (sequential, Pool) or without updates. Raises RunDirError if corrupt."""
+    s = run.staleness
+    if s is None or not len(s):
+        return None, None
+    return float(s.mean()), int(s.max())
+
+
 def _median(values) -> float | None:
     values = [v for v in values if v is not None]
     return float(np.median(values)) if values else None
@@ -173,8 +183,10 @@ def records(runs: list[Run], baseline: Run) -> list[dict]:
             moved = float(np.nansum(run.column("bytes_sent")) + np.nansum(run.column("bytes_recv")))
             too_short = w.too_short or base_short
             above = g > 0 and speedup is not None and speedup > run.workers
+            stale_mean, stale_max = staleness_stats(run)
             out.append({
-                "run": run.label, "mode": run.mode, "transport": run.transport, "P": run.workers,
+                "run": run.label, "mode": run.mode, "transport": run.transport, "consistency": run.consistency,
+                "ssp_bound": run.config.get("staleness") if run.consistency == "ssp" else None, "P": run.workers,
                 "repeat": repeat, "steps": steps, "warmup_steps": w.warmup_steps, "timed_steps": w.steps,
                 "timed_s": w.seconds, "ms_per_step": sps * 1e3 if sps else None, "speedup": speedup,
                 "efficiency": speedup / run.workers if speedup is not None else None,
@@ -183,7 +195,8 @@ def records(runs: list[Run], baseline: Run) -> list[dict]:
                 "train_loss": _final(run, "train_loss"), "test_loss": _final(run, "test_loss"),
                 "comm_share": _comm_share(run), "bytes_per_step": moved / steps if steps else None,
                 "check_steps": check["steps"], "check_diff": check["diff"], "check_tol": check["tol"],
-                "same_model": check["ok"], "not_bsp": check["not_bsp"], "too_short": too_short,
+                "same_model": check["ok"], "not_bsp": check["not_bsp"], "staleness_mean": stale_mean,
+                "staleness_max": stale_max, "too_short": too_short,
                 "note": TOO_SHORT if too_short else ("above P" if above else ""),
                 "blas_threads": max((b.get("num_threads") or 0 for b in run.meta.get("machine", {}).get("blas") or []),
                                     default=None),
@@ -248,6 +261,10 @@ def table_rows(recs: list[dict]) -> list[dict]:
         above = i > 0 and bool(speedups) and max(speedups) > p
         rows.append({
             "run": first["run"], "mode": first["mode"], "transport": first["transport"], "P": p, "runs": len(rs),
+            "consistency": first["consistency"] and first["consistency"] + (
+                f" S={first['ssp_bound']}" if first["ssp_bound"] is not None else ""),
+            "staleness_mean": _median(r["staleness_mean"] for r in rs),
+            "staleness_max": max((r["staleness_max"] for r in rs if r["staleness_max"] is not None), default=None),
             "timed_steps": int(np.median([r["timed_steps"] for r in rs])),
             "timed_s": _median(r["timed_s"] for r in rs), "ms_per_step": ms,
             "speedup": speedup, "speedup_range": (min(speedups), max(speedups)) if len(speedups) > 1 else None,

@@ -16,6 +16,7 @@ import numpy as np
 from parsgd.errors import UserError
 
 CONFIG, METRICS, SUMMARY, COMM = "config.json", "metrics.jsonl", "summary.json", "comm.jsonl"
+UPDATES = "updates.jsonl"  # parameter-server runs: one line per applied update, with its `staleness`
 METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s")
 METRIC_OPTIONAL = ("compute_s", "comm_s", "bytes_sent", "bytes_recv")  # 0 when absent
 COMM_FIELDS = ("role", "rank", "step", "span", "t", "dur")
@@ -74,6 +75,7 @@ class Run:
     summary: dict           # summary.json, or derived from metrics.jsonl for an unfinished run
     finished: bool = True   # False when summary.json is missing
     _comm: CommSpans | None = field(default=None, repr=False)
+    _staleness: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def workers(self) -> int:
@@ -86,12 +88,26 @@ class Run:
         return str(self.summary.get("dataset") or self.meta.get("dataset") or self.config.get("dataset", "?"))
 
     @property
+    def consistency(self) -> str | None:
+        """The parameter server's consistency model (bsp, ssp, async); None for sequential and Pool runs."""
+        return str(self.config.get("consistency") or "bsp") if self.mode == "ps" else None
+
+    @property
     def label(self) -> str:
-        """Short name of the configuration: 'sequential', 'pool P=2', 'ps P=4 shm'."""
+        """Short name of the configuration: 'sequential', 'pool P=2', 'ps P=4 shm', 'ps P=3 shm async'."""
         if self.mode == "sequential":
             return "sequential"
-        label = f"{self.mode} P={self.workers}"
-        return f"{label} {self.transport}" if self.transport else label
+        label = f"{self.mode} P={self.workers}" + (f" {self.transport}" if self.transport else "")
+        return label + (f" {self.consistency}" if self.consistency not in (None, "bsp") else "")
+
+    @property
+    def staleness(self) -> np.ndarray | None:
+        """The `staleness` of every applied update (updates.jsonl), int64, read once; None without the
+        file (sequential and Pool runs, older PS runs). Raises RunDirError if it is corrupt."""
+        if self._staleness is None and (self.path / UPDATES).is_file():
+            rows = read_jsonl(self.path / UPDATES, ("staleness",))
+            self._staleness = np.array([r["staleness"] for r in rows], dtype=np.int64)
+        return self._staleness
 
     @property
     def has_comm(self) -> bool:

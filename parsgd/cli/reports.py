@@ -15,6 +15,11 @@ from parsgd.cli.options import (Option, build_config, check_range, no_repeats, p
               help="Which of sequential, pool, ps to run (sequential is the speedup baseline).")
 @click.option("--transport", "transports", multiple=True, default=("shm,tcp",), show_default=True,
               help="Parameter-server transports to run for each P: shm, tcp, ipc (see `parsgd launch --help`).")
+@click.option("--consistency", "consistencies", multiple=True, default=("bsp",), show_default=True,
+              help="Consistency models to run every parameter-server configuration under: bsp, ssp, async "
+                   "(see `parsgd launch --help`), e.g. bsp,async.")
+@click.option("--staleness", type=int, default=0, show_default=True,
+              help="ssp: how many clocks a worker may run ahead of the slowest live one (launch --staleness).")
 @click.option("--link", "links", multiple=True,
               help="Run every parameter-server configuration on emulated hosts over links of each of these rates, "
                    "e.g. 100mbit,1gbit (root only; see `parsgd launch --link`).")
@@ -24,7 +29,7 @@ from parsgd.cli.options import (Option, build_config, check_range, no_repeats, p
 @click.option("--quiet", "-q", is_flag=True, help="No per-epoch lines: one progress line per configuration.")
 @click.option("--verbose", "-v", is_flag=True, help="Show every line of the server and worker processes.")
 @training_options
-def experiment(workers, modes, transports, links, repeat, quiet, verbose, out, **opts):
+def experiment(workers, modes, transports, consistencies, staleness, links, repeat, quiet, verbose, out, **opts):
     """Compare sequential, Pool and parameter-server training with one seed: table, report, plots."""
     from parsgd.jobs.experiment import MODES, run_experiment
     from parsgd.jobs.launch import TRANSPORTS, check_ipc_room
@@ -43,6 +48,12 @@ def experiment(workers, modes, transports, links, repeat, quiet, verbose, out, *
     transports = no_repeats(parse_str_list(transports, TRANSPORTS, "--transport"), "--transport")
     if "ps" in modes and not transports:
         raise click.BadParameter(f"give at least one of {', '.join(TRANSPORTS)}", param_hint="--transport")
+    from parsgd.config import CONSISTENCY
+    consistencies = no_repeats(parse_str_list(consistencies, CONSISTENCY, "--consistency"), "--consistency")
+    if "ps" in modes and not consistencies:
+        raise click.BadParameter(f"give at least one of {', '.join(CONSISTENCY)}", param_hint="--consistency")
+    check_range("--staleness", staleness, staleness >= 0 and (staleness == 0 or "ssp" in consistencies),
+                "a whole number >= 0, for --consistency ssp only")
     cfg = build_config(1, **opts)
     workers_list = no_repeats(parse_int_list(workers, "--workers"), "--workers")
     if set(modes) - {"sequential"} and not workers_list:
@@ -55,7 +66,7 @@ def experiment(workers, modes, transports, links, repeat, quiet, verbose, out, *
         check_ipc_room()
     cfg, data = load_data(cfg, quiet)
     run_experiment(cfg, workers_list, modes, transports, out or "results", quiet=quiet, verbose=verbose, data=data,
-                   repeat=repeat, links=links)
+                   repeat=repeat, links=links, consistencies=consistencies, staleness=staleness)
 
 
 for _param in experiment.params:

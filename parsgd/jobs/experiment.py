@@ -43,6 +43,8 @@ class Configuration:
     workers: int
     transport: str | None = None
     link: str | None = None   # launch --link RATE: emulated hosts (transport tcp)
+    consistency: str = "bsp"  # ps: launch --consistency
+    staleness: int = 0        # ps, ssp: launch --staleness
 
     @property
     def label(self) -> str:
@@ -50,30 +52,34 @@ class Configuration:
         if self.mode == "sequential":
             return "sequential"
         return (f"{self.mode} P={self.workers}" + (f" {self.transport}" if self.transport else "")
-                + (f"@{self.link}" if self.link else ""))
+                + (f"@{self.link}" if self.link else "")
+                + (f" {self.consistency}" if self.consistency != "bsp" else ""))
 
     @property
     def dirname(self) -> str:
         if self.mode == "sequential":
             return "sequential"
         return (f"{self.mode}-p{self.workers}" + (f"-{self.transport}" if self.transport else "")
-                + (f"-{self.link}" if self.link else ""))
+                + (f"-{self.link}" if self.link else "")
+                + (f"-{self.consistency}" if self.consistency != "bsp" else ""))
 
 
 class ModelMismatch(ExperimentFailed):
     """A configuration failed the same-model check: it trains another model than the reference."""
 
 
-def plan(workers_list, modes, transports, links=()) -> list[Configuration]:
+def plan(workers_list, modes, transports, links=(), consistencies=("bsp",), staleness: int = 0) -> list[Configuration]:
     """Sequential first, then per P (in the given order, duplicates dropped): pool, then ps per transport,
-    or, with `links` (rates of `launch --link`), ps over tcp on each link (emulated hosts)."""
+    or, with `links` (rates of `launch --link`), ps over tcp on each link (emulated hosts); each ps
+    configuration once per consistency model, in the given order (ssp with `staleness`)."""
     configs = [Configuration("sequential", 1)] if "sequential" in modes else []
     for p in dict.fromkeys(workers_list):
         if "pool" in modes:
             configs.append(Configuration("pool", p))
         if "ps" in modes:
-            configs += ([Configuration("ps", p, "tcp", rate) for rate in links] if links else
-                        [Configuration("ps", p, t) for t in dict.fromkeys(transports)])
+            nets = [("tcp", rate) for rate in links] if links else [(t, None) for t in dict.fromkeys(transports)]
+            configs += [Configuration("ps", p, t, rate, c, staleness if c == "ssp" else 0)
+                        for t, rate in nets for c in dict.fromkeys(consistencies)]
     return configs
 
 
@@ -139,8 +145,8 @@ def _run_ps(config: Configuration, cfg: RunConfig, run_dir: Path, output: _Child
     if config.link:
         from parsgd.jobs.emulate import LinkOptions
         link = LinkOptions(config.link)
-    return launch(cfg.replace(workers=config.workers), ServerOptions(), config.transport, run_dir, echo=output,
-                  link=link)
+    cfg = cfg.replace(workers=config.workers, consistency=config.consistency, staleness=config.staleness)
+    return launch(cfg, ServerOptions(), config.transport, run_dir, echo=output, link=link)
 
 
 def _exit_reason(status: int) -> str:
@@ -178,13 +184,15 @@ def _run_one(config: Configuration, cfg: RunConfig, data, run_dir: Path, echo, e
         if verbose:
             echo(traceback.format_exc().rstrip())
         return why
-    echo(f"  done: test acc {fmt(summary['final_test_acc'])}, {summary['total_time_s']:.2f} s of training "
+    timed = (f" ({summary['timed_s']:.2f} s in {summary['timed_steps']} timed steps)"
+             if summary.get("timed_steps") is not None else "")
+    echo(f"  done: test acc {fmt(summary['final_test_acc'])}, {summary['total_time_s']:.2f} s of training{timed} "
          f"-> {run_dir}")
     return None
 
 
 def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: bool = False, echo=click.echo,
-                   verbose: bool = False, data=None, repeat: int = 1, links=()) -> list[Path]:
+                   verbose: bool = False, data=None, repeat: int = 1, links=(), consistencies=("bsp",), staleness: int = 0) -> list[Path]:
     """Run every configuration, then print and write the report and the plots; returns the run dirs.
 
     `cfg`: the training options (its `workers` is ignored; each configuration sets its own).
@@ -194,6 +202,8 @@ def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: 
     each configuration runs (rounds of all of them, one after the other). `links`: rates of `launch
     --link` (preflight done by the caller): every ps configuration runs on each, on emulated hosts, after
     the machine's unshaped capacity is measured (capacity.json, and the report's first link figure).
+    `consistencies`: every ps configuration runs under each of these models, ssp with `staleness`
+    (cfg's own consistency is not used: sequential and Pool are bulk-synchronous anyway).
 
     Raises UsageError (nothing to run), DataError and ConfigError (loading the data), OutputDirError
     (`out` unusable), Interrupted (a parameter-server run was stopped by SIGINT/SIGTERM: exit 130)
@@ -204,7 +214,7 @@ def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: 
     from parsgd.training.rundir import prepare_dir
 
     out = prepare_dir(out)
-    configs = plan(workers_list, modes, transports, links)
+    configs = plan(workers_list, modes, transports, links, consistencies, staleness)
     if not configs:
         raise UsageError("nothing to run: give at least one mode, and --workers for pool and ps")
     if data is None and (cfg.dataset == "auto" or any(c.mode != "ps" for c in configs)):
