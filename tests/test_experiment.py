@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from matplotlib import image as mpimg
 
-from parsgd.analysis import plots
+from parsgd.analysis import plots, progress_plots
 from parsgd.cli import cli
 from parsgd.jobs.experiment import eta, plan
 from parsgd.analysis.report import comm_breakdown
@@ -24,7 +24,7 @@ LABELS = {"sequential": "sequential", "pool-p2": "pool P=2", "ps-p2-shm": "ps P=
 SMALL = (plots.FIGSIZE[1] * plots.DPI, plots.FIGSIZE[0] * plots.DPI)  # (rows, cols) in pixels
 WIDE = (plots.WIDE_FIGSIZE[1] * plots.DPI, plots.WIDE_FIGSIZE[0] * plots.DPI)
 PNG_SHAPES = {"loss.png": SMALL, "accuracy.png": SMALL, "epoch_time.png": SMALL, "speedup.png": SMALL,
-              "comm_overhead.png": WIDE, "step_timeline.png": WIDE}
+              "comm_overhead.png": WIDE, "step_timeline.png": WIDE, "accuracy_time.png": SMALL}
 
 
 def invoke(args):
@@ -64,6 +64,13 @@ def test_plan_and_eta():
     assert [c.dirname for c in configs] == ["sequential", "pool-p2", "ps-p2-shm", "ps-p2-tcp",
                                             "pool-p4", "ps-p4-shm", "ps-p4-tcp"]
     assert [c.label for c in configs][:3] == ["sequential", "pool P=2", "ps P=2 shm"]
+    models = plan((3,), ("ps",), ("shm", "tcp"), consistencies=("bsp", "ssp", "async"), staleness=2)
+    assert [c.label for c in models] == ["ps P=3 shm", "ps P=3 shm ssp", "ps P=3 shm async",
+                                         "ps P=3 tcp", "ps P=3 tcp ssp", "ps P=3 tcp async"]
+    assert [c.dirname for c in models][:3] == ["ps-p3-shm", "ps-p3-shm-ssp", "ps-p3-shm-async"]
+    assert [c.staleness for c in models][:3] == [0, 2, 0]
+    assert [c.label for c in plan((2,), ("ps",), (), ("100mbit",), ("bsp", "async"))] == [
+        "ps P=2 tcp@100mbit", "ps P=2 tcp@100mbit async"]
     assert eta([], configs) is None
     done = [(configs[0], 1.0), (configs[1], 3.0)]
     assert eta(done, configs[2:]) == pytest.approx(2.0 * 2 + 3.0 + 2.0 * 2)  # ps: mean of all; pool: its own
@@ -287,3 +294,58 @@ def test_repeat_2_gives_two_records_per_configuration_and_the_median(tmp_path):
     assert table["pool P=2"]["min-max"] == f"{min(speedups):.2f}-{max(speedups):.2f}x"
     assert table["sequential"]["speedup"] == "1.00x"
     check_png(out / "speedup.png", SMALL)
+
+
+@pytest.mark.slow
+def test_consistency_models_each_get_a_configuration_staleness_and_plots(tmp_path):
+    import csv
+    out = tmp_path / "results"
+    result = invoke(["experiment", "--modes", "ps", "--workers", "2", "--transport", "shm", "--consistency",
+                     "bsp,async", "--dataset", "synthetic", "--num-samples", "1024", "--hidden", "16",
+                     "--epochs", "1", "--batch-size", "64", "--quiet", "--out", out])
+    assert result.exit_code == 0, result.output
+    progress = [ln.split(" ...")[0] for ln in result.stdout.splitlines() if re.match(r"\[\d/2\] ", ln)]
+    assert progress == ["[1/2] ps P=2 shm", "[2/2] ps P=2 shm async"]
+    assert (out / "ps-p2-shm").is_dir() and (out / "ps-p2-shm-async").is_dir()
+    records = json.loads((out / "experiment.json").read_text())["records"]
+    assert [(r["run"], r["consistency"]) for r in records] == [("ps P=2 shm", "bsp"), ("ps P=2 shm async", "async")]
+    for r in records:  # staleness columns: what updates.jsonl says
+        stale = [u["staleness"] for u in jsonl(out / r["path"].rsplit("/", 1)[1] / "updates.jsonl")]
+        assert len(stale) == r["steps"] and r["staleness_max"] == max(stale)
+        assert r["staleness_mean"] == pytest.approx(sum(stale) / len(stale))
+    bsp, asy = records
+    assert bsp["staleness_mean"] == 0 and bsp["staleness_max"] == 0
+    assert 0 <= asy["staleness_mean"] <= asy["staleness_max"]
+    assert asy["same_model"] is None, "async trains another model by design: not judged"
+    rows = list(csv.DictReader((out / "experiment.csv").open()))
+    assert [(r["consistency"], r["staleness_max"]) for r in rows] == [("bsp", "0"), ("async", str(asy["staleness_max"]))]
+    table = table_rows((out / "experiment_report.txt").read_text())
+    assert table["ps P=2 shm"]["consistency"] == "bsp" and table["ps P=2 shm"]["stale max"] == "0"
+    assert table["ps P=2 shm async"]["stale mean"] == f"{asy['staleness_mean']:.2f}"
+    for name in ("accuracy_time.png", "staleness.png"):
+        assert str(out / name) in result.stdout
+    check_png(out / "accuracy_time.png", SMALL)
+    check_png(out / "staleness.png", SMALL)  # one panel: one row
+
+    runs = [load_run(out / d) for d in ("ps-p2-shm", "ps-p2-shm-async")]
+    series = progress_plots.accuracy_time_series(runs)
+    assert [s["label"] for s in series] == ["ps P=2 shm", "ps P=2 shm async"]
+    for s, run in zip(series, runs):  # x: cumulative epoch_time_s, y: test accuracy, one point per epoch
+        metrics = jsonl(run.path / "metrics.jsonl")
+        assert s["t_s"].tolist() == pytest.approx(np.cumsum([m["epoch_time_s"] for m in metrics]).tolist())
+        assert s["test_acc"].tolist() == [m["test_acc"] for m in metrics]
+    hists = progress_plots.staleness_histograms(runs)
+    assert [h["label"] for h in hists] == ["ps P=2 shm async"], "bsp has no stale update: no panel"
+    assert hists[0]["values"].tolist() == [u["staleness"] for u in jsonl(out / "ps-p2-shm-async" / "updates.jsonl")]
+    assert hists[0]["counts"].sum() == asy["steps"] and len(hists[0]["counts"]) == asy["staleness_max"] + 1
+    assert hists[0]["mean"] == pytest.approx(asy["staleness_mean"])
+
+
+def test_bad_consistency_flags_exit_2(tmp_path):
+    for args, words in ((["--consistency", "bsp,eventual"], ["--consistency", "'eventual'"]),
+                        (["--consistency", "async,async"], ["--consistency", "twice"]),
+                        (["--consistency", "bsp,async", "--staleness", "2"], ["--staleness", "ssp only"]),
+                        (["--consistency", "ssp", "--staleness", "-1"], ["--staleness", ">= 0"])):
+        result = invoke(["experiment", *TINY, "--out", tmp_path / "r", *args])
+        assert_one_line_error(result, 2, *words)
+        assert not (tmp_path / "r").exists()

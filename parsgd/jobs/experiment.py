@@ -262,10 +262,11 @@ def write_outputs(run_dirs: list[Path], out: Path, cfg: RunConfig, echo=click.ec
     """Report (printed and written), experiment.json / .csv and PNGs from the finished run directories.
 
     Several runs of one configuration (--repeat) are one row of the table and one point (median,
-    min-max bar) of speedup.png; the other plots show the first run of each configuration.
+    min-max bar) of speedup.png; the other plots show the first run of each configuration
+    (staleness.png only when there is an ssp or async run).
     Returns (the files written, the comparison rows of the table).
     """
-    from parsgd.analysis import plots, report, results
+    from parsgd.analysis import plots, progress_plots, report, results
     from parsgd.training.rundir import machine_info
     from parsgd.analysis.rundirs import load_run
 
@@ -284,10 +285,13 @@ def write_outputs(run_dirs: list[Path], out: Path, cfg: RunConfig, echo=click.ec
     pngs = [plots.plot_loss(first, out / "loss.png"), plots.plot_accuracy(first, out / "accuracy.png"),
             plots.plot_epoch_time(first, out / "epoch_time.png"),
             plots.plot_speedup(runs, baseline, out / "speedup.png"),
-            plots.plot_comm_overhead(first, out / "comm_overhead.png")]
+            plots.plot_comm_overhead(first, out / "comm_overhead.png"),
+            progress_plots.plot_accuracy_time(first, out / "accuracy_time.png")]
     ps_runs = [r for r in first if r.has_comm]
     if ps_runs:
         pngs.append(plots.plot_step_timeline(ps_runs, out / "step_timeline.png"))
+    if progress_plots.staleness_histograms(first):  # any ssp / async run
+        pngs.append(progress_plots.plot_staleness(first, out / "staleness.png"))
     echo("")
     echo(f"report: {path}")
     echo(f"tables: {', '.join(str(p) for p in tables)}")
