@@ -345,7 +345,8 @@ def test_bad_consistency_flags_exit_2(tmp_path):
     for args, words in ((["--consistency", "bsp,eventual"], ["--consistency", "'eventual'"]),
                         (["--consistency", "async,async"], ["--consistency", "twice"]),
                         (["--consistency", "bsp,async", "--staleness", "2"], ["--staleness", "ssp only"]),
-                        (["--consistency", "ssp", "--staleness", "-1"], ["--staleness", ">= 0"])):
+                        (["--consistency", "ssp", "--staleness", "-1"], ["--staleness", ">= 0"]),
+                        (["--workers", "2", "--faults", "slow=worker2:3"], ["--faults", "workers 0..1"])):
         result = invoke(["experiment", *TINY, "--out", tmp_path / "r", *args])
         assert_one_line_error(result, 2, *words)
         assert not (tmp_path / "r").exists()

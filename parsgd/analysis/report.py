@@ -277,7 +277,9 @@ How to read this
   time` rests on fewer than {min_steps} timed steps or {min_s:g} s (its own or the baseline's): do not
   read its speedup. same model: the check above (ok + the difference, or FAILED). comm % is the
   share of step time spent communicating (summary.json comm_share); KB/step counts bytes sent plus
-  received per optimisation step. Every record is in experiment.json and experiment.csv.
+  received per optimisation step. consistency: the parameter server's model (ssp with its bound S);
+  stale mean / max: how many updates were applied between an update's pull and its push (updates.jsonl;
+  0 under bsp). Every record is in experiment.json and experiment.csv.
   In the communication sections, transfer = send + recv and update includes aggregation; worker
   seconds are summed over all workers, and a worker's wait is its idle time before each task, so
   large wait shares on both sides mean the step is bound by its serial parts (the server's update,

@@ -20,6 +20,9 @@ from parsgd.cli.options import (Option, build_config, check_range, no_repeats, p
                    "(see `parsgd launch --help`), e.g. bsp,async.")
 @click.option("--staleness", type=int, default=0, show_default=True,
               help="ssp: how many clocks a worker may run ahead of the slowest live one (launch --staleness).")
+@click.option("--faults", default="",
+              help="Fault schedule of every parameter-server configuration, as `parsgd launch --faults`, e.g. "
+                   "slow=worker1:3 (a straggler: where the consistency models differ).")
 @click.option("--link", "links", multiple=True,
               help="Run every parameter-server configuration on emulated hosts over links of each of these rates, "
                    "e.g. 100mbit,1gbit (root only; see `parsgd launch --link`).")
@@ -29,7 +32,8 @@ from parsgd.cli.options import (Option, build_config, check_range, no_repeats, p
 @click.option("--quiet", "-q", is_flag=True, help="No per-epoch lines: one progress line per configuration.")
 @click.option("--verbose", "-v", is_flag=True, help="Show every line of the server and worker processes.")
 @training_options
-def experiment(workers, modes, transports, consistencies, staleness, links, repeat, quiet, verbose, out, **opts):
+def experiment(workers, modes, transports, consistencies, staleness, faults, links, repeat, quiet, verbose, out,
+               **opts):
     """Compare sequential, Pool and parameter-server training with one seed: table, report, plots."""
     from parsgd.jobs.experiment import MODES, run_experiment
     from parsgd.jobs.launch import TRANSPORTS, check_ipc_room
@@ -40,7 +44,7 @@ def experiment(workers, modes, transports, consistencies, staleness, links, repe
     from parsgd.jobs.emulate import link_options
     links = parse_rates(links)
     if links:
-        link_options(links[0], None, None)  # root with CAP_NET_ADMIN, before anything starts
+        link_options(links[0], None, None, "tcp", faults)  # root with CAP_NET_ADMIN, before anything starts
 
     modes = no_repeats(parse_str_list(modes, MODES, "--modes"), "--modes")
     if not modes:
@@ -62,11 +66,16 @@ def experiment(workers, modes, transports, consistencies, staleness, links, repe
         if not 1 <= p <= cfg.batch_size:
             raise click.BadParameter(f"{p} is out of range: each P must be between 1 and --batch-size "
                                      f"({cfg.batch_size})", param_hint="--workers")
+    if "ps" in modes and faults:
+        from parsgd.ps.faults import parse_launch_faults
+        for p in workers_list:
+            parse_launch_faults(faults, p)  # a bad schedule, or a worker index >= P: exit 2 before anything runs
     if "ps" in modes and "ipc" in transports:
         check_ipc_room()
     cfg, data = load_data(cfg, quiet)
     run_experiment(cfg, workers_list, modes, transports, out or "results", quiet=quiet, verbose=verbose, data=data,
-                   repeat=repeat, links=links, consistencies=consistencies, staleness=staleness)
+                   repeat=repeat, links=links, consistencies=consistencies, staleness=staleness,
+                   faults=faults)
 
 
 for _param in experiment.params:

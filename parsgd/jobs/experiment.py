@@ -138,15 +138,17 @@ class _ChildOutput:
             self.epoch_echo(line.removeprefix("[server] "))
 
 
-def _run_ps(config: Configuration, cfg: RunConfig, run_dir: Path, output: _ChildOutput) -> int:
+def _run_ps(config: Configuration, cfg: RunConfig, run_dir: Path, output: _ChildOutput, faults: str = "") -> int:
     from parsgd.jobs.launch import launch
+    from parsgd.ps.faults import parse_launch_faults
 
     link = None
     if config.link:
         from parsgd.jobs.emulate import LinkOptions
         link = LinkOptions(config.link)
     cfg = cfg.replace(workers=config.workers, consistency=config.consistency, staleness=config.staleness)
-    return launch(cfg, ServerOptions(), config.transport, run_dir, echo=output, link=link)
+    return launch(cfg, ServerOptions(), config.transport, run_dir, echo=output, link=link,
+                  worker_faults=parse_launch_faults(faults, config.workers))
 
 
 def _exit_reason(status: int) -> str:
@@ -156,14 +158,15 @@ def _exit_reason(status: int) -> str:
         return f"killed by signal {-status}"
 
 
-def _run_one(config: Configuration, cfg: RunConfig, data, run_dir: Path, echo, epoch_echo, verbose) -> str | None:
+def _run_one(config: Configuration, cfg: RunConfig, data, run_dir: Path, echo, epoch_echo, verbose,
+             faults: str = "") -> str | None:
     """Train one configuration into run_dir and print its done line; returns why it failed, or None."""
     from parsgd.analysis.rundirs import load_run
 
     try:
         if config.mode == "ps":
             output = _ChildOutput(echo, epoch_echo, verbose)
-            status = _run_ps(config, cfg, run_dir, output)
+            status = _run_ps(config, cfg, run_dir, output, faults)
             if status == 130:
                 raise Interrupted()
             if status != 0:
@@ -192,7 +195,7 @@ def _run_one(config: Configuration, cfg: RunConfig, data, run_dir: Path, echo, e
 
 
 def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: bool = False, echo=click.echo,
-                   verbose: bool = False, data=None, repeat: int = 1, links=(), consistencies=("bsp",), staleness: int = 0) -> list[Path]:
+                   verbose: bool = False, data=None, repeat: int = 1, links=(), consistencies=("bsp",), staleness: int = 0, faults: str = "") -> list[Path]:
     """Run every configuration, then print and write the report and the plots; returns the run dirs.
 
     `cfg`: the training options (its `workers` is ignored; each configuration sets its own).
@@ -203,7 +206,8 @@ def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: 
     --link` (preflight done by the caller): every ps configuration runs on each, on emulated hosts, after
     the machine's unshaped capacity is measured (capacity.json, and the report's first link figure).
     `consistencies`: every ps configuration runs under each of these models, ssp with `staleness`
-    (cfg's own consistency is not used: sequential and Pool are bulk-synchronous anyway).
+    (cfg's own consistency is not used: sequential and Pool are bulk-synchronous anyway). `faults`:
+    every ps configuration's `launch --faults` schedule (checked by the caller for every P).
 
     Raises UsageError (nothing to run), DataError and ConfigError (loading the data), OutputDirError
     (`out` unusable), Interrupted (a parameter-server run was stopped by SIGINT/SIGTERM: exit 130)
@@ -237,7 +241,7 @@ def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: 
         what = config.label + (f" (run {r}/{repeat})" if repeat > 1 else "")
         echo(f"[{i + 1}/{len(todo)}] {what} ..." + (f"  ETA {format_seconds(left)}" if left else ""))
         t0 = time.monotonic()
-        why = _run_one(config, cfg, data, run_dir, echo, epoch_echo, verbose)
+        why = _run_one(config, cfg, data, run_dir, echo, epoch_echo, verbose, faults)
         if why is None:
             run_dirs.append(run_dir)
             done.append((config, time.monotonic() - t0))
