@@ -47,11 +47,10 @@ class AsyncServer(ServerLoop):
         for epoch in range(self.step // spe, cfg.epochs):
             self.order = epoch_order(n, cfg.seed, epoch)
             self.scheduler.begin(epoch, epoch * spe, [(b * B, min(n, (b + 1) * B)) for b in range(spe)])
-            t0 = time.perf_counter()
+            self._last_update = time.perf_counter()  # an update's step time: since the one before
             self.dispatch()
             while not self.scheduler.finished():
                 self._poll_once(POLL_MAX_S)
-            self.partial["time_s"] += time.perf_counter() - t0
             self.scheduler.end()
             self._end_epoch(epoch, rundir)
             self.after_epoch()
@@ -105,6 +104,9 @@ class AsyncServer(ServerLoop):
         sgd_momentum_(self.params, self.velocity, self.grad, lr, self.cfg.momentum, self.scratch)
         self.log.add("update", self.step, t)
         self.step += 1
+        now = time.perf_counter()
+        self.count_step_time(now - self._last_update)  # the epoch's time and the timed window
+        self._last_update = now
         lo, hi = st.rows[b]
         p = self.partial
         p["loss_sum"] += msg.loss_sum
