@@ -26,7 +26,8 @@ MIN_REPS, MAX_REPS, SIZE_BUDGET_S = 3, 15, 0.4   # ping-pong repetitions per siz
 STREAM_S = 0.5                                   # a stream lasts about this long per direction
 STREAM_MESSAGE_BYTES = 256 * 1024
 PROBE_PORT = 5600
-PROBE_TIMEOUT_S = 60.0
+PROBE_TIMEOUT_S = 30.0
+STALL_S = 3.0
 MAX_FRAME = 1 << 31
 
 
@@ -39,6 +40,7 @@ def serve(address: str, keys: str) -> None:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     auth = configure_router(ctx, sock, SimpleNamespace(bind=address, keys_dir=keys), MAX_FRAME)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, 0)  # a PING queued behind megabytes of stream must not end the connection
     sock.bind(address)
     print("listening", flush=True)
     blobs: dict[int, bytes] = {}
@@ -49,14 +51,14 @@ def serve(address: str, keys: str) -> None:
                 sock.send_multipart([ident, b""])
             elif kind == b"down":
                 size = int(rest[0])
-                sock.send_multipart([ident, blobs.setdefault(size, bytes(size))], copy=False)
+                _send(sock, [ident, blobs.setdefault(size, bytes(size))])
             elif kind == b"ack":
                 sock.send_multipart([ident, b""])
             elif kind == b"source":
                 count, size = int(rest[0]), int(rest[1])
                 blob = blobs.setdefault(size, bytes(size))
                 for _ in range(count):
-                    sock.send_multipart([ident, blob], copy=False)
+                    _send(sock, [ident, blob])
             elif kind == b"bye":
                 sock.send_multipart([ident, b""])
                 break
@@ -65,6 +67,21 @@ def serve(address: str, keys: str) -> None:
         if auth is not None:
             auth.stop()
         ctx.term()
+
+
+def _send(sock, frames, within_s: float | None = None) -> None:
+    """Send without blocking in libzmq (a ROUTER_MANDATORY socket answers EAGAIN at the high-water mark
+    even in a blocking send): wait for room, at most `within_s` seconds (TimeoutError: a stalled link)."""
+    import zmq
+    deadline = None if within_s is None else time.monotonic() + within_s
+    while True:
+        try:
+            sock.send_multipart(frames, copy=False, flags=zmq.DONTWAIT)
+            return
+        except zmq.Again:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError("the probe could not send for a while (the link stalled)") from None
+            sock.poll(100, zmq.POLLOUT)
 
 
 def _fit(sizes: list[int], seconds: list[float]) -> dict:
@@ -81,24 +98,32 @@ def client(address: str, keys: str, sizes: list[int], stream: bool = True) -> di
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     configure_dealer(sock, MAX_FRAME, keys)
-    sock.setsockopt(zmq.SNDTIMEO, int(PROBE_TIMEOUT_S * 1e3))  # IMMEDIATE: a send waits for the connection
+    sock.setsockopt(zmq.HEARTBEAT_IVL, 0)
     sock.connect(address)
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
 
     def call(*frames, copy=True):
-        sock.send_multipart(list(frames), copy=copy)
-        if not poller.poll(PROBE_TIMEOUT_S * 1e3):
+        _send(sock, list(frames), STALL_S)
+        if not poller.poll(STALL_S * 1e3):
             raise TimeoutError(f"no answer from the probe server at {address}")
         return sock.recv_multipart(copy=False)
 
+    def stage(text):  # on a timeout, measure() names the last one
+        print(text, file=sys.stderr, flush=True)
+
     try:
-        call(b"ack")  # connected, CURVE handshake done
+        stage("connecting")
+        _send(sock, [b"ack"], PROBE_TIMEOUT_S)  # IMMEDIATE: waits for the connection and the CURVE handshake
+        if not poller.poll(PROBE_TIMEOUT_S * 1e3):
+            raise TimeoutError(f"no answer from the probe server at {address}")
+        sock.recv_multipart()
         out = {"sizes": [], "up_s": [], "down_s": []}
         for size in sizes:
             blob = bytes(size)
             times = {"up": [], "down": []}
             for direction in ("up", "down"):
+                stage(f"ping-pong {direction} {size} bytes")
                 spent, reps = 0.0, 0
                 while reps < MIN_REPS or (spent < SIZE_BUDGET_S and reps < MAX_REPS):
                     t0 = time.perf_counter()
@@ -115,6 +140,7 @@ def client(address: str, keys: str, sizes: list[int], stream: bool = True) -> di
         out["up_fit"] = _fit(out["sizes"], out["up_s"])
         out["down_fit"] = _fit(out["sizes"], out["down_s"])
         if stream:
+            stage("stream")
             out["stream"] = _stream(call, sock, poller, out)
         call(b"bye")
         return out
@@ -130,24 +156,36 @@ def _stream(call, sock, poller, pingpong: dict) -> dict:
     blob = bytes(size)
     t0, count = time.perf_counter(), 0
     while count < 4 or time.perf_counter() - t0 < STREAM_S:
-        sock.send_multipart([b"sink", blob], copy=False)
+        _send(sock, [b"sink", blob], STALL_S)
         count += 1
+    print(f"stream: {count} sent up, waiting for the acknowledgement", file=sys.stderr, flush=True)
     call(b"ack")
     up = count * size / (time.perf_counter() - t0)
     count = int(min(4000, max(4, up * STREAM_S / size)))
     t0 = time.perf_counter()
-    sock.send_multipart([b"source", str(count).encode(), str(size).encode()])
-    for _ in range(count):
-        if not poller.poll(PROBE_TIMEOUT_S * 1e3):
-            raise TimeoutError("the probe stream stopped")
+    _send(sock, [b"source", str(count).encode(), str(size).encode()], STALL_S)
+    print(f"stream: {count} asked for down", file=sys.stderr, flush=True)
+    for i in range(count):
+        if not poller.poll(STALL_S * 1e3):  # a stream that stalls (rare, under load) is measured again
+            raise TimeoutError(f"the probe stream stopped after {i} of {count} messages down")
         sock.recv_multipart(copy=False)
     down = count * size / (time.perf_counter() - t0)
     return {"message_bytes": size, "messages": count, "up_bytes_per_s": up, "down_bytes_per_s": down}
 
 
-def measure(net, keys: str, sizes: list[int], client_role: str = "w0", stream: bool = True) -> dict:
+def measure(net, keys: str, sizes: list[int], client_role: str = "w0", stream: bool = True, tries: int = 3) -> dict:
     """Runs a probe server in `net`'s server host and a client in `client_role`'s host; returns the
-    client's measurements. Raises NetworkError when the probe fails."""
+    client's measurements. A failed probe is tried again (`tries` in all); then NetworkError."""
+    for attempt in range(tries):
+        try:
+            return _measure(net, keys, sizes, client_role, stream)
+        except NetworkError:
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _measure(net, keys: str, sizes: list[int], client_role: str, stream: bool) -> dict:
     from parsgd.cluster.emulated import host_ip
 
     address = f"tcp://{host_ip('server')}:{PROBE_PORT}"
@@ -164,8 +202,12 @@ def measure(net, keys: str, sizes: list[int], client_role: str = "w0", stream: b
         if done.returncode != 0:
             raise NetworkError(f"the link probe failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
         return json.loads(done.stdout)
-    except subprocess.TimeoutExpired:
-        raise NetworkError(f"the link probe took more than {PROBE_TIMEOUT_S:g} s") from None
+    except subprocess.TimeoutExpired as exc:
+        last = (exc.stderr or b"").decode(errors="replace").strip().splitlines()[-1:] or ["not started"]
+        server.kill()
+        said = server.stdout.read().strip().splitlines()[-1:] or [""]
+        raise NetworkError(f"the link probe took more than {PROBE_TIMEOUT_S:g} s (at: {last[0]}; server: "
+                           f"{said[0] or 'silent'})") from None
     finally:
         try:
             server.wait(timeout=5)
