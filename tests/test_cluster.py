@@ -59,8 +59,8 @@ def snapshot() -> dict:
     return snap
 
 
-def launch(out, workers, *extra, link="100mbit", env=None, timeout=120):
-    return subprocess.run(PY + ["launch", "--workers", str(workers), "--link", link, *ARGS, "--out", str(out), *extra],
+def launch(out, workers, *extra, link="100mbit", env=None, timeout=120, args=ARGS):
+    return subprocess.run(PY + ["launch", "--workers", str(workers), "--link", link, *args, "--out", str(out), *extra],
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
@@ -110,18 +110,22 @@ def test_two_and_three_workers_at_100mbit_equal_sequential_and_the_step_fits_the
     rows = [json.loads(line) for line in (tmp_path / "p2" / "comm.jsonl").read_text().splitlines()]
     assert [r["link"] for r in rows if r["span"] == "link"] == ["100mbit"]
     b = link_bounds(load_run(tmp_path / "p2"))
-    # BSP moves every byte through the server's link: never faster than the bandwidth floor; near the
-    # synchronous bound, a little under it (the first GRAD overlaps the last TASKs; README, Emulated cluster)
-    assert b["floor_s"] < b["step_s"] and 0.8 * b["sync_s"] <= b["step_s"] <= 1.3 * b["sync_s"], b
+    # BSP moves every byte through the server's link: never faster than the bandwidth floor, nor than each GRAD
+    # right behind its own TASK (pipelined); at most 1.3x the synchronous bound (README, Emulated cluster)
+    assert b["floor_s"] < 0.97 * b["pipelined_s"] <= b["step_s"] <= 1.3 * b["sync_s"], b
     ok(launch(tmp_path / "p3", 3, env=NO_CHECK))
     assert np.max(np.abs(load_params(tmp_path / "p3") - oracle)) < 1e-8
 
 
 def test_estimate_of_another_configuration_within_15_percent_of_the_median_measured(tmp_path):
-    ok(launch(tmp_path / "calib", 2, link="1gbit"))
-    predicted = calibrate(tmp_path / "calib").predict(3, 1e8)["step_s"]
-    measured = [step_figures(load_run(ok(launch(tmp_path / f"m{i}", 3, env=NO_CHECK)) and tmp_path / f"m{i}"))["step_s"]
-                for i in range(3)]
+    """Calibrated on P=2 at 100mbit, the model predicts P=3 at 1gbit (the full-size model: 0.94 MB messages)."""
+    full = ["--dataset", "synthetic", "--num-samples", "4096", "--epochs", "1", "--seed", "11"]
+    ok(launch(tmp_path / "calib", 2, link="100mbit", args=full))
+    predicted = calibrate(tmp_path / "calib").predict(3, 1e9)["step_s"]
+    measured = []
+    for i in range(3):
+        ok(launch(tmp_path / f"m{i}", 3, link="1gbit", env=NO_CHECK, args=full))
+        measured.append(step_figures(load_run(tmp_path / f"m{i}"))["step_s"])
     assert abs(predicted / statistics.median(measured) - 1) <= 0.15, (predicted, measured)
     out = subprocess.run(PY + ["estimate", str(tmp_path / "calib"), "--workers", "2,3", "--link", "100mbit,1gbit",
                                "--json"], capture_output=True, text=True, timeout=60)

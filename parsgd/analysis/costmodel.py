@@ -11,20 +11,26 @@ e = MSS / frame bytes (1448/1514: tbf counts Ethernet, IP and TCP headers). So b
 One step with P workers, message m bytes (the parameter vector plus a header, both ways), star
 network (every byte crosses the server's link, each direction shaped on its own):
 
-    step(P, RATE) = S(P) + phase(P) + compute(P) + W + phase(P)
-    phase(P)      = alpha + max(link(P m), P m c / 2 x k(P + 1)) + m c        (all TASKs, then all GRADs)
-    link(b)       = max(b - bucket, 0) x 8 / (RATE e)                           (tbf lets `bucket` bytes pass at once)
+    step(P, RATE) = S(P) + compute(P) + W k(P) + comm(P) + o
+    comm(P)       = 2 alpha + max(link((P + 1 + f (P - 1)) m), (P + 2) m c)
+    link(b)       = max(b - 2 bucket, 0) x 8 / (RATE e)                         (tbf lets `bucket` bytes pass at once)
     compute(P)    = r x ceil(B / P) x k(P)                                      (the slowest shard)
     S(P)          = s0 + s1 x P                                                 (the server's serial CPU time)
     k(n)          = max(1, n / cores)                                           (emulated hosts share the cores)
 
-The server encrypts every TASK and decrypts every GRAD on its one I/O thread (half of c per byte,
-P m bytes a phase) while the link carries them; the first message's encryption and the last one's
-decryption (m c) are not hidden. r (seconds per row alone), s0 (serialize + update), s1 (per worker:
-aggregate, send, recv, deserialize) and W (the worker's copies) come from the run's comm.jsonl, the
-machine's core count from link.json. BSP sends every TASK before any GRAD comes back (the
-synchronous bound; the first GRAD can in fact overlap the last TASKs, so a measured step may be a few
-per cent shorter). The sequential step is the gradient of a batch alone plus the update.
+Every byte of a step crosses the server's link: P TASKs out, then P GRADs in. With f = 1 no GRAD
+moves before the last TASK is through (the synchronous bound, 2 P m); with f = 0 worker i's GRAD
+follows right behind its own TASK and only one message's time is added (P + 1 messages). parsgd
+sends the TASKs back to back and TCP delivers them partly one after the other, so f lies between:
+it is fitted on the run (0.5-0.9 measured here), and what the run took beyond f = 1 is the
+overhead o (wake-ups, the I/O threads waiting for a core). The server's I/O thread encrypts every
+TASK and decrypts every GRAD (P m c, one thread, so not spread over the cores): when
+that is longer than the link time, the link is faster than these cores (bound `cpu`); otherwise it
+runs while the link carries the bytes; when CPU-bound, the first message's encryption and the last
+one's decryption add 2 m c. r (seconds per row
+alone), s0 (serialize + update), s1 (per worker: aggregate, recv, deserialize) and W (a worker's
+copies) come from the run's comm.jsonl, the core count from link.json. The sequential step is the
+gradient of a batch alone (timed by the launcher) plus the update.
 """
 from __future__ import annotations
 
@@ -69,7 +75,8 @@ def _bucket(rate_bps: float) -> int:
 
 def step_figures(run: Run) -> dict:
     """Per step, from comm.jsonl (steps >= 1: step 0 holds the start-up): `out_bytes` and `in_bytes`
-    (server send / recv), `compute_s` (slowest shard), `step_s` (training time / steps), and the
+    (server send / recv), `compute_s` (slowest shard), `step_s` (the median time from one step's start
+    to the next's, on the server: an epoch end's evaluation is left out), and the
     parts of the server's serial time. Raises RunDirError without a comm.jsonl."""
     comm = run.comm
     if comm is None or not len(comm):
@@ -87,11 +94,17 @@ def step_figures(run: Run) -> dict:
     for s, d in zip(comm.step[mask], comm.dur_s[mask]):
         slowest[int(s)] = max(slowest.get(int(s), 0.0), float(d))
     sends = keep & (comm.role == "server") & (comm.span == "send")
+    server = (comm.role == "server") & (comm.step >= 1) & (comm.span != "link")
+    starts = {}
+    for s, t in zip(comm.step[server], comm.t_s[server]):
+        starts[int(s)] = min(starts.get(int(s), t), t)
+    durations = [starts[s + 1] - starts[s] for s in sorted(starts) if s + 1 in starts]
+    step_s = float(np.median(durations)) if durations else float(run.summary["total_time_s"]) / steps
     return {"steps": steps, "workers": run.workers,
             "out_bytes": total("server", "send", "bytes"), "in_bytes": total("server", "recv", "bytes"),
             "message_bytes": float(np.median(comm.bytes[sends])) if sends.any() else 0.0,
             "compute_s": float(np.median(list(slowest.values()))) if slowest else 0.0,
-            "step_s": float(run.summary["total_time_s"]) / steps,
+            "step_s": step_s,
             "server_const_s": total("server", "serialize") + total("server", "update"),
             "server_var_s": sum(total("server", s) for s in ("aggregate", "recv", "deserialize")),
             "worker_copy_s": (total("worker", "deserialize") + total("worker", "serialize")) / max(1, run.workers)}
@@ -99,8 +112,9 @@ def step_figures(run: Run) -> dict:
 
 def link_bounds(run: Run, link: dict | None = None) -> dict | None:
     """Bytes per step each way through the server's link, the bandwidth floor max(out, in) / rate,
-    the synchronous bound (out + in) / rate + compute, and the measured step time (seconds; rate in
-    payload bytes/s = RATE x e / 8); None for a run that was not emulated."""
+    the synchronous bound (out + in) / rate + compute, the pipelined bound (each GRAD right behind its
+    own TASK: (P + 1) messages, less the tbf bucket each way, + compute) and the measured step time
+    (seconds; rate in payload bytes/s = RATE x e / 8); None for a run that was not emulated."""
     link = link if link is not None else read_link(run.path)
     if not link:
         return None
@@ -108,8 +122,11 @@ def link_bounds(run: Run, link: dict | None = None) -> dict | None:
     payload = link["rate_bps"] * link.get("wire_efficiency", wire_efficiency()) / 8
     floor = max(f["out_bytes"], f["in_bytes"]) / payload
     sync = (f["out_bytes"] + f["in_bytes"]) / payload + f["compute_s"]
+    p = max(1, f["workers"])
+    credit = 2 * min(_bucket(link["rate_bps"]), f["message_bytes"]) / payload
+    pipelined = max(floor, (p + 1) / (2 * p) * (f["out_bytes"] + f["in_bytes"]) / payload - credit) + f["compute_s"]
     return {"link": link["rate"], "out_bytes": f["out_bytes"], "in_bytes": f["in_bytes"], "floor_s": floor,
-            "sync_s": sync, "step_s": f["step_s"], "compute_s": f["compute_s"],
+            "pipelined_s": pipelined, "sync_s": sync, "step_s": f["step_s"], "compute_s": f["compute_s"],
             "bound": link.get("calibration", {}).get("bound", "unknown")}
 
 
@@ -141,16 +158,17 @@ class Model:
         f = self.overlap if overlap is None else overlap
         unit = 8 / (rate_bps * wire_efficiency())
         link_s = max((p + 1 + f * (p - 1)) * m - 2 * min(_bucket(rate_bps), m), 0) * unit
-        cpu_s = p * m * c * self.share(p + 1)   # the server's I/O thread: every TASK out, every GRAD in
+        cpu_s = p * m * c   # the server's I/O thread: every TASK out, every GRAD in
         return {"serial": self.server_const_s + self.server_per_worker_s * p,
                 "compute": self.row_s * math.ceil(self.batch / p) * self.share(p),
                 "copies": self.worker_copy_s * self.share(p), "link": link_s, "cpu": cpu_s,
-                "fixed": 2 * (self.alpha_s + m * c)}
+                "fixed": 2 * self.alpha_s}
 
     def predict(self, workers: int, rate_bps: float) -> dict:
         """{workers, link, step_s, epoch_s, speedup, comm_share, bound, compute_s, link_s, cpu_s}."""
         t = self.parts(workers, rate_bps)
-        comm = t["fixed"] + max(t["link"], t["cpu"])
+        # CPU-bound: nothing hides the first message's encryption and the last one's decryption
+        comm = t["fixed"] + max(t["link"], t["cpu"] + 2 * self.message_bytes * self.cpu_s_per_byte)
         step = t["serial"] + t["compute"] + t["copies"] + comm + self.overhead_s
         epoch = step * self.steps_per_epoch
         return {"workers": workers, "link": format_rate(rate_bps), "step_s": step, "epoch_s": epoch,
@@ -182,7 +200,19 @@ def calibrate(run_dir) -> Model:
                   seq_step_s=float(grad.get("batch", row_s * batch)) + f["server_const_s"],
                   steps_per_epoch=math.ceil(f["steps"] / max(1, len(run.metrics))), run_workers=p,
                   run_link=link["rate"])
-    return dataclasses.replace(model, overhead_s=max(0.0, f["step_s"] - model.predict(p, link["rate_bps"])["step_s"]))
+    return fit(model, p, link["rate_bps"], f["step_s"])
+
+
+def fit(model: Model, p: int, rate_bps: float, step_s: float) -> Model:
+    """`model` with the overlap f in [0, 1] that gives the measured `step_s` at (p, rate_bps), and what
+    is left beyond f = 1 as the overhead o (f = 1 when the link does not set the pace: P = 1, CPU-bound)."""
+    lo, hi = model.parts(p, rate_bps, 0.0), model.parts(p, rate_bps, 1.0)
+    f = 1.0
+    if p >= 2 and hi["link"] > hi["cpu"] and hi["link"] > lo["link"]:
+        rest = hi["serial"] + hi["compute"] + hi["copies"] + hi["fixed"]
+        f = float(min(1.0, max(0.0, (step_s - rest - lo["link"]) / (hi["link"] - lo["link"]))))
+    model = dataclasses.replace(model, overlap=f, overhead_s=0.0)
+    return dataclasses.replace(model, overhead_s=max(0.0, step_s - model.predict(p, rate_bps)["step_s"]))
 
 
 def estimate(run_dir, workers=(2, 4, 8, 16, 64), links=None) -> tuple[Model, list[dict]]:

@@ -54,7 +54,7 @@ def link_section(runs: list[Run], folder=None) -> list[str]:
     cores = emulated[0][1].get("cores", "?")
     capacity = read_capacity(folder) if folder else None
     caps = [l["calibration"]["capacity_bytes_per_s"] for _, l in emulated if l.get("calibration")]
-    lines = ["Emulated links (hosts in network namespaces on one machine)", "-" * 59,
+    lines = ["Emulated links (hosts in network namespaces on one machine)", "-" * 59,  # measured: parsgd.jobs.emulate
              f"  Every figure here was measured with all emulated hosts sharing this machine's {cores} cores."]
     if capacity:
         lines.append(f"  Unshaped capacity through veth, bridge, TCP and CURVE on these {cores} cores, measured first: "
@@ -64,7 +64,7 @@ def link_section(runs: list[Run], folder=None) -> list[str]:
         lines.append(f"  Unshaped capacity (each run's own link check, median): "
                      f"{sorted(caps)[len(caps) // 2] * 8 / 1e9:.2f} Gbit/s of payload.")
     estimates = _estimates(emulated)
-    header = (f"  {'run':<22} {'out KB':>8} {'in KB':>8} {'floor ms':>9} {'sync ms':>8} {'measured':>9} "
+    header = (f"  {'run':<22} {'out KB':>8} {'in KB':>8} {'floor ms':>9} {'pipe ms':>8} {'sync ms':>8} {'measured':>9} "
               f"{'estimated':>9}  link check")
     lines += [header, "  " + "-" * (len(header) - 2)]
     for run, link in emulated:
@@ -79,13 +79,15 @@ def link_section(runs: list[Run], folder=None) -> list[str]:
             check = f"{got:.0%} of the rate" + ("" if cal.get("rate_ok") else " (off by more than 10%)")
         est = estimates.get(run.path)
         lines.append(f"  {_label(run):<22} {b['out_bytes'] / 1e3:>8.1f} {b['in_bytes'] / 1e3:>8.1f} "
-                     f"{b['floor_s'] * 1e3:>9.2f} {b['sync_s'] * 1e3:>8.2f} {b['step_s'] * 1e3:>9.2f} "
+                     f"{b['floor_s'] * 1e3:>9.2f} {b['pipelined_s'] * 1e3:>8.2f} {b['sync_s'] * 1e3:>8.2f} "
+                     f"{b['step_s'] * 1e3:>9.2f} "
                      f"{(f'{est[0] * 1e3:.2f}' if est else '-'):>9}  {check}")
     sources = sorted({src for _, src in estimates.values()})
     lines += ["  out / in: bytes per step through the server's link (TASKs out, GRADs in). floor = max(out, in) /",
               "  rate (each direction is shaped on its own); sync = (out + in) / rate + the slowest shard's compute",
-              "  (BSP sends every TASK before any GRAD returns; the first GRADs can overlap the last TASKs, so a",
-              "  measured step may sit a little under it); rate = RATE x 1448/1514 of TCP payload. estimated: the",
+              "  (BSP sends every TASK before any GRAD returns); pipe = (P + 1) messages / rate + compute (each GRAD",
+              "  right behind its own TASK): parsgd's steps sit between pipe and sync, as the first GRADs come back",
+              "  while the last TASKs are still on the link; rate = RATE x 1448/1514 of TCP payload. estimated: the",
               "  alpha-beta model (parsgd estimate) calibrated on another run: " + (", ".join(sources) or "-") + ".",
               "  A rate above the unshaped capacity is CPU-bound: these cores, not the link, set the pace.", ""]
     return lines
