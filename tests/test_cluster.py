@@ -182,6 +182,12 @@ def test_refused_before_anything_starts(tmp_path, monkeypatch):
     assert no_link.returncode == 2 and "add --link RATE" in no_link.stderr
     bad = launch(tmp_path / "b", 2, link="100mbps")
     assert bad.returncode == 2 and "e.g. --link 100mbit" in bad.stderr
+    for command in ("launch", "experiment"):  # root without CAP_NET_ADMIN: one line, exit 1, nothing started
+        nocap = subprocess.run(["setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin", *PY, command,
+                                "--link", "100mbit", *ARGS, "--out", str(tmp_path / "nocap")],
+                               capture_output=True, text=True, timeout=60)
+        assert nocap.returncode == 1 and nocap.stderr.startswith("error: --link builds network namespaces"), nocap
+        assert len(nocap.stderr.splitlines()) == 1 and not (tmp_path / "nocap").exists()
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(netns.PrivilegeError, match="needs root with CAP_NET_ADMIN"):
         netns.check_privileges()
