@@ -179,6 +179,8 @@ def on_timer(srv, now: float) -> None:
     """Run every TIMERS_MAX_S: expiry, heartbeats to idle members, step timeouts, the no-worker wait."""
     for member, reason in srv.members.overdue():
         srv.drop(member, reason)
+    for member in [m for m in srv.members.members.values() if m.gone]:
+        srv.drop(member, member.gone)
     if now >= srv._next_heartbeat:
         # A busy worker reads no message until its TASK is done: pings would only fill its queue
         # until a send fails. Its own heartbeat thread shows it is alive; it is pinged when idle.

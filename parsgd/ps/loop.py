@@ -225,13 +225,15 @@ class ServerLoop(Trainer):
 
     # -- sending, assignment, membership changes ----------------------------------------------------
     def send(self, member: Member, msg, step: int = -1) -> bool:
-        """Send msg to a member at once; a member that cannot take it is dropped (False)."""
+        """Send msg to a member at once; False if it cannot take it (it is dropped at the next timer tick)."""
         t = self.log.now()
         try:
             nbytes = self.router.send(member.identity, msg)
         except zmq.ZMQError as exc:
-            self.drop(member, "its queue is full: it does not read its socket" if exc.errno == zmq.EAGAIN
-                      else "its connection is gone: the process exited or died")
+            # Dropped at the next timer tick, after the messages already queued from it are read: a
+            # worker that closed its connection right after saying it leaves (LOGS) is then `left`.
+            member.gone = member.gone or ("its queue is full: it does not read its socket" if exc.errno == zmq.EAGAIN
+                                          else "its connection is gone: the process exited or died")
             return False
         if step >= 0:
             self.log.add("send", step, t, nbytes)

@@ -33,6 +33,7 @@ class Member:
     last_seen: float
     ready: bool = False
     buf: object = None            # its shared-memory SessionBuffer, owned by the server's Segments
+    gone: str = ""                # why a send to it failed: it is dropped once its queued messages are read
     owes: set = field(default_factory=set)   # (step, shard) of TASKs sent, not answered, not reported idle
     unread: deque = field(default_factory=deque)  # send times (clock s) of TASKs it has not said it read
     tasks_read: int = 0           # TASKs it said (HEARTBEAT.tasks) it has read
@@ -79,8 +80,8 @@ class Membership:
 
     # -- lookups ---------------------------------------------------------------------------------
     def live(self) -> list[Member]:
-        """Workers that sent READY, in registration order."""
-        return [m for m in self.members.values() if m.ready]
+        """Workers that sent READY and can still be sent to, in registration order."""
+        return [m for m in self.members.values() if m.ready and not m.gone]
 
     def pending(self) -> list[Member]:
         return [m for m in self.members.values() if not m.ready]
