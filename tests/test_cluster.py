@@ -230,3 +230,19 @@ def test_by_hand_on_emulated_hosts_as_on_real_ones(tmp_path):
     assert "different data" in logs["w2"] and "turned away worker" in logs["server"], logs
     assert "Traceback" not in "".join(logs.values())
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_an_interrupted_emulated_run_says_how_to_resume_it_on_its_link(tmp_path, oracle):
+    two = [a if a != "1" or ARGS[i - 1] != "--epochs" else "2" for i, a in enumerate(ARGS)]
+    with Procs(tmp_path) as p:
+        run = p.start("launch", ["launch", "--workers", "2", "--link", "100mbit", *two, "--out", str(tmp_path / "run")],
+                      env=NO_CHECK)
+        _wait_for(run, "[server] epoch   1/2")
+        os.kill(run.pid, signal.SIGINT)
+        assert run.wait(30) == 130
+        hint = f"parsgd launch --resume {tmp_path / 'run'} --link 100mbit"
+        assert hint in run.output(), run.output()[-2000:]
+    ok(subprocess.run(PY + hint.split()[1:], capture_output=True, text=True, timeout=120,
+                      env={**os.environ, **NO_CHECK}))
+    sequential = sequential_params(tmp_path, *two)
+    assert np.max(np.abs(load_params(tmp_path / "run") - sequential)) < 1e-8

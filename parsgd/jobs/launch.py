@@ -111,13 +111,15 @@ def check_ipc_room() -> None:
                             "shorter folder (e.g. TMPDIR=/tmp) or use --transport tcp")
 
 
-def launch_resume_command(run_dir, transport: str) -> str:
+def launch_resume_command(run_dir, transport: str, link: str | None = None) -> str:
     """`parsgd launch --resume RUN_DIR` (+ --transport unless shm): what continues an interrupted launch."""
-    words = ["parsgd", "launch", "--resume", str(run_dir)] + ([] if transport == "shm" else ["--transport", transport])
+    words = ["parsgd", "launch", "--resume", str(run_dir)] + (["--link", link] if link else [] if transport == "shm"
+                                                             else ["--transport", transport])
     return shlex.join(words)
 
 
-def _interrupted(signum: int, out: Path, transport: str, since: float, resumed: bool) -> Interrupted:
+def _interrupted(signum: int, out: Path, transport: str, since: float, resumed: bool,
+                 link: str | None = None) -> Interrupted:
     """`interrupted by SIGINT; the checkpoint is at step K; continue with `parsgd launch --resume OUT``,
     or no hint when this run wrote no checkpoint (one left by an earlier run in OUT is not this run's)."""
     from parsgd.ps.checkpoint import NAME, CheckpointError, load_checkpoint
@@ -128,7 +130,7 @@ def _interrupted(signum: int, out: Path, transport: str, since: float, resumed: 
         if path.is_file() and (resumed or path.stat().st_mtime >= since):
             step = load_checkpoint(out)["step"]
             return Interrupted(f"{message}; the checkpoint is at step {step}; continue with "
-                               f"`{launch_resume_command(out, transport)}`")
+                               f"`{launch_resume_command(out, transport, link)}`")
     except (OSError, CheckpointError):
         pass
     return Interrupted(f"{message} before the first checkpoint: nothing to resume")
@@ -194,7 +196,8 @@ def launch(cfg: RunConfig | None, opts: ServerOptions, transport: str = "shm", o
                       given=given if resume else None,
                       server=dataclasses.replace(opts, bind=bind, shm=transport == "shm",
                                                  transport=f"tcp@{link.rate}" if net else transport,
-                                                 resume_command=launch_resume_command(out, transport),
+                                                 resume_command=launch_resume_command(out, transport,
+                                                                                      link and link.rate),
                                                  **({"keys_dir": net.keys} if net else {})))
     children: list[Child] = []
     interrupted = []
@@ -246,7 +249,7 @@ def launch(cfg: RunConfig | None, opts: ServerOptions, transport: str = "shm", o
                 server.proc.wait(timeout=TERM_GRACE_S * 2)
             except subprocess.TimeoutExpired:
                 pass
-            raise _interrupted(interrupted[0], out, transport, started, bool(resume))
+            raise _interrupted(interrupted[0], out, transport, started, bool(resume), link and link.rate)
         deadline = time.monotonic() + WORKER_EXIT_GRACE_S
         for w in workers_by_index.values():
             try:
