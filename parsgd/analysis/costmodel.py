@@ -228,10 +228,10 @@ def format_estimate(model: Model, predictions: list[dict]) -> str:
              f"CPU {model.cpu_s_per_byte * 1e9:.2f} ns/byte (copies, CURVE), message {model.message_bytes / 1e3:.1f} KB, "
              f"{model.row_s * 1e6:.1f} us/row alone, server {model.server_const_s * 1e3:.2f} ms + "
              f"{model.server_per_worker_s * 1e3:.2f} ms x P, {model.cores} cores shared by the emulated hosts",
-             f"{'P':>4}  {'link':>8}  {'step ms':>9}  {'epoch s':>8}  {'speedup':>7}  {'comm %':>6}  bound"]
+             f"{'P':>4}  {'link':>8}  {'step ms':>9}  {'epoch s':>8}  {'speedup':>9}  {'comm %':>6}  bound"]
     for p in predictions:
         lines.append(f"{p['workers']:>4}  {p['link']:>8}  {p['step_s'] * 1e3:>9.2f}  {p['epoch_s']:>8.2f}  "
-                     f"{p['speedup']:>6.3g}x  {p['comm_share']:>6.1%}  {p['bound']}")
+                     f"{p['speedup']:>8.3g}x  {p['comm_share']:>6.1%}  {p['bound']}")
     lines.append("estimated with the alpha-beta model of README 'Emulated cluster'; emulated hosts share this "
                  "machine's cores (k(n) = max(1, n / cores)); bound cpu = above what these cores move")
     return "\n".join(lines)
