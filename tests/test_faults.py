@@ -312,6 +312,7 @@ def test_launch_restarts_a_crashed_worker(tmp_path, reference, transport):
     assert result.returncode == 0, result.stdout[-3000:]
     assert "[launch] worker 1 exited with status 1" in result.stdout
     assert "[launch] restarting worker 1 (1/1)" in result.stdout
+    assert result.stdout.count("exited with status") == 1, result.stdout[-3000:]  # the restart works on
     w1 = [e for e in named(run, "hello") if e["name"] == "w1"]
     assert len(w1) == 2 and w1[0]["pid"] != w1[1]["pid"]
     assert w1[1]["session"] in {e["session"] for e in named(run, "join")}

@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -44,8 +45,11 @@ def test_by_hand_with_workers_started_before_the_server(tmp_path, oracle):
     with Procs(tmp_path) as p:
         port = __import__("procs").free_port()
         address = f"tcp://127.0.0.1:{port}"
-        workers = [p.worker(address) for _ in range(2)]
-        time.sleep(1.5)  # the workers are retrying HELLO by now
+        with socket.create_server(("127.0.0.1", port)) as listener:  # stands in for the server first
+            listener.settimeout(30)
+            workers = [p.worker(address) for _ in range(2)]
+            reached = {listener.accept()[0].close() or n for n in range(2)}  # both are trying to connect
+        assert reached == {0, 1}
         server, _ = p.server(tmp_path / "run", 2, *ARGS, port=port)
         ends_cleanly(server, *workers)
     assert np.max(np.abs(load_params(tmp_path / "run") - oracle)) < 1e-8

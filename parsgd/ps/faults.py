@@ -105,8 +105,11 @@ class FaultPlan:
 
     def _due(self, step: int, kinds) -> tuple | None:
         """The one-shot fault of `kinds` set for this step or an earlier one this worker never saw (under
-        SSP and ASP a worker gets only some batches: it fires at the first one from STEP on)."""
-        for at in sorted(s for s in self.at if s <= step and s not in self.fired and self.at[s][0] in kinds):
+        SSP and ASP a worker gets only some batches: it fires at the first one from STEP on)..."""
+        self.first_step = min(getattr(self, "first_step", step), step)
+        # ... but not in a worker started after STEP (a restart): it never ran the step the fault is for
+        for at in sorted(s for s in self.at if self.first_step <= s <= step and s not in self.fired
+                         and self.at[s][0] in kinds):
             self.fired.add(at)
             self.echo(f"fault injection: {self.at[at][0]} at step {step}")
             return self.at[at]
