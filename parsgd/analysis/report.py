@@ -316,6 +316,8 @@ def write_report(out_dir, runs: list[Run], baseline: Run, config=None, machine: 
         + (f", {machine['platform']}" if machine.get("platform") else ""),
         f"BLAS:          {describe_blas(machine)}",
         "versions:      " + (", ".join(f"{k} {v}" for k, v in versions.items()) or "unknown"),
+        f"runs:          {len(runs)} in {runs[0].path.parent}: {', '.join(r.path.name for r in runs)}"
+        if len(runs) > 8 and len({r.path.parent for r in runs}) == 1 else  # --repeat: one folder
         f"runs:          {', '.join(str(r.path) for r in runs)}",
         *window_line(rows),
         "", "Comparison", "-" * 10, format_table(rows), "",

@@ -29,10 +29,10 @@ from parsgd.analysis.rundirs import Run, RunDirError
 from parsgd.files import json_text, write_file
 from parsgd.training.loop import CHECK_FILE, CHECK_STEPS, WARMUP_STEPS
 
-# A timed window shorter than this is `too short to time` (README "Comparing the modes" says how
-# these were measured): on 2 busy vCPUs the mean s/step of a window of w steps (p5-p95 over every
-# window of a 700-step run) moved by +-30% or more below ~100 steps, and one other process's burst
-# stalls a step by 20-80 ms, which is 10-30% of a 0.25 s window.
+# A timed window shorter than this is `too short to time` (README "How it is timed" says how these
+# were measured): on 2 vCPUs the mean s/step of a window of w steps (p5-p95 over every window of
+# 3 runs of 470 steps per mode) held to about +-10% of the run's from w = 100 on (0.92-1.12x),
+# +-15-30% below 50; and a step now and then stalls 16-22 ms, 8% of 0.25 s.
 MIN_TIMED_STEPS = 100
 MIN_TIMED_S = 0.25
 # Same-model tolerance on the relative difference of the update after CHECK_STEPS steps: measured

@@ -26,8 +26,9 @@ from parsgd.files import write_file
 from parsgd.training.rundir import RunDir, npz_bytes
 
 # Steps at the start of every run left out of its timed window (`timed_s`): measured on 2 cores, the
-# Pool's first 4-5 steps and the parameter server's first 3-4 take 2-10x a later step (processes
-# starting to work, first page faults, BLAS threads, shared-memory segments); 10 leaves a margin.
+# first step of every mode takes 3-12x a later one, the Pool's next two ~3x, and the parameter
+# server over tcp settles within ~5 (BLAS threads, processes starting to work, first page faults,
+# shared-memory segments); 10 leaves a margin.
 WARMUP_STEPS = 10
 # check.npz holds the update (parameters minus the initial ones, float64) after this many steps:
 # `parsgd experiment` compares it with the sequential run's (the same-model check). After 3 steps a
