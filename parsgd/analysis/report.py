@@ -208,31 +208,32 @@ def timing_notes(rows: list[dict]) -> list[str]:
     """Lines saying why each row marked in the note column is too short to time, or the likely cause
     of its speedup above P; [] when no row is marked. rows[0] is the baseline."""
     base, out = rows[0], []
-    blas = (f", or its {base['blas_threads']} BLAS threads cost more than they gain (small matrices, busy cores; "
-            "each parallel worker uses 1: try `parsgd train --blas-threads 1`)" if (base["blas_threads"] or 0) > 1 else "")
+    blas = (f" or by its own {base['blas_threads']} BLAS threads on busy cores (a parallel worker uses 1: "
+            "compare `parsgd train --blas-threads 1`)" if (base["blas_threads"] or 0) > 1 else "")
     for row in rows:
         steps, secs, p = row["timed_steps"], row["timed_s"] or 0.0, row["P"]
         lo, hi = row["speedup_range"] or (row["speedup"], row["speedup"])
-        above = f"; its speedup above P={p} comes from that" if row["above_p"] else ""
+        above = (f"; its speedup above P={p} comes from that, or from a baseline slowed by another process{blas}"
+                 if row["above_p"] else "")
         if row["too_short"] and (steps < MIN_TIMED_STEPS or secs < MIN_TIMED_S):
             out.append(f"  {row['run']}: {TOO_SHORT}: {steps} timed steps, {secs:.3f} s{above}")
         elif row["too_short"]:
             out.append(f"  {row['run']}: {TOO_SHORT}: its speedup rests on the baseline, {base['run']}{above}")
         elif row["above_p"] and row["runs"] == 1:
-            out.append(f"  {row['run']}: speedup {hi:.2f}x above P={p} from one run: likely the baseline ran slow "
-                       f"(another process on the cores{blas}); rerun with --repeat 3")
+            out.append(f"  {row['run']}: speedup {hi:.2f}x above P={p} from one run: likely the baseline was "
+                       f"slowed by another process{blas}; rerun with --repeat 3")
         elif row["above_p"] and row["speedup"] <= p:
             out.append(f"  {row['run']}: only the fastest of its {row['runs']} runs is above P={p} "
                        f"({lo:.2f}-{hi:.2f}x): timing noise")
         elif row["above_p"]:
             b_lo, b_hi = base["speedup_range"] or (1.0, 1.0)
             out.append(f"  {row['run']}: median speedup {row['speedup']:.2f}x above P={p}: likely the baseline "
-                       f"ran slow (another process, its runs spread {b_lo:.2f}-{b_hi:.2f}x{blas}), or each "
+                       f"(its runs spread {b_lo:.2f}-{b_hi:.2f}x) was slowed by another process{blas}, or each "
                        "process's share of the batch fits the caches better than the whole batch (superlinear)")
     if any(r["too_short"] for r in rows):
         out += textwrap.wrap(
             f"A figure needs >= {MIN_TIMED_STEPS} timed steps and >= {MIN_TIMED_S:g} s, in the run and in the "
-            "baseline: below that, what is left of the warm-up, one stall by another process (20-80 ms) or a "
+            "baseline: below that, what is left of the warm-up, one stall by another process (tens of ms) or a "
             "page fault moves it more than the modes differ. Use more --num-samples or --epochs.",
             100, initial_indent="  ", subsequent_indent="  ")
     return out
