@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from parsgd.ps.scheduler import NOT_OWED
+from parsgd.ps.scheduler import NOT_OWED, OwnedWork
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Epoch:
         self.ever = [set() for _ in range(k)]
 
 
-class BatchScheduler:
+class BatchScheduler(OwnedWork):
     """Which batch goes to whom, what is accepted, clocks and staleness (ASP with staleness=None).
 
     `version` counts the updates applied so far; `clock()` gives seconds (fake in tests).
@@ -64,17 +64,6 @@ class BatchScheduler:
     def begin(self, epoch: int, step: int, rows: list[tuple[int, int]]) -> Epoch:
         self.cur = Epoch(epoch, step, rows)
         return self.cur
-
-    def end(self) -> None:
-        self.cur = None
-
-    def finished(self) -> bool:
-        return self.cur is not None and all(self.cur.done)
-
-    def unowned(self) -> list[int]:
-        """Batches still owed and held by nobody, in order."""
-        st = self.cur
-        return [] if st is None else [b for b, o in enumerate(st.owner) if o is None and not st.done[b]]
 
     def holding(self, session: int) -> bool:
         st = self.cur
@@ -144,18 +133,4 @@ class BatchScheduler:
     def release(self, session: int) -> list[int]:
         """A session is gone: its unfinished batches become unowned (returned); its clock goes."""
         self.clocks.pop(session, None)
-        st = self.cur
-        if st is None:
-            return []
-        lost = [b for b, o in enumerate(st.owner) if o == session and not st.done[b]]
-        for b in lost:
-            st.owner[b] = None
-        return lost
-
-    def overdue(self, timeout_s: float) -> list[tuple[int, int]]:
-        """(batch, owner) of unfinished batches sent more than timeout_s ago."""
-        st, now = self.cur, self.clock()
-        if st is None:
-            return []
-        return [(b, o) for b, o in enumerate(st.owner)
-                if o is not None and not st.done[b] and now - st.sent_at[b] > timeout_s]
+        return super().release(session)

@@ -64,7 +64,44 @@ class Step:
         self.ever = [set() for _ in range(k)]
 
 
-class Scheduler:
+class OwnedWork:
+    """What both schedulers share: the current piece of work `cur` (a BSP step's shards, an SSP/ASP
+    epoch's batches) has lists `owner` (session or None), `done` and `sent_at` (clock s) per piece."""
+
+    cur = None
+    clock: Callable[[], float]
+
+    def end(self) -> None:
+        self.cur = None
+
+    def finished(self) -> bool:
+        return self.cur is not None and all(self.cur.done)
+
+    def unowned(self) -> list[int]:
+        """Unfinished pieces nobody holds (every worker was gone when they were due), in order."""
+        st = self.cur
+        return [] if st is None else [s for s, o in enumerate(st.owner) if o is None and not st.done[s]]
+
+    def release(self, session: int) -> list[int]:
+        """A session is gone: its unfinished pieces become unowned; returns them (finished ones stay)."""
+        st = self.cur
+        if st is None:
+            return []
+        lost = [s for s, o in enumerate(st.owner) if o == session and not st.done[s]]
+        for s in lost:
+            st.owner[s] = None
+        return lost
+
+    def overdue(self, timeout_s: float) -> list[tuple[int, int]]:
+        """(piece, owner session) of unfinished pieces assigned more than timeout_s ago."""
+        st, now = self.cur, self.clock()
+        if st is None:
+            return []
+        return [(s, o) for s, o in enumerate(st.owner)
+                if o is not None and not st.done[s] and now - st.sent_at[s] > timeout_s]
+
+
+class Scheduler(OwnedWork):
     """The current step's shards: assignment, acceptance, reassignment and the ordered reduction.
 
     `clock()` gives seconds (time.monotonic by default; tests pass a fake one).
@@ -86,8 +123,6 @@ class Scheduler:
         """Shards of the current step still owed (all but the empty ones, right after `begin`)."""
         return [s for s, done in enumerate(self.cur.done) if not done]
 
-    def end(self) -> None:
-        self.cur = None
 
     def assign(self, s: int, live: list[Worker], avoid: int | None = None) -> Worker | None:
         """Give shard s to the live worker with the fewest unfinished shards, not `avoid` if another exists.
@@ -110,29 +145,6 @@ class Scheduler:
         st.owner[s], st.sent_at[s] = chosen.session, self.clock()
         st.ever[s].add(chosen.session)
         return chosen
-
-    def unowned(self) -> list[int]:
-        """Unfinished shards nobody holds (every worker was gone when they were due)."""
-        st = self.cur
-        return [] if st is None else [s for s, o in enumerate(st.owner) if o is None and not st.done[s]]
-
-    def release(self, session: int) -> list[int]:
-        """A session is gone: its unfinished shards become unowned; returns them (finished ones stay)."""
-        st = self.cur
-        if st is None:
-            return []
-        lost = [s for s, o in enumerate(st.owner) if o == session and not st.done[s]]
-        for s in lost:
-            st.owner[s] = None
-        return lost
-
-    def overdue(self, timeout_s: float) -> list[tuple[int, int]]:
-        """(shard, owner session) of unfinished shards assigned more than timeout_s ago."""
-        st, now = self.cur, self.clock()
-        if st is None:
-            return []
-        return [(s, o) for s, o in enumerate(st.owner)
-                if o is not None and not st.done[s] and now - st.sent_at[s] > timeout_s]
 
     def check(self, session: int, step: int, shard: int, lo: int, hi: int) -> str | None:
         """None if a GRAD with these fields is the one owed, else why it is refused.
@@ -162,9 +174,6 @@ class Scheduler:
         st = self.cur
         st.src[s], st.loss[s], st.correct[s], st.compute_s[s] = src, loss_sum, correct, compute_s
         st.done[s] = True
-
-    def finished(self) -> bool:
-        return self.cur is not None and all(self.cur.done)
 
     def reduce(self, out: np.ndarray) -> bool:
         """Sum the shard gradients into `out` (n_params,) in shard order; True if the sum is finite."""
