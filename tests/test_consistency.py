@@ -102,3 +102,28 @@ def test_a_slow_worker_computes_factor_times_longer(tmp_path):
     assert median[1] > 2 * max(median[0], median[2]), median
     per_rank = collections.Counter(u["rank"] for u in updates(run))
     assert per_rank[1] < per_rank[0] + per_rank[2], per_rank  # async: the others take more batches
+
+
+def test_an_interrupted_async_run_resumes_and_still_replays_to_the_bit(tmp_path):
+    """SIGINT after epoch 1, `launch --resume`: updates.jsonl holds the whole run once (the updates
+    redone after the epoch-end checkpoint are not doubled), and replay reproduces model.npz."""
+    run = tmp_path / "run"
+    args = [*ARGS, "--epochs", "3", *KNOBS, "--consistency", "async", "--faults", "delay=1:0.01"]
+    proc = subprocess.Popen(PY + ["launch", "--workers", "2", *args, "--out", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:
+            if "epoch   1/" in line:
+                proc.send_signal(__import__("signal").SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        proc.kill()
+        proc.stdout.close()
+    before = len(updates(run))
+    assert STEPS // 2 <= before < 3 * STEPS // 2   # at least epoch 1, then some of epoch 2 maybe
+    result = subprocess.run(PY + ["launch", "--workers", "2", "--resume", str(run)], capture_output=True,
+                            text=True, timeout=180)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    log = updates(run)
+    assert [u["update"] for u in log] == list(range(3 * STEPS // 2))
+    assert replay(run).returncode == 0

@@ -55,6 +55,12 @@ class AsyncServer(ServerLoop):
             self._end_epoch(epoch, rundir)
             self.after_epoch()
 
+    def checkpoint(self) -> None:
+        """Only at an epoch's end: mid-epoch (a signal, an error) batches are in flight and the epoch
+        cannot be resumed part-way, so the last epoch-end checkpoint stays the one to resume from."""
+        if self.step % self.steps_per_epoch == 0:
+            super().checkpoint()
+
     def dispatch(self) -> None:
         """Give the next batch to every idle live worker that SSP lets start."""
         live = self.members.live()
