@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from matplotlib import image as mpimg
 
-from parsgd.analysis import plots, progress_plots
+from parsgd.analysis import figures, progress_plots
 from parsgd.cli import cli
 from parsgd.jobs.experiment import eta, plan
 from parsgd.analysis.report import comm_breakdown
@@ -21,8 +21,8 @@ from parsgd.training.loop import WARMUP_STEPS
 
 TINY = ["--dataset", "synthetic", "--num-samples", "2048", "--epochs", "2", "--hidden", "32", "--batch-size", "128"]
 LABELS = {"sequential": "sequential", "pool-p2": "pool P=2", "ps-p2-shm": "ps P=2 shm"}
-SMALL = (plots.FIGSIZE[1] * plots.DPI, plots.FIGSIZE[0] * plots.DPI)  # (rows, cols) in pixels
-WIDE = (plots.WIDE_FIGSIZE[1] * plots.DPI, plots.WIDE_FIGSIZE[0] * plots.DPI)
+SMALL = (figures.FIGSIZE[1] * figures.DPI, figures.FIGSIZE[0] * figures.DPI)  # (rows, cols) in pixels
+WIDE = (figures.WIDE_FIGSIZE[1] * figures.DPI, figures.WIDE_FIGSIZE[0] * figures.DPI)
 PNG_SHAPES = {"loss.png": SMALL, "accuracy.png": SMALL, "epoch_time.png": SMALL, "speedup.png": SMALL,
               "comm_overhead.png": WIDE, "step_timeline.png": WIDE, "accuracy_time.png": SMALL}
 

@@ -12,6 +12,7 @@ from matplotlib import image as mpimg
 from matplotlib.colors import to_rgb
 
 from parsgd.analysis import figures, plots, timeline
+from parsgd.analysis import timeline as tl  # test functions name an image `timeline`
 from parsgd.analysis.rundirs import RunDirError, load_run
 from rundir_factory import make_experiment, make_run
 
@@ -69,7 +70,7 @@ def test_plot_runs_single_ps_run(exp, tmp_path):
     assert names == ["loss.png", "accuracy.png", "epoch_time.png", "step_timeline.png", "comm_overhead.png"]
     timeline = check_png(tmp_path / "step_timeline.png", WIDE)
     for span in ("compute", "wait"):  # bars in the span colours are drawn (far more than a legend patch)
-        assert pixels_near(timeline, plots.SPAN_COLORS[span]) > 2000, span
+        assert pixels_near(timeline, tl.SPAN_COLORS[span]) > 2000, span
     for p in paths:
         check_png(p, WIDE if p.name in ("step_timeline.png", "comm_overhead.png") else SMALL)
 
@@ -105,14 +106,14 @@ def test_timeline_needs_comm_log(exp, tmp_path):
 
 def test_timeline_of_few_steps(tmp_path):
     run = make_run(tmp_path, "ps", 3, "ipc", epochs=1, steps_per_epoch=2)
-    assert list(plots.timeline_steps(load_run(run).comm)) == [1]
+    assert list(tl.timeline_steps(load_run(run).comm)) == [1]
     path = plots.plot_step_timeline(run, tmp_path / "step_timeline.png", max_steps=20)
     check_png(path, WIDE)
 
 
 def test_timeline_of_one_step_shows_step_0(tmp_path):
     run = make_run(tmp_path, "ps", 2, "shm", epochs=1, steps_per_epoch=1)
-    assert list(plots.timeline_steps(load_run(run).comm)) == [0]
+    assert list(tl.timeline_steps(load_run(run).comm)) == [0]
     check_png(plots.plot_step_timeline(run, tmp_path / "t.png"), WIDE)
 
 
@@ -128,9 +129,9 @@ def test_timeline_skips_warm_up(tmp_path):
                "bytes": 0}]
     (path / "comm.jsonl").write_text("".join(json.dumps(s) + "\n" for s in spans))
     run = load_run(path)
-    assert list(plots.timeline_steps(run.comm)) == list(range(1, 21))
+    assert list(tl.timeline_steps(run.comm)) == list(range(1, 21))
     fig, axes = figures.new_figure(figures.WIDE_FIGSIZE)
-    plots._draw_timeline(axes[0, 0], run, plots.TIMELINE_STEPS)
+    tl._draw_timeline(axes[0, 0], run, tl.TIMELINE_STEPS)
     left, right = axes[0, 0].get_xlim()
     assert left == 0 and right == pytest.approx((end_20_s - start_1_s) * 1e3, rel=0.02)
     assert right < 450
@@ -221,9 +222,9 @@ def test_comm_overhead_left_panel_has_every_run(exp, tmp_path, monkeypatch):
 
 def test_timeline_labels_the_evaluation_gap_at_each_epoch_end(tmp_path):
     run = load_run(make_run(tmp_path, "ps", 2, "shm", epochs=4, steps_per_epoch=6))
-    assert plots.steps_per_epoch(run) == 6
+    assert tl.steps_per_epoch(run) == 6
     fig, axes = figures.new_figure(figures.WIDE_FIGSIZE)
-    gaps = plots._draw_timeline(axes[0, 0], run, plots.TIMELINE_STEPS)
+    gaps = tl._draw_timeline(axes[0, 0], run, tl.TIMELINE_STEPS)
     assert [epoch for epoch, _, _ in gaps] == [1, 2, 3]   # steps 1-20 cross the ends of epochs 1-3
     spans = [json.loads(line) for line in (run.path / "comm.jsonl").read_text().splitlines()]
     for epoch, start_s, end_s in gaps:
@@ -235,5 +236,5 @@ def test_timeline_labels_the_evaluation_gap_at_each_epoch_end(tmp_path):
     assert [t.get_text() for t in axes[0, 0].texts] == ["end of\nepoch 1", "end of\nepoch 2", "end of\nepoch 3"]
     one = load_run(make_run(tmp_path, "ps", 2, "tcp", epochs=1, steps_per_epoch=8))
     fig, axes = figures.new_figure(figures.WIDE_FIGSIZE)
-    assert plots._draw_timeline(axes[0, 0], one, plots.TIMELINE_STEPS) == []
+    assert tl._draw_timeline(axes[0, 0], one, tl.TIMELINE_STEPS) == []
     check_png(plots.plot_step_timeline(run, tmp_path / "t.png"), WIDE)

@@ -16,15 +16,11 @@ import numpy as np
 from matplotlib import rc_context
 from matplotlib.lines import Line2D
 
-# DPI and the figure sizes are imported so that callers can read the PNG size off this module.
-from parsgd.analysis.figures import (DPI, FIGSIZE, FONTS, WIDE_FIGSIZE, WIDE_FONTS,  # noqa: F401
-                                     as_run, epoch_axis, figure_title, marker_style, new_figure, run_labels,
-                                     save_png)
-from parsgd.analysis.report import comm_breakdown, number, with_baseline
+from parsgd.analysis.figures import (FIGSIZE, FONTS, WIDE_FIGSIZE, WIDE_FONTS, as_run, epoch_axis, figure_title,
+                                     marker_style, new_figure, run_labels, save_png)
+from parsgd.analysis.report import comm_breakdown, with_baseline
 from parsgd.analysis.rundirs import Run
-# The step timeline lives in timeline.py; its names are re-exported here for callers of this module.
-from parsgd.analysis.timeline import (FIRST_TIMELINE_STEP, SPAN_COLORS, TIMELINE_STEPS, _draw_timeline,  # noqa: F401
-                                      evaluation_gaps, plot_step_timeline, steps_per_epoch, timeline_steps)
+from parsgd.analysis.timeline import plot_step_timeline
 
 CATEGORY_COLORS = {"serialize": "#1f77b4", "transfer": "#ff7f0e", "wait": "#c7c7c7",
                    "deserialize": "#9467bd", "compute": "#d62728", "update": "#e377c2", "other": "#7f7f7f"}

@@ -68,7 +68,7 @@ class UpdateLog:
     """
 
     def __init__(self, path):
-        self.path = path
+        self.path, self.f = path, None
 
     def keep(self, n: int) -> None:
         lines = self.path.read_bytes().splitlines(keepends=True)[:n] if n and self.path.exists() else []
@@ -79,5 +79,5 @@ class UpdateLog:
         self.f.write((json_text(record) + "\n").encode())
 
     def close(self) -> None:
-        if hasattr(self, "f"):
+        if self.f is not None:
             self.f.close()
