@@ -54,7 +54,7 @@ def test_reduce_sums_in_shard_order_not_arrival_order():
         assert sched.check(st.owner[s], 5, s, lo, hi) is None
         sched.complete(s, grads[s], loss_sum=1.0, correct=1, compute_s=0.1 * s)
     out = np.empty(1, np.float32)
-    assert sched.finished() and sched.reduce(out)
+    assert sched.finished() and sched.reduce(out) is out
     assert out[0] == (grads[0] + grads[1]) + grads[2]  # == 0.0: 1e8 + 1 rounds to 1e8 in float32
     assert out[0] != (grads[2] + grads[0]) + grads[1]  # arrival order would give 1.0
     assert sched.totals() == (3.0, 3, pytest.approx(0.2))
@@ -134,12 +134,12 @@ def test_non_finite_shard_is_reopened_once_then_the_step_fails():
     sched.complete(0, np.ones(2), 1.0, 1, 0.0)
     sched.complete(1, bad, 1.0, 1, 0.0)
     out = np.empty(2)
-    assert not sched.reduce(out)
+    assert sched.reduce(out) is None
     seen = []
     redo = sched.reject_non_finite(lambda s, o: seen.append((s, o)))
     assert redo == [(1, st.owner[1])] and seen == redo and not st.done[1] and st.done[0]
     sched.complete(1, np.array([np.inf, 0.0]), 1.0, 1, 0.0)
-    assert not sched.reduce(out)
+    assert sched.reduce(out) is None
     with pytest.raises(NonFiniteGradient, match="twice"):
         sched.reject_non_finite(lambda s, o: seen.append((s, o)))
     assert len(seen) == 2
@@ -152,9 +152,21 @@ def test_an_overflowing_sum_of_finite_shards_fails_at_once():
     sched.complete(1, big, 0.0, 0, 0.0)
     out = np.empty(1, np.float32)
     with np.errstate(over="ignore"):
-        assert not sched.reduce(out)
+        assert sched.reduce(out) is None
     with pytest.raises(NonFiniteGradient, match="overflowed"):
         sched.reject_non_finite(lambda s, o: None)
+
+
+def test_one_shard_with_rows_is_used_in_place_and_a_huge_finite_one_passes():
+    """P=1 (or every other shard empty): no copy; squares that overflow are not a non-finite gradient."""
+    sched, _ = started(n_shards=2, workers=(W(11, 0), W(12, 1)))
+    only = np.array([1e30, -2.0], np.float32)  # 1e30 ** 2 overflows float32: the exact check decides
+    sched.complete(0, only, 1.0, 1, 0.0)
+    sched.complete(1, None, 0.0, 0, 0.0)  # an empty shard
+    out = np.zeros(2, np.float32)
+    assert sched.reduce(out) is only and not out.any()
+    only[1] = -np.inf
+    assert sched.reduce(out) is None
 
 
 def test_empty_shards_are_owed_nothing_and_add_nothing():
@@ -166,5 +178,5 @@ def test_empty_shards_are_owed_nothing_and_add_nothing():
     assert sched.assign(0, [W(11, 0), W(12, 1)]) is not None
     sched.complete(0, np.array([2.0, -1.0]), 0.5, 1, 0.01)
     out = np.full(2, np.nan)
-    assert sched.finished() and sched.reduce(out) and out.tolist() == [2.0, -1.0]
+    assert sched.finished() and sched.reduce(out).tolist() == [2.0, -1.0]
     assert sched.totals() == (0.5, 1, 0.01)

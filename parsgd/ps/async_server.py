@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from parsgd.data import epoch_order
-from parsgd.model.optim import sgd_momentum_
+from parsgd.model.optim import all_finite, sgd_momentum_
 from parsgd.ps import protocol as proto
 from parsgd.ps.batches import BatchScheduler
 from parsgd.ps.handlers import on_non_finite
@@ -95,8 +95,7 @@ class AsyncServer(ServerLoop):
     def gradient_in(self, b: int, src: np.ndarray, msg: proto.Grad) -> None:
         """Batch b's mean gradient is in: apply it now with the momentum update, log it, hand out more."""
         st, session = self.scheduler.cur, self.scheduler.cur.owner[b]
-        np.copyto(self.grad, src)
-        if not (math.isfinite(np.add.reduce(self.grad)) and math.isfinite(msg.loss_sum)):
+        if not (all_finite(src) and math.isfinite(msg.loss_sum)):
             on_non_finite(self, b, session)
             if not self.scheduler.reject(b):
                 raise NonFiniteGradient(f"batch {b} of epoch {st.epoch + 1} gave a non-finite gradient (NaN or "
@@ -107,7 +106,7 @@ class AsyncServer(ServerLoop):
         record = self.scheduler.applied(b, live)
         t = self.log.now()
         lr = staleness_lr(self.cfg.lr, record["staleness"], self.cfg.lr_staleness)
-        sgd_momentum_(self.params, self.velocity, self.grad, lr, self.cfg.momentum, self.scratch)
+        sgd_momentum_(self.params, self.velocity, src, lr, self.cfg.momentum, self.scratch)  # no copy
         self.log.add("update", self.step, t)
         self.step += 1
         now = time.perf_counter()

@@ -19,6 +19,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from parsgd.errors import UserError
+from parsgd.model.optim import all_finite
 from parsgd.training.loop import shard_bounds
 
 
@@ -175,17 +176,25 @@ class Scheduler(OwnedWork):
         st.src[s], st.loss[s], st.correct[s], st.compute_s[s] = src, loss_sum, correct, compute_s
         st.done[s] = True
 
-    def reduce(self, out: np.ndarray) -> bool:
-        """Sum the shard gradients into `out` (n_params,) in shard order; True if the sum is finite."""
+    def reduce(self, out: np.ndarray) -> np.ndarray | None:
+        """The sum of the shard gradients in shard order, or None if it is not finite.
+
+        Returns `out` (n_params,) holding the sum, or, when one shard has rows (P=1), that shard's
+        own gradient, uncopied: valid until the next step. The first two shards are added in one
+        pass (np.add(a, b, out)), then the rest one by one: the same roundings as copying the first
+        and adding the others, never arrival order.
+        """
         st = self.cur
         assert all(st.done)
         sources = [src for src in st.src if src is not None]  # empty shards add nothing
-        np.copyto(out, sources[0])
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported, not warned about
-            for src in sources[1:]:  # shard order, never arrival order
-                out += src
-        # NaN or Inf anywhere makes the sum non-finite: one read-only pass, no temporary
-        return math.isfinite(np.add.reduce(out)) and math.isfinite(sum(st.loss))
+            if len(sources) == 1:
+                out = sources[0]
+            else:
+                np.add(sources[0], sources[1], out=out)
+                for src in sources[2:]:
+                    out += src
+        return out if all_finite(out) and math.isfinite(sum(st.loss)) else None
 
     def reject_non_finite(self, seen: Callable[[int, int | None], None]) -> list[tuple[int, int | None]]:
         """After a non-finite `reduce`: reopen each non-finite shard; returns [(shard, its last owner)].

@@ -25,6 +25,7 @@ class ParameterServer(ServerLoop):
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.scheduler = Scheduler(self.n_shards)
+        self.sum_buf = self.grad  # where shard gradients are summed; self.grad points at the step's sum
 
     def batch_gradient(self, epoch, step, order, lo, hi):
         self.scheduler.begin(step, epoch, lo, hi)
@@ -46,20 +47,21 @@ class ParameterServer(ServerLoop):
                 waited += time.perf_counter() - t
             self.log.add("wait", step, wait_start, end=wait_start + waited)
             t = self.log.now()
-            finite = self.scheduler.reduce(self.grad)
+            self.grad = self.scheduler.reduce(self.sum_buf)  # sum_buf, or the only shard's own slot
             self.log.add("aggregate", step, t)
-            if finite:
+            if self.grad is not None:
                 break
             for s, owner in self.scheduler.reject_non_finite(lambda s, owner: on_non_finite(self, s, owner)):
                 self.assign(s, avoid=owner)
         loss_sum, correct, slowest = self.scheduler.totals()
         self._step_compute += slowest
         self.scheduler.end()
-        self.segments.close_retired()
         return loss_sum, correct
 
     def update(self):
         super().update()
+        self.grad = self.sum_buf
+        self.segments.close_retired()  # after the update: self.grad may have been a retired slot
         spe = self.steps_per_epoch  # every shard of the step is in: nothing stale, one update per batch
         self.updates.write({"update": self.step, "epoch": self.step // spe, "batch": self.step % spe, "rank": None,
                             "version": self.step, "staleness": 0, "t": round(self.log.now(), 6)})

@@ -20,7 +20,7 @@ import numpy as np
 from parsgd.config import RunConfig
 from parsgd.data import Dataset, epoch_order
 from parsgd.model.mlp import Workspace, evaluate, init_params, loss_and_grad
-from parsgd.model.optim import sgd_momentum_
+from parsgd.model.optim import all_finite, sgd_momentum_
 from parsgd.errors import UserError
 from parsgd.files import write_file
 from parsgd.training.rundir import RunDir, npz_bytes
@@ -97,9 +97,9 @@ class Trainer:
     def check_finite(self, loss_sum: float) -> None:
         """Raise Diverged if this step's loss or gradient has a NaN or Inf (before it is applied).
 
-        One read-only pass over the gradient: NaN or Inf anywhere makes the sum non-finite.
+        One read-only pass over the gradient (optim.all_finite).
         """
-        if not (math.isfinite(loss_sum) and math.isfinite(np.add.reduce(self.grad))):
+        if not (math.isfinite(loss_sum) and all_finite(self.grad)):
             raise Diverged(f"the loss or gradient of step {self.step} (epoch {self.step // self.steps_per_epoch + 1}) "
                            "is not finite (NaN or Inf): the model diverged; try a lower --lr")
 
