@@ -139,6 +139,7 @@ class ServerOptions:
     register_timeout_s: float = 60.0   # WELCOME to READY (the worker loads its data meanwhile)
     transport: str = "tcp"             # label recorded in the run: shm, tcp or ipc
     resume_command: str = ""           # printed to continue after a stop; "" = `parsgd server --resume RUN_DIR`
+    colocate: bool = False             # worker rank 0 computes in a thread of the server's process
 
     def __post_init__(self):
         seconds = "a finite number > 0 seconds"  # NaN passes no comparison, inf would never time out
@@ -153,6 +154,9 @@ class ServerOptions:
                 ("--register-timeout", self.register_timeout_s, self.register_timeout_s > 0, seconds)):
             if not ok or not (isinstance(value, int) or math.isfinite(value)):
                 raise ConfigError(f"{option} {value} is out of range: it must be {allowed}")
+        if self.colocate and self.keys_dir:
+            raise ConfigError("--colocate cannot be used with CURVE keys (--keys, --link): the colocated "
+                              "worker is inside the server's process; leave out one of them")
 
     def continue_hint(self, step: int, run_dir) -> str:
         """The end of a stop message at `step`: `; checkpoint written; continue with `CMD`` (CMD is

@@ -158,13 +158,18 @@ def server_options(f):
                      help="Seconds a shard may take before it is given to another worker."),
         click.option("--checkpoint-every", "--checkpoint_every", "checkpoint_every", type=int, default=0,
                      show_default=True, help="Checkpoint every N steps (0: at the end of every epoch)."),
+        click.option("--colocate", is_flag=True,
+                     help="Worker 0 computes in a thread of the server's process (one process fewer; "
+                          "no --faults for it, no --keys)."),
     ])
 
 
-def build_server_options(wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, **fields) -> ServerOptions:
+def build_server_options(wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, colocate,
+                         **fields) -> ServerOptions:
     """ServerOptions from the `server_options` knobs plus any other ServerOptions fields (bind, shm, ...).
 
     Raises ConfigError (exit 2) naming the option and its allowed range.
     """
     return ServerOptions(wait_timeout_s=wait_timeout, heartbeat_s=heartbeat, liveness=liveness,
-                         step_timeout_s=step_timeout, checkpoint_every=checkpoint_every, **fields)
+                         step_timeout_s=step_timeout, checkpoint_every=checkpoint_every, colocate=colocate,
+                         **fields)

@@ -51,8 +51,8 @@ def _spec_alone(ctx: click.Context) -> None:
 @consistency_options
 @training_options
 @click.pass_context
-def server(ctx, bind, workers, wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, shm, keys_dir,
-           register_timeout, resume, spec, out, **opts):
+def server(ctx, bind, workers, wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, colocate, shm,
+           keys_dir, register_timeout, resume, spec, out, **opts):
     """Run the parameter server: hold the weights, wait for workers, train."""
     from parsgd.jobs.serve import ServerSpec, run_server
     from parsgd.ps.address import parse_endpoint
@@ -64,7 +64,7 @@ def server(ctx, bind, workers, wait_timeout, heartbeat, liveness, step_timeout, 
         run_server(s.config, s.server, s.out, s.resume, given=s.given, say_replaced=False)  # launch said it
         return
     endpoint = parse_endpoint(bind, "bind")  # before anything is loaded: a bad address is exit 2 at once
-    sopts = build_server_options(wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, bind=bind,
+    sopts = build_server_options(wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, colocate, bind=bind,
                                  shm=shm, keys_dir=keys_dir, register_timeout_s=register_timeout,
                                  transport="shm" if shm else endpoint.scheme)
     cfg = None if resume else build_config(workers, **opts)
@@ -114,8 +114,8 @@ def worker(connect, connect_timeout, data_dir, keys_dir, faults, name):
 @consistency_options
 @training_options
 @click.pass_context
-def launch(ctx, workers, transport, wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, restart_workers,
-           faults, resume, link, link_delay, keys_dir, out, **opts):
+def launch(ctx, workers, transport, wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, colocate,
+           restart_workers, faults, resume, link, link_delay, keys_dir, out, **opts):
     """Start a parameter server and N workers on this machine; stop them all on exit."""
     from parsgd.jobs.launch import LaunchError, launch as run_launch
     from parsgd.data.load import check_num_samples
@@ -131,14 +131,17 @@ def launch(ctx, workers, transport, wait_timeout, heartbeat, liveness, step_time
 
     from parsgd.jobs.emulate import link_options
     link = link_options(link, link_delay, keys_dir, transport, faults)  # root, netem: before anything starts
-    sopts = build_server_options(wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every)
+    if colocate and link:
+        raise click.UsageError("--colocate cannot be used with --link: emulated hosts keep the server and every "
+                         "worker apart (and use CURVE keys); leave out one of them")
+    sopts = build_server_options(wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, colocate)
     check_range("--restart-workers", restart_workers, restart_workers >= 0, "a whole number >= 0 (restarts in all)")
     cfg = None if resume else build_config(workers, **opts)  # resuming: the checkpoint's, checked by the job
     if transport == "ipc":
         check_ipc_room()  # TMPDIR short enough for the socket path launch makes there
     if not resume:
         check_num_samples(cfg.dataset, cfg.data_dir, cfg.num_samples)  # the server child would refuse it
-    per_worker = parse_launch_faults(faults, workers)
+    per_worker = parse_launch_faults(faults, workers, colocated=colocate)
     status = run_launch(cfg, sopts, transport, out, resume=resume, worker_faults=per_worker,
                         restart_workers=restart_workers, echo=echo, given=given_options(ctx) if resume else None,
                         link=link)

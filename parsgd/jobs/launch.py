@@ -222,7 +222,8 @@ def launch(cfg: RunConfig | None, opts: ServerOptions, transport: str = "shm", o
                 return Child(f"worker {i}", argv, echo)
             return Child(f"worker {i}", argv + ["--keys", net.keys], net.worker_echo(i, echo), net.preexec(f"w{i}"))
 
-        workers_by_index = {i: start_worker(i) for i in range(workers)}
+        first = 1 if opts.colocate else 0  # worker 0 then computes in the server's process
+        workers_by_index = {i: start_worker(i) for i in range(first, workers)}
         children += workers_by_index.values()
         restarts, stopping = 0, False
         while server.alive() and not interrupted:
@@ -236,7 +237,7 @@ def launch(cfg: RunConfig | None, opts: ServerOptions, transport: str = "shm", o
                     echo(f"[launch] restarting worker {i} ({restarts}/{restart_workers})")
                     workers_by_index[i] = start_worker(i)
                     children.append(workers_by_index[i])
-            if not stopping and not any(w.alive() for w in workers_by_index.values()):
+            if not stopping and not opts.colocate and not any(w.alive() for w in workers_by_index.values()):
                 if not workers_by_index or all(w.proc.returncode != 0 for w in workers_by_index.values()):
                     echo("[launch] every worker has exited: stopping the server")
                     server.signal(signal.SIGTERM)

@@ -187,15 +187,17 @@ class FaultPlan:
         return range(copies)
 
 
-def parse_launch_faults(spec: str, workers: int) -> dict[int, str]:
+def parse_launch_faults(spec: str, workers: int, colocated: bool = False) -> dict[int, str]:
     """'kill=worker1@step40,stop=worker2@step60:5s,drop=0.1' -> {worker index: its --faults text}.
 
     `kind=workerN@WHEN` goes to worker N only; items without a worker go to every worker; workers
     with no item are left out. Every per-worker text is parsed as the worker will parse it, so a bad
     schedule is refused before anything starts. Raises FaultSpecError (a usage error, exit 2) naming
-    the item: a worker not written workerN, an index outside 0..workers-1, or an item FaultPlan refuses.
+    the item: a worker not written workerN, an index outside 0..workers-1 (1..workers-1 when worker 0
+    is `colocated` in the server's process, which takes no faults), or an item FaultPlan refuses.
     """
-    per: dict[int, list[str]] = {i: [] for i in range(workers)}
+    first = 1 if colocated else 0
+    per: dict[int, list[str]] = {i: [] for i in range(first, workers)}
     for item in filter(None, (s.strip() for s in (spec or "").split(","))):
         kind, _, rest = item.partition("=")
         if kind == "slow" and rest.startswith("worker"):  # slow=workerN:FACTOR
@@ -207,7 +209,8 @@ def parse_launch_faults(spec: str, workers: int) -> dict[int, str]:
             except ValueError:
                 raise FaultSpecError(f"bad --faults item {item!r}: name a worker as workerN") from None
             if i not in per:
-                raise FaultSpecError(f"bad --faults item {item!r}: there are workers 0..{workers - 1}")
+                raise FaultSpecError(f"bad --faults item {item!r}: there are workers {first}..{workers - 1}"
+                                     + (" (worker 0 is colocated in the server's process)" if colocated else ""))
             per[i].append(f"slow={when}" if kind == "slow" else f"{kind}@{when}")
         else:
             for items in per.values():

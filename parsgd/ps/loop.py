@@ -26,6 +26,7 @@ from parsgd.data import Dataset
 from parsgd.errors import UserError
 from parsgd.ps import protocol as proto
 from parsgd.ps.checkpoint import save_checkpoint
+from parsgd.ps.colocated import ADDRESS as COLOCATED_ADDRESS, ColocatedWorker
 from parsgd.ps.commlog import COMM_FLUSH_S, CommLog, CommStream, format_summary, summarize
 from parsgd.ps.events import EventLog, UpdateLog
 from parsgd.ps.handlers import HANDLERS, on_timer, strike
@@ -86,6 +87,7 @@ class ServerLoop(Trainer):
         self._next_heartbeat = 0.0
         self._timers_due = 0.0
         self._next_flush = 0.0
+        self.colocated: ColocatedWorker | None = None
         swept = sweep_stale() if opts.shm else 0
         self.events("listening", address=self.address, incarnation=self.incarnation, swept_shm=swept)
 
@@ -129,6 +131,11 @@ class ServerLoop(Trainer):
         old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.updates.keep(self.step)  # a resumed run redoes what followed its checkpoint
+            if self.opts.colocate:
+                self.router.bind_also(COLOCATED_ADDRESS)
+                self.colocated = ColocatedWorker(self.router.ctx, self.cfg, self.data, self.opts.wait_timeout_s,
+                                                 self.echo)
+                self.colocated.start()
             self._wait_for_initial_workers()
             return self.run(self.rundir)
         except UserError:
@@ -295,7 +302,10 @@ class ServerLoop(Trainer):
         for member in list(self.members.members.values()):
             self.forget(member)
         self.segments.close_retired()
-        self.router.close()
+        # A colocated worker still in its thread keeps sockets open: terminating the context would then
+        # wait for them forever (the process exits anyway; the thread is a daemon).
+        if self.colocated is None or self.colocated.stop():
+            self.router.close()
         try:
             self.comm.server(self.log)
         except UserError:  # a full disk: the error that stopped the run is the one to report

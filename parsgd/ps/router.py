@@ -42,6 +42,10 @@ class Router:
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
 
+    def bind_also(self, address: str) -> None:
+        """Listen on a second endpoint too (the colocated worker's inproc://)."""
+        self.sock.bind(address)
+
     def poll(self, timeout_s: float) -> bool:
         """True when a message can be read within timeout_s seconds."""
         return bool(self.poller.poll(max(0, int(timeout_s * 1000))))

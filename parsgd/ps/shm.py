@@ -55,11 +55,13 @@ class SessionBuffer:
         if not _NAME.match(name):
             raise ValueError(f"not a parsgd shared-memory name: {name!r}")
         shm = shared_memory.SharedMemory(name=name)
-        # The attaching side must not let Python's resource tracker unlink the server's segment.
-        try:
-            resource_tracker.unregister(shm._name, "shared_memory")  # noqa: SLF001 (py < 3.13)
-        except Exception:
-            pass
+        # Another process must not let Python's resource tracker unlink the server's segment; in the
+        # server's own process (a colocated worker) the creator's registration is the only one.
+        if int(_NAME.match(name).group(1)) != os.getpid():
+            try:
+                resource_tracker.unregister(shm._name, "shared_memory")  # noqa: SLF001 (py < 3.13)
+            except Exception:
+                pass
         if shm.size < (shards + 1) * n * np.dtype(dtype).itemsize:
             shm.close()
             raise ValueError(f"shared-memory segment {name} is smaller than the model")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from parsgd.config import RunConfig
 from parsgd.data import epoch_order, load_dataset
 from parsgd.model.mlp import Workspace, loss_and_grad, n_params
 from parsgd.ps import protocol as proto
+from parsgd.ps.channel import SEND_TIMEOUT_S, recv_frames_within, recv_message, send_within, spin_for_message
 from parsgd.ps.commlog import WorkerSpans
 from parsgd.ps.faults import FaultPlan
 from parsgd.ps.heartbeat import Heartbeats
@@ -34,18 +36,9 @@ from parsgd.errors import UserError
 
 HELLO_RETRY_S = 1.0           # resend HELLO this often while no server answers (Lazy Pirate)
 STATUS_EVERY_S = 5.0
-SEND_TIMEOUT_S = 2.0          # a send waits this long for a connected server (IMMEDIATE=1 queues nothing before)
 # A worker learns the model size only from WELCOME, but libzmq applies MAXMSGSIZE only to new
 # connections: cap frames at the protocol's largest payload (the server is one the user chose).
 MAX_FRAME_BYTES = proto.MAX_ELEMENTS * 8 + proto.HEADER_MAX
-DEFAULT_HEARTBEAT_S = 1.0
-DEFAULT_LIVENESS = 3
-# After a GRAD the next TASK usually follows within the server's aggregate + update (~1 ms). Polling
-# for it (yielding the core between polls) for this long before blocking keeps this CPU awake: on
-# VMs an idle vCPU halts, and waking it cost ~1 ms mean (p90 ~2.5 ms) per step; the spin cut the
-# step-time tail by that much in benchmarks/. sched_yield lets the server and other workers run,
-# but with more workers than cores the spinners still slow the ones computing: then no spin.
-SPIN_S = 0.005
 # Spans go to the server in LOGS chunks this often while the worker trains (and all at STOP), so a
 # SIGKILLed worker loses at most this much of its timeline.
 LOGS_EVERY_S = 1.0
@@ -71,15 +64,20 @@ class Worker:
     heartbeats from its own thread, and ships its comm spans when the server says STOP.
 
     `run()` returns 0 after a STOP; it raises WorkerExit (a UserError, exit 1) when no server
-    answers within `opts.connect_timeout_s` seconds or the server refuses it (version, data).
+    answers within `opts.connect_timeout_s` seconds or the server refuses it (version, data), and
+    Stopped once `halt` is set. Colocated in the server's process (ps/colocated.py), it gets that
+    process's ZeroMQ context `ctx` (inproc:// needs it; it is not terminated here) and `data`, the
+    server's (RunConfig, Dataset): that Dataset is used if WELCOME asks for the same data.
     """
 
-    def __init__(self, opts: WorkerOptions, echo=click.echo):
+    def __init__(self, opts: WorkerOptions, echo=click.echo, ctx: zmq.Context | None = None, data=None):
         self.opts, self.echo = opts, echo
-        self.ctx = dealer_context(opts.connect)
+        self.own_ctx = ctx is None
+        self.ctx = dealer_context(opts.connect) if ctx is None else ctx
         self.sock = None
+        self.halt = threading.Event()
         self.log = WorkerSpans(LOGS_EVERY_S)
-        self.data = self.data_key = None
+        self.data, self.data_key = (None, None) if data is None else (data[1], data_key(data[0]))
         self.heartbeats: Heartbeats | None = None
         self.buf: SessionBuffer | None = None
         self.faults = FaultPlan.parse(opts.faults, echo=echo, stream=opts.name)
@@ -104,11 +102,13 @@ class Worker:
         self.log.settle()  # the previous session's spans keep its server's clock
         self._new_socket()
         while True:
+            if self.halt.is_set():
+                raise Stopped("halted while registering")
             hello = proto.Hello(__version__, proto.PROTOCOL_VERSION, host_identity(), os.getpid(),
                             self.log.now(), self.session, self.opts.name)
             t_sent = self.log.now()
             if self._send(hello.to_frames(), HELLO_RETRY_S) and self.sock.poll(int(HELLO_RETRY_S * 1000)):
-                msg = self._recv()
+                msg = recv_message(self.sock, self.max_msg_bytes, self.echo)
                 if isinstance(msg, proto.Welcome) and msg.session == self.session:
                     self.log.registered(t_sent, self.log.now(), msg.t_server)
                     return msg
@@ -131,7 +131,7 @@ class Worker:
         cfg = RunConfig.from_dict(welcome.config)
         if self.opts.data_dir:
             cfg = cfg.replace(data_dir=self.opts.data_dir)
-        key = (cfg.dataset, cfg.data_dir, cfg.num_samples, cfg.seed, cfg.dtype)
+        key = data_key(cfg)
         self.cfg, self.rank, self.incarnation = cfg, welcome.rank, welcome.incarnation
         self.hb_s, self.liveness = welcome.heartbeat_s, welcome.liveness
         self._start_heartbeats()
@@ -154,7 +154,7 @@ class Worker:
                                len(self.data.y_test), self.buf is not None, self.data.name,
                                self.data.x_train.dtype.name).to_frames())
         self.tasks_done = 0
-        self.spin = cfg.workers <= len(os.sched_getaffinity(0))  # see SPIN_S
+        self.spin = cfg.workers <= len(os.sched_getaffinity(0))  # see channel.SPIN_S
         self.echo(f"worker {self.rank}: data loaded, READY sent to {self.opts.connect}"
                   f"{' (shared memory)' if self.buf else ''}; waiting for work")
 
@@ -177,7 +177,8 @@ class Worker:
     # -- work --------------------------------------------------------------------------------------
     def run(self) -> int:
         """Register, work until STOP (exit 0); re-register after a lost server or a stale session."""
-        old = signal.signal(signal.SIGTERM, _raise_exit)
+        main = threading.current_thread() is threading.main_thread()
+        old = signal.signal(signal.SIGTERM, _raise_exit) if main else None
         try:
             while True:
                 self._setup(self._register())
@@ -189,7 +190,8 @@ class Worker:
             self._leave()  # so the server reports it left, not that it died, and moves its shard now
             raise
         finally:
-            signal.signal(signal.SIGTERM, old)
+            if main:
+                signal.signal(signal.SIGTERM, old)
             self.close()
 
     def _work(self) -> str:
@@ -197,8 +199,10 @@ class Worker:
         last_heard = time.monotonic()
         spin = False
         while True:
+            if self.halt.is_set():
+                raise Stopped("halted")
             t = self.log.now()
-            ready = (spin and self._spin_for_message()) or self.sock.poll(int(min(silent_limit, 1.0) * 1000))
+            ready = (spin and spin_for_message(self.sock)) or self.sock.poll(int(min(silent_limit, 1.0) * 1000))
             spin = False
             if not ready:
                 if time.monotonic() - last_heard > silent_limit:
@@ -247,15 +251,6 @@ class Worker:
                     return f"the server does not know this session ({msg.message})"
                 raise WorkerExit(f"server refused this worker: {msg.message}")
 
-    def _spin_for_message(self) -> bool:
-        """Poll without blocking, yielding the core in between, for up to SPIN_S."""
-        end = time.perf_counter() + SPIN_S
-        while time.perf_counter() < end:
-            if self.sock.poll(0):
-                return True
-            os.sched_yield()
-        return False
-
     def _compute(self, task: proto.Task) -> bool:
         """Compute and push one shard's gradient; True if a `deaf` fault says to stop reading."""
         self.faults.before_compute(task.step, self.rank)
@@ -286,28 +281,10 @@ class Worker:
         return self.faults.after_push(task.step)
 
     def _send(self, frames, timeout_s: float = SEND_TIMEOUT_S) -> bool:
-        """Send within timeout_s or give up: with IMMEDIATE=1 a plain send blocks while no server is connected."""
-        if not self.sock.poll(int(timeout_s * 1000), zmq.POLLOUT):
-            return False
-        try:
-            self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            return False
-        return True
+        return send_within(self.sock, frames, timeout_s)
 
     def _recv_frames(self):
-        try:
-            return proto.recv_frames(self.sock, 2, self.max_msg_bytes)
-        except proto.ProtocolError as exc:
-            self.echo(f"worker: dropped an oversized message ({exc})")
-            return None
-
-    def _recv(self):
-        frames = self._recv_frames()
-        try:
-            return None if frames is None else proto.decode(frames)
-        except proto.ProtocolError:
-            return None
+        return recv_frames_within(self.sock, self.max_msg_bytes, self.echo)
 
     def _ship_logs(self, timeout_s: float = 0.0) -> None:
         """The spans not sent yet, in LOGS chunks no larger than a gradient frame (the server streams
@@ -336,11 +313,17 @@ class Worker:
         self._close_buf()
         if self.sock is not None:
             self.sock.close()
-        self.ctx.term()
+        if self.own_ctx:
+            self.ctx.term()
 
 
 class Stopped(WorkerExit):
     """SIGTERM: the worker says it leaves, then exits 1."""
+
+
+def data_key(cfg: RunConfig) -> tuple:
+    """What decides a worker's data: a WELCOME with another key means loading it again."""
+    return cfg.dataset, cfg.data_dir, cfg.num_samples, cfg.seed, cfg.dtype
 
 
 def _raise_exit(signum, _frame):
