@@ -288,3 +288,18 @@ def test_a_parameter_server_run_is_strict_json_and_honours_the_umask(tmp_path):
     assert assert_strict_json(run) == len(names)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in run.iterdir()}
     assert modes == dict.fromkeys(names | {"model.npz", "checkpoint.npz", "server.address", "check.npz"}, 0o640), modes
+
+
+def test_comm_lines_are_what_json_dumps_writes():
+    """comm.jsonl's fast formatter writes exactly json.dumps's text for finite spans (both row kinds)."""
+    from parsgd.ps.commlog import _lines
+    from parsgd.ps.protocol import SPANS
+
+    rng = np.random.default_rng(5)
+    rows = np.column_stack([rng.integers(0, len(SPANS), 300), rng.integers(0, 10**7, 300), rng.random(300) * 1e4,
+                            rng.random(300) * 10.0 ** rng.integers(-9, 1, 300), rng.integers(0, 2**40, 300)])
+    for role, rank, given in (("worker", 7, rows), ("server", 0, [tuple(r) for r in rows.tolist()])):
+        want = "".join(json.dumps({"role": role, "rank": rank, "step": int(s), "span": SPANS[int(c)],
+                                   "t": round(float(t), 7), "dur": round(float(d), 7), "bytes": int(b)}) + "\n"
+                       for c, s, t, d, b in rows)
+        assert _lines(role, rank, given).decode() == want
