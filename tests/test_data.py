@@ -450,7 +450,7 @@ def test_patchable_settings_live_only_in_their_module_and_imports_go_downward():
                          (parsgd.data.load, ("FASHION_SYSTEM_DIRS",))):
         for name in names:
             assert hasattr(owner, name) and not hasattr(data, name), name
-    order = ["dataset", "idx", "mnist", "synthetic", "load"]
+    order = ["dataset", "cache", "idx", "mnist", "synthetic", "load"]
     for i, module in enumerate(order):
         source = (Path(data.__file__).parent / f"{module}.py").read_text()
         imported = set(re.findall(r"^from parsgd\.data(?:\.(\w+))? import \(?(\w+)", source, re.M))

@@ -4,6 +4,7 @@
 
 One module per role, each importing only the ones above it in this list:
     dataset    DataError, Dataset (+ fingerprint), epoch_order, default_data_dir
+    cache      the decoded-data cache: one checksummed copy per machine, mapped read-only (cached)
     idx        read_idx / write_idx, finding and reading a folder of MNIST-format files
     mnist      mirrors, pinned SHA256 table, download_mnist
     synthetic  the teacher-network generator, make_synthetic

@@ -6,7 +6,8 @@
 or the Debian package folder, else downloads MNIST into DATA_DIR/mnist, else makes synthetic data.
 DATA_DIR is --data-dir, else $PARSGD_DATA_DIR, else $XDG_CACHE_HOME/parsgd, else ~/.cache/parsgd.
 PARSGD_NO_DOWNLOAD=1 turns downloading off. A local file that is present but broken is an error, not a
-reason to fall back: the message names the file and the fix.
+reason to fall back: the message names the file and the fix. What is decoded is kept once per machine
+in the decoded-data cache (parsgd.data.cache) and mapped read-only by every process that loads it.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import os
 from pathlib import Path
 
 from parsgd.data import mnist
+from parsgd.data.cache import cached, files_digest
 from parsgd.data.dataset import DataError, Dataset, TooManySamples, default_data_dir, float_dtype
 from parsgd.data.idx import SET_FILES, find_set, idx_file, idx_rows, load_folder
 from parsgd.data.synthetic import SYNTHETIC_TEST, SYNTHETIC_TRAIN, make_synthetic
@@ -45,10 +47,18 @@ def load_dataset(name="auto", data_dir=None, num_samples=None, seed=42, dtype="f
         return data
 
     def synthetic() -> Dataset:
-        return make_synthetic(SYNTHETIC_TRAIN if num_samples is None else num_samples, SYNTHETIC_TEST, seed, dtype)
+        n = SYNTHETIC_TRAIN if num_samples is None else num_samples
+        key = {"name": "synthetic", "num_samples": n, "test": SYNTHETIC_TEST, "seed": seed, "dtype": dtype.name}
+        return cached(key, lambda: make_synthetic(n, SYNTHETIC_TEST, seed, dtype), log)
 
     def from_folder(kind: str, folder: Path) -> Dataset:
-        return load_folder(kind, folder, num_samples, seed, dtype)
+        decode = lambda: load_folder(kind, folder, num_samples, seed, dtype)  # noqa: E731
+        digest = files_digest(idx_file(folder, stem) for stem in SET_FILES)
+        if digest is None:  # a file vanished or cannot be read: decoding says which, as without a cache
+            return decode()
+        key = {"name": kind, "files": digest, "num_samples": num_samples, "dtype": dtype.name,
+               "seed": None if num_samples is None else seed}  # the seed only picks the subsample
+        return cached(key, decode, log, source=str(folder))
 
     if name == "synthetic":
         return done(synthetic(), "generated")
