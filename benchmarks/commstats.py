@@ -4,8 +4,11 @@
 
 Control overhead of a step = the server's wait in that step minus the slowest worker's compute in
 that step: the time the server spends waiting for anything other than the arithmetic of the
-slowest shard (messages, wake-ups, payload copies, scheduling). Steps below `skip_steps` (the
-warm-up epoch) are left out.
+slowest shard (messages, wake-ups, payload copies, scheduling). A worker's compute span that began
+before the server began sending the step's TASKs (rows gathered ahead of the TASK while the
+server updated) is counted apart, as `prefetch` in the worker spans; a part of it that ran into
+the wait counts as overhead. Steps below `skip_steps` (the warm-up
+epoch) are left out.
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ def step_costs(run_dir: Path, skip_steps: int = 0) -> dict:
     """Control overhead per step (ms), and the mean ms per step of every span, per role."""
     server = defaultdict(lambda: defaultdict(float))              # span -> step -> seconds
     worker = defaultdict(lambda: defaultdict(float))              # (span, rank) -> step -> seconds
+    first_send: dict[int, float] = {}                            # step -> when the server began sending TASKs
+    computes = []
     with open(run_dir / "comm.jsonl", encoding="utf-8") as f:
         for line in f:
             r = json.loads(line)
@@ -36,8 +41,15 @@ def step_costs(run_dir: Path, skip_steps: int = 0) -> dict:
                 continue
             if r["role"] == "server":
                 server[r["span"]][r["step"]] += r["dur"]
+                if r["span"] in ("serialize", "send"):
+                    first_send[r["step"]] = min(r["t"], first_send.get(r["step"], r["t"]))
+            elif r["span"] == "compute":
+                computes.append(r)
             else:
                 worker[(r["span"], r["rank"])][r["step"]] += r["dur"]
+    for r in computes:  # after the file: a worker's LOGS arrive after the server's own spans of a step
+        ahead = r["t"] < first_send.get(r["step"], -1.0)  # no TASK of the step existed yet
+        worker[("prefetch" if ahead else "compute", r["rank"])][r["step"]] += r["dur"]
     steps = sorted(server["wait"])
     if not steps:
         return {"steps": 0}

@@ -119,6 +119,28 @@ def test_comm_log_has_every_field_step_and_role_and_true_byte_counts(tmp_path):
     assert metrics["bytes_sent"] == sends and metrics["comm_s"] > 0
 
 
+@pytest.mark.parametrize("consistency", ["bsp", "async"])
+def test_bsp_workers_prefetch_their_next_rows_while_the_server_updates(tmp_path, consistency, oracle):
+    """BSP: after its GRAD a worker gathers the rows of its next shard (one below, as ties rotate) while
+    the server sums and updates: a second compute span of that step, before the worker received its
+    TASK. The model is still the sequential one. Asynchronous batches cannot be foreseen."""
+    result = launch(tmp_path / "run", 2, "shm", "--consistency", consistency)
+    assert result.returncode == 0, result.stdout[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "comm.jsonl").read_text().splitlines()]
+    recv, computes = {}, {}
+    for r in rows:
+        if r["role"] == "worker" and r["span"] in ("recv", "compute"):
+            (recv if r["span"] == "recv" else computes).setdefault((r["step"], r["rank"]), []).append(r["t"])
+    ahead = [key for key, starts in computes.items() if min(starts) < min(recv[key])]  # both on the worker's clock
+    assert sum(len(v) for v in recv.values()) == 21 * (2 if consistency == "bsp" else 1)
+    if consistency == "async":
+        assert not ahead and all(len(v) == 1 for v in computes.values())
+        return
+    assert all(len(computes[key]) == 2 for key in ahead) and len(ahead) >= 2 * (21 - 2) - 2, \
+        "nearly every shard but each worker's first was gathered before its TASK came"
+    assert np.max(np.abs(load_params(tmp_path / "run") - oracle)) < 1e-8
+
+
 def test_shared_memory_keeps_payloads_off_the_socket_and_leaves_no_segment(tmp_path):
     before = {p.name for p in Path("/dev/shm").iterdir() if p.name.startswith("parsgd_")}
     result = launch(tmp_path / "run", 2, "shm")

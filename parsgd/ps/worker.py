@@ -23,13 +23,14 @@ from threadpoolctl import threadpool_limits
 
 from parsgd import __version__
 from parsgd.config import RunConfig
-from parsgd.data import epoch_order, load_dataset
+from parsgd.data import load_dataset
 from parsgd.model.mlp import Workspace, loss_and_grad, n_params
 from parsgd.ps import protocol as proto
 from parsgd.ps.channel import SEND_TIMEOUT_S, recv_frames_within, recv_message, send_within, spin_for_message
 from parsgd.ps.commlog import WorkerSpans
 from parsgd.ps.faults import FaultPlan
 from parsgd.ps.heartbeat import Heartbeats
+from parsgd.ps.rows import ShardRows
 from parsgd.ps.shm import SessionBuffer, host_identity
 from parsgd.ps.sockets import configure_dealer, dealer_context
 from parsgd.errors import UserError
@@ -82,7 +83,6 @@ class Worker:
         self.buf: SessionBuffer | None = None
         self.faults = FaultPlan.parse(opts.faults, echo=echo, stream=opts.name)
         self._limits = threadpool_limits(1)  # P workers share the cores: one BLAS thread each
-        self._orders: dict[int, np.ndarray] = {}
         self.max_msg_bytes = 2 * proto.HEADER_MAX  # until WELCOME says how large the model is
 
     # -- registration ----------------------------------------------------------------------------
@@ -138,11 +138,11 @@ class Worker:
         if key != self.data_key:
             self.data = load_dataset(cfg.dataset, cfg.data_dir, cfg.num_samples, cfg.seed, cfg.dtype,
                                      log=self.echo)
-            self.data_key, self._orders = key, {}
+            self.data_key = key
         self.sizes, n = cfg.sizes, n_params(cfg.sizes)
         self.ws = Workspace(self.sizes, cfg.dtype)
         self.grads = np.zeros((cfg.workers, n), cfg.dtype)  # one per shard: a sent buffer is never reused early
-        self.rows = np.empty((cfg.batch_size, self.data.x_train.shape[1]), self.data.x_train.dtype)
+        self.shard_rows = ShardRows(cfg, self.data, self.log)
         self._close_buf()
         if welcome.shm:
             try:
@@ -239,6 +239,7 @@ class Worker:
                     time.sleep(self.opts.connect_timeout_s)
                     return "deaf for --connect-timeout (fault injection)"
                 self.tasks_done += 1
+                self.shard_rows.prefetch(msg, self.rank)
                 spin = self.spin
                 if self.log.due():
                     self._ship_logs()
@@ -255,13 +256,7 @@ class Worker:
         """Compute and push one shard's gradient; True if a `deaf` fault says to stop reading."""
         self.faults.before_compute(task.step, self.rank)
         t = self.log.now()
-        order = self._orders.get(task.epoch)
-        if order is None:
-            self._orders = {task.epoch: epoch_order(len(self.data.y_train), self.cfg.seed, task.epoch)}
-            order = self._orders[task.epoch]
-        idx = order[task.lo:task.hi]
-        rows = self.rows[:idx.size]
-        np.take(self.data.x_train, idx, axis=0, out=rows)
+        idx, rows = self.shard_rows.gather(task)
         params = task.params if task.params is not None else self.buf.params
         grad = self.buf.slots[task.shard] if self.buf is not None else self.grads[task.shard]
         # The shard's share of the batch mean (sum of its row gradients / batch rows): the server only adds.
