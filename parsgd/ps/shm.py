@@ -9,15 +9,17 @@ or gone, so a SIGKILLed process leaves nothing in /dev/shm except during a regis
 """
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import socket
-from multiprocessing import resource_tracker, shared_memory
+from multiprocessing import shared_memory
 from pathlib import Path
 
 import numpy as np
 
 PREFIX = "parsgd"
+SHM_ROOT = "/dev/shm"             # where Linux keeps POSIX shared-memory names
 _NAME = re.compile(rf"^{PREFIX}_(\d+)_[0-9a-f]+$")
 
 
@@ -52,16 +54,11 @@ class SessionBuffer:
 
     @classmethod
     def attach(cls, name: str, n: int, shards: int, dtype) -> "SessionBuffer":
+        """Map the server's segment `name`; raises ValueError (not parsgd's, or smaller than the
+        model) or OSError (gone, no permission)."""
         if not _NAME.match(name):
             raise ValueError(f"not a parsgd shared-memory name: {name!r}")
-        shm = shared_memory.SharedMemory(name=name)
-        # Another process must not let Python's resource tracker unlink the server's segment; in the
-        # server's own process (a colocated worker) the creator's registration is the only one.
-        if int(_NAME.match(name).group(1)) != os.getpid():
-            try:
-                resource_tracker.unregister(shm._name, "shared_memory")  # noqa: SLF001 (py < 3.13)
-            except Exception:
-                pass
+        shm = _Attached(name)
         if shm.size < (shards + 1) * n * np.dtype(dtype).itemsize:
             shm.close()
             raise ValueError(f"shared-memory segment {name} is smaller than the model")
@@ -83,6 +80,26 @@ class SessionBuffer:
             self.shm.close()
         except BufferError:  # a view is still alive somewhere; the OS frees it at exit
             pass
+
+
+class _Attached:
+    """A segment mapped by name, as multiprocessing.shared_memory would map it but without its
+    resource tracker: that starts a helper process (~8 MB) in every worker just to be told to
+    forget the name, and a tracker must never unlink the server's segment."""
+
+    def __init__(self, name: str):
+        fd = os.open(f"{SHM_ROOT}/{name}", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            self.size = os.fstat(fd).st_size
+            self._map = mmap.mmap(fd, self.size)  # ValueError for an empty file
+        finally:
+            os.close(fd)
+        self.buf, self.name = memoryview(self._map), name
+
+    def close(self) -> None:
+        """Unmap; raises BufferError while an array still views it (the OS unmaps it at exit)."""
+        self.buf.release()
+        self._map.close()
 
 
 class Segments:
@@ -121,7 +138,7 @@ class Segments:
             self.retired.pop().close()
 
 
-def sweep_stale(root: str = "/dev/shm") -> int:
+def sweep_stale(root: str = SHM_ROOT) -> int:
     """Unlink parsgd segments whose creating process is gone; returns how many."""
     removed = 0
     folder = Path(root)
