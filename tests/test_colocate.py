@@ -67,8 +67,13 @@ def _separate(tmp_path):
 
 
 @pytest.mark.slow
-def test_asynchronous_colocated_run_replays_to_the_bit(tmp_path):
-    result = launch(tmp_path / "run", 2, "--colocate", "--consistency", "async", "--lr", "0.02")
+@pytest.mark.parametrize("transport", ["shm", "tcp"])
+def test_asynchronous_colocated_run_replays_to_the_bit(tmp_path, transport):
+    """tcp: worker 0's parameters come over inproc, which hands over the very buffer the server sent;
+    an async server that reused one send buffer rewrote it under the computing worker (4 of 6 runs
+    failed to replay), so each TASK gets a buffer of its own."""
+    result = launch(tmp_path / "run", 2, "--colocate", "--consistency", "async", "--lr", "0.02",
+                    "--transport", transport)
     assert result.returncode == 0, result.stdout[-3000:]
     replay = subprocess.run(PY + ["replay", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
     assert replay.returncode == 0 and replay.stdout.rstrip().endswith("max |difference| from "
@@ -87,7 +92,21 @@ def test_ctrl_c_stops_the_server_and_its_worker_thread(tmp_path):
     t0 = time.monotonic()
     assert proc.wait(timeout=30) == 130, "".join(lines)
     assert time.monotonic() - t0 < 15 and "Traceback" not in "".join(lines)
-    assert "checkpoint written" in "".join(lines)
+    assert f"parsgd launch --resume {tmp_path / 'run'} --colocate`" in "".join(lines), "the hint keeps --colocate"
+
+
+def test_launch_knows_when_every_worker_has_joined(tmp_path):
+    """Before every rank joined, losing all worker processes stops a colocated run; after, worker 0 goes on."""
+    from parsgd.jobs.launch import _all_joined
+
+    events = tmp_path / "events.jsonl"
+    assert not _all_joined(tmp_path, 2)  # no file yet
+    events.write_text(json.dumps({"event": "listening"}) + "\n" + json.dumps({"event": "join", "rank": 0}) + "\n")
+    assert not _all_joined(tmp_path, 2)
+    events.write_text(events.read_text() + '{"event": "join", "rank": 1')  # a line still being written
+    assert not _all_joined(tmp_path, 2)
+    events.write_text(events.read_text() + "}\n")
+    assert _all_joined(tmp_path, 2)
 
 
 @pytest.mark.parametrize("extra,words", [

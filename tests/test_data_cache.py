@@ -302,6 +302,39 @@ def test_a_full_cache_folder_decodes_in_memory_and_leaves_no_temp_files(cache_di
         unmount(cache_dir)
 
 
+def test_a_write_that_fails_part_way_leaves_no_arrays_behind(cache_dir):
+    """x_train (157 KB) fits in the 256 KB folder, x_test (31 MB) does not: x_train.bin must not stay."""
+    cache_dir.mkdir()
+    mount("-t", "tmpfs", "-o", "size=256k", "tmpfs", str(cache_dir))
+    try:
+        logs = []
+        data = load_dataset("synthetic", num_samples=50, seed=1, log=logs.append)
+        assert_same(data, make_synthetic(50, 10_000, 1))
+        assert "No space left on device" in logs[0], logs
+        assert [p.name for p in cache_dir.rglob("*") if p.is_file() and not p.name.endswith(".lock")] == []
+    finally:
+        unmount(cache_dir)
+
+
+def test_a_killed_writers_temp_file_is_swept_when_the_entry_is_rebuilt(cache_dir):
+    load_dataset("synthetic", num_samples=200, seed=4)
+    (entry,) = entries(cache_dir)
+    (entry / "meta.json").unlink()  # as if the writer died before it: not an entry, rebuilt next time
+    (entry / ".x_train.bin.k1ll3d.tmp").write_bytes(b"x" * 1000)
+    assert_same(load_dataset("synthetic", num_samples=200, seed=4), make_synthetic(200, 10_000, 4))
+    assert sorted(p.name for p in entry.iterdir()) == sorted([*(f"{a}.bin" for a in ARRAYS), "meta.json"])
+
+
+def test_no_home_folder_for_the_cache_means_decoding_in_memory(monkeypatch):
+    monkeypatch.setenv("PARSGD_CACHE_DIR", "~no_such_user_parsgd/cache")  # expanduser cannot resolve it
+    logs = []
+    data = load_dataset("synthetic", num_samples=100, seed=5, log=logs.append)
+    assert data.x_train.flags.writeable and "data cache skipped (no folder for it" in logs[0], logs
+    monkeypatch.setenv("PARSGD_CACHE_DIR", "   ")  # blank: as if unset, never a folder named by spaces
+    monkeypatch.setenv("XDG_CACHE_HOME", "/nonexistent-xdg-parsgd")
+    assert cache.cache_dir() == Path("/nonexistent-xdg-parsgd/parsgd/decoded")
+
+
 @pytest.mark.slow
 def test_a_launch_maps_one_copy_in_the_server_and_every_worker(cache_dir, tmp_path):
     """`parsgd launch` on a cold cache: one entry, and while it trains every process maps its x_train.bin."""

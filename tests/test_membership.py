@@ -123,3 +123,16 @@ def test_a_launch_worker_named_wN_gets_rank_N_when_it_is_free():
     assert reg.admit(b"x", 9, "h", 9, name="w2").rank == 1      # taken: the lowest free rank
     assert reg.admit(b"y", 8, "h", 8, name="w7").rank == 3      # beyond the shards: lowest free
     assert reg.admit(b"z", 7, "h", 7, name="worker").rank == 4  # another name: lowest free
+
+
+def test_a_task_sent_again_for_a_shard_still_owed_is_counted():
+    """The server reads a shared-memory slot in place only while no second computation can write it:
+    a TASK re-sent for a (step, shard) the worker still owes (a step timeout) is counted."""
+    reg, _ = registry()
+    a = reg.admit(b"a", 101, "h", 1)
+    reg.mark_ready(a)
+    reg.sent_task(a, 7, 0)
+    assert a.resent == 0 and a.owes == {(7, 0)}
+    reg.sent_task(a, 7, 0)
+    reg.sent_task(a, 7, 1)
+    assert a.resent == 1 and a.owes == {(7, 0), (7, 1)}

@@ -138,6 +138,9 @@ def test_bsp_workers_prefetch_their_next_rows_while_the_server_updates(tmp_path,
         return
     assert all(len(computes[key]) == 2 for key in ahead) and len(ahead) >= 2 * (21 - 2) - 2, \
         "nearly every shard but each worker's first was gathered before its TASK came"
+    gathers = [r for r in rows if r["role"] == "worker" and r["span"] == "compute"
+               and (r["step"], r["rank"]) in ahead and r["t"] == min(computes[r["step"], r["rank"]])]
+    assert all(r["bytes"] == 0 and r["dur"] < 0.05 for r in gathers), "a gather's own span: no bytes, no wait"
     assert np.max(np.abs(load_params(tmp_path / "run") - oracle)) < 1e-8
 
 

@@ -90,9 +90,12 @@ def step_figures(run: Run) -> dict:
         return float(np.nansum(getattr(comm, what)[mask])) / n
 
     mask = keep & (comm.role == "worker") & (comm.span == "compute")
+    per_rank: dict[tuple[int, int], float] = {}  # a worker's compute spans of a step (a prefetch makes two)
+    for s, r, d in zip(comm.step[mask], comm.rank[mask], comm.dur_s[mask]):
+        per_rank[int(s), int(r)] = per_rank.get((int(s), int(r)), 0.0) + float(d)
     slowest: dict[int, float] = {}
-    for s, d in zip(comm.step[mask], comm.dur_s[mask]):
-        slowest[int(s)] = max(slowest.get(int(s), 0.0), float(d))
+    for (s, _), d in per_rank.items():
+        slowest[s] = max(slowest.get(s, 0.0), d)
     sends = keep & (comm.role == "server") & (comm.span == "send")
     server = (comm.role == "server") & (comm.step >= 1) & (comm.span != "link")
     starts = {}

@@ -130,10 +130,10 @@ def launch(ctx, workers, transport, wait_timeout, heartbeat, liveness, step_time
             server_errors.append(line.removeprefix("[server] error: "))
 
     from parsgd.jobs.emulate import link_options
-    link = link_options(link, link_delay, keys_dir, transport, faults)  # root, netem: before anything starts
     if colocate and link:
         raise click.UsageError("--colocate cannot be used with --link: emulated hosts keep the server and every "
-                         "worker apart (and use CURVE keys); leave out one of them")
+                               "worker apart (and use CURVE keys); leave out one of them")
+    link = link_options(link, link_delay, keys_dir, transport, faults)  # root, netem: before anything starts
     sopts = build_server_options(wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, colocate)
     check_range("--restart-workers", restart_workers, restart_workers >= 0, "a whole number >= 0 (restarts in all)")
     cfg = None if resume else build_config(workers, **opts)  # resuming: the checkpoint's, checked by the job

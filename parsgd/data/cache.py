@@ -44,11 +44,12 @@ LOCK_POLL_S = 0.05
 
 def cache_dir() -> Path | None:
     """The cache folder as the module docstring says, or None when PARSGD_CACHE_DIR turns it off.
-    Only reads the environment; creates nothing."""
+    Only reads the environment; creates nothing. Raises RuntimeError when there is no home folder to
+    put it in (HOME unset and no passwd entry) or PARSGD_CACHE_DIR names an unknown ~user."""
     explicit = os.environ.get("PARSGD_CACHE_DIR", "")
     if explicit.strip().lower() in OFF:
         return None
-    if explicit:
+    if explicit.strip():
         return Path(explicit).expanduser()
     base = os.environ.get("XDG_CACHE_HOME")
     return (Path(base).expanduser() if base else Path.home() / ".cache") / "parsgd" / "decoded"
@@ -101,7 +102,11 @@ def cached(key: dict, build, log=None, source: str | None = None) -> Dataset:
     Raises only what build() raises; no cache problem is an error.
     """
     log = log or (lambda line: None)
-    folder = cache_dir()
+    try:
+        folder = cache_dir()
+    except RuntimeError as exc:
+        log(f"data cache skipped (no folder for it: {exc}); decoding in memory (PARSGD_CACHE_DIR=DIR picks one)")
+        return build()
     if folder is None:
         return build()
     key = full_key(key)
@@ -125,6 +130,7 @@ def cached(key: dict, build, log=None, source: str | None = None) -> Dataset:
         try:
             write_entry(entry, key, built)
         except (WriteError, OSError) as exc:
+            _discard(entry)  # no 219 MB of arrays without the meta.json that would make them an entry
             log(_skipped(exc))
             return built
         data, problem = open_entry(entry, key, source)
@@ -165,10 +171,19 @@ def _locked(path: Path, wait_s: float):
         os.close(fd)
 
 
+def _discard(entry: Path) -> None:
+    """Remove what a failed or killed writer left in `entry` (its lock is held): files, temp files."""
+    with contextlib.suppress(OSError):
+        for path in entry.iterdir():
+            if path.name in ("meta.json", *(f"{a}.bin" for a in ARRAYS)) or path.name.endswith(".tmp"):
+                path.unlink(missing_ok=True)
+
+
 def write_entry(entry: Path, key: dict, data: Dataset) -> None:
     """Writes `data` as the entry folder `entry`: each array file atomically, then meta.json (which
-    makes the entry whole). Raises WriteError or OSError."""
+    makes the entry whole); first removes temp files a killed writer left. Raises WriteError or OSError."""
     ensure_dir(entry)
+    _discard(entry)  # under the entry's lock: nobody else is writing; mappings of old files stay valid
     arrays = {}
     for name in ARRAYS:
         array = np.ascontiguousarray(getattr(data, name))

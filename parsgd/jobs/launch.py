@@ -12,6 +12,7 @@ crash and on every other exit path.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shlex
 import shutil
@@ -111,15 +112,35 @@ def check_ipc_room() -> None:
                             "shorter folder (e.g. TMPDIR=/tmp) or use --transport tcp")
 
 
-def launch_resume_command(run_dir, transport: str, link: str | None = None) -> str:
-    """`parsgd launch --resume RUN_DIR` (+ --transport unless shm): what continues an interrupted launch."""
+EVENTS_FILE = "events.jsonl"
+
+
+def _all_joined(out: Path, workers: int) -> bool:
+    """events.jsonl says every rank 0..workers-1 joined at least once: the server began training."""
+    try:
+        lines = (out / EVENTS_FILE).read_text().split("\n")[:-1]  # a line still being written waits
+    except OSError:
+        return False
+    ranks = set()
+    for line in lines:
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if e.get("event") == "join":
+            ranks.add(e.get("rank"))
+    return len(ranks & set(range(workers))) == workers
+
+
+def launch_resume_command(run_dir, transport: str, link: str | None = None, colocate: bool = False) -> str:
+    """`parsgd launch --resume RUN_DIR` (+ --transport unless shm, --colocate): what continues an
+    interrupted launch."""
     words = ["parsgd", "launch", "--resume", str(run_dir)] + (["--link", link] if link else [] if transport == "shm"
                                                              else ["--transport", transport])
-    return shlex.join(words)
+    return shlex.join(words + (["--colocate"] if colocate else []))
 
 
-def _interrupted(signum: int, out: Path, transport: str, since: float, resumed: bool,
-                 link: str | None = None) -> Interrupted:
+def _interrupted(signum: int, out: Path, resume_command: str, since: float, resumed: bool) -> Interrupted:
     """`interrupted by SIGINT; the checkpoint is at step K; continue with `parsgd launch --resume OUT``,
     or no hint when this run wrote no checkpoint (one left by an earlier run in OUT is not this run's)."""
     from parsgd.ps.checkpoint import NAME, CheckpointError, load_checkpoint
@@ -130,7 +151,7 @@ def _interrupted(signum: int, out: Path, transport: str, since: float, resumed: 
         if path.is_file() and (resumed or path.stat().st_mtime >= since):
             step = load_checkpoint(out)["step"]
             return Interrupted(f"{message}; the checkpoint is at step {step}; continue with "
-                               f"`{launch_resume_command(out, transport, link)}`")
+                               f"`{resume_command}`")
     except (OSError, CheckpointError):
         pass
     return Interrupted(f"{message} before the first checkpoint: nothing to resume")
@@ -192,12 +213,12 @@ def launch(cfg: RunConfig | None, opts: ServerOptions, transport: str = "shm", o
         from parsgd.jobs.emulate import EmulatedRun
         net = EmulatedRun(link, workers, tmp, echo)
         bind, transport = net.bind, "tcp"
+    resume_command = launch_resume_command(out, transport, link and link.rate, opts.colocate)
     spec = ServerSpec(config=None if resume else cfg, out=str(out), resume=str(out) if resume else None,
                       given=given if resume else None,
                       server=dataclasses.replace(opts, bind=bind, shm=transport == "shm",
                                                  transport=f"tcp@{link.rate}" if net else transport,
-                                                 resume_command=launch_resume_command(out, transport,
-                                                                                      link and link.rate),
+                                                 resume_command=resume_command,
                                                  **({"keys_dir": net.keys} if net else {})))
     children: list[Child] = []
     interrupted = []
@@ -237,9 +258,12 @@ def launch(cfg: RunConfig | None, opts: ServerOptions, transport: str = "shm", o
                     echo(f"[launch] restarting worker {i} ({restarts}/{restart_workers})")
                     workers_by_index[i] = start_worker(i)
                     children.append(workers_by_index[i])
-            if not stopping and not opts.colocate and not any(w.alive() for w in workers_by_index.values()):
+            # Every worker process failed: nothing can train, unless a colocated worker 0 goes on alone
+            # once the run has begun (all P workers joined at least once).
+            if not stopping and not any(w.alive() for w in workers_by_index.values()) and \
+                    not (opts.colocate and (first == workers or _all_joined(out, workers))):
                 if not workers_by_index or all(w.proc.returncode != 0 for w in workers_by_index.values()):
-                    echo("[launch] every worker has exited: stopping the server")
+                    echo("[launch] every worker process has exited: stopping the server")
                     server.signal(signal.SIGTERM)
                     stopping = True
             time.sleep(0.05)
@@ -250,7 +274,7 @@ def launch(cfg: RunConfig | None, opts: ServerOptions, transport: str = "shm", o
                 server.proc.wait(timeout=TERM_GRACE_S * 2)
             except subprocess.TimeoutExpired:
                 pass
-            raise _interrupted(interrupted[0], out, transport, started, bool(resume), link and link.rate)
+            raise _interrupted(interrupted[0], out, resume_command, started, bool(resume))
         deadline = time.monotonic() + WORKER_EXIT_GRACE_S
         for w in workers_by_index.values():
             try:

@@ -97,13 +97,15 @@ def plan_resume(run_dir, given: dict | None) -> tuple[RunConfig, dict, str | Non
 
 
 def server_resume_command(run_dir, address: str, opts: ServerOptions) -> str:
-    """`parsgd server --resume RUN_DIR --bind ADDRESS` (+ --keys, --no-shm): continues a server on the
+    """`parsgd server --resume RUN_DIR --bind ADDRESS` (+ --keys, --no-shm, --colocate): continues a server on the
     address it really bound (a `*` port resolved), so its workers find it again."""
     words = ["parsgd", "server", "--resume", str(run_dir), "--bind", address]
     if opts.keys_dir:
         words += ["--keys", str(opts.keys_dir)]
     if not opts.shm:
         words.append("--no-shm")
+    if opts.colocate:
+        words.append("--colocate")
     return shlex.join(words)
 
 

@@ -82,11 +82,10 @@ class AsyncServer(ServerLoop):
         if member.buf is not None:
             self._load_params(member, self.step)  # keyed by version: a copy whenever it changed
             payload = None
-        else:
-            t = self.log.now()
-            np.copyto(self.send_buf, self.params)
+        else:  # a buffer of its own: ZeroMQ sends it later (and inproc hands it over as it is), while
+            t = self.log.now()  # the next update would already rewrite a shared one
+            payload = self.params.copy()
             self.log.add("serialize", self.step, t, self.params.nbytes)
-            payload = self.send_buf
         task = proto.Task(self.incarnation, member.session, st.step + b, st.epoch, 0, lo, hi, hi - lo,
                           self.log.now(), payload)
         if self.send(member, task, st.step + b):

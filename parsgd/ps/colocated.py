@@ -47,9 +47,13 @@ class ColocatedWorker:
             pass
         except UserError as exc:  # the server counts it as a lost worker; the reason goes to its output
             self.echo(f"colocated worker stopped: {exc}")
+        except Exception as exc:  # noqa: BLE001 (a bug or MemoryError: one line, and the server goes on)
+            self.echo(f"colocated worker failed: {type(exc).__name__}: {exc}")
 
     def stop(self) -> bool:
-        """Halt the worker; True once its thread has ended (its sockets are then closed)."""
+        """Halt the worker; True once its thread and its heartbeat thread have ended (their sockets
+        are then closed, so the context can be terminated without waiting for ever)."""
         self.worker.halt.set()
         self.thread.join(JOIN_TIMEOUT_S)
-        return not self.thread.is_alive()
+        beats = self.worker.heartbeats
+        return not self.thread.is_alive() and (beats is None or not beats.is_alive())

@@ -114,7 +114,7 @@ def _lines(role: str, rank: int, rows) -> bytes:
     worker's LOGS can hold one) takes json_text's strict path: null, never a NaN token."""
     out = []
     for code, step, t, dur, nbytes in (rows.tolist() if isinstance(rows, np.ndarray) else rows):
-        t, dur = round(t, 7), round(dur, 7)
+        t, dur = round(float(t), 7), round(float(dur), 7)  # a NumPy scalar's repr is not JSON
         if math.isfinite(t) and math.isfinite(dur) and math.isfinite(step) and math.isfinite(nbytes):
             out.append(_LINE % (role, rank, int(step), SPANS[int(code)], t, dur, int(nbytes)))
         else:

@@ -111,6 +111,10 @@ def on_grad(srv, identity: bytes, msg: proto.Grad, frames, t: float) -> None:
     if member is None:
         return
     member.owes.discard((msg.step, msg.shard))  # answered, whether it is still owed or not
+    # Another TASK is queued at this worker: its next computation may write this shared-memory slot
+    # while the server still reads it (the sum, the update), so the slot is copied first.
+    busy_again = bool(member.owes) or member.resent > 0
+    member.resent = max(0, member.resent - 1)
     st = srv.scheduler.cur
     # Logged under the step in progress: a late or made-up GRAD's own step may be long gone or never come.
     srv.log.add("recv", st.step if st is not None else srv.step, t, proto.frames_nbytes(frames[1:]))
@@ -123,8 +127,11 @@ def on_grad(srv, identity: bytes, msg: proto.Grad, frames, t: float) -> None:
         return
     t = srv.log.now()
     s = msg.shard
-    if member.buf is not None:
-        src = member.buf.slots[s]
+    if member.buf is not None and not busy_again:
+        src = member.buf.slots[s]  # read in place: the worker writes it again only after a new TASK
+    elif member.buf is not None:
+        np.copyto(srv.shard_grads[s], member.buf.slots[s])
+        src = srv.shard_grads[s]
     elif msg.grad is not None and msg.grad.size == srv.params.size and msg.grad.dtype == srv.params.dtype:
         np.copyto(srv.shard_grads[s], msg.grad)
         src = srv.shard_grads[s]

@@ -142,9 +142,9 @@ class ServerLoop(Trainer):
             self._abort()
             raise
         finally:
+            self.close()  # first: a signal meanwhile only sets self.stopping, never interrupts it
             for sig, handler in old.items():
                 signal.signal(sig, handler)
-            self.close()
 
     def _on_signal(self, signum, _frame):
         self.stopping = signal.Signals(signum).name
@@ -171,7 +171,8 @@ class ServerLoop(Trainer):
 
     def _wait_for_initial_workers(self):
         deadline = time.monotonic() + self.opts.wait_timeout_s
-        self.echo(f"server listening on {self.address}: waiting for {workers(self.n_shards)} "
+        colocated = " (worker 0 computes in this process)" if self.opts.colocate else ""
+        self.echo(f"server listening on {self.address}: waiting for {workers(self.n_shards)}{colocated} "
                   f"(start them with: parsgd worker --connect {self.address})")
         next_status = time.monotonic() + STATUS_EVERY_S
         while len(self.members.live()) < self.n_shards:

@@ -37,6 +37,7 @@ class Member:
     owes: set = field(default_factory=set)   # (step, shard) of TASKs sent, not answered, not reported idle
     unread: deque = field(default_factory=deque)  # send times (clock s) of TASKs it has not said it read
     tasks_read: int = 0           # TASKs it said (HEARTBEAT.tasks) it has read
+    resent: int = 0               # TASKs sent again for a (step, shard) it still owed (a step timeout)
 
     def busy(self) -> bool:
         """It is computing (or has queued) a TASK: it reads nothing else meanwhile."""
@@ -155,6 +156,8 @@ class Membership:
         return out
 
     def sent_task(self, member: Member, step: int, shard: int) -> None:
+        if (step, shard) in member.owes:
+            member.resent += 1
         member.owes.add((step, shard))
         member.unread.append(self.clock())
 

@@ -36,7 +36,8 @@ class ShardRows:
         idx = self.order(task.epoch)[task.lo:task.hi]
         rows = self.rows[:idx.size]
         if self.prefetched and self.prefetched[0] == (task.epoch, task.lo, task.hi):
-            self.log.add("compute", task.step, *self.prefetched[1])  # gathered while the server updated
+            start, end = self.prefetched[1]
+            self.log.add("compute", task.step, start, end=end)  # gathered while the server updated
         else:
             np.take(self.data.x_train, idx, axis=0, out=rows)
         self.prefetched = None

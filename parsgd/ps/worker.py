@@ -154,7 +154,8 @@ class Worker:
                                len(self.data.y_test), self.buf is not None, self.data.name,
                                self.data.x_train.dtype.name).to_frames())
         self.tasks_done = 0
-        self.spin = cfg.workers <= len(os.sched_getaffinity(0))  # see channel.SPIN_S
+        # see channel.SPIN_S; a colocated worker would spin on the interpreter lock the server needs
+        self.spin = self.own_ctx and cfg.workers <= len(os.sched_getaffinity(0))
         self.echo(f"worker {self.rank}: data loaded, READY sent to {self.opts.connect}"
                   f"{' (shared memory)' if self.buf else ''}; waiting for work")
 
@@ -167,7 +168,8 @@ class Worker:
         if self.heartbeats is not None:
             self.heartbeats.halt.set()
             self.heartbeats.join(timeout=2)
-            self.heartbeats = None
+            if not self.heartbeats.is_alive():  # else kept: a colocated worker's context must not be ended
+                self.heartbeats = None
 
     def _close_buf(self) -> None:
         if self.buf is not None:
