@@ -49,12 +49,14 @@ class Case:
     threads: int = 1     # BLAS threads (seq) or torch threads (per rank)
     transport: str = ""  # PS only
     repeat: int = 0      # > 0: the same case again later in the group (baselines bracket their group)
+    colocate: bool = False  # PS only: worker 0 in the server's process (--colocate)
 
     @property
     def key(self) -> str:
         return {"seq": f"seq-{self.threads}t", "textbook-seq": "textbook-seq-1t",
                 "textbook-pool": f"textbook-pool-p{self.workers}", "pool": f"pool-p{self.workers}",
-                "ps": f"ps-{self.transport}-p{self.workers}", "torch": f"torch-{self.threads}t",
+                "ps": f"ps-{self.transport}-p{self.workers}" + ("-colocated" if self.colocate else ""),
+                "torch": f"torch-{self.threads}t",
                 "torch-ddp": f"torch-ddp-{self.workers}x{self.threads}t"}[self.mode]
 
     @property
@@ -67,7 +69,7 @@ class Case:
                 "textbook-seq": "textbook NumPy MLP, sequential, 1 thread",
                 "textbook-pool": f"textbook Pool P={self.workers} (params + rows pickled per step)",
                 "pool": f"parsgd Pool baseline P={self.workers}",
-                "ps": f"PS {self.transport} P={self.workers}",
+                "ps": f"PS {self.transport} P={self.workers}" + (" colocated" if self.colocate else ""),
                 "torch": f"torch CPU, {self.threads} thread{'s' if self.threads > 1 else ''}",
                 "torch-ddp": f"torch DDP gloo, {self.workers} ranks x {self.threads} thread"}[self.mode]
 
@@ -124,7 +126,7 @@ def argv_for(case: Case, s: dict, out: Path) -> list[str]:
         return [py, "-m", "parsgd", "train", "--workers", str(case.workers), *parsgd]
     if case.mode == "ps":
         return [py, "-m", "parsgd", "launch", "--workers", str(case.workers), "--transport", case.transport,
-                "--wait-timeout", "60", *parsgd]
+                "--wait-timeout", "60", *(["--colocate"] if case.colocate else []), *parsgd]
     if case.mode in ("textbook-seq", "textbook-pool"):
         workers = 0 if case.mode == "textbook-seq" else case.workers
         return [py, str(HERE / "textbook_pool.py"), "--workers", str(workers), *common]

@@ -51,7 +51,8 @@ def round_cases() -> list[Case | tuple[str, int]]:
     out: list[Case | tuple[str, int]] = []
     for b in (256, 1024):
         out += [Case("seq", F32, b, threads=1), Case("seq", F32, b, threads=2),
-                Case("ps", F32, b, workers=1, transport="shm"), Case("ps", F32, b, workers=2, transport="shm")]
+                Case("ps", F32, b, workers=1, transport="shm"), Case("ps", F32, b, workers=2, transport="shm"),
+                Case("ps", F32, b, workers=2, transport="shm", colocate=True)]
         if b == 1024:
             out.append(Case("ps", F32, b, workers=2, transport="tcp"))
         out.append(("corun", b))
@@ -238,6 +239,9 @@ def targets(summary: dict, rounds: list[dict], memory: dict | None) -> list[dict
     add("PS shm P=2 vs seq 2 threads, batch 256", ratio(256, "ps-shm-p2", "seq-2t"), ">=", 0.9, ceil[256]["vs_seq2"])
     add("PS shm P=2 vs seq 2 threads, batch 1024", ratio(1024, "ps-shm-p2", "seq-2t"), ">=", 1.05,
         ceil[1024]["vs_seq2"])
+    for b in (256, 1024):  # the same with worker 0 in the server's process: an option, read beside the target
+        add(f"PS shm P=2 --colocate vs seq 2 threads, batch {b}", ratio(b, "ps-shm-p2-colocated", "seq-2t"), None, 0,
+            ceil[b]["vs_seq2"])
     for b in (256, 1024):
         add(f"co-run slowdown c, batch {b} (2 seq 1-thread at once / 1 alone)", ceil[b]["c"], None, 0,
             ceil[b]["vs_seq1"])
