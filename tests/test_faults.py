@@ -481,8 +481,9 @@ def test_dropped_and_duplicated_grads_change_nothing(tmp_path, reference, transp
 @on("shm")
 def test_injected_drops_and_duplicates_follow_the_logged_seed(tmp_path, reference, transport):
     """One worker drops and duplicates GRADs. Its printed seed and stream replay its decisions: each
-    GRAD it computed (comm.jsonl, in order) was dropped (a step_timeout on it), duplicated (an
-    ignored_grad) or sent once, exactly as a FaultPlan with that seed and stream decides."""
+    GRAD it computed (its send spans in comm.jsonl, in order: one per GRAD, sent or not; a step can
+    have two compute spans, the rows gathered ahead being one) was dropped (a step_timeout on it),
+    duplicated (an ignored_grad) or sent once, exactly as a FaultPlan with that seed and stream decides."""
     run, spec = tmp_path / "run", "drop=0.1,dup=0.2,seed=5"
     with Procs(tmp_path) as p:
         server, address = p.server(run, 3, *ARGS, *CALM_KNOBS, "--step-timeout", "0.5", transport=transport)
@@ -492,7 +493,7 @@ def test_injected_drops_and_duplicates_follow_the_logged_seed(tmp_path, referenc
         assert f"fault injection: {spec} (seed 5, stream 'flaky')" in flaky.output()
     rank = next(e["rank"] for e in named(run, "hello") if e["name"] == "flaky")
     computed = [r["step"] for r in sorted(comm_rows(run), key=lambda r: r["t"])
-                if r["role"] == "worker" and r["rank"] == rank and r["span"] == "compute"]
+                if r["role"] == "worker" and r["rank"] == rank and r["span"] == "send"]
     replay = FaultPlan.parse(spec, echo=lambda _: None, stream="flaky")
     copies = [len(replay.outgoing(step, rank)) for step in computed]
     dropped = [step for step, n in zip(computed, copies) if n == 0]
