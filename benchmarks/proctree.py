@@ -77,11 +77,12 @@ def _children(pid: int) -> list[int]:
             with open(f"/proc/{pid}/task/{task}/children") as f:
                 kids += [int(x) for x in f.read().split()]
     except OSError:
-        pass
+        pass  # it exited meanwhile
     return kids
 
 
-def _tree(root: int) -> list[int]:
+def tree(root: int) -> list[int]:
+    """root and every live descendant (through /proc/PID/task/*/children, into other sessions too)."""
     seen, todo = [], [root]
     while todo:
         pid = todo.pop()
@@ -90,15 +91,21 @@ def _tree(root: int) -> list[int]:
     return seen
 
 
-def _hwm_kb(pid: int) -> int | None:
+
+def proc_kb(pid: int, file: str, field: str) -> int | None:
+    """The kB figure of `field` (e.g. "VmHWM:", "Pss:") in /proc/PID/FILE; None if the process is gone."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(f"/proc/{pid}/{file}") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field):
                     return int(line.split()[1])
-    except OSError:
+    except (OSError, ValueError):
         return None
     return None
+
+
+def _hwm_kb(pid: int) -> int | None:
+    return proc_kb(pid, "status", "VmHWM:")
 
 
 def role_of(pid: int, root: int) -> str:
@@ -131,7 +138,7 @@ def run_watched(argv: list[str], env: dict, log_path: Path, timeout_s: float, cw
 
         def sample():
             while True:
-                for pid in _tree(proc.pid):
+                for pid in tree(proc.pid):
                     kb = _hwm_kb(pid)
                     if kb is not None:  # the role is read again: a fresh child shows its parent's argv until exec
                         old_role, old_kb = peaks.get(pid, ("unknown", 0))

@@ -13,44 +13,18 @@ the figure to compare. The command's own output goes to stderr; stdout gets one 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 
+import proctree  # benchmarks/, beside this file
+
 SAMPLE_EVERY_S = 0.2
-
-
-def _children(pid: int) -> list[int]:
-    kids: list[int] = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                kids += [int(x) for x in f.read().split()]
-    except OSError:
-        pass  # it exited meanwhile
-    return kids
-
-
-def tree(root_pid: int) -> list[int]:
-    """root_pid and every live descendant."""
-    found, frontier = [root_pid], [root_pid]
-    while frontier:
-        frontier = [kid for pid in frontier for kid in _children(pid)]
-        found += frontier
-    return found
 
 
 def pss_kb(pid: int) -> int | None:
     """`Pss:` of /proc/PID/smaps_rollup in kB; None if the process is gone or a zombie (no mappings)."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return None
+    return proctree.proc_kb(pid, "smaps_rollup", "Pss:")
 
 
 def _running(pid: int) -> bool:
@@ -71,7 +45,7 @@ def sample_tree_pss(root_pid: int, interval_s: float = SAMPLE_EVERY_S) -> dict:
     peak_total_kb, peak_kb, samples = 0, {}, 0
     while _running(root_pid):
         total = 0
-        for pid in tree(root_pid):
+        for pid in proctree.tree(root_pid):
             kb = pss_kb(pid)
             if kb is not None:
                 total += kb

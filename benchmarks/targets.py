@@ -111,7 +111,7 @@ def run_memory(workers: int, s: dict, work: Path, timeout_s: float) -> dict:
 
         def name_roles():  # which pid is the launcher, the server, a worker (read while they live)
             while not done.wait(0.3):
-                for pid in proctree._tree(proc.pid):
+                for pid in proctree.tree(proc.pid):
                     role = proctree.role_of(pid, proc.pid)  # a zombie's empty cmdline reads as "child"
                     if roles.get(pid, "child") in ("child", "main") and role != "unknown":
                         roles[pid] = role

@@ -154,8 +154,7 @@ def main():
     ap.add_argument("--reps", type=int, default=2000)
     ap.add_argument("--work-ms", type=float, default=0.8, help="the echo side's arithmetic per message")
     a = ap.parse_args()
-    tmp = tempfile.mkdtemp(prefix="parsgd-wakeup-")
-    try:
+    with tempfile.TemporaryDirectory(prefix="parsgd-wakeup-") as tmp:
         res = {"work_ms": a.work_ms,
                "zmq_ipc_poll": measure(ZmqPair(f"ipc://{tmp}/a.sock"), a.reps, a.work_ms),
                "zmq_ipc_spin_then_poll": measure(ZmqPair(f"ipc://{tmp}/b.sock"), a.reps, a.work_ms, spin=True),
@@ -163,10 +162,6 @@ def main():
                "pipe": measure(FdPair("pipe"), a.reps, a.work_ms),
                "unix_seqpacket": measure(FdPair("seqpacket"), a.reps, a.work_ms),
                "eventfd": measure(FdPair("eventfd"), a.reps, a.work_ms)}
-    finally:
-        for f in os.listdir(tmp):
-            os.unlink(os.path.join(tmp, f))
-        os.rmdir(tmp)
     print(json.dumps(res))
 
 
