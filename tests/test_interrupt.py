@@ -79,3 +79,18 @@ def test_ctrl_c_on_an_experiment_exits_130(tmp_path):
     args = ["experiment", "--workers", "2", "--modes", "sequential,pool", "--quiet", *POOL[3:]]
     args[args.index("--epochs") + 1] = "3"
     interrupt(tmp_path, args, "pool P=2", random.uniform(0.3, 1.0), group=True)
+
+
+@pytest.mark.parametrize("parent_alive", [True, False])
+def test_a_child_whose_parent_died_before_it_asked_to_die_with_it_dies_at_once(parent_alive):
+    """PR_SET_PDEATHSIG only covers deaths after it is set: a child forked just before its parent's
+    SIGKILL must notice the parent is gone (its parent pid changed) and die instead of staying."""
+    import sys
+    code = ("import os, sys; from parsgd.training.pool import die_with_parent; "
+            "die_with_parent(os.getppid() if sys.argv[1] == 'alive' else os.getppid() + 1); print('still here')")
+    result = subprocess.run([sys.executable, "-c", code, "alive" if parent_alive else "gone"],
+                            capture_output=True, text=True, timeout=30)
+    if parent_alive:
+        assert result.returncode == 0 and "still here" in result.stdout
+    else:
+        assert result.returncode == -signal.SIGKILL and "still here" not in result.stdout

@@ -12,13 +12,12 @@ the star, as on a real switch. `--link-delay` puts netem (where the kernel has i
 """
 from __future__ import annotations
 
-import ctypes
 import math
 import os
-import signal
 
 from parsgd.cluster import netns
 from parsgd.cluster.rates import format_rate, tc_time
+from parsgd.training.pool import die_with_parent
 
 SUBNET_PREFIX = 16
 SUBNET = "198.18.0.0/15"       # RFC 2544 benchmarking range: every address parsgd gives is in it
@@ -45,13 +44,6 @@ def tbf_args(rate_bps: float) -> list[str]:
     burst = max(BURST_MIN_BYTES, int(byte_rate * BURST_S))
     limit = max(QUEUE_MIN_BYTES, int(byte_rate * QUEUE_S), 4 * burst)
     return ["tbf", "rate", f"{int(rate_bps)}bit", "burst", str(burst), "limit", str(limit)]
-
-
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 class EmulatedNet:
@@ -134,10 +126,10 @@ class EmulatedNet:
     def preexec(self, role: str):
         """A subprocess preexec_fn: enter host `role`'s namespace (the exec fails if it cannot: it never
         runs in the machine's namespace) and die with the parent."""
-        name = self.ns(role)
+        name, parent = self.ns(role), os.getpid()
 
         def enter():
-            _die_with_parent()
+            die_with_parent(parent)
             netns.enter(name)
         return enter
 

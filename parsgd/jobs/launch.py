@@ -12,6 +12,7 @@ crash and on every other exit path.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shlex
@@ -45,8 +46,9 @@ class LaunchError(UserError):
 
 
 class Child:
-    def __init__(self, label: str, argv: list[str], echo, preexec=die_with_parent):
+    def __init__(self, label: str, argv: list[str], echo, preexec=None):
         self.label, self.argv, self.echo = label, argv, echo
+        preexec = preexec or functools.partial(die_with_parent, os.getpid())
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env, start_new_session=True, preexec_fn=preexec)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing as mp
+import os
 import signal
 import threading
 import time
@@ -22,16 +23,21 @@ _pool_state: dict = {}
 CLOSE_TIMEOUT_S = 2.0  # Pool.terminate() gets this long; then its processes are SIGKILLed
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent: int | None = None) -> None:
     """In a child process: be SIGKILLed when the parent dies, even by SIGKILL (Linux PR_SET_PDEATHSIG),
-    so no orphan is left to print a traceback into a closed pipe. A no-op where prctl is missing."""
+    so no orphan is left to print a traceback into a closed pipe or wait on a queue for ever.
+    `parent`: the parent's pid, taken before the fork; if the parent died before this ran, the signal
+    will never come, so the child dies now (seen under load: a Pool child forked just before its
+    parent's SIGKILL outlived it). A no-op where prctl is missing."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass
+        return
+    if parent is not None and os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _pool_init(sizes, dtype, data: Dataset | None) -> None:
+def _pool_init(sizes, dtype, data: Dataset | None, parent: int) -> None:
     """Runs once in each Pool process: ignore SIGINT, pin BLAS to one thread, keep the data (inherited by fork).
 
     Ctrl-C in a terminal reaches the whole foreground process group. Only the parent may act on it: a Pool
@@ -39,7 +45,7 @@ def _pool_init(sizes, dtype, data: Dataset | None) -> None:
     result pipe (or a lock held), and Pool.terminate() then waits for it forever.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent()
+    die_with_parent(parent)
     _pool_state["limits"] = threadpool_limits(1)
     _pool_state["data"] = data if data is not None else _pool_state_data
     _pool_state["sizes"] = sizes
@@ -91,7 +97,7 @@ class PoolTrainer(Trainer):
         main = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread
         old = signal.signal(signal.SIGINT, lambda signum, _: caught.append(signum)) if main else None
         try:
-            self.pool = ctx.Pool(cfg.workers, initializer=_pool_init, initargs=(self.sizes, cfg.dtype, initdata))
+            self.pool = ctx.Pool(cfg.workers, initializer=_pool_init, initargs=(self.sizes, cfg.dtype, initdata, os.getpid()))
         finally:
             if main:
                 signal.signal(signal.SIGINT, signal.SIG_DFL if old is None else old)
