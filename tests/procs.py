@@ -20,6 +20,9 @@ import numpy as np
 PY = [sys.executable, "-m", "parsgd"]
 SMALL = ["--dataset", "synthetic", "--num-samples", "2000", "--epochs", "1", "--hidden", "32,16",
          "--batch-size", "100"]
+# Training that no test outlasts (25,600 steps of a tiny model): a test acts while it runs.
+BIG_TRAINING = ["--dataset", "synthetic", "--num-samples", "8192", "--batch-size", "16", "--epochs", "50",
+                "--hidden", "32,16"]
 TRANSPORTS = ("shm", "tcp", "ipc")  # as `launch --transport`: shm = TCP messages + shared memory; tcp, ipc: sockets only
 
 
@@ -49,14 +52,14 @@ class Proc:
             self.kill()
             raise AssertionError(f"{self.argv[3]} did not exit within {timeout} s:\n{self.output()[-3000:]}")
 
-    def wait_for(self, text: str, timeout=60) -> None:
+    def wait_for(self, text: str, timeout=60, every: float = 0.05) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if text in self.output():
                 return
             if self.p.poll() is not None:
                 raise AssertionError(f"exited ({self.p.returncode}) before printing {text!r}:\n{self.output()[-3000:]}")
-            time.sleep(0.05)
+            time.sleep(every)
         raise AssertionError(f"no {text!r} within {timeout} s:\n{self.output()[-3000:]}")
 
     def signal(self, sig) -> None:

@@ -36,7 +36,7 @@ from parsgd.ps.checkpoint import load_checkpoint
 from parsgd.ps.faults import FaultPlan
 from parsgd.ps.router import CLOSE_LINGER_MS
 from parsgd.ps.loop import STOP_ACK_S
-from procs import (PY, TRANSPORTS, Procs, descendants, ends_cleanly, events, load_params, no_traceback, none_left,
+from procs import (BIG_TRAINING, PY, TRANSPORTS, Procs, descendants, ends_cleanly, events, load_params, no_traceback, none_left,
                    shell_status)
 
 pytestmark = pytest.mark.slow  # real server and worker processes, faults waited out
@@ -650,8 +650,7 @@ def test_server_stops_promptly_while_a_dead_or_frozen_worker_is_still_registered
 
 
 # -- the exit status of every command for each signal: README's table ----------------------------------
-BIG = ["--dataset", "synthetic", "--num-samples", "8192", "--batch-size", "16", "--epochs", "50",
-       "--hidden", "32,16"]  # 25,600 steps: no run ends before its signal
+BIG = BIG_TRAINING  # 25,600 steps: no run ends before its signal
 
 
 def children_of(proc, n: int, timeout: float = 30.0) -> None:

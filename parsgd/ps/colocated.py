@@ -20,7 +20,8 @@ import zmq
 from parsgd.config import RunConfig
 from parsgd.data import Dataset
 from parsgd.errors import UserError
-from parsgd.ps.worker import Stopped, Worker, WorkerOptions
+from parsgd.ps.stops import Stopped
+from parsgd.ps.worker import Worker, WorkerOptions
 
 ADDRESS = "inproc://parsgd-colocated"
 NAME = "w0"                  # rank 0, as `launch` names its worker processes w1, w2, ...

@@ -59,14 +59,17 @@ def _seconds(x: float) -> bool:
 
 
 class FaultPlan:
-    def __init__(self, at: dict, rates: dict, seed: int, echo=print, stream: str = ""):
-        self.at, self.rates, self.echo = at, rates, echo
+    """A worker's parsed --faults. Its hangs and delays call `sleep(seconds)`: the worker passes one
+    that ends early when it is told to stop (ps/stops.py)."""
+
+    def __init__(self, at: dict, rates: dict, seed: int, echo=print, stream: str = "", sleep=time.sleep):
+        self.at, self.rates, self.echo, self.sleep = at, rates, echo, sleep
         self.seed, self.stream = seed, stream
         self.rng = random.Random(f"{seed}/{stream}")
         self.fired: set = set()
 
     @classmethod
-    def parse(cls, spec: str, echo=print, stream: str = "") -> "FaultPlan":
+    def parse(cls, spec: str, echo=print, stream: str = "", sleep=time.sleep) -> "FaultPlan":
         at, rates, seed = {}, {}, 0
         for item in filter(None, (s.strip() for s in (spec or "").split(","))):
             try:
@@ -98,7 +101,7 @@ class FaultPlan:
                 raise
             except ValueError:
                 raise FaultSpecError(f"bad --faults item {item!r}: use {HELP}") from None
-        plan = cls(at, rates, seed, echo, stream)
+        plan = cls(at, rates, seed, echo, stream, sleep)
         if at or rates:
             echo(f"fault injection: {spec} (seed {seed}, stream {stream!r})")
         return plan
@@ -130,10 +133,10 @@ class FaultPlan:
                              start_new_session=True)
             os.kill(os.getpid(), signal.SIGSTOP)
         elif kind == "hang":
-            time.sleep(secs)
+            self.sleep(secs)
         elif kind == "partition":  # launch --link watches for this line (parsgd.jobs.emulate) and pulls the cable
             self.echo(f"fault injection: partition at step {step} for {secs:g} s")
-            time.sleep(PARTITION_SETTLE_S)
+            self.sleep(PARTITION_SETTLE_S)
 
     def corrupt(self, step: int, rank: int, grad) -> None:
         """Every attempt at the step, not once: a reassigned shard fails again if it comes back here."""
@@ -152,7 +155,7 @@ class FaultPlan:
         if kind == "deaf":
             return True
         if kind == "killpush":
-            time.sleep(secs or KILLPUSH_WAIT_S)
+            self.sleep(secs or KILLPUSH_WAIT_S)
         os.kill(os.getpid(), signal.SIGKILL)
         return False
 
@@ -169,7 +172,7 @@ class FaultPlan:
     def straggle(self, compute_s: float) -> None:
         """slow=FACTOR: every shard's compute takes FACTOR times as long (a straggler, every step)."""
         if "slow" in self.rates:
-            time.sleep((self.rates["slow"][0] - 1) * compute_s)
+            self.sleep((self.rates["slow"][0] - 1) * compute_s)
 
     def drop_task(self) -> bool:
         """True to ignore the TASK just received (a lost TASK), with probability droptask."""
@@ -183,7 +186,7 @@ class FaultPlan:
         elif "dup" in self.rates and self.rng.random() < self.rates["dup"][0]:
             copies = 2
         if "delay" in self.rates and self.rng.random() < self.rates["delay"][0]:
-            time.sleep(self.rates["delay"][1])
+            self.sleep(self.rates["delay"][1])
         return range(copies)
 
 

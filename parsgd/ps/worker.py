@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import threading
 import time
 from dataclasses import dataclass
 
@@ -33,7 +31,7 @@ from parsgd.ps.heartbeat import Heartbeats
 from parsgd.ps.rows import ShardRows
 from parsgd.ps.shm import SessionBuffer, host_identity
 from parsgd.ps.sockets import configure_dealer, dealer_context
-from parsgd.errors import UserError
+from parsgd.ps.stops import Stopped, StopSignals, WorkerExit
 
 HELLO_RETRY_S = 1.0           # resend HELLO this often while no server answers (Lazy Pirate)
 STATUS_EVERY_S = 5.0
@@ -43,10 +41,6 @@ MAX_FRAME_BYTES = proto.MAX_ELEMENTS * 8 + proto.HEADER_MAX
 # Spans go to the server in LOGS chunks this often while the worker trains (and all at STOP), so a
 # SIGKILLed worker loses at most this much of its timeline.
 LOGS_EVERY_S = 1.0
-
-
-class WorkerExit(UserError):
-    """The worker cannot go on; the message says why (exit 1)."""
 
 
 @dataclass(frozen=True)
@@ -65,10 +59,11 @@ class Worker:
     heartbeats from its own thread, and ships its comm spans when the server says STOP.
 
     `run()` returns 0 after a STOP; it raises WorkerExit (a UserError, exit 1) when no server
-    answers within `opts.connect_timeout_s` seconds or the server refuses it (version, data), and
-    Stopped once `halt` is set. Colocated in the server's process (ps/colocated.py), it gets that
-    process's ZeroMQ context `ctx` (inproc:// needs it; it is not terminated here) and `data`, the
-    server's (RunConfig, Dataset): that Dataset is used if WELCOME asks for the same data.
+    answers within `opts.connect_timeout_s` seconds or the server refuses it (version, data), Stopped
+    on SIGTERM or once `halt` is set, KeyboardInterrupt on SIGINT (both after saying it leaves).
+    Colocated in the server's process (ps/colocated.py), it gets that process's ZeroMQ context `ctx`
+    (inproc:// needs it; it is not terminated here) and `data`, the server's (RunConfig, Dataset):
+    that Dataset is used if WELCOME asks for the same data.
     """
 
     def __init__(self, opts: WorkerOptions, echo=click.echo, ctx: zmq.Context | None = None, data=None):
@@ -76,12 +71,13 @@ class Worker:
         self.own_ctx = ctx is None
         self.ctx = dealer_context(opts.connect) if ctx is None else ctx
         self.sock = None
-        self.halt = threading.Event()
+        self.stops = StopSignals()  # SIGINT / SIGTERM as a flag every wait sees (why: ps/stops.py)
+        self.halt = self.stops.halt
         self.log = WorkerSpans(LOGS_EVERY_S)
         self.data, self.data_key = (None, None) if data is None else (data[1], data_key(data[0]))
         self.heartbeats: Heartbeats | None = None
         self.buf: SessionBuffer | None = None
-        self.faults = FaultPlan.parse(opts.faults, echo=echo, stream=opts.name)
+        self.faults = FaultPlan.parse(opts.faults, echo=echo, stream=opts.name, sleep=self.stops.nap)
         self._limits = threadpool_limits(1)  # P workers share the cores: one BLAS thread each
         self.max_msg_bytes = 2 * proto.HEADER_MAX  # until WELCOME says how large the model is
 
@@ -102,12 +98,10 @@ class Worker:
         self.log.settle()  # the previous session's spans keep its server's clock
         self._new_socket()
         while True:
-            if self.halt.is_set():
-                raise Stopped("halted while registering")
             hello = proto.Hello(__version__, proto.PROTOCOL_VERSION, host_identity(), os.getpid(),
                             self.log.now(), self.session, self.opts.name)
             t_sent = self.log.now()
-            if self._send(hello.to_frames(), HELLO_RETRY_S) and self.sock.poll(int(HELLO_RETRY_S * 1000)):
+            if self._send(hello.to_frames(), HELLO_RETRY_S) and self.stops.poll(self.sock, HELLO_RETRY_S):
                 msg = recv_message(self.sock, self.max_msg_bytes, self.echo)
                 if isinstance(msg, proto.Welcome) and msg.session == self.session:
                     self.log.registered(t_sent, self.log.now(), msg.t_server)
@@ -136,8 +130,9 @@ class Worker:
         self.hb_s, self.liveness = welcome.heartbeat_s, welcome.liveness
         self._start_heartbeats()
         if key != self.data_key:
-            self.data = load_dataset(cfg.dataset, cfg.data_dir, cfg.num_samples, cfg.seed, cfg.dtype,
-                                     log=self.echo)
+            with self.stops.raising():  # no ZeroMQ in there: a signal may raise at once
+                self.data = load_dataset(cfg.dataset, cfg.data_dir, cfg.num_samples, cfg.seed, cfg.dtype,
+                                         log=self.echo)
             self.data_key = key
         self.sizes, n = cfg.sizes, n_params(cfg.sizes)
         self.ws = Workspace(self.sizes, cfg.dtype)
@@ -180,32 +175,28 @@ class Worker:
     # -- work --------------------------------------------------------------------------------------
     def run(self) -> int:
         """Register, work until STOP (exit 0); re-register after a lost server or a stale session."""
-        main = threading.current_thread() is threading.main_thread()
-        old = signal.signal(signal.SIGTERM, _raise_exit) if main else None
-        try:
-            while True:
-                self._setup(self._register())
-                outcome = self._work()
-                if outcome == "stop":
-                    return 0
-                self.echo(f"worker {self.rank}: {outcome}; registering again")
-        except (Stopped, KeyboardInterrupt):
-            self._leave()  # so the server reports it left, not that it died, and moves its shard now
-            raise
-        finally:
-            if main:
-                signal.signal(signal.SIGTERM, old)
-            self.close()
+        with self.stops.catching():  # until close() is done: a signal then only sets a flag
+            try:
+                while True:
+                    self._setup(self._register())
+                    outcome = self._work()
+                    if outcome == "stop":
+                        return 0
+                    self.echo(f"worker {self.rank}: {outcome}; registering again")
+            except (Stopped, KeyboardInterrupt):
+                self._leave()  # so the server reports it left, not that it died, and moves its shard now
+                raise
+            finally:
+                self.close()
 
     def _work(self) -> str:
         silent_limit = self.hb_s * self.liveness
         last_heard = time.monotonic()
         spin = False
         while True:
-            if self.halt.is_set():
-                raise Stopped("halted")
+            self.stops.check()
             t = self.log.now()
-            ready = (spin and spin_for_message(self.sock)) or self.sock.poll(int(min(silent_limit, 1.0) * 1000))
+            ready = (spin and spin_for_message(self.sock)) or self.stops.poll(self.sock, min(silent_limit, 1.0))
             spin = False
             if not ready:
                 if time.monotonic() - last_heard > silent_limit:
@@ -239,7 +230,7 @@ class Worker:
                 finally:
                     self.heartbeats.busy = False
                 if deaf:  # fault injection: alive and heartbeating, but never reading its socket
-                    time.sleep(self.opts.connect_timeout_s)
+                    self.stops.nap(self.opts.connect_timeout_s)
                     return "deaf for --connect-timeout (fault injection)"
                 self.tasks_done += 1
                 self.shard_rows.prefetch(msg, self.rank)
@@ -279,7 +270,8 @@ class Worker:
         return self.faults.after_push(task.step)
 
     def _send(self, frames, timeout_s: float = SEND_TIMEOUT_S) -> bool:
-        return send_within(self.sock, frames, timeout_s)
+        """send_within, ended early (Stopped, KeyboardInterrupt) by a stop request."""
+        return self.stops.poll(self.sock, timeout_s, zmq.POLLOUT) and send_within(self.sock, frames, 0)
 
     def _recv_frames(self):
         return recv_frames_within(self.sock, self.max_msg_bytes, self.echo)
@@ -297,7 +289,7 @@ class Worker:
     def _leave(self) -> None:
         """On a signal: the empty LOGS that says this session leaves, if it has one (best effort, 0.2 s)."""
         if getattr(self, "rank", None) is not None and self.sock is not None:
-            self._send(proto.Logs(self.incarnation, self.session, self.rank, np.zeros((0, 5))).to_frames(), 0.2)
+            send_within(self.sock, proto.Logs(self.incarnation, self.session, self.rank, np.zeros((0, 5))).to_frames(), 0.2)
             self.sock.setsockopt(zmq.LINGER, 200)
 
     def _send_logs(self) -> None:
@@ -315,14 +307,6 @@ class Worker:
             self.ctx.term()
 
 
-class Stopped(WorkerExit):
-    """SIGTERM: the worker says it leaves, then exits 1."""
-
-
 def data_key(cfg: RunConfig) -> tuple:
     """What decides a worker's data: a WELCOME with another key means loading it again."""
     return cfg.dataset, cfg.data_dir, cfg.num_samples, cfg.seed, cfg.dtype
-
-
-def _raise_exit(signum, _frame):
-    raise Stopped(f"stopped by {signal.Signals(signum).name}")
