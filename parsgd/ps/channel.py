@@ -26,8 +26,11 @@ SPIN_S = 0.005
 def send_within(sock: zmq.Socket, frames, timeout_s: float = SEND_TIMEOUT_S) -> bool:
     """Send within timeout_s or give up (False): with IMMEDIATE=1 a plain send blocks while no
     server is connected."""
-    if not sock.poll(int(timeout_s * 1000), zmq.POLLOUT):
-        return False
+    return bool(sock.poll(int(timeout_s * 1000), zmq.POLLOUT)) and send_now(sock, frames)
+
+
+def send_now(sock: zmq.Socket, frames) -> bool:
+    """Send if the socket takes it without waiting (False if not)."""
     try:
         sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
     except zmq.Again:

@@ -97,8 +97,10 @@ class StopSignals:
     def poll(self, sock: zmq.Socket, timeout_s: float, flags: int = zmq.POLLIN) -> bool:
         """Whether `sock` is ready for `flags` within `timeout_s` seconds; raises (see check) on a stop."""
         self.check()
-        if self._wake is None or timeout_s <= 0 or sock.poll(0, flags):  # the common case: ready now
-            ready = sock.poll(int(timeout_s * 1000), flags)
+        if sock.poll(0, flags):  # the common case: ready now
+            ready = True
+        elif timeout_s <= 0 or self._wake is None:
+            ready = timeout_s > 0 and sock.poll(int(timeout_s * 1000), flags)
         else:
             if self._poller is None or self._poller[0] is not sock or self._poller[1] != flags:
                 poller = zmq.Poller()

@@ -24,7 +24,8 @@ from parsgd.config import RunConfig
 from parsgd.data import load_dataset
 from parsgd.model.mlp import Workspace, loss_and_grad, n_params
 from parsgd.ps import protocol as proto
-from parsgd.ps.channel import SEND_TIMEOUT_S, recv_frames_within, recv_message, send_within, spin_for_message
+from parsgd.ps.channel import (SEND_TIMEOUT_S, recv_frames_within, recv_message, send_now, send_within,
+                               spin_for_message)
 from parsgd.ps.commlog import WorkerSpans
 from parsgd.ps.faults import FaultPlan
 from parsgd.ps.heartbeat import Heartbeats
@@ -271,7 +272,7 @@ class Worker:
 
     def _send(self, frames, timeout_s: float = SEND_TIMEOUT_S) -> bool:
         """send_within, ended early (Stopped, KeyboardInterrupt) by a stop request."""
-        return self.stops.poll(self.sock, timeout_s, zmq.POLLOUT) and send_within(self.sock, frames, 0)
+        return self.stops.poll(self.sock, timeout_s, zmq.POLLOUT) and send_now(self.sock, frames)
 
     def _recv_frames(self):
         return recv_frames_within(self.sock, self.max_msg_bytes, self.echo)
