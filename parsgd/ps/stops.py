@@ -9,7 +9,8 @@ to the InterruptedSystemCall or Again pyzmq raises next. Seen: 3 of 40 SIGTERMs 
 were lost that way (a Stopped raised by the handler swallowed in click and in numpy's import) and it
 trained on. So the handler sets a flag, `signal.set_wakeup_fd` makes a pipe readable that every wait
 polls next to its ZeroMQ socket (a wait ends at once, not at its timeout), and the worker raises
-from its own code. Only while loading data, with no library in between, does a signal raise at once.
+from its own code. Only while loading data does a signal raise at once (the flag stays set: a raise
+lost there is seen at the next wait).
 """
 from __future__ import annotations
 
