@@ -692,9 +692,6 @@ def start_training(p: Procs, tmp: Path, command: str):
     raise AssertionError(f"README's exit status table has a row this test cannot run: {command}")
 
 
-# A known product bug (the status and what is left behind are still checked): SIGTERM (Python's default
-# action) or SIGKILL ends the parent, and a Pool process then computing a shard prints a BrokenPipeError
-# traceback when it hands the result back (about one run in three here).
 def test_the_exit_status_table_is_in_the_readme():
     assert EXIT, f"no `| command | SIGINT | SIGTERM | SIGKILL |` table in {README}"
 

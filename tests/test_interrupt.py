@@ -94,3 +94,16 @@ def test_a_child_whose_parent_died_before_it_asked_to_die_with_it_dies_at_once(p
         assert result.returncode == 0 and "still here" in result.stdout
     else:
         assert result.returncode == -signal.SIGKILL and "still here" not in result.stdout
+
+
+def test_a_pool_process_writing_to_its_dead_parents_pipe_ends_without_a_traceback():
+    """The parent's pipes close before PR_SET_PDEATHSIG arrives: a Pool process that hands back a result
+    in between (a real pipe whose reader is gone) ends by SIGPIPE, silently, not with a BrokenPipeError
+    traceback (seen in 1 of 2 loaded runs of the exit status table: `experiment` + SIGTERM)."""
+    import sys
+    code = ("import os; from parsgd.training.pool import _pool_init; "
+            "_pool_init((4, 3, 2), 'float32', None, os.getppid()); "
+            "r, w = os.pipe(); os.close(r); os.write(w, b'result'); print('still here')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert result.returncode == -signal.SIGPIPE, (result.returncode, result.stderr[-2000:])
+    assert result.stdout == "" and result.stderr == "", result.stderr[-2000:]

@@ -45,6 +45,10 @@ def _pool_init(sizes, dtype, data: Dataset | None, parent: int) -> None:
     result pipe (or a lock held), and Pool.terminate() then waits for it forever.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The parent's pipes close before its PR_SET_PDEATHSIG reaches us (the kernel closes a dying process's
+    # files first): a result written in between must end this process quietly, as SIGPIPE ends any Unix
+    # process, not print a BrokenPipeError traceback (Python ignores SIGPIPE by default).
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     die_with_parent(parent)
     _pool_state["limits"] = threadpool_limits(1)
     _pool_state["data"] = data if data is not None else _pool_state_data
