@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -52,10 +53,12 @@ class Proc:
             self.kill()
             raise AssertionError(f"{self.argv[3]} did not exit within {timeout} s:\n{self.output()[-3000:]}")
 
-    def wait_for(self, text: str, timeout=60, every: float = 0.05) -> None:
+    def wait_for(self, text: str | re.Pattern, timeout=60, every: float = 0.05) -> None:
+        """Until the output holds `text` (a string, or a compiled regex searched for)."""
+        found = text.search if isinstance(text, re.Pattern) else lambda out: text in out
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if text in self.output():
+            if found(self.output()):
                 return
             if self.p.poll() is not None:
                 raise AssertionError(f"exited ({self.p.returncode}) before printing {text!r}:\n{self.output()[-3000:]}")

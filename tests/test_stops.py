@@ -3,6 +3,7 @@ once, never lost inside pyzmq; fault naps end on a signal. Real processes and re
 from __future__ import annotations
 
 import random
+import re
 import select
 import signal
 import subprocess
@@ -125,7 +126,9 @@ def test_sigterm_at_any_moment_of_a_workers_first_steps(tmp_path):
         server, address = p.server(tmp_path / "run", 1, *BIG_TRAINING, "--heartbeat", "0.2")
         for n in range(40):
             worker = p.worker(address)
-            server.wait_for(f"pid {worker.pid}", every=0.001)  # READY arrived: the worker prints a line, then trains
+            # READY arrived (the whole pid: with pid_max 32768, pids wrap in a long suite and "pid 327"
+            # matched an earlier worker's "pid 32745", so CI signalled a worker still starting)
+            server.wait_for(re.compile(rf"pid {worker.pid}\b"), every=0.001)
             time.sleep(0.001 * (n % 8))
             worker.signal(signal.SIGTERM)
             status = worker.wait(10)
