@@ -13,6 +13,7 @@ import threading
 import zmq
 
 from parsgd.ps import protocol as proto
+from parsgd.ps.channel import send_now
 from parsgd.ps.sockets import configure_dealer
 
 
@@ -36,10 +37,6 @@ class Heartbeats(threading.Thread):
         sock.connect(self.opts.connect)
         try:
             while not self.halt.wait(self.interval):
-                try:
-                    msg = proto.Heartbeat(self.incarnation, self.session, self.busy, self.tasks)
-                    sock.send_multipart(msg.to_frames(), flags=zmq.NOBLOCK)
-                except zmq.Again:
-                    pass
+                send_now(sock, proto.Heartbeat(self.incarnation, self.session, self.busy, self.tasks).to_frames())
         finally:
             sock.close(linger=0)
