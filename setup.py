@@ -18,5 +18,5 @@ setup(
     ],
     # import-linter checks the layer contract in .importlinter (tests/test_architecture.py)
     extras_require={"test": ["pytest>=7", "hypothesis>=6", "import-linter>=2.0"]},
-    entry_points={"console_scripts": ["parsgd=parsgd.cli:main"]},
+    entry_points={"console_scripts": ["parsgd=parsgd.__main__:run"]},
 )

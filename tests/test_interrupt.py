@@ -107,3 +107,25 @@ def test_a_pool_process_writing_to_its_dead_parents_pipe_ends_without_a_tracebac
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert result.returncode == -signal.SIGPIPE, (result.returncode, result.stderr[-2000:])
     assert result.stdout == "" and result.stderr == "", result.stderr[-2000:]
+
+
+# What the console script does (`from parsgd.__main__ import run; sys.exit(run())`), with a line once the
+# interpreter's own startup is over: from there on a Ctrl-C is parsgd's to handle.
+STARTING = ("import sys; from parsgd.__main__ import run; print('go', flush=True); sys.argv[0] = 'parsgd'; "
+            "sys.exit(run())")
+
+
+def test_ctrl_c_while_the_cli_is_still_importing_exits_130_without_a_traceback(tmp_path):
+    """SIGINT 0-90 ms after the interpreter started parsgd, where click and NumPy are still being imported
+    (a KeyboardInterrupt raised in an import printed Python's traceback there: 4 of these 24 tries with the
+    import outside the guard, as the previous entry point had it): each exits 130 with `error: interrupted`."""
+    for n in range(24):
+        proc = subprocess.Popen([PY[0], "-c", STARTING, "train", "--dataset", "synthetic", "--epochs", "50",
+                                 "--out", str(tmp_path / "run")], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=ENV, text=True)
+        assert proc.stdout.readline() == "go\n"
+        time.sleep(0.004 * n)
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=60)[0]
+        assert proc.returncode == 130 and "Traceback" not in out, (n, out[-2000:])
+        assert out.strip().splitlines()[-1].startswith("error: interrupted"), (n, out[-2000:])
