@@ -246,3 +246,17 @@ def test_an_interrupted_emulated_run_says_how_to_resume_it_on_its_link(tmp_path,
                       env={**os.environ, **NO_CHECK}))
     sequential = sequential_params(tmp_path, *two)
     assert np.max(np.abs(load_params(tmp_path / "run") - sequential)) < 1e-8
+
+
+def test_a_link_probe_server_whose_client_never_comes_exits_on_its_own():
+    """The probe's server (parsgd.cluster.probe serve) waits for requests at most PROBE_TIMEOUT_S at a time
+    (here 0.5 s, set in the process): with no client it exits 0 instead of waiting forever (it did)."""
+    from procs import free_port
+    code = (f"import parsgd.cluster.probe as p; p.PROBE_TIMEOUT_S = 0.5; "
+            f"p.serve('tcp://127.0.0.1:{free_port()}', None)")
+    proc = subprocess.Popen([PY[0], "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out = proc.communicate(timeout=20)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and out.split() == ["listening"], out

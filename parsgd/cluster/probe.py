@@ -12,6 +12,7 @@ processes in the hosts of an EmulatedNet and returns that object.
 from __future__ import annotations
 
 import json
+import select
 import statistics
 import subprocess
 import sys
@@ -33,7 +34,8 @@ MAX_FRAME = 1 << 31
 
 def serve(address: str, keys: str) -> None:
     """Answers `up` (payload in, empty reply), `down` (reply of the asked size), `sink` (payloads
-    in, no reply) and `ack`, `source` (N payloads of a size out) until `bye`."""
+    in, no reply) and `ack`, `source` (N payloads of a size out) until `bye`, or until no request came
+    for PROBE_TIMEOUT_S (a client gone; its parent also kills it)."""
     import zmq
     from parsgd.ps.sockets import configure_router
 
@@ -45,7 +47,7 @@ def serve(address: str, keys: str) -> None:
     print("listening", flush=True)
     blobs: dict[int, bytes] = {}
     try:
-        while True:
+        while sock.poll(int(PROBE_TIMEOUT_S * 1000)):
             ident, kind, *rest = sock.recv_multipart(copy=True)
             if kind == b"up":
                 sock.send_multipart([ident, b""])
@@ -193,7 +195,8 @@ def _measure(net, keys: str, sizes: list[int], client_role: str, stream: bool) -
     server = subprocess.Popen(py + ["serve", address, keys], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL, preexec_fn=net.preexec("server"), text=True)
     try:
-        first = server.stdout.readline().strip()
+        started = select.select([server.stdout], [], [], PROBE_TIMEOUT_S)[0]
+        first = server.stdout.readline().strip() if started else f"nothing within {PROBE_TIMEOUT_S:g} s"
         if first != "listening":
             raise NetworkError(f"the link probe's server did not start: {first or server.wait()}")
         argv = py + ["client", address, keys, ",".join(map(str, sizes))] + ([] if stream else ["--no-stream"])
