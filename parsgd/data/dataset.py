@@ -8,28 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from parsgd.errors import UsageError, UserError
+from parsgd.signals import deferred
 
 
-def _import_numpy_random() -> None:
-    """numpy imports numpy.random at its first use, and an exception a signal handler raises during
-    that import is lost (its Cython module's init swallows it from inside abc.register): 4 of 60
-    SIGINTs right before a first np.random call went unseen, and `train` trained to the end. Import
-    it here, once, with SIGINT and SIGTERM held back: a signal meanwhile is delivered just after."""
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        import numpy.random  # noqa: F401
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-
-
-_import_numpy_random()
+# numpy imports numpy.random at its first use, and an exception a signal handler raises during that import
+# is lost (its Cython module init swallows it): 4 of 60 SIGINTs right before a first np.random call went
+# unseen and `train` trained to the end. So it is imported here, once, with the signals deferred.
+with deferred():
+    import numpy.random  # noqa: F401
 
 # Streams of stream_rng(seed, k). They differ from epoch_order's [seed, epoch] in length and in the
 # 0xDA7A word, so no data stream ever repeats an epoch's permutation.
