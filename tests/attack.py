@@ -134,6 +134,7 @@ def wait_event(run_dir, pred, timeout: float = 20.0, count: int = 1) -> list[dic
 def dealer(ctx: zmq.Context, address: str, identity: bytes | None = None, **options) -> zmq.Socket:
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 1000  # long enough to deliver, short enough that ctx.term never hangs
+    sock.sndtimeo = 5000  # a send with no pipe to the server raises zmq.Again, never hangs the test
     if identity is not None:
         sock.routing_id = identity
     for name, value in options.items():

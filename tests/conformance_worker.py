@@ -325,6 +325,7 @@ class Worker:
             self.sock.close(linger=0)
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.linger = 0
+        self.sock.sndtimeo = int(self.timeout_s * 1000)  # a send never hangs: zmq.Again after timeout_s
         self.sock.connect(self.connect)
 
     # -- registration (§5.1) ----------------------------------------------------------------------------

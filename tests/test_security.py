@@ -101,7 +101,11 @@ class Stranger(threading.Thread):
 
     def run(self):
         self.sock.connect(self.address)
-        self.sock.send_multipart(hello(self.pid, pid=self.pid))
+        self.sock.sndtimeo = 3000  # a DEALER's send blocks while it has no pipe: the server may drop it first
+        try:
+            self.sock.send_multipart(hello(self.pid, pid=self.pid))
+        except zmq.Again:
+            pass  # nothing was sent: the monitor still records how the handshake failed
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
             if self.monitor.poll(50):
