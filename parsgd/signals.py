@@ -1,6 +1,6 @@
 """SIGINT and SIGTERM held back while a block runs (an import), then delivered to the handlers before it.
 
-    python -m pytest tests/test_interrupt.py -q -k importing
+    python -m pytest tests/test_signals.py -q
 
 An exception a signal handler raises inside some imports is lost: numpy.random's Cython module init
 swallows it (inside abc.register), and `train` ignored a Ctrl-C and trained to the end (1 of 100
@@ -35,7 +35,17 @@ def deferred(signals: tuple = HELD):
             previous[sig] = signal.signal(sig, lambda signum, _frame: caught.append(signum))
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        _restore(list(previous.items()))
         for sig in dict.fromkeys(caught):
             signal.raise_signal(sig)
+
+
+def _restore(handlers: list) -> None:
+    """Set each (signal, handler) back, all of them even if one raises: signal.signal runs pending
+    handlers, so a signal arriving just then may raise KeyboardInterrupt from the first one."""
+    if handlers:
+        (sig, handler), rest = handlers[0], handlers[1:]
+        try:
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        finally:
+            _restore(rest)
