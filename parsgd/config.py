@@ -140,6 +140,7 @@ class ServerOptions:
     transport: str = "tcp"             # label recorded in the run: shm, tcp or ipc
     resume_command: str = ""           # printed to continue after a stop; "" = `parsgd server --resume RUN_DIR`
     colocate: bool = False             # worker rank 0 computes in a thread of the server's process
+    faults: str = ""                   # launch --faults: the schedule its workers run (recorded, never acted on here)
 
     def __post_init__(self):
         seconds = "a finite number > 0 seconds"  # NaN passes no comparison, inf would never time out
@@ -165,6 +166,12 @@ class ServerOptions:
         if step <= 0:
             return "; no step was taken, so there is nothing to resume"
         return f"; checkpoint written; continue with `{self.resume_command or f'parsgd server --resume {run_dir}'}`"
+
+    def setup(self) -> dict:
+        """What of these options shapes the run, for config.json's `setup` (training/rundir.run_setup keys)."""
+        link = self.transport.partition("@")[2] or None  # launch --link: the transport is labelled tcp@RATE
+        return {"transport": self.transport, "link": link, "colocate": self.colocate, "faults": self.faults,
+                "curve": bool(self.keys_dir), "shm": self.shm}
 
     @property
     def dead_after_s(self) -> float:

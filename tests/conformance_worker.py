@@ -23,7 +23,7 @@ import msgpack
 import numpy as np
 import zmq
 
-VERSION = 2                                          # §9 the protocol version, `v` of every header
+VERSION = 3                                          # §9 the protocol version, `v` of every header
 DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}   # §3 payload types
 SPANS = ("serialize", "send", "recv", "deserialize", "compute", "wait", "aggregate", "update")  # §4.8
 HELLO_RETRY_S = 1.0
@@ -370,7 +370,7 @@ class Worker:
         ready = {"type": "READY", "incarnation": self.incarnation, "session": self.session,
                  "fingerprint": self.fingerprint, "n_train": len(self.data["y_train"]),
                  "n_test": len(self.data["y_test"]), "shm": False,   # never attaches WELCOME.shm (§13)
-                 "dataset": self.data["name"], "data_dtype": cfg["dtype"]}
+                 "dataset": self.data["name"], "data_dtype": cfg["dtype"], "faults": ""}  # no fault injection
         if ready_break == "fingerprint":
             ready["fingerprint"] = "0" * 16 if self.fingerprint != "0" * 16 else "1" * 16
         elif ready_break == "n_train":

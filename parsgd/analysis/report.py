@@ -17,29 +17,16 @@ import datetime as _dt
 import textwrap
 from pathlib import Path
 
-import numpy as np
-
 from parsgd.analysis.results import (CHECK_STEPS, CHECK_TOL, MIN_TIMED_S, MIN_TIMED_STEPS, TOO_SHORT,  # noqa: F401
                                      grouped, number, records, table_rows, with_baseline)
+from parsgd.analysis.commreport import (CATEGORIES, ROLE_ORDER, comm_breakdown, comm_section,  # noqa: F401
+                                        median_parts)
 from parsgd.analysis.linkreport import link_section
+from parsgd.analysis.tables import COLUMNS, format_table  # noqa: F401 (format_table: re-exported)
 from parsgd.analysis.rundirs import Run
 from parsgd.files import ensure_dir, write_file
+from parsgd.training.divergence import verdict_line
 
-# Span names of comm.jsonl grouped into what the report calls them.
-CATEGORIES = {"serialize": ("serialize",), "transfer": ("send", "recv"), "wait": ("wait",),
-              "deserialize": ("deserialize",), "compute": ("compute",), "update": ("update", "aggregate")}
-ROLE_ORDER = ("server", "worker")
-
-# (row key, header, format) of the comparison table, left to right.
-COLUMNS = [("run", "run", "{}"), ("P", "P", "{:d}"), ("runs", "runs", "{:d}"), ("timed_steps", "steps", "{:d}"),
-           ("timed_s", "timed s", "{:.3f}"), ("ms_per_step", "ms/step", "{:.2f}"), ("speedup", "speedup", "{:.2f}x"),
-           ("speedup_range", "min-max", "{:.2f}-{:.2f}x"), ("efficiency", "effic.", "{:.0%}"),
-           ("test_acc", "test acc", "{:.4f}"), ("test_loss", "test loss", "{:.4f}"),
-           ("same_model", "same model", "{}"), ("consistency", "consistency", "{}"),
-           ("staleness_mean", "stale mean", "{:.2f}"), ("staleness_max", "stale max", "{:d}"),
-           ("comm_share", "comm %", "{:.1%}"),
-           ("bytes_per_step", "KB/step", "{:.1f}"), ("note", "note", "{}")]
-_SCALE = {"bytes_per_step": 1e-3}
 # Why a column of the comparison table can be "-" (the value is null or not finite in the run's files).
 MISSING_WHY = {
     "test_acc": "the test split is empty, or the value was not finite (written as null)",
@@ -66,74 +53,13 @@ def comparison_rows(runs: list[Run], baseline: Run) -> list[dict]:
     return table_rows(records(runs, baseline))
 
 
-def comm_breakdown(run: Run) -> dict:
-    """Per role ("server", "worker"): seconds and shares (summing to 1) of each span category.
-
-    Reads comm.jsonl when present, else summary.json's time_breakdown; {} for runs with neither.
-    Categories are CATEGORIES plus "other" for unknown span names; worker seconds are summed over
-    all worker ranks. Returns {role: {"seconds": {category: s}, "shares": {category: fraction},
-    "total_s": s, "ranks": n, "source": "comm.jsonl" | "summary.json"}}.
-    Raises RunDirError if comm.jsonl is corrupt.
-    """
-    comm = run.comm
-    if comm is not None and len(comm):
-        source = "comm.jsonl"
-        per_role = {role: comm.seconds_by_span(role) for role in ROLE_ORDER if (comm.role == role).any()}
-        ranks = {role: len({k for r, k in comm.tracks() if r == role}) for role in per_role}
-    else:
-        source = "summary.json"
-        per_role = {role: spans for role, spans in (run.summary.get("time_breakdown") or {}).items() if spans}
-        ranks = {role: (run.workers if role == "worker" else 1) for role in per_role}
-    out = {}
-    for role, spans in per_role.items():
-        seconds = {cat: float(sum(spans.get(s, 0.0) for s in names)) for cat, names in CATEGORIES.items()}
-        known = {s for names in CATEGORIES.values() for s in names}
-        other_s = sum(v for s, v in spans.items() if s not in known)
-        if other_s:
-            seconds["other"] = float(other_s)
-        total_s = sum(seconds.values())
-        shares = {cat: (v / total_s if total_s > 0 else 0.0) for cat, v in seconds.items()}
-        out[role] = {"seconds": seconds, "shares": shares, "total_s": total_s,
-                     "ranks": ranks.get(role, 1), "source": source}
-    return out
-
-
-def _cell(key: str, fmt: str, value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, (int, float)) and key in _SCALE:
-        value = value * _SCALE[key]
-    try:
-        return fmt.format(*value) if isinstance(value, tuple) else fmt.format(value)
-    except (ValueError, TypeError):
-        return str(value)
-
-
-def format_table(rows: list[dict], columns=None) -> str:
-    """Aligned plain-text table (a header line, a dashes line, one line per row) of `rows`.
-
-    `rows`: dicts such as comparison_rows() returns; `columns`: (key, header, format) triples,
-    default COLUMNS (keys the first row lacks are left out). Text is left-aligned, numbers right;
-    None prints as "-". `parsgd experiment` prints it as is.
-    """
-    columns = [c for c in (columns or COLUMNS) if not rows or c[0] in rows[0]]
-    cells = [[_cell(k, f, row.get(k)) for k, _, f in columns] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, (_, h, _) in enumerate(columns)]
-    left = [i == 0 or any(isinstance(r.get(k), str) for r in rows) for i, (k, _, _) in enumerate(columns)]
-
-    def line(values):
-        return "  ".join(v.ljust(w) if lf else v.rjust(w) for v, w, lf in zip(values, widths, left)).rstrip()
-
-    out = [line([h for _, h, _ in columns]), line(["-" * w for w in widths])]
-    return "\n".join(out + [line(r) for r in cells])
-
-
 def missing_notes(rows: list[dict]) -> list[str]:
     """One line per run and column of MISSING_WHY whose value is None in `rows` (comparison_rows),
     saying why the table shows "-" there; [] when nothing is missing."""
     headers = {key: header for key, header, _ in COLUMNS}
     return [f"  {row['run']}: no {headers[key]}: {why}" for row in rows
-            for key, why in MISSING_WHY.items() if key in headers and key in row and row[key] is None]
+            for key, why in MISSING_WHY.items() if key in headers and key in row and row[key] is None
+            and not (key == "speedup" and row.get("diverged"))]  # said under the table: it diverged
 
 
 def describe_config(config: dict, dataset: str | None = None) -> str:
@@ -156,38 +82,6 @@ def describe_blas(machine: dict) -> str:
     return "; ".join(f"{b.get('internal_api', '?')} {b.get('version') or ''}".strip()
                      + (f" ({b['architecture']})" if b.get("architecture") else "")
                      + f", {b.get('num_threads', '?')} thread(s)" for b in blas)
-
-
-def _comm_section(run: Run) -> list[str]:
-    bd = comm_breakdown(run)
-    out = [f"{run.label}  ({run.path})"]
-    if not bd:
-        return out + ["  no communication log in this run directory", ""]
-    steps = run.summary.get("steps")
-    total_s = number(run.summary["total_time_s"]) or 0.0
-    if steps:
-        moved = np.nansum(run.column("bytes_sent")) + np.nansum(run.column("bytes_recv"))
-        out.append(f"  {steps} steps, {1e3 * total_s / steps:.2f} ms wall time per step, "
-                   f"{moved / steps / 1e3:.1f} KB moved per step, "
-                   f"comm share {float(run.summary.get('comm_share') or 0):.1%}")
-    roles = [r for r in ROLE_ORDER if r in bd]
-    cats = list(dict.fromkeys(c for r in roles for c in bd[r]["seconds"]))
-    rows = []
-    for cat in cats:
-        row = {"span": cat}
-        for role in roles:
-            row[f"{role}_s"] = bd[role]["seconds"].get(cat, 0.0)
-            row[f"{role}_share"] = bd[role]["shares"].get(cat, 0.0)
-        rows.append(row)
-    rows.append({"span": "total", **{k: v for role in roles for k, v in
-                                     ((f"{role}_s", bd[role]["total_s"]), (f"{role}_share", 1.0))}})
-    cols = [("span", "span", "{}")]
-    for role in roles:
-        who = f"{role} x{bd[role]['ranks']}" if role == "worker" else role
-        cols += [(f"{role}_s", f"{who} s", "{:.4f}"), (f"{role}_share", f"{role} %", "{:.1%}")]
-    table = format_table(rows, cols)
-    out += ["  " + ln for ln in table.splitlines()]
-    return out + [f"  (source: {bd[roles[0]]['source']})", ""]
 
 
 def window_line(rows: list[dict]) -> list[str]:
@@ -246,6 +140,27 @@ FLOAT32_DIVERGENCE = (
     "float64 they agree to ~1e-12.")
 
 
+def accuracy_lines(rows: list[dict], runs: list[Run]) -> list[str]:
+    """Lines under the table when the runs reach different models: what `time to acc` is, and each diverged
+    configuration with why and the likely fix (training/divergence.py); [] when every run agrees."""
+    out = []
+    target = rows[0].get("target_acc") if rows else None
+    if target is not None:
+        out += textwrap.wrap(
+            f"The runs reach different accuracies, so compare `time to acc`, not ms/step: the seconds of training "
+            f"until the test accuracy first reached {target:.2f} (the lowest final accuracy of the runs that did "
+            "not diverge, read after each epoch; `-`: never reached); tta speedup = the baseline's time to acc / "
+            "the run's.", 100, initial_indent="  ", subsequent_indent="  ")
+    configs = {g[0].label: g[0].config for g in grouped(runs)}
+    for row in rows:
+        if row.get("diverged"):
+            line = verdict_line({"diverged": True, "diverged_why": row["diverged_why"],
+                                 "staleness_mean": row.get("staleness_mean")}, configs.get(row["run"], {}))
+            out += textwrap.wrap(f"{row['run']}: {line}; no speedup is claimed for it", 100,
+                                 initial_indent="  ", subsequent_indent="    ")
+    return out
+
+
 def check_lines(rows: list[dict]) -> list[str]:
     """The same-model section: what is compared, with which tolerance, and which configurations fail."""
     base = rows[0]["run"]
@@ -281,11 +196,30 @@ How to read this
   received per optimisation step. consistency: the parameter server's model (ssp with its bound S);
   stale mean / max: how many updates were applied between an update's pull and its push (updates.jsonl;
   0 under bsp). Every record is in experiment.json and experiment.csv.
-  In the communication sections, transfer = send + recv and update includes aggregation; worker
-  seconds are summed over all workers, and a worker's wait is its idle time before each task, so
-  large wait shares on both sides mean the step is bound by its serial parts (the server's update,
-  the slowest shard, message latency), not by bandwidth. Shares of each role sum to 100%.
+  In the communication sections, transfer = send + recv (the time to hand bytes to the socket or
+  take them from it, not the time on a link) and update includes aggregation; worker figures are
+  summed over all workers, and a worker's wait is its idle time before each task. A wait holds the
+  time the step's bytes spend on the link, so a large wait alone does not say what bounds a step:
+  each section splits a BSP step into its bytes on the link ((out + in) / the measured link rate,
+  emulated links only), the slowest shard's compute, the server's own work and the rest (latency,
+  wake-ups, processes sharing the cores), and names the largest. Shares of each role sum to 100%.
 """
+
+
+def bounds_line(groups: list[list[Run]]) -> list[str]:
+    """`Here the steps are bound by ...`: which part bounds each BSP parameter-server configuration's
+    steps (commreport.median_parts), grouped by part; [] when none was split."""
+    by_part: dict[str, list[str]] = {}
+    for group in groups:
+        parts = median_parts(group)
+        if parts:
+            by_part.setdefault(parts["bound"], []).append(group[0].label)
+    if not by_part:
+        return []
+    words = {"link": "the link (bandwidth)", "compute": "the slowest shard's compute",
+             "server": "the server's own work", "rest": "the rest (latency, wake-ups, cores shared)"}
+    text = "; ".join(f"by {words[part]}: {', '.join(labels)}" for part, labels in by_part.items())
+    return textwrap.wrap(f"Here the steps are bound {text}.", 100, initial_indent="  ", subsequent_indent="  ")
 
 
 def write_report(out_dir, runs: list[Run], baseline: Run, config=None, machine: dict | None = None) -> Path:
@@ -305,8 +239,9 @@ def write_report(out_dir, runs: list[Run], baseline: Run, config=None, machine: 
     machine = machine if machine is not None else baseline.meta.get("machine", {})
     versions = baseline.meta.get("versions", {})
     runs = with_baseline(runs, baseline)
-    ps_runs = [g[0] for g in grouped(runs) if g[0].mode == "ps" or g[0].has_comm]  # first repeat of each
+    ps_groups = [g for g in grouped(runs) if g[0].mode == "ps" or g[0].has_comm]  # every repeat of each
     rows = comparison_rows(runs, baseline)
+    by_label = {row["run"]: row for row in rows}
     notes, timing = missing_notes(rows), timing_notes(rows)
     now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     lines = [
@@ -322,14 +257,16 @@ def write_report(out_dir, runs: list[Run], baseline: Run, config=None, machine: 
         f"runs:          {', '.join(str(r.path) for r in runs)}",
         *window_line(rows),
         "", "Comparison", "-" * 10, format_table(rows), "",
+        *([*accuracy, ""] if (accuracy := accuracy_lines(rows, runs)) else []),
         *(["Timing notes (the note column)", *timing, ""] if timing else []),
         *(["Missing values (- in the table)", *notes, ""] if notes else []),
         "Same-model check", "-" * 16, *check_lines(rows),
         "Communication overhead (parameter-server runs)", "-" * 46]
-    for run in ps_runs:
-        lines += _comm_section(run)
-    if not ps_runs:
+    for group in ps_groups:
+        lines += comm_section(group, by_label.get(group[0].label))
+    if not ps_groups:
         lines += ["no parameter-server runs in this experiment", ""]
     lines += link_section(runs, out_dir)  # emulated hosts (launch --link): capacity, floor, bounds, estimate
-    lines.append(HOW_TO_READ.format(base=baseline.label, min_steps=MIN_TIMED_STEPS, min_s=MIN_TIMED_S))
+    lines.append(HOW_TO_READ.format(base=baseline.label, min_steps=MIN_TIMED_STEPS, min_s=MIN_TIMED_S).rstrip())
+    lines += [*bounds_line(ps_groups), ""]
     return write_file(out_dir / "experiment_report.txt", "\n".join(lines).encode())

@@ -27,6 +27,8 @@ import numpy as np
 
 from parsgd.analysis.rundirs import Run, RunDirError
 from parsgd.files import json_text, write_file
+from parsgd.config import N_CLASSES
+from parsgd.training.divergence import MIN_JUDGED_STEPS, judge
 from parsgd.training.loop import CHECK_FILE, CHECK_STEPS, WARMUP_STEPS
 
 # A timed window shorter than this is `too short to time` (README "How it is timed" says how these
@@ -44,9 +46,14 @@ TOO_SHORT = "too short to time"
 # Fields of one experiment.json / experiment.csv record, in column order.
 RECORD_FIELDS = ("run", "mode", "transport", "consistency", "P", "repeat", "steps", "warmup_steps", "timed_steps", "timed_s",
                  "ms_per_step", "speedup", "efficiency", "total_s", "wall_s", "train_acc", "test_acc",
-                 "train_loss", "test_loss", "comm_share", "bytes_per_step", "check_steps", "check_diff",
+                 "train_loss", "test_loss", "diverged", "diverged_why", "target_acc", "time_to_acc_s",
+                 "comm_share", "bytes_per_step", "check_steps", "check_diff",
                  "check_tol", "same_model", "staleness_mean", "staleness_max", "too_short", "note", "blas_threads",
-                 "path")
+                 "faults", "colocate", "link", "path")
+# Final test accuracies further apart than this (or a diverged run): the runs reach different models, so
+# the table adds the time to an accuracy every run that did not diverge reached (time_to_accuracy).
+ACC_SPREAD = 0.02
+DIVERGED = "diverged"
 
 
 def number(value) -> float | None:
@@ -145,6 +152,40 @@ def _comm_share(run: Run) -> float:
     return float(comm_s / (comm_s + compute_s)) if comm_s + compute_s > 0 else 0.0
 
 
+def divergence(run: Run) -> tuple[bool | None, str | None]:
+    """(diverged, why): summary.json's judgement (training/divergence.py); a run of an older parsgd is
+    judged from its metrics on accuracy alone (it kept no first-step loss), chance = 1 / classes."""
+    if "diverged" in run.summary:
+        return run.summary.get("diverged"), run.summary.get("diverged_why")
+    steps = int(run.summary.get("steps") or 0) or MIN_JUDGED_STEPS
+    return judge(run.metrics, None, 1.0 / N_CLASSES, steps)
+
+
+def time_to_accuracy(run: Run, target: float | None) -> float | None:
+    """Seconds of training (the running sum of epoch_time_s) until the end of the first epoch whose test
+    accuracy is at least `target`; None when no epoch reached it (or no target)."""
+    if target is None:
+        return None
+    elapsed = 0.0
+    for m in run.metrics:
+        elapsed += number(m.get("epoch_time_s")) or 0.0
+        acc = number(m.get("test_acc"))
+        if acc is not None and acc >= target - 1e-12:
+            return elapsed
+    return None
+
+
+def accuracy_target(recs: list[dict]) -> float | None:
+    """The accuracy the table times every run to, when runs differ in accuracy (a diverged run, or final
+    test accuracies more than ACC_SPREAD apart): the lowest final test accuracy of the runs that did not
+    diverge, down to 0.01; None when they agree (or none has an accuracy)."""
+    finals = [r["test_acc"] for r in recs if r["test_acc"] is not None]
+    kept = [r["test_acc"] for r in recs if r["test_acc"] is not None and not r["diverged"]]
+    if not kept or (max(finals) - min(finals) <= ACC_SPREAD and not any(r["diverged"] for r in recs)):
+        return None
+    return math.floor(min(kept) * 100 + 1e-9) / 100
+
+
 def staleness_stats(run: Run) -> tuple[float | None, int | None]:
     """(mean, max) staleness of the run's applied updates (updates.jsonl): 0, 0 for BSP; (None, None)
     for a run without the file (sequential, Pool) or without updates. Raises RunDirError if corrupt."""
@@ -182,8 +223,12 @@ def records(runs: list[Run], baseline: Run) -> list[dict]:
             steps = s.get("steps")
             moved = float(np.nansum(run.column("bytes_sent")) + np.nansum(run.column("bytes_recv")))
             too_short = w.too_short or base_short
+            diverged, why = divergence(run)
+            if diverged:  # no speedup is claimed for a run that did not train
+                speedup = None
             above = g > 0 and speedup is not None and speedup > run.workers
             stale_mean, stale_max = staleness_stats(run)
+            setup = run.setup
             out.append({
                 "run": run.label, "mode": run.mode, "transport": run.transport, "consistency": run.consistency,
                 "ssp_bound": run.config.get("staleness") if run.consistency == "ssp" else None, "P": run.workers,
@@ -197,10 +242,15 @@ def records(runs: list[Run], baseline: Run) -> list[dict]:
                 "check_steps": check["steps"], "check_diff": check["diff"], "check_tol": check["tol"],
                 "same_model": check["ok"], "not_bsp": check["not_bsp"], "staleness_mean": stale_mean,
                 "staleness_max": stale_max, "too_short": too_short,
-                "note": TOO_SHORT if too_short else ("above P" if above else ""),
+                "note": DIVERGED if diverged else TOO_SHORT if too_short else ("above P" if above else ""),
+                "diverged": diverged, "diverged_why": why,
                 "blas_threads": max((b.get("num_threads") or 0 for b in run.meta.get("machine", {}).get("blas") or []),
                                     default=None),
-                "path": str(run.path)})
+                "faults": setup.get("faults") or None, "colocate": setup.get("colocate"), "link": setup.get("link"),
+                "path": str(run.path), "_run": run})
+    target = accuracy_target(out)
+    for r in out:
+        r["target_acc"], r["time_to_acc_s"] = target, time_to_accuracy(r.pop("_run"), target)
     return out
 
 
@@ -240,11 +290,13 @@ def _check_cell(first_group: bool, ok: bool | None, diffs: list[float], not_bsp:
 
 
 def table_rows(recs: list[dict]) -> list[dict]:
-    """One row per configuration from its records (records()): median timed_s, ms_per_step, comm_share
-    and bytes_per_step over its repeats; speedup = the baseline's median ms_per_step / this median;
-    `speedup_range` (min, max) of the repeats' speedups (None for one run); accuracy and loss of the
-    first repeat; `same_model` as the table prints it and `check_ok` (False if any repeat failed);
-    `too_short` if any repeat is; `above_p` when a speedup shown (median or max) is above P."""
+    """One row per configuration from its records (records()): every figure the median over its repeats
+    (timed_s, ms_per_step, accuracy and loss, comm_share, bytes_per_step, time_to_acc); speedup = the
+    baseline's median ms_per_step / this median; `speedup_range` (min, max) of the repeats' speedups
+    (None for one run); `same_model` as the table prints it and `check_ok` (False if any repeat failed);
+    `too_short` if any repeat is; `above_p` when a speedup shown (median or max) is above P; `diverged`
+    if any repeat diverged (then no speedup, efficiency or time to accuracy); with an accuracy_target,
+    `time_to_acc` (s), `tta_speedup` (the baseline's / this) and `target_acc`."""
     groups: dict[str, list[dict]] = {}
     for r in recs:
         groups.setdefault(r["run"], []).append(r)
@@ -258,7 +310,12 @@ def table_rows(recs: list[dict]) -> list[dict]:
         oks = [r["same_model"] for r in rs]
         diffs = [r["check_diff"] for r in rs if r["check_diff"] is not None]
         too_short = any(r["too_short"] for r in rs)
+        diverged = any(r["diverged"] for r in rs)
+        if diverged:
+            speedup, speedups = None, []
         above = i > 0 and bool(speedups) and max(speedups) > p
+        tta = _median(r["time_to_acc_s"] for r in rs) if not diverged else None
+        base_tta = _median(r["time_to_acc_s"] for r in next(iter(groups.values())))
         rows.append({
             "run": first["run"], "mode": first["mode"], "transport": first["transport"], "P": p, "runs": len(rs),
             "consistency": first["consistency"] and first["consistency"] + (
@@ -269,15 +326,18 @@ def table_rows(recs: list[dict]) -> list[dict]:
             "timed_s": _median(r["timed_s"] for r in rs), "ms_per_step": ms,
             "speedup": speedup, "speedup_range": (min(speedups), max(speedups)) if len(speedups) > 1 else None,
             "efficiency": speedup / p if speedup is not None else None,
-            **{k: first[k] for k in ("train_acc", "test_acc", "train_loss", "test_loss", "steps", "warmup_steps",
-                                     "blas_threads")},
+            **{k: _median(r[k] for r in rs) for k in ("train_acc", "test_acc", "train_loss", "test_loss")},
+            **{k: first[k] for k in ("steps", "warmup_steps", "blas_threads")},
             "same_model": _check_cell(i == 0, None if None in oks else all(oks), diffs,
                                       any(r.get("not_bsp") for r in rs)),
             "check_ok": None if None in oks else all(oks), "check_diff": max(diffs) if diffs else None,
             "check_tol": first["check_tol"],
             "comm_share": _median(r["comm_share"] for r in rs),
             "bytes_per_step": _median(r["bytes_per_step"] for r in rs),
-            "too_short": too_short, "above_p": above,
-            "note": TOO_SHORT if too_short else ("above P" if above else ""),
+            "too_short": too_short, "above_p": above, "diverged": diverged,
+            "diverged_why": next((r["diverged_why"] for r in rs if r["diverged"]), None),
+            **({"time_to_acc": tta, "tta_speedup": base_tta / tta if base_tta and tta else None,
+                "target_acc": first["target_acc"]} if first["target_acc"] is not None else {}),
+            "note": DIVERGED if diverged else TOO_SHORT if too_short else ("above P" if above else ""),
             "path": first["path"], "paths": [r["path"] for r in rs]})
     return rows

@@ -51,10 +51,11 @@ class CommSpans:
         pairs = {(str(r), int(k)) for r, k in zip(self.role, self.rank)}
         return sorted(pairs, key=lambda p: (ROLES.index(p[0]) if p[0] in ROLES else 9, p[1]))
 
-    def seconds_by_span(self, role: str) -> dict[str, float]:
-        """{span name: total seconds} for one role, summed over its ranks and steps ({} if absent); a null
-        (NaN) duration is left out."""
-        mask = self.role == role
+    def seconds_by_span(self, role: str, keep: np.ndarray | None = None) -> dict[str, float]:
+        """{span name: total seconds} for one role, summed over its ranks and steps ({} if absent), only
+        the spans where the bool array `keep` (shape (k,)) is True when given; a null (NaN) duration is
+        left out."""
+        mask = (self.role == role) & (True if keep is None else keep)
         spans, dur_s = self.span[mask], self.dur_s[mask]
         return {str(s): float(np.nansum(dur_s[spans == s])) for s in np.unique(spans)}
 
@@ -93,12 +94,28 @@ class Run:
         return str(self.config.get("consistency") or "bsp") if self.mode == "ps" else None
 
     @property
+    def setup(self) -> dict:
+        """config.json's `setup`: the inputs besides the RunConfig that shaped the run (faults, link,
+        colocate, ...; training/rundir.run_setup); {} for a run of an older parsgd."""
+        setup = self.meta.get("setup")
+        return setup if isinstance(setup, dict) else {}
+
+    @property
+    def setup_words(self) -> list[str]:
+        """The run-shaping inputs a label must show beyond mode, P, transport and consistency, e.g.
+        ['colocate', 'faults slow=worker1:3', '1 BLAS thread']: setup_words(self.setup)."""
+        return setup_words(self.setup)
+
+    @property
     def label(self) -> str:
-        """Short name of the configuration: 'sequential', 'pool P=2', 'ps P=4 shm', 'ps P=3 shm async'."""
+        """Short name of the configuration: 'sequential', 'pool P=2', 'ps P=4 shm', 'ps P=3 shm async',
+        'ps P=3 shm, faults slow=worker1:3' (every setup word after a comma)."""
         if self.mode == "sequential":
-            return "sequential"
-        label = f"{self.mode} P={self.workers}" + (f" {self.transport}" if self.transport else "")
-        return label + (f" {self.consistency}" if self.consistency not in (None, "bsp") else "")
+            label = "sequential"
+        else:
+            label = f"{self.mode} P={self.workers}" + (f" {self.transport}" if self.transport else "")
+            label += f" {self.consistency}" if self.consistency not in (None, "bsp") else ""
+        return ", ".join([label, *self.setup_words])
 
     @property
     def staleness(self) -> np.ndarray | None:
@@ -125,6 +142,22 @@ class Run:
         """One metrics.jsonl field over the epochs: float64 array of shape (epochs,), 0.0 where the key is
         absent, NaN where its value is null (e.g. test_acc of an empty test split): plots show a gap."""
         return np.array([m.get(name, 0.0) for m in self.metrics], dtype=np.float64)
+
+
+def setup_words(setup: dict) -> list[str]:
+    """The words of a run label for config.json's `setup` (analysis and the experiment's plan share them):
+    'colocate', 'faults SCHEDULE' (or the faults each worker reported: 'faults w1 slow=3'), 'N BLAS
+    thread(s)'; transport and link are in the label already."""
+    words = ["colocate"] if setup.get("colocate") else []
+    faults = setup.get("faults") or "; ".join(f"w{rank} {spec}" for rank, spec in
+                                              sorted((setup.get("worker_faults") or {}).items(),
+                                                     key=lambda item: int(item[0])) if spec)
+    if faults:
+        words.append(f"faults {faults}")
+    threads = setup.get("blas_threads")
+    if threads:
+        words.append(f"{threads} BLAS thread{'s' if threads > 1 else ''}")
+    return words
 
 
 def _read_json(path: Path, what: str) -> dict:

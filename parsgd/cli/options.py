@@ -173,3 +173,10 @@ def build_server_options(wait_timeout, heartbeat, liveness, step_timeout, checkp
     return ServerOptions(wait_timeout_s=wait_timeout, heartbeat_s=heartbeat, liveness=liveness,
                          step_timeout_s=step_timeout, checkpoint_every=checkpoint_every, colocate=colocate,
                          **fields)
+
+
+def force_option(f):
+    """`--force`: a new run may replace files in --out that parsgd did not write (train, server, launch)."""
+    return click.option("--force", is_flag=True,
+                        help="Replace files with a run's names in --out that parsgd did not write "
+                             "(without it they are refused).")(f)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
-from parsgd.cli.options import (Option, build_config, check_range, no_repeats, parse_int_list, parse_str_list,
-                                training_options)
+from parsgd.cli.options import (Option, build_config, check_range, force_option, no_repeats, parse_int_list,
+                                parse_str_list, training_options)
 
 
 @click.command()
@@ -31,9 +31,10 @@ from parsgd.cli.options import (Option, build_config, check_range, no_repeats, p
                    "show the median and the min-max.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-epoch lines: one progress line per configuration.")
 @click.option("--verbose", "-v", is_flag=True, help="Show every line of the server and worker processes.")
+@force_option
 @training_options
-def experiment(workers, modes, transports, consistencies, staleness, faults, links, repeat, quiet, verbose, out,
-               **opts):
+def experiment(workers, modes, transports, consistencies, staleness, faults, links, repeat, quiet, verbose, force,
+               out, **opts):
     """Compare sequential, Pool and parameter-server training with one seed: table, report, plots."""
     from parsgd.jobs.experiment import MODES, run_experiment
     from parsgd.jobs.launch import TRANSPORTS, check_ipc_room
@@ -75,7 +76,7 @@ def experiment(workers, modes, transports, consistencies, staleness, faults, lin
     cfg, data = load_data(cfg, quiet)
     run_experiment(cfg, workers_list, modes, transports, out or "results", quiet=quiet, verbose=verbose, data=data,
                    repeat=repeat, links=links, consistencies=consistencies, staleness=staleness,
-                   faults=faults)
+                   faults=faults, force=force)
 
 
 for _param in experiment.params:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import click
 from click.core import ParameterSource
 
-from parsgd.cli.options import (Option, consistency_options, build_config, build_server_options, check_range, given_options,
-                                server_options, training_options)
+from parsgd.cli.options import (Option, consistency_options, build_config, build_server_options, check_range,
+                                force_option, given_options, server_options, training_options)
 
 
 @click.command()
@@ -14,14 +14,15 @@ from parsgd.cli.options import (Option, consistency_options, build_config, build
 @click.option("--blas-threads", "--blas_threads", "blas_threads", type=int, cls=Option,
               show_default="the library's own choice",
               help="Limit BLAS threads in this process.")
+@force_option
 @training_options
-def train(workers, blas_threads, out, **opts):
+def train(workers, blas_threads, force, out, **opts):
     """Train on one machine: sequentially, or with the Pool baseline (--workers P)."""
     from parsgd.jobs.train import run_training
 
     if blas_threads is not None:
         check_range("--blas-threads", blas_threads, blas_threads >= 1, "a whole number >= 1 (omit it for the default)")
-    run_training(build_config(workers, **opts), out, blas_threads)
+    run_training(build_config(workers, **opts), out, blas_threads, force=force)
 
 
 def _spec_alone(ctx: click.Context) -> None:
@@ -49,10 +50,11 @@ def _spec_alone(ctx: click.Context) -> None:
 @click.option("--spec", type=click.Path(dir_okay=False), hidden=True,
               help="A ServerSpec JSON file (config, server options, run directory) from launch; nothing else.")
 @consistency_options
+@force_option
 @training_options
 @click.pass_context
 def server(ctx, bind, workers, wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, colocate, shm,
-           keys_dir, register_timeout, resume, spec, out, **opts):
+           keys_dir, register_timeout, resume, spec, force, out, **opts):
     """Run the parameter server: hold the weights, wait for workers, train."""
     from parsgd.jobs.serve import ServerSpec, run_server
     from parsgd.ps.address import parse_endpoint
@@ -61,7 +63,8 @@ def server(ctx, bind, workers, wait_timeout, heartbeat, liveness, step_timeout, 
     if spec:
         _spec_alone(ctx)
         s = ServerSpec.read(spec)
-        run_server(s.config, s.server, s.out, s.resume, given=s.given, say_replaced=False)  # launch said it
+        run_server(s.config, s.server, s.out, s.resume, given=s.given, say_replaced=False,  # launch said it
+                   force=s.force)
         return
     endpoint = parse_endpoint(bind, "bind")  # before anything is loaded: a bad address is exit 2 at once
     sopts = build_server_options(wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, colocate, bind=bind,
@@ -69,7 +72,7 @@ def server(ctx, bind, workers, wait_timeout, heartbeat, liveness, step_timeout, 
                                  transport="shm" if shm else endpoint.scheme)
     cfg = None if resume else build_config(workers, **opts)
     refuse_open_bind(bind, keys_dir)  # exit 1, also before loading
-    run_server(cfg, sopts, out, resume, given=given_options(ctx) if resume else None)
+    run_server(cfg, sopts, out, resume, given=given_options(ctx) if resume else None, force=force)
 
 
 @click.command()
@@ -112,15 +115,17 @@ def worker(connect, connect_timeout, data_dir, keys_dir, faults, name):
 @click.option("--keys", "keys_dir", type=click.Path(),
               help="With --link: the CURVE key folder (`parsgd keygen`); default: keys made for the run.")
 @consistency_options
+@force_option
 @training_options
 @click.pass_context
 def launch(ctx, workers, transport, wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, colocate,
-           restart_workers, faults, resume, link, link_delay, keys_dir, out, **opts):
+           restart_workers, faults, resume, link, link_delay, keys_dir, force, out, **opts):
     """Start a parameter server and N workers on this machine; stop them all on exit."""
     from parsgd.jobs.launch import LaunchError, launch as run_launch
     from parsgd.data.load import check_num_samples
     from parsgd.jobs.launch import check_ipc_room
     from parsgd.ps.faults import parse_launch_faults
+    from parsgd.training.divergence import EXIT_DIVERGED, RunDiverged
 
     server_errors = []  # the server's own `error: ...` line, repeated as this command's error
 
@@ -134,7 +139,8 @@ def launch(ctx, workers, transport, wait_timeout, heartbeat, liveness, step_time
         raise click.UsageError("--colocate cannot be used with --link: emulated hosts keep the server and every "
                                "worker apart (and use CURVE keys); leave out one of them")
     link = link_options(link, link_delay, keys_dir, transport, faults)  # root, netem: before anything starts
-    sopts = build_server_options(wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, colocate)
+    sopts = build_server_options(wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, colocate,
+                                 faults=faults)
     check_range("--restart-workers", restart_workers, restart_workers >= 0, "a whole number >= 0 (restarts in all)")
     cfg = None if resume else build_config(workers, **opts)  # resuming: the checkpoint's, checked by the job
     if transport == "ipc":
@@ -144,9 +150,11 @@ def launch(ctx, workers, transport, wait_timeout, heartbeat, liveness, step_time
     per_worker = parse_launch_faults(faults, workers, colocated=colocate)
     status = run_launch(cfg, sopts, transport, out, resume=resume, worker_faults=per_worker,
                         restart_workers=restart_workers, echo=echo, given=given_options(ctx) if resume else None,
-                        link=link)
+                        link=link, force=force)
     if status == 1 and server_errors:
         raise LaunchError(server_errors[-1])
+    if status == EXIT_DIVERGED and server_errors:  # trained to the end, every file written: say why, exit 3
+        raise RunDiverged(server_errors[-1])
     return status
 
 

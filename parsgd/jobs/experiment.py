@@ -23,7 +23,8 @@ import click
 
 from parsgd.config import RunConfig, ServerOptions
 from parsgd.errors import Interrupted, UsageError, UserError
-from parsgd.training.loop import fmt
+from parsgd.training.divergence import EXIT_DIVERGED, verdict_line
+from parsgd.training.progress import fmt, format_duration, warn_oversubscribed
 
 MODES = ("sequential", "pool", "ps")
 FAILED_TAIL_LINES = 15  # of a failed PS run's output, shown to say why it failed
@@ -45,15 +46,19 @@ class Configuration:
     link: str | None = None   # launch --link RATE: emulated hosts (transport tcp)
     consistency: str = "bsp"  # ps: launch --consistency
     staleness: int = 0        # ps, ssp: launch --staleness
+    faults: str = ""          # ps: launch --faults
 
     @property
     def label(self) -> str:
         """The same short name runs.Run.label gives the finished run."""
+        from parsgd.analysis.rundirs import setup_words
+
         if self.mode == "sequential":
             return "sequential"
-        return (f"{self.mode} P={self.workers}" + (f" {self.transport}" if self.transport else "")
-                + (f"@{self.link}" if self.link else "")
-                + (f" {self.consistency}" if self.consistency != "bsp" else ""))
+        return ", ".join([f"{self.mode} P={self.workers}" + (f" {self.transport}" if self.transport else "")
+                          + (f"@{self.link}" if self.link else "")
+                          + (f" {self.consistency}" if self.consistency != "bsp" else ""),
+                          *setup_words({"faults": self.faults})])
 
     @property
     def dirname(self) -> str:
@@ -64,29 +69,31 @@ class Configuration:
                 + (f"-{self.consistency}" if self.consistency != "bsp" else ""))
 
 
+class RunsDiverged(ExperimentFailed):
+    """A configuration trained to its end but diverged (exit 3, as `train` and `launch`); all is written."""
+
+    exit_code = EXIT_DIVERGED
+
+
 class ModelMismatch(ExperimentFailed):
     """A configuration failed the same-model check: it trains another model than the reference."""
 
 
-def plan(workers_list, modes, transports, links=(), consistencies=("bsp",), staleness: int = 0) -> list[Configuration]:
+def plan(workers_list, modes, transports, links=(), consistencies=("bsp",), staleness: int = 0,
+         faults: str = "") -> list[Configuration]:
     """Sequential first, then per P (in the given order, duplicates dropped): pool, then ps per transport,
     or, with `links` (rates of `launch --link`), ps over tcp on each link (emulated hosts); each ps
-    configuration once per consistency model, in the given order (ssp with `staleness`)."""
+    configuration once per consistency model, in the given order (ssp with `staleness`), with the
+    `faults` schedule."""
     configs = [Configuration("sequential", 1)] if "sequential" in modes else []
     for p in dict.fromkeys(workers_list):
         if "pool" in modes:
             configs.append(Configuration("pool", p))
         if "ps" in modes:
             nets = [("tcp", rate) for rate in links] if links else [(t, None) for t in dict.fromkeys(transports)]
-            configs += [Configuration("ps", p, t, rate, c, staleness if c == "ssp" else 0)
+            configs += [Configuration("ps", p, t, rate, c, staleness if c == "ssp" else 0, faults)
                         for t, rate in nets for c in dict.fromkeys(consistencies)]
     return configs
-
-
-def format_seconds(s: float) -> str:
-    if s < 1:
-        return "< 1 s"
-    return f"{s:.0f} s" if s < 90 else f"{s // 60:.0f} min {s % 60:02.0f} s"
 
 
 def eta(done: list[tuple[Configuration, float]], remaining: list[Configuration]) -> float | None:
@@ -101,13 +108,13 @@ def eta(done: list[tuple[Configuration, float]], remaining: list[Configuration])
     return sum(sum(by_mode[c.mode]) / len(by_mode[c.mode]) if c.mode in by_mode else overall for c in remaining)
 
 
-def _run_in_process(config: Configuration, cfg: RunConfig, data, run_dir: Path, epoch_echo) -> None:
+def _run_in_process(config: Configuration, cfg: RunConfig, data, run_dir: Path, epoch_echo, force: bool) -> None:
     from parsgd.training.rundir import RunDir
     from parsgd.training.loop import Trainer
     from parsgd.training.pool import PoolTrainer
 
     cfg = cfg.replace(workers=config.workers)
-    rundir = RunDir(run_dir, cfg, config.mode, dataset=data.name)
+    rundir = RunDir(run_dir, cfg, config.mode, dataset=data.name, force=force)
     trainer = (PoolTrainer if config.mode == "pool" else Trainer)(cfg, data, echo=epoch_echo, progress=False)
     try:
         trainer.run(rundir)
@@ -134,11 +141,11 @@ class _ChildOutput:
         self.lines.append(line)
         if self.verbose:
             self.echo(f"  {line}")
-        elif line.startswith("[server] epoch "):
+        elif line.startswith(("[server] epoch ", "[server] progress: ")):
             self.epoch_echo(line.removeprefix("[server] "))
 
 
-def _run_ps(config: Configuration, cfg: RunConfig, run_dir: Path, output: _ChildOutput, faults: str = "") -> int:
+def _run_ps(config: Configuration, cfg: RunConfig, run_dir: Path, output: _ChildOutput, force: bool = False) -> int:
     from parsgd.jobs.launch import launch
     from parsgd.ps.faults import parse_launch_faults
 
@@ -147,8 +154,8 @@ def _run_ps(config: Configuration, cfg: RunConfig, run_dir: Path, output: _Child
         from parsgd.jobs.emulate import LinkOptions
         link = LinkOptions(config.link)
     cfg = cfg.replace(workers=config.workers, consistency=config.consistency, staleness=config.staleness)
-    return launch(cfg, ServerOptions(), config.transport, run_dir, echo=output, link=link,
-                  worker_faults=parse_launch_faults(faults, config.workers))
+    return launch(cfg, ServerOptions(faults=config.faults), config.transport, run_dir, echo=output, link=link,
+                  worker_faults=parse_launch_faults(config.faults, config.workers), force=force, warn=False)
 
 
 def _exit_reason(status: int) -> str:
@@ -159,25 +166,27 @@ def _exit_reason(status: int) -> str:
 
 
 def _run_one(config: Configuration, cfg: RunConfig, data, run_dir: Path, echo, epoch_echo, verbose,
-             faults: str = "") -> str | None:
-    """Train one configuration into run_dir and print its done line; returns why it failed, or None."""
+             force: bool = False) -> str | None:
+    """Train one configuration into run_dir and print its done line; returns why it failed, or None (a
+    run that diverged did not fail: it is reported, and marked so)."""
     from parsgd.analysis.rundirs import load_run
 
     try:
         if config.mode == "ps":
             output = _ChildOutput(echo, epoch_echo, verbose)
-            status = _run_ps(config, cfg, run_dir, output, faults)
+            status = _run_ps(config, cfg, run_dir, output, force)
             if status == 130:
                 raise Interrupted()
-            if status != 0:
+            if status not in (0, EXIT_DIVERGED):
                 why = _exit_reason(status)
                 echo(f"  FAILED: {config.label} ({why}); the last lines of its output:")
                 for line in output.lines[-FAILED_TAIL_LINES:]:
                     echo(f"    {line}")
                 return why
         else:
-            _run_in_process(config, cfg, data, run_dir, epoch_echo)
-        summary = load_run(run_dir).summary
+            _run_in_process(config, cfg, data, run_dir, epoch_echo, force)
+        run = load_run(run_dir)
+        summary = run.summary
     except Interrupted:
         raise
     except Exception as exc:  # one broken configuration must not cost the others
@@ -191,11 +200,14 @@ def _run_one(config: Configuration, cfg: RunConfig, data, run_dir: Path, echo, e
              if summary.get("timed_steps") is not None else "")
     echo(f"  done: test acc {fmt(summary['final_test_acc'])}, {summary['total_time_s']:.2f} s of training{timed} "
          f"-> {run_dir}")
+    if summary.get("diverged"):
+        echo(f"  {verdict_line(summary, run.config)}")
     return None
 
 
 def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: bool = False, echo=click.echo,
-                   verbose: bool = False, data=None, repeat: int = 1, links=(), consistencies=("bsp",), staleness: int = 0, faults: str = "") -> list[Path]:
+                   verbose: bool = False, data=None, repeat: int = 1, links=(), consistencies=("bsp",),
+                   staleness: int = 0, faults: str = "", force: bool = False) -> list[Path]:
     """Run every configuration, then print and write the report and the plots; returns the run dirs.
 
     `cfg`: the training options (its `workers` is ignored; each configuration sets its own).
@@ -207,20 +219,24 @@ def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: 
     the machine's unshaped capacity is measured (capacity.json, and the report's first link figure).
     `consistencies`: every ps configuration runs under each of these models, ssp with `staleness`
     (cfg's own consistency is not used: sequential and Pool are bulk-synchronous anyway). `faults`:
-    every ps configuration's `launch --faults` schedule (checked by the caller for every P).
+    every ps configuration's `launch --faults` schedule (checked by the caller for every P). `force`: a
+    run directory may replace files parsgd did not write (else that configuration fails). More worker
+    processes than cores: one warning line first.
 
     Raises UsageError (nothing to run), DataError and ConfigError (loading the data), OutputDirError
     (`out` unusable), Interrupted (a parameter-server run was stopped by SIGINT/SIGTERM: exit 130)
     and, at the end, ExperimentFailed when any run failed, after writing the report of the others,
-    or ModelMismatch when a configuration failed the same-model check, after writing everything.
+    ModelMismatch when a configuration failed the same-model check, or RunsDiverged (exit 3) when a
+    configuration diverged, after writing everything.
     """
     from parsgd.data import load_dataset
     from parsgd.training.rundir import prepare_dir
 
     out = prepare_dir(out)
-    configs = plan(workers_list, modes, transports, links, consistencies, staleness)
+    configs = plan(workers_list, modes, transports, links, consistencies, staleness, faults)
     if not configs:
         raise UsageError("nothing to run: give at least one mode, and --workers for pool and ps")
+    warn_oversubscribed(max(c.workers for c in configs), echo)
     if data is None and (cfg.dataset == "auto" or any(c.mode != "ps" for c in configs)):
         data = load_dataset(cfg.dataset, cfg.data_dir, cfg.num_samples, cfg.seed, cfg.dtype,
                             log=None if quiet else echo)
@@ -239,9 +255,9 @@ def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: 
         left = eta(done, [c for _, c in todo[i:]])
         run_dir = out / (config.dirname + (f"-r{r}" if repeat > 1 else ""))
         what = config.label + (f" (run {r}/{repeat})" if repeat > 1 else "")
-        echo(f"[{i + 1}/{len(todo)}] {what} ..." + (f"  ETA {format_seconds(left)}" if left else ""))
+        echo(f"[{i + 1}/{len(todo)}] {what} ..." + (f"  ETA {format_duration(left)}" if left else ""))
         t0 = time.monotonic()
-        why = _run_one(config, cfg, data, run_dir, echo, epoch_echo, verbose, faults)
+        why = _run_one(config, cfg, data, run_dir, echo, epoch_echo, verbose, force)
         if why is None:
             run_dirs.append(run_dir)
             done.append((config, time.monotonic() - t0))
@@ -259,6 +275,11 @@ def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: 
                             f"{rows[0]['run']} (the same-model check: parameters after the first steps): "
                             + ", ".join(f"{r['run']} (difference {r['check_diff']:.1e} > {r['check_tol']:.0e})"
                                         for r in wrong), run_dirs)
+    diverged = [r for r in rows if r["diverged"]]
+    if diverged:
+        raise RunsDiverged(f"{len(diverged)} of {len(rows)} configurations diverged: "
+                           f"{', '.join(r['run'] for r in diverged)} (the report says why and the likely fix; "
+                           "every file is written)", run_dirs)
     return run_dirs
 
 

@@ -161,7 +161,7 @@ def _interrupted(signum: int, out: Path, resume_command: str, since: float, resu
 
 def launch(cfg: RunConfig | None, opts: ServerOptions, transport: str = "shm", out=None, resume=None,
            worker_faults: dict[int, str] | None = None, restart_workers: int = 0, echo=click.echo,
-           given: dict | None = None, link=None) -> int:
+           given: dict | None = None, link=None, force: bool = False, warn: bool = True) -> int:
     """Runs a whole parameter-server job on this machine; returns the server's exit status.
 
     Starts a server for `cfg` and `cfg.workers` worker processes. `opts` gives the fault knobs; its
@@ -175,14 +175,17 @@ def launch(cfg: RunConfig | None, opts: ServerOptions, transport: str = "shm", o
     all. `link` (parsgd.jobs.emulate.LinkOptions): the server and each worker on an emulated host of
     their own, over links of that rate, with CURVE (see parsgd.jobs.emulate; the caller ran its
     preflight). Every child line goes to `echo`, prefixed by its role; a new run in a folder that holds an
-    earlier one first prints `[launch] replacing the earlier run in OUT: FILES`.
+    earlier one first prints `[launch] replacing the earlier run in OUT: FILES` (files parsgd did not write
+    there are refused, ForeignFiles, unless `force`). More workers than cores: one warning line (unless
+    not `warn`: the experiment said it once for all its runs).
 
     Raises ConfigError (unknown transport), EndpointError (ipc with too long a TMPDIR), OutputDirError
     (`out` unusable), CheckpointError and ResumeMismatch (--resume), LaunchError (the server exited,
     or did not listen, within ADDRESS_TIMEOUT_S) and Interrupted (SIGINT or SIGTERM: the signal is
     passed on to the server, which checkpoints; the message says how to continue).
     """
-    from parsgd.training.rundir import default_out, earlier_run, prepare_dir, replacing_line
+    from parsgd.training.progress import warn_oversubscribed
+    from parsgd.training.rundir import check_replace, default_out, prepare_dir, replacing_line
 
     if transport not in TRANSPORTS:
         raise ConfigError(f"unknown transport {transport!r}: use one of {', '.join(TRANSPORTS)}")
@@ -203,9 +206,11 @@ def launch(cfg: RunConfig | None, opts: ServerOptions, transport: str = "shm", o
         raise ConfigError("launch needs a config unless it resumes a run")
     workers = cfg.workers
     out = prepare_dir(resume or out or default_out("ps", workers))
-    old = [] if resume else earlier_run(out)
+    old = [] if resume else check_replace(out, force)
     if old:  # the server (started with a spec) removes them and says nothing
         echo(f"[launch] {replacing_line(out, old)}")
+    if warn:
+        warn_oversubscribed(workers, lambda line: echo(f"[launch] {line}"))
     py = [sys.executable, "-m", "parsgd"]
     (out / ADDRESS_FILE).unlink(missing_ok=True)
     tmp = tempfile.mkdtemp(prefix="parsgd-")  # 0700: an ipc socket and the spec here are ours alone
@@ -217,7 +222,7 @@ def launch(cfg: RunConfig | None, opts: ServerOptions, transport: str = "shm", o
         bind, transport = net.bind, "tcp"
     resume_command = launch_resume_command(out, transport, link and link.rate, opts.colocate)
     spec = ServerSpec(config=None if resume else cfg, out=str(out), resume=str(out) if resume else None,
-                      given=given if resume else None,
+                      given=given if resume else None, force=force,
                       server=dataclasses.replace(opts, bind=bind, shm=transport == "shm",
                                                  transport=f"tcp@{link.rate}" if net else transport,
                                                  resume_command=resume_command,

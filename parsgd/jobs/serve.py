@@ -20,7 +20,7 @@ import click
 
 from parsgd.config import ConfigError, RunConfig, ServerOptions
 from parsgd.errors import UsageError, UserError
-from parsgd.training.loop import fmt
+from parsgd.training.divergence import done_line, raise_if_diverged
 
 ADDRESS_FILE = "server.address"  # written into the run directory once the server listens
 
@@ -120,6 +120,7 @@ class ServerSpec:
     out: str | None = None
     resume: str | None = None
     given: dict | None = None
+    force: bool = False        # replace files in `out` that parsgd did not write
 
     def __post_init__(self):
         if self.config is None and not self.resume:
@@ -127,20 +128,21 @@ class ServerSpec:
 
     def to_dict(self) -> dict:
         return {"config": None if self.config is None else self.config.to_dict(),
-                "server": self.server.to_dict(), "out": self.out, "resume": self.resume, "given": self.given}
+                "server": self.server.to_dict(), "out": self.out, "resume": self.resume, "given": self.given,
+                "force": self.force}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ServerSpec":
         """From `to_dict()` output. Raises ConfigError for unknown keys or bad values."""
         if not isinstance(d, dict):
             raise ConfigError(f"a server spec must be a mapping, got {type(d).__name__}")
-        unknown = sorted(set(d) - {"config", "server", "out", "resume", "given"})
+        unknown = sorted(set(d) - {"config", "server", "out", "resume", "given", "force"})
         if unknown:
             raise ConfigError(f"unknown server spec keys: {', '.join(map(str, unknown))}")
         config = d.get("config")
         return cls(config=None if config is None else RunConfig.from_dict(config),
                    server=ServerOptions.from_dict(d.get("server", {})), out=d.get("out"), resume=d.get("resume"),
-                   given=d.get("given"))
+                   given=d.get("given"), force=bool(d.get("force", False)))
 
     def write(self, path) -> Path:
         """Writes the spec as JSON to `path` (atomically); returns the path."""
@@ -163,7 +165,7 @@ class ServerSpec:
 
 
 def run_server(cfg: RunConfig | None, opts: ServerOptions, out=None, resume=None, echo=click.echo,
-               given: dict | None = None, say_replaced: bool = True) -> dict | None:
+               given: dict | None = None, say_replaced: bool = True, force: bool = False) -> dict | None:
     """Runs a parameter server to the end of training; returns the run's summary.
 
     A new run trains `cfg` into `out` (default runs/ps-pN-TIMESTAMP); with `resume` (a run directory)
@@ -173,17 +175,19 @@ def run_server(cfg: RunConfig | None, opts: ServerOptions, out=None, resume=None
     RUN_DIR/server.address once listening, then prints one line per epoch and a final `done:` line
     through `echo`, after a line naming the files of an earlier run in `out` it replaces (unless
     `say_replaced` is False: launch says it). A stop prints `opts.resume_command`, by default the
-    `server --resume` command of the address really bound.
+    `server --resume` command of the address really bound. `force`: replace files in `out` that parsgd
+    did not write (else ForeignFiles).
 
     Raises CheckpointError (no usable checkpoint), ResumeMismatch, DataError, ConfigError (e.g. --batch-size larger
-    than the data), OutputDirError, KeysError (CURVE keys) and ServerExit (cannot bind, workers missing
-    or lost for --wait-timeout, a signal, a non-finite gradient; a checkpoint is written first).
+    than the data), OutputDirError, KeysError (CURVE keys), ServerExit (cannot bind, workers missing
+    or lost for --wait-timeout, a signal, a non-finite gradient; a checkpoint is written first) and
+    RunDiverged (exit 3: trained to the end, every file written, but diverged).
     """
     from parsgd.jobs.train import load_data
     from parsgd.ps.checkpoint import restore
     from parsgd.ps.async_server import AsyncServer
     from parsgd.ps.server import ParameterServer
-    from parsgd.training.rundir import RunDir, atomic_write_bytes, default_out
+    from parsgd.training.rundir import RunDir, atomic_write_bytes, check_replace, default_out
 
     state = None
     if resume:
@@ -194,9 +198,13 @@ def run_server(cfg: RunConfig | None, opts: ServerOptions, out=None, resume=None
         out = resume
     elif cfg is None:
         raise ConfigError("run_server needs a config unless it resumes a run")
+    elif out is not None:
+        check_replace(out, force)  # before the data is loaded: the refusal comes at once
     cfg, data = load_data(cfg, echo=echo)
     rundir = RunDir(out or default_out("ps", cfg.workers), cfg, "ps", transport=opts.transport,
-                    dataset=data.name, append=bool(resume), echo=echo if say_replaced else None)
+                    dataset=data.name, append=bool(resume), echo=echo if say_replaced else None,
+                    setup=opts.setup(), force=force)
+    echo(f"run directory {rundir.path}")
     server_class = ParameterServer if cfg.consistency == "bsp" else AsyncServer
     srv = server_class(cfg, data, opts, rundir, echo=echo)
     if not opts.resume_command:  # only now is a `*` port known
@@ -207,6 +215,6 @@ def run_server(cfg: RunConfig | None, opts: ServerOptions, out=None, resume=None
         echo(f"resuming {rundir.path} at step {srv.step}")
     atomic_write_bytes(Path(rundir.path) / ADDRESS_FILE, srv.address.encode())
     summary = srv.serve()
-    echo(f"done: test acc {fmt(summary['final_test_acc'])} in {summary['total_time_s']:.2f} s of training; "
-         f"run directory {rundir.path}")
+    echo(done_line(summary, rundir.path))
+    raise_if_diverged(summary, cfg.to_dict(), rundir.path)
     return summary

@@ -107,15 +107,11 @@ class AsyncServer(ServerLoop):
         lr = staleness_lr(self.cfg.lr, record["staleness"], self.cfg.lr_staleness)
         sgd_momentum_(self.params, self.velocity, src, lr, self.cfg.momentum, self.scratch)  # no copy
         self.log.add("update", self.step, t)
-        self.step += 1
+        lo, hi = st.rows[b]
+        self.count_batch(msg.loss_sum, msg.correct, hi - lo)
         now = time.perf_counter()
         self.count_step_time(now - self._last_update)  # the epoch's time and the timed window
         self._last_update = now
-        lo, hi = st.rows[b]
-        p = self.partial
-        p["loss_sum"] += msg.loss_sum
-        p["correct"] += msg.correct
-        p["seen"] += hi - lo
         self._step_compute += msg.compute_s / max(1, len(live))  # the workers compute side by side
         member = self.members.get(session)
         self.updates.write({**record, "rank": member.rank if member else None, "t": round(t, 6)})

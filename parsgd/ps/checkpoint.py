@@ -25,7 +25,7 @@ class CheckpointError(UserError):
 def save_checkpoint(run_dir: Path, trainer) -> Path:
     """Write RUN_DIR/checkpoint.npz atomically (state as strict JSON: NaN as null); WriteError on failure."""
     state = {"step": trainer.step, "epoch": trainer.step // trainer.steps_per_epoch, "metrics": trainer.metrics,
-             "partial": trainer.partial, "config": trainer.cfg.to_dict()}
+             "partial": trainer.partial, "config": trainer.cfg.to_dict(), "initial_loss": getattr(trainer, "initial_loss", None)}
     blob = np.frombuffer(json_text(state).encode(), dtype=np.uint8)
     path = Path(run_dir) / NAME
     write_file(path, npz_bytes({"params": trainer.params, "velocity": trainer.velocity, "state": blob}))
@@ -33,7 +33,8 @@ def save_checkpoint(run_dir: Path, trainer) -> Path:
 
 
 def load_checkpoint(run_dir) -> dict:
-    """{'params', 'velocity', 'step', 'epoch', 'metrics', 'partial', 'config'} from RUN_DIR/checkpoint.npz."""
+    """{'params', 'velocity', 'step', 'epoch', 'metrics', 'partial', 'config', 'initial_loss'} from
+    RUN_DIR/checkpoint.npz ('initial_loss' absent from a checkpoint of an older parsgd)."""
     path = Path(run_dir) / NAME
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist: --resume needs the run directory of a parameter-server "
@@ -55,5 +56,6 @@ def restore(trainer, state: dict) -> None:
     trainer.velocity[...] = state["velocity"]
     trainer.step = int(state["step"])
     trainer.metrics = list(state["metrics"])
+    trainer.initial_loss = state.get("initial_loss")  # an older checkpoint has none: the run is judged on accuracy
     # a NaN running sum was written as null
     trainer.partial = {k: float("nan") if v is None else v for k, v in state["partial"].items()}

@@ -8,6 +8,7 @@ second, the rest counted in a `suppressed` event, so a flood of bad messages can
 """
 from __future__ import annotations
 
+import json
 import time
 from typing import Callable
 
@@ -69,14 +70,24 @@ class UpdateLog:
 
     def __init__(self, path):
         self.path, self.f = path, None
+        self.count, self.staleness_sum = 0, 0  # over the whole run's updates (the kept ones included)
 
     def keep(self, n: int) -> None:
         lines = self.path.read_bytes().splitlines(keepends=True)[:n] if n and self.path.exists() else []
         write_file(self.path, b"".join(lines))
+        self.count = len(lines)
+        self.staleness_sum = sum(int(json.loads(line).get("staleness") or 0) for line in lines)
         self.f = AppendFile(self.path)
 
     def write(self, record: dict) -> None:
         self.f.write((json_text(record) + "\n").encode())
+        self.count += 1
+        self.staleness_sum += int(record.get("staleness") or 0)
+
+    @property
+    def staleness_mean(self) -> float | None:
+        """Mean staleness of the updates applied so far (None before the first)."""
+        return self.staleness_sum / self.count if self.count else None
 
     def close(self) -> None:
         if self.f is not None:

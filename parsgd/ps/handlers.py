@@ -80,7 +80,10 @@ def on_ready(srv, identity: bytes, msg: proto.Ready, frames, t: float) -> None:
             member.buf = None
     srv.members.mark_ready(member)
     srv.events("join", rank=member.rank, session=member.session, host=member.host, pid=member.pid,
-               shm=member.buf is not None, generation=srv.members.generation, step=srv.step)
+               shm=member.buf is not None, generation=srv.members.generation, step=srv.step, faults=msg.faults)
+    recorded = srv.rundir.setup.get("worker_faults") or {}
+    if msg.faults and recorded.get(str(member.rank)) != msg.faults:  # a straggler's run must say so
+        srv.rundir.record_setup(worker_faults={**recorded, str(member.rank): msg.faults})
     srv.echo(f"worker {member.rank} joined from {member.host} pid {member.pid}"
              f"{' (shared memory)' if member.buf else ''}: {len(srv.members.live())} live")
     if srv.scheduler.cur is not None:

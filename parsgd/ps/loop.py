@@ -164,6 +164,8 @@ class ServerLoop(Trainer):
         summary["time_breakdown"] = breakdown
         summary["comm_spans"] = n
         summary["generation"] = self.members.generation
+        summary["staleness_mean"] = self.updates.staleness_mean
+        summary["setup"] = rundir.setup  # what shaped the run (faults, link, colocate, ...), beside its figures
         rundir.write_model(self.params, self.sizes)
         rundir.write_json("summary.json", summary)
         self.echo(format_summary(breakdown, self.n_shards))

@@ -19,8 +19,9 @@ size, msgpack well-formedness, version, type, the exact set of fields, field typ
 frame count, dtype and payload length (checked before `frombuffer`). Encoding runs the same
 field checks, so a sender never puts on the wire what a receiver would refuse.
 
-Protocol 2 (this one) added TASK.batch, HEARTBEAT.busy and .tasks, READY.dataset and READY.data_dtype;
-versions are compared for equality. The specification is docs/protocol.md.
+Protocol 3 (this one) added READY.faults (the worker's fault injection, recorded in the run); protocol 2
+TASK.batch, HEARTBEAT.busy and .tasks, READY.dataset and READY.data_dtype; versions are compared for
+equality. The specification is docs/protocol.md.
 
 Version choice: a header whose `v` differs from PROTOCOL_VERSION raises `VersionMismatch`,
 except for HELLO: a foreign-version HELLO is decoded leniently (fields that do not check out
@@ -40,7 +41,7 @@ from parsgd.ps.wire import (BOOL, DTYPES, HEADER_MAX, ID, INT, MAX_CONFIG_KEYS, 
                             MAX_LIST, MAX_TEXT, NAME, TEXT, TIME, ProtocolError, VersionMismatch, config_map,
                             float_in, frame_buffer, frames_nbytes, int_in, payload_array, recv_frames, short)
 
-PROTOCOL_VERSION = 2            # 2: TASK.batch, HEARTBEAT.busy/.tasks, READY.dataset and READY.data_dtype
+PROTOCOL_VERSION = 3            # 3: READY.faults; 2: TASK.batch, HEARTBEAT.busy/.tasks, READY.dataset, .data_dtype
 SPANS = ("serialize", "send", "recv", "deserialize", "compute", "wait", "aggregate", "update")
 ERROR_CODES = ("VERSION", "DATA_MISMATCH", "STALE", "BAD_MESSAGE", "BUSY")
 
@@ -191,9 +192,10 @@ class Ready(Message):
     shm: bool = False          # the worker attached the shared-memory segment WELCOME offered
     dataset: str = ""          # Dataset.name: "mnist", "fashion-mnist" or "synthetic"
     data_dtype: str = "float32"
+    faults: str = ""           # the worker's --faults (fault injection), "" without: recorded in the run's config.json
     TYPE = "READY"
     FIELDS = dict(incarnation=ID, session=ID, fingerprint=NAME, n_train=INT, n_test=INT, shm=BOOL,
-                  dataset=NAME, data_dtype=_dtype_name)
+                  dataset=NAME, data_dtype=_dtype_name, faults=TEXT)
 
 
 @dataclass(frozen=True, eq=False)

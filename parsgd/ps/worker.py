@@ -148,7 +148,7 @@ class Worker:
         self.max_msg_bytes = n * np.dtype(cfg.dtype).itemsize + 2 * proto.HEADER_MAX
         self._send(proto.Ready(self.incarnation, self.session, self.data.fingerprint(), len(self.data.y_train),
                                len(self.data.y_test), self.buf is not None, self.data.name,
-                               self.data.x_train.dtype.name).to_frames())
+                               self.data.x_train.dtype.name, self.opts.faults.strip()).to_frames())
         self.tasks_done = 0
         # See channel.SPIN_S. Colocated too, though it then shares the interpreter lock with the server:
         # measured at P=2, batch 256, 1.51 ms a step with the spin, 1.73 without (P=1: 1.71 / 1.69).

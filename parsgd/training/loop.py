@@ -23,6 +23,8 @@ from parsgd.model.mlp import Workspace, evaluate, init_params, loss_and_grad
 from parsgd.model.optim import all_finite, sgd_momentum_
 from parsgd.errors import UserError
 from parsgd.files import write_file
+from parsgd.training.divergence import chance_accuracy, judge
+from parsgd.training.progress import Progress, fmt  # noqa: F401 (fmt: re-exported)
 from parsgd.training.rundir import RunDir, npz_bytes
 
 # Steps at the start of every run left out of its timed window (`timed_s`): measured on 2 cores, the
@@ -53,11 +55,6 @@ class Diverged(UserError):
     """The loss or gradient became NaN or Inf: training stops (exit 1); the last finite model is kept."""
 
 
-def fmt(value, spec: str = ".4f") -> str:
-    """A metric for the console; None (e.g. the accuracy of an empty test split) prints as n/a."""
-    return "n/a" if value is None else format(value, spec)
-
-
 def epoch_line(m: dict, epochs: int) -> str:
     return (f"epoch {m['epoch']:>3}/{epochs}  loss {fmt(m['train_loss'])}  train acc {fmt(m['train_acc'])}"
             f"  test acc {fmt(m['test_acc'])}  {m['epoch_time_s']:.2f} s")
@@ -85,6 +82,10 @@ class Trainer:
         self.partial = _new_partial()
         self.steps_run = 0  # steps this process has run (a resumed run warms up again)
         self.check: dict | None = None  # check.npz's arrays, once CHECK_STEPS steps are done
+        self.initial_loss: float | None = None  # mean loss of the run's first step (kept in checkpoints)
+        labels = data.y_test if len(data.y_test) else data.y_train
+        self.chance_acc = chance_accuracy(labels, self.sizes[-1])
+        self.meter = Progress(cfg.epochs * self.steps_per_epoch, echo, enabled=not self.progress)
         self._rows = None
 
     # -- what subclasses change ------------------------------------------------------------
@@ -121,13 +122,27 @@ class Trainer:
 
     def count_step_time(self, step_s: float) -> None:
         """Add one step's seconds to the epoch's time and, past the first WARMUP_STEPS steps this
-        process ran, to its timed window (metrics `timed_s`, `timed_steps`)."""
+        process ran, to its timed window (metrics `timed_s`, `timed_steps`); a progress line now and
+        then (training/progress.py)."""
         p = self.partial
         p["time_s"] += step_s
         self.steps_run += 1
+        self.meter.step(self.step, self.step // self.steps_per_epoch + (self.step % self.steps_per_epoch > 0),
+                        self.cfg.epochs)
         if self.steps_run > WARMUP_STEPS:
             p["timed_s"] = p.get("timed_s", 0.0) + step_s  # a checkpoint of an older version lacks it
             p["timed_steps"] = p.get("timed_steps", 0) + 1
+
+    def count_batch(self, loss_sum: float, correct: int, rows: int) -> None:
+        """An update was applied: the step advances; its batch's loss and correct answers go into the
+        epoch's running sums, and the first step's mean loss is kept (the divergence judgement)."""
+        if self.step == 0:
+            self.initial_loss = loss_sum / max(1, rows)
+        self.step += 1
+        p = self.partial
+        p["loss_sum"] += loss_sum
+        p["correct"] += correct
+        p["seen"] += rows
 
     # -- the loop ----------------------------------------------------------------------------
     def _gather(self, idx: np.ndarray) -> np.ndarray:
@@ -171,11 +186,7 @@ class Trainer:
                     loss_sum, correct = self.batch_gradient(epoch, self.step, order, lo, hi)
                     self.check_finite(loss_sum)
                     self.update()
-                    self.step += 1
-                    p = self.partial
-                    p["loss_sum"] += loss_sum
-                    p["correct"] += correct
-                    p["seen"] += hi - lo
+                    self.count_batch(loss_sum, correct, hi - lo)
                     self.count_step_time(time.perf_counter() - t0)
                     if start is not None and self.step == check_at:  # written at the end, after the model
                         self.check = {"update": self.params - start, "steps": np.array([self.step])}
@@ -188,6 +199,7 @@ class Trainer:
         """Write the model and summary.json; returns the summary."""
         summary = self.summary(wall_s)
         if rundir is not None:
+            summary["setup"] = rundir.setup  # what shaped the run, beside its figures
             rundir.write_model(self.params, self.sizes)
             rundir.write_json("summary.json", summary)
         return summary
@@ -219,7 +231,14 @@ class Trainer:
                 "timed_s": sum(m.get("timed_s", 0.0) for m in self.metrics),
                 "final_train_loss": last.get("train_loss"), "final_train_acc": last.get("train_acc"),
                 "final_test_loss": last.get("test_loss"), "final_test_acc": last.get("test_acc"),
-                "comm_share": comm_s / train_s if train_s > 0 else 0.0}
+                "comm_share": comm_s / train_s if train_s > 0 else 0.0, **self.divergence()}
+
+    def divergence(self) -> dict:
+        """summary.json's `diverged` (bool, None when not judged), `diverged_why`, `initial_loss` and
+        `chance_acc` (training/divergence.py)."""
+        diverged, why = judge(self.metrics, self.initial_loss, self.chance_acc, self.step)
+        return {"diverged": diverged, "diverged_why": why, "initial_loss": self.initial_loss,
+                "chance_acc": self.chance_acc}
 
 
 def _new_partial() -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
+import json
 import os
 import platform
 import socket
@@ -20,6 +21,7 @@ import numpy as np
 
 from parsgd import __version__
 from parsgd.config import RunConfig
+from parsgd.errors import UserError
 from parsgd.model.mlp import named_arrays
 from parsgd.files import WriteError, append_bytes, ensure_dir, json_text, write_file
 
@@ -95,11 +97,50 @@ STALE_FILES = ("summary.json", "comm.jsonl", "model.npz", "events.jsonl", "check
 RUN_FILES = ("config.json", "metrics.jsonl", *STALE_FILES)  # what a new run in the folder replaces or removes
 
 
+class ForeignFiles(UserError):
+    """--out names a folder holding files with a run's names that parsgd did not write (exit 1)."""
+
+
 def earlier_run(path) -> list[str]:
     """The RUN_FILES present in the folder `path` (in that order): what a new run there would replace
     or remove; [] when it holds no earlier run or does not exist."""
     path = Path(path)
     return [name for name in RUN_FILES if (path / name).is_file()]
+
+
+def written_by_parsgd(path) -> bool:
+    """True when the folder `path` holds a config.json that parsgd wrote (a JSON object with `config`,
+    `mode` and `versions.parsgd`): then its other run files are parsgd's too."""
+    try:
+        meta = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(meta, dict) and isinstance(meta.get("config"), dict) and "mode" in meta
+            and isinstance(meta.get("versions"), dict) and "parsgd" in meta["versions"])
+
+
+def check_replace(path, force: bool = False) -> list[str]:
+    """The files of an earlier run in the folder `path` that a new run would replace or remove
+    (earlier_run). Raises ForeignFiles when they are there but parsgd did not write them (no parsgd
+    config.json beside them), unless `force`: a new run never replaces someone else's files unasked."""
+    old = earlier_run(path)
+    if old and not force and not written_by_parsgd(path):
+        raise ForeignFiles(f"{path} holds {', '.join(old)}, which parsgd did not write (no parsgd config.json "
+                           "beside them): pass another --out, or --force to replace them")
+    return old
+
+
+SETUP_DEFAULTS = {"transport": None, "link": None, "colocate": False, "faults": "", "worker_faults": {},
+                  "curve": False, "shm": False, "blas_threads": None}
+
+
+def run_setup(**inputs) -> dict:
+    """config.json's `setup`: every input besides the RunConfig that shapes a run (README Run
+    directories): SETUP_DEFAULTS with `inputs` (keys of SETUP_DEFAULTS; others raise KeyError)."""
+    unknown = set(inputs) - set(SETUP_DEFAULTS)
+    if unknown:
+        raise KeyError(f"unknown setup keys: {sorted(unknown)}")
+    return {**SETUP_DEFAULTS, **inputs}
 
 
 def replacing_line(path, names) -> str:
@@ -111,18 +152,22 @@ class RunDir:
     """One training run's output folder, writing config.json as soon as it is made.
 
     `path`: the folder (created if missing); `mode`: "sequential" | "pool" | "ps"; `transport`:
-    the PS transport label, None otherwise; `dataset`: the dataset actually loaded. Without
-    `append` (a resume sets it) metrics.jsonl is emptied and STALE_FILES are removed, only once the
-    folder is known to be writable, after `echo` was given the replacing_line naming the files of
-    the earlier run (None: say nothing). Every file is strict JSON (NaN and Infinity are written as
-    null). Raises OutputDirError / WriteError when the folder or a file cannot be written.
+    the PS transport label, None otherwise; `dataset`: the dataset actually loaded; `setup`: the
+    other inputs that shape the run (run_setup: faults, link, colocate, ...), written to config.json.
+    Without `append` (a resume sets it) metrics.jsonl is emptied and STALE_FILES are removed, only once
+    the folder is known to be writable, after `echo` was given the replacing_line naming the files of
+    the earlier run (None: say nothing); files parsgd did not write are refused unless `force`
+    (check_replace). Every file is strict JSON (NaN and Infinity are written as null). Raises
+    ForeignFiles, OutputDirError / WriteError when the folder or a file cannot be written.
     """
 
     def __init__(self, path, cfg: RunConfig, mode: str, transport: str | None = None,
-                 dataset: str | None = None, append: bool = False, echo=click.echo):
+                 dataset: str | None = None, append: bool = False, echo=click.echo, setup: dict | None = None,
+                 force: bool = False):
         self.path = prepare_dir(path)
         self.cfg, self.mode, self.transport = cfg, mode, transport
-        old = [] if append else earlier_run(self.path)
+        self.setup = run_setup(**{"transport": transport, **(setup or {})})
+        old = [] if append else check_replace(self.path, force)
         if old and echo is not None:
             echo(replacing_line(self.path, old))
         if not append:  # a new run in a used folder: nothing of the old run may pass for this one's
@@ -133,11 +178,16 @@ class RunDir:
                 except OSError as exc:
                     raise WriteError(f"cannot write {self.path / stale}: cannot remove it ({exc.strerror}); "
                                      "remove it by hand or pass another --out") from None
-        self.write_json("config.json", {
-            "config": cfg.to_dict(), "mode": mode, "transport": transport, "dataset": dataset,
-            "versions": versions(), "host": socket.gethostname(),
-            "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "machine": machine_info()})
+        self.meta = {"config": cfg.to_dict(), "mode": mode, "transport": transport, "dataset": dataset,
+                     "setup": self.setup, "versions": versions(), "host": socket.gethostname(),
+                     "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+                     "machine": machine_info()}
+        self.write_json("config.json", self.meta)
+
+    def record_setup(self, **changes) -> None:
+        """Update config.json's `setup` (e.g. the faults a worker reported when it joined), atomically."""
+        self.setup.update(changes)
+        self.write_json("config.json", self.meta)
 
     def write_json(self, name: str, obj) -> None:
         """Write `obj` as indented strict JSON to the file `name` in the folder, atomically; WriteError."""
