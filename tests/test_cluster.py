@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from parsgd.analysis.costmodel import calibrate, link_bounds, step_figures
+from parsgd.analysis.report import write_report
 from parsgd.analysis.rundirs import load_run
+from parsgd.analysis.stepparts import step_parts
 from parsgd.cluster import netns
 from parsgd.cluster.emulated import EmulatedNet
 from procs import PY, Procs, load_params, sequential_params
@@ -121,6 +123,7 @@ def test_estimate_of_another_configuration_within_15_percent_of_the_median_measu
     """Calibrated on P=2 at 100mbit, the model predicts P=3 at 1gbit (the full-size model: 0.94 MB messages)."""
     full = ["--dataset", "synthetic", "--num-samples", "4096", "--epochs", "1", "--seed", "11"]
     ok(launch(tmp_path / "calib", 2, link="100mbit", args=full))
+    check_the_report_says_the_link_bounds_the_step(tmp_path / "calib")
     predicted = calibrate(tmp_path / "calib").predict(3, 1e9)["step_s"]
     measured = []
     for i in range(3):
@@ -133,6 +136,21 @@ def test_estimate_of_another_configuration_within_15_percent_of_the_median_measu
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(rows) == 4 and all({"workers", "link", "step_s", "epoch_s", "speedup", "comm_share"} <= r.keys()
                                   for r in rows)
+
+
+def check_the_report_says_the_link_bounds_the_step(run_dir):
+    """Issue 21: a 100mbit run's wait is its bytes on the link, and the report and the guide say so (it
+    once read ~98% `wait`, 1% transfer, and 'large waits mean ... not bound by bandwidth')."""
+    run = load_run(run_dir)
+    parts = step_parts(run)
+    assert parts["bound"] == "link" and parts["link"] >= 0.8 * parts["step"], parts
+    text = write_report(run_dir / "report", [run], run).read_text()
+    section = text.split("Communication overhead", 1)[1]
+    assert "what a step waits for" in section and "bound by link" in section, section
+    on_link = [ln for ln in section.splitlines() if ln.strip().startswith("on the link")]
+    assert on_link and float(on_link[0].split()[4].rstrip("%")) > 80, section   # the server's share of its step
+    assert "not by bandwidth" not in text
+    assert "Here the steps are bound by the link (bandwidth): ps P=2 tcp@100mbit" in " ".join(text.split())
 
 
 def _wait_for(proc, text, timeout=60):

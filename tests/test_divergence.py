@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from parsgd.training.divergence import EXIT_DIVERGED, MIN_JUDGED_STEPS, advice, chance_accuracy, judge
+from test_experiment import table_rows
 
 PY = [sys.executable, "-m", "parsgd"]
 
@@ -83,3 +84,31 @@ def test_the_advised_fix_trains(tmp_path):
                        capture_output=True, text=True, timeout=180)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr
     assert json.loads((out / "summary.json").read_text())["diverged"] is False
+
+
+@pytest.mark.slow
+def test_an_experiment_claims_no_speedup_for_a_diverged_run_and_times_to_accuracy(tmp_path):
+    out = tmp_path / "exp"
+    p = subprocess.run(PY + ["experiment", "--workers", "3", "--modes", "sequential,ps", "--transport", "shm",
+                             "--consistency", "bsp,async", "--dataset", "fashion-mnist", "--num-samples", "8192",
+                             "--epochs", "2", "--quiet", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == EXIT_DIVERGED, p.stdout[-3000:] + p.stderr
+    assert p.stderr.strip().splitlines() == [
+        "error: 1 of 3 configurations diverged: ps P=3 shm async (the report says why and the likely fix; every "
+        "file is written)"]
+    records = {r["run"]: r for r in json.loads((out / "experiment.json").read_text())["records"]}
+    bad = records["ps P=3 shm async"]
+    assert bad["diverged"] is True and bad["speedup"] is None and bad["note"] == "diverged"
+    assert records["ps P=3 shm"]["diverged"] is False and records["ps P=3 shm"]["speedup"] is not None
+    target = bad["target_acc"]
+    assert target is not None and target <= min(records[r]["test_acc"] for r in ("sequential", "ps P=3 shm"))
+    assert bad["time_to_acc_s"] is None and records["sequential"]["time_to_acc_s"] > 0
+    text = (out / "experiment_report.txt").read_text()
+    rows = table_rows(text)
+    row = rows["ps P=3 shm async"]
+    assert row["speedup"] == row["effic."] == row["time to acc"] == "-" and row["note"] == "diverged", row
+    assert rows["ps P=3 shm"]["speedup"].endswith("x") and rows["sequential"]["tta speedup"] == "1.00x"
+    assert rows["ps P=3 shm"]["time to acc"].endswith(" s")
+    assert f"first reached {target:.2f}" in " ".join(text.split())
+    assert "ps P=3 shm async: DIVERGED" in text and "--momentum 0.5" in text

@@ -186,7 +186,7 @@ def calibrate(run_dir) -> Model:
     run = load_run(run_dir)
     link = read_link(run.path)
     cal = (link or {}).get("calibration")
-    if not cal:
+    if not cal or "unshaped" not in cal:
         raise NoCalibration(f"{run.path} has no link calibration ({LINK_FILE}): estimate needs a run of "
                             "`parsgd launch --link RATE` (with its link check, PARSGD_LINK_CHECK unset)")
     f = step_figures(run)
