@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from parsgd.analysis.costmodel import NoCalibration, calibrate, link_bounds, read_link
 from parsgd.analysis.rundirs import Run, RunDirError
 
@@ -67,8 +69,13 @@ def link_section(runs: list[Run], folder=None) -> list[str]:
     header = (f"  {'run':<22} {'out KB':>8} {'in KB':>8} {'floor ms':>9} {'pipe ms':>8} {'sync ms':>8} {'measured':>9} "
               f"{'estimated':>9}  link check")
     lines += [header, "  " + "-" * (len(header) - 2)]
-    for run, link in emulated:
-        b = link_bounds(run, link)
+    groups: dict[str, list[tuple[Run, dict]]] = {}
+    for run, link in emulated:  # the repeats of a configuration are one line: the median of each figure
+        groups.setdefault(run.label, []).append((run, link))
+    for group in groups.values():
+        run, link = group[0]
+        each = [link_bounds(r, lk) for r, lk in group]
+        b = {k: (float(np.median([e[k] for e in each])) if isinstance(v, float) else v) for k, v in each[0].items()}
         cal = link.get("calibration") or {}
         if not cal:
             check = "not run"
@@ -78,7 +85,7 @@ def link_section(runs: list[Run], folder=None) -> list[str]:
             got = cal["measured_payload_bytes_per_s"] / cal["expected_payload_bytes_per_s"]
             check = f"{got:.0%} of the rate" + ("" if cal.get("rate_ok") else " (off by more than 10%)")
         est = estimates.get(run.path)
-        lines.append(f"  {_label(run):<22} {b['out_bytes'] / 1e3:>8.1f} {b['in_bytes'] / 1e3:>8.1f} "
+        lines.append(f"  {_label(run) + (f' x{len(group)}' if len(group) > 1 else ''):<22} {b['out_bytes'] / 1e3:>8.1f} {b['in_bytes'] / 1e3:>8.1f} "
                      f"{b['floor_s'] * 1e3:>9.2f} {b['pipelined_s'] * 1e3:>8.2f} {b['sync_s'] * 1e3:>8.2f} "
                      f"{b['step_s'] * 1e3:>9.2f} "
                      f"{(f'{est[0] * 1e3:.2f}' if est else '-'):>9}  {check}")
@@ -89,5 +96,6 @@ def link_section(runs: list[Run], folder=None) -> list[str]:
               "  right behind its own TASK): parsgd's steps sit between pipe and sync, as the first GRADs come back",
               "  while the last TASKs are still on the link; rate = RATE x 1448/1514 of TCP payload. estimated: the",
               "  alpha-beta model (parsgd estimate) calibrated on another run: " + (", ".join(sources) or "-") + ".",
-              "  A rate above the unshaped capacity is CPU-bound: these cores, not the link, set the pace.", ""]
+              "  A rate above the unshaped capacity is CPU-bound: these cores, not the link, set the pace. xN: the",
+              "  median of a configuration's N runs (the link check of its first).", ""]
     return lines

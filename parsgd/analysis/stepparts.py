@@ -136,13 +136,18 @@ def _worker_waits(comm, steps, computes, slowest, need, work) -> dict[str, float
 
 
 def bound_sentence(parts: dict) -> str:
-    """One sentence: which part bounds the step, with every part in ms and as a share of the step."""
+    """One sentence: which part bounds the step, with every part in ms and as a share of the median step."""
     step = parts["step"] or 1e-12
     bound = parts["bound"]
-    what = WHAT[bound] + (f" ({parts['link_name']}, {parts['rate'] * 8 / 1e6:.1f} Mbit/s of payload, both directions "
-                          f"one after the other; the bandwidth floor alone is {parts['floor'] * 1e3:.2f} ms)"
-                          if bound == "link" else "")
+    what = WHAT[bound]
+    if bound == "link":
+        what += (f" ({parts['link_name']}, {parts['rate'] * 8 / 1e6:.1f} Mbit/s of payload, both directions one "
+                 f"after the other; the bandwidth floor alone is {parts['floor'] * 1e3:.2f} ms)")
     others = ", ".join(f"{k} {parts[k] * 1e3:.2f} ms ({parts[k] / step:.0%})" for k in PARTS if k != bound)
-    no_link = "" if parts["rate"] else "; no link rate (not emulated): the transfer is CPU work, inside the rest"
-    return (f"bound by {bound}: {parts[bound] * 1e3:.2f} of {step * 1e3:.2f} ms per step ({parts[bound] / step:.0%}) "
-            f"is {what}; {others}{no_link}")
+    if parts["rate"] and parts["link_need"] >= parts["wait"]:
+        others += (f"; the link alone needs {parts['link_need'] * 1e3:.2f} ms, the whole wait, so the shards' "
+                   "compute and the rest are hidden under it")
+    elif not parts["rate"]:
+        others += "; no link rate (not emulated): the transfer is CPU work, inside the rest"
+    return (f"bound by {bound}: {parts[bound] * 1e3:.2f} ms of the median step's {step * 1e3:.2f} ms "
+            f"({parts[bound] / step:.0%}) is {what}; {others}")

@@ -155,7 +155,7 @@ def _run_ps(config: Configuration, cfg: RunConfig, run_dir: Path, output: _Child
         link = LinkOptions(config.link)
     cfg = cfg.replace(workers=config.workers, consistency=config.consistency, staleness=config.staleness)
     return launch(cfg, ServerOptions(faults=config.faults), config.transport, run_dir, echo=output, link=link,
-                  worker_faults=parse_launch_faults(config.faults, config.workers), force=force, warn=False)
+                  worker_faults=parse_launch_faults(config.faults, config.workers), force=force, notes=False)
 
 
 def _exit_reason(status: int) -> str:

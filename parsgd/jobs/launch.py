@@ -31,6 +31,7 @@ from parsgd.config import ConfigError, RunConfig, ServerOptions
 from parsgd.errors import Interrupted, UserError
 from parsgd.jobs.serve import ADDRESS_FILE, ServerSpec, plan_resume
 from parsgd.ps.address import IPC_PATH_MAX, EndpointError
+from parsgd.training.divergence import EXIT_DIVERGED
 from parsgd.training.pool import die_with_parent
 
 ADDRESS_TIMEOUT_S = 60.0      # how long the server may take to load data and bind
@@ -134,6 +135,20 @@ def _all_joined(out: Path, workers: int) -> bool:
     return len(ranks & set(range(workers))) == workers
 
 
+def _say_what_bounds(out: Path, echo) -> None:
+    """`[launch] what a step waits for: bound by ...` of a finished BSP run (nothing when its steps cannot
+    be split: asynchronous, or no step after the warm-up)."""
+    from parsgd.analysis.rundirs import RunDirError, load_run
+    from parsgd.analysis.stepparts import bound_sentence, step_parts
+
+    try:
+        parts = step_parts(load_run(out))
+    except RunDirError:
+        return
+    if parts:
+        echo(f"[launch] what a step waits for ({parts['steps']} timed steps): {bound_sentence(parts)}")
+
+
 def launch_resume_command(run_dir, transport: str, link: str | None = None, colocate: bool = False) -> str:
     """`parsgd launch --resume RUN_DIR` (+ --transport unless shm, --colocate): what continues an
     interrupted launch."""
@@ -161,7 +176,7 @@ def _interrupted(signum: int, out: Path, resume_command: str, since: float, resu
 
 def launch(cfg: RunConfig | None, opts: ServerOptions, transport: str = "shm", out=None, resume=None,
            worker_faults: dict[int, str] | None = None, restart_workers: int = 0, echo=click.echo,
-           given: dict | None = None, link=None, force: bool = False, warn: bool = True) -> int:
+           given: dict | None = None, link=None, force: bool = False, notes: bool = True) -> int:
     """Runs a whole parameter-server job on this machine; returns the server's exit status.
 
     Starts a server for `cfg` and `cfg.workers` worker processes. `opts` gives the fault knobs; its
@@ -176,8 +191,9 @@ def launch(cfg: RunConfig | None, opts: ServerOptions, transport: str = "shm", o
     their own, over links of that rate, with CURVE (see parsgd.jobs.emulate; the caller ran its
     preflight). Every child line goes to `echo`, prefixed by its role; a new run in a folder that holds an
     earlier one first prints `[launch] replacing the earlier run in OUT: FILES` (files parsgd did not write
-    there are refused, ForeignFiles, unless `force`). More workers than cores: one warning line (unless
-    not `warn`: the experiment said it once for all its runs).
+    there are refused, ForeignFiles, unless `force`). With `notes` (the experiment turns them off: its
+    report has them), a warning line when there are more workers than cores, and at the end which part
+    bounds the run's steps (`[launch] what a step waits for: bound by link ...`, analysis/stepparts.py).
 
     Raises ConfigError (unknown transport), EndpointError (ipc with too long a TMPDIR), OutputDirError
     (`out` unusable), CheckpointError and ResumeMismatch (--resume), LaunchError (the server exited,
@@ -209,7 +225,7 @@ def launch(cfg: RunConfig | None, opts: ServerOptions, transport: str = "shm", o
     old = [] if resume else check_replace(out, force)
     if old:  # the server (started with a spec) removes them and says nothing
         echo(f"[launch] {replacing_line(out, old)}")
-    if warn:
+    if notes:
         warn_oversubscribed(workers, lambda line: echo(f"[launch] {line}"))
     py = [sys.executable, "-m", "parsgd"]
     (out / ADDRESS_FILE).unlink(missing_ok=True)
@@ -289,7 +305,10 @@ def launch(cfg: RunConfig | None, opts: ServerOptions, transport: str = "shm", o
             except subprocess.TimeoutExpired:
                 pass
         server.reader.join(timeout=5)
-        return exit_status(server.proc.returncode)
+        status = exit_status(server.proc.returncode)
+        if notes and status in (0, EXIT_DIVERGED):
+            _say_what_bounds(out, echo)
+        return status
     finally:
         stop_all(children)
         if net is not None:
