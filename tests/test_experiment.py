@@ -154,7 +154,8 @@ def test_comm_shares_sum_to_one_and_match_comm_jsonl(exp):
         assert sum(bd["shares"].values()) == pytest.approx(1.0, abs=1e-9)
         assert bd["total_s"] == pytest.approx(sum(s["dur"] for s in spans if s["role"] == role), rel=1e-9)
     section = (out / "experiment_report.txt").read_text().split("Communication overhead", 1)[1]
-    shares = [[float(x) for x in re.findall(r"([\d.]+)%", ln)] for ln in section.splitlines()
+    table = section.split("  span ", 1)[1].split("  total ", 1)[0]  # the span table of the first section
+    shares = [[float(x) for x in re.findall(r"([\d.]+)%", ln)] for ln in table.splitlines()
               if re.match(r"\s+(serialize|transfer|wait|deserialize|compute|update)\s", ln)]
     assert len(shares) == 6
     for column in zip(*shares):  # printed shares (0.1% steps) of each role add up to about 100%
