@@ -13,6 +13,8 @@ from parsgd.errors import UsageError
 DATASETS = ("auto", "mnist", "fashion-mnist", "synthetic")
 DTYPES = ("float32", "float64")
 CONSISTENCY = ("bsp", "ssp", "async")
+SHARD_BY = ("elements", "layer")   # model/keyranges.py
+MAX_SERVERS = 64
 N_INPUTS = 784
 N_CLASSES = 10
 SEED_MAX = 2**64 - 1  # NumPy takes any seed >= 0; the WELCOME message carries it as a msgpack uint64
@@ -40,6 +42,8 @@ class RunConfig:
     consistency: str = "bsp"        # bsp: shards of one batch per step; ssp / async: whole batches on arrival
     staleness: int = 0              # ssp: how many clocks a worker may run ahead of the slowest live one
     lr_staleness: str = "none"      # inverse: an update's lr is lr / (staleness + 1) (Zhang et al. 2016)
+    servers: int = 1                # parameter servers, each holding a key range (model/keyranges.py)
+    shard_by: str = "elements"      # how the key ranges are cut: elements (even, aligned) or layer (whole layers)
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -80,6 +84,13 @@ class RunConfig:
                               f"got {self.staleness} with {self.consistency}")
         if self.lr_staleness not in ("none", "inverse"):
             raise ConfigError(f"--lr-staleness must be none or inverse, got {self.lr_staleness!r}")
+        if not 1 <= self.servers <= MAX_SERVERS:
+            raise ConfigError(f"--servers must be a whole number from 1 to {MAX_SERVERS}, got {self.servers}")
+        if self.shard_by not in SHARD_BY:
+            raise ConfigError(f"--shard-by must be one of {', '.join(SHARD_BY)}, got {self.shard_by!r}")
+        if self.shard_by == "layer" and self.servers > len(self.hidden) + 1:
+            raise ConfigError(f"--servers {self.servers} --shard-by layer: the model has {len(self.hidden) + 1} layers, "
+                              "so a server would own nothing; use fewer servers or --shard-by elements")
         if self.workers > self.batch_size:
             raise ConfigError(
                 f"--workers {self.workers} is more than --batch-size {self.batch_size}: "

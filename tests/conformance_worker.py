@@ -23,7 +23,7 @@ import msgpack
 import numpy as np
 import zmq
 
-VERSION = 3                                          # §9 the protocol version, `v` of every header
+VERSION = 4                                          # §9 the protocol version, `v` of every header
 DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}   # §3 payload types
 SPANS = ("serialize", "send", "recv", "deserialize", "compute", "wait", "aggregate", "update")  # §4.8
 HELLO_RETRY_S = 1.0
@@ -457,7 +457,8 @@ class Worker:
         compute_s = self.now() - t
         header = {"type": "GRAD", "incarnation": self.incarnation, "session": self.session, "step": task["step"],
                   "shard": task["shard"], "lo": task["lo"], "hi": task["hi"], "count": int(idx.size),
-                  "loss_sum": loss_sum, "correct": correct, "compute_s": compute_s}
+                  "loss_sum": loss_sum, "correct": correct, "compute_s": compute_s,
+                  "finite": True, "versions": []}  # one server: no range servers to report on (§15)
         brk = self.grad_breaks.pop(task["step"], None)
         if brk is not None:
             self._break(brk, task, header, grad)

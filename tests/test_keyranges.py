@@ -1,4 +1,4 @@
-"""Key ranges of S servers (ps/keyranges.py): a partition of the flat vector, aligned, gather/scatter exact.
+"""Key ranges of S servers (model/keyranges.py): a partition of the flat vector, aligned, gather/scatter exact.
 
     python3 -m pytest -q tests/test_keyranges.py
 """
@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from parsgd.config import ConfigError
 from parsgd.model.mlp import n_params
-from parsgd.ps.keyranges import ALIGN_BYTES, key_ranges, layer_spans
+from parsgd.model.keyranges import ALIGN_BYTES, key_ranges, layer_spans
 
 sizes_st = st.lists(st.integers(1, 40), min_size=1, max_size=4).map(lambda h: (784, *h, 10))
 

@@ -22,7 +22,7 @@ def _fenced(srv, identity: bytes, msg, any_identity: bool = False):
     member = srv.members.fenced(identity, msg.session, any_identity) if msg.incarnation == srv.incarnation else None
     if member is None and not any_identity:
         srv.events.limited("stale", type=type(msg).__name__, session=msg.session, step=getattr(msg, "step", None))
-        srv.router.reply_error(identity, "STALE", "unknown or expired session: register again")
+        srv.router.reply_error(identity, "STALE", "unknown or expired session: register again", msg.TYPE)
     return member
 
 
@@ -31,7 +31,7 @@ def on_hello(srv, identity: bytes, msg: proto.Hello, frames, t: float) -> None:
         text = (f"server runs parsgd {__version__} (protocol {proto.PROTOCOL_VERSION}), worker runs parsgd "
                 f"{msg.package_version} (protocol {msg.protocol}): install the same version on both")
         srv.events.limited("refused", reason="version", peer=identity.hex(), detail=text)
-        srv.router.reply_error(identity, "VERSION", text)
+        srv.router.reply_error(identity, "VERSION", text, "HELLO")
         return
     old = srv.members.of_identity(identity)
     if old is not None and old.session != msg.session:
@@ -45,7 +45,7 @@ def on_hello(srv, identity: bytes, msg: proto.Hello, frames, t: float) -> None:
         for oldest in evict:  # a HELLO flood: the oldest newcomer makes room
             srv.drop(oldest, "too many peers registering at once")
         if not room:
-            srv.router.reply_error(identity, "BUSY", "the server has as many workers as it takes")
+            srv.router.reply_error(identity, "BUSY", "the server has as many workers as it takes", "HELLO")
             return
         member = srv.members.admit(identity, msg.session, msg.host, msg.pid, msg.name)
         if srv.opts.shm and msg.host == srv.host:
@@ -70,7 +70,7 @@ def on_ready(srv, identity: bytes, msg: proto.Ready, frames, t: float) -> None:
                 f"{'; '.join(differs)}: give it the same dataset files, --data-dir and parsgd version")
         srv.events("refused", reason="data_mismatch", rank=member.rank, detail=text)
         srv.echo(f"turned away worker {member.rank}: {text}")
-        srv.router.reply_error(identity, "DATA_MISMATCH", text)
+        srv.router.reply_error(identity, "DATA_MISMATCH", text, "READY")
         srv.forget(member, close_now=True)
         return
     if member.buf is not None:
@@ -123,7 +123,8 @@ def on_grad(srv, identity: bytes, msg: proto.Grad, frames, t: float) -> None:
     srv.log.add("recv", st.step if st is not None else srv.step, t, proto.frames_nbytes(frames[1:]))
     why = srv.scheduler.check(member.session, msg.step, msg.shard, msg.lo, msg.hi)
     if why == NOT_OWED:
-        strike(srv, identity, f"GRAD for step {msg.step} shard {msg.shard} rows [{msg.lo}, {msg.hi}): {why}")
+        strike(srv, identity, f"GRAD for step {msg.step} shard {msg.shard} rows [{msg.lo}, {msg.hi}): {why}",
+               answers="GRAD")
         return
     if why is not None:
         srv.events.limited("ignored_grad", rank=member.rank, step=msg.step, shard=msg.shard, why=why)
@@ -139,7 +140,8 @@ def on_grad(srv, identity: bytes, msg: proto.Grad, frames, t: float) -> None:
         np.copyto(srv.shard_grads[s], msg.grad)
         src = srv.shard_grads[s]
     else:
-        strike(srv, identity, f"GRAD payload does not match the model ({srv.params.size} x {srv.params.dtype})")
+        strike(srv, identity, f"GRAD payload does not match the model ({srv.params.size} x {srv.params.dtype})",
+               answers="GRAD")
         return
     srv.log.add("deserialize", msg.step, t)
     srv.gradient_in(srv.scheduler.key(msg.step, s), src, msg)
@@ -168,19 +170,20 @@ def on_logs(srv, identity: bytes, msg: proto.Logs, frames, t: float) -> None:
 def on_error(srv, identity: bytes, msg: proto.Error, frames, t: float) -> None:
     member = srv.members.of_identity(identity)
     if member is None:
-        strike(srv, identity, f"ERROR {msg.code} from a peer that is not a worker")
+        strike(srv, identity, f"ERROR {msg.code} from a peer that is not a worker", answers="ERROR")
         return
     srv.events("worker_error", code=msg.code, message=msg.message)
     srv.echo(f"worker {member.rank} reported: {msg.message}")
     srv.drop(member, f"worker error {msg.code}")
 
 
-def strike(srv, identity: bytes, error: str, severe: bool = False) -> None:
-    """A bad message: dropped. A member gets ERROR BAD_MESSAGE; a stranger may be quarantined."""
+def strike(srv, identity: bytes, error: str, severe: bool = False, answers: str = "") -> None:
+    """A bad message (of type `answers`, "" when it could not be decoded): dropped. A member gets ERROR
+    BAD_MESSAGE naming that type; a stranger may be quarantined."""
     registered = srv.members.of_identity(identity) is not None
     srv.events.limited("protocol_error", peer=identity.hex(), error=error, registered=registered)
     if registered:
-        srv.router.reply_error(identity, "BAD_MESSAGE", error)
+        srv.router.reply_error(identity, "BAD_MESSAGE", error, answers)
     elif srv.members.strike(identity, severe):
         srv.events.limited("quarantine", peer=identity.hex())
 

@@ -229,7 +229,7 @@ class ServerLoop(Trainer):
             return
         handler = HANDLERS.get(type(msg))
         if handler is None:
-            strike(self, identity, f"unexpected {type(msg).__name__} from a worker")
+            strike(self, identity, f"unexpected {type(msg).__name__} from a worker", answers=msg.TYPE)
             return
         handler(self, identity, msg, frames, t)
 

@@ -66,10 +66,11 @@ class Router:
         self.sock.send_multipart([identity, *frames], flags=zmq.NOBLOCK, copy=False)
         return proto.frames_nbytes(frames)
 
-    def reply_error(self, identity: bytes, code: str, text: str) -> None:
-        """Best effort ERROR reply: a peer that cannot take it is not worth waiting for."""
+    def reply_error(self, identity: bytes, code: str, text: str, answers: str = "") -> None:
+        """Best effort ERROR reply (`answers`: the TYPE of the message it answers, "" if unknown): a peer
+        that cannot take it is not worth waiting for."""
         try:
-            self.send(identity, proto.Error(code, text[:proto.MAX_TEXT]))
+            self.send(identity, proto.Error(code, text[:proto.MAX_TEXT], answers))
         except zmq.ZMQError:
             pass
 

@@ -6,7 +6,7 @@ Every checker is `check(where, value) -> normalised value` or raises ProtocolErr
 (`where`) and what was expected. `payload_array` turns a payload frame into a numpy array without a
 copy, after checking its dtype and length against the header (before `numpy.frombuffer`).
 `recv_frames` reads one multipart message within a frame and byte budget. Only
-parsgd/ps/protocol.py uses this module; everything else goes through protocol's names.
+parsgd/ps/protocol/ uses this module; everything else goes through protocol's names.
 """
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 import zmq
+
+from parsgd.config import MAX_SERVERS  # lists of servers in WELCOME and GRAD
 
 HEADER_MAX = 8 * 1024            # bytes of one header frame; refused unread above this
 MAX_ELEMENTS = 2**27             # elements of one payload array (512 MiB float32)
@@ -107,6 +109,18 @@ def bool_only(where, x):
 
 
 INT, ID, TEXT, NAME, TIME, BOOL = int_in(), int_in(hi=MAX_ID), str_upto(MAX_TEXT), str_upto(), float_in(), bool_only
+
+
+def list_of(item, max_len: int = MAX_SERVERS):
+    """A checker of a list of at most max_len values, each passing `item`."""
+    def check(where, xs):
+        if type(xs) is not list or len(xs) > max_len:
+            raise ProtocolError(f"{where}: expected a list of <= {max_len} items, got {short(xs)}")
+        return [item(f"{where}[{i}]", x) for i, x in enumerate(xs)]
+    return check
+
+
+ints, ids, names = list_of(INT), list_of(ID, MAX_LIST), list_of(NAME)
 
 
 def frame_buffer(where: str, frame) -> memoryview:

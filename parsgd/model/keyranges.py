@@ -24,10 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parsgd.config import ConfigError
+from parsgd.config import SHARD_BY, ConfigError
 from parsgd.model.mlp import layer_shapes
 
-SHARD_BY = ("elements", "layer")
 ALIGN_BYTES = 64
 
 
