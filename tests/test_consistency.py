@@ -10,6 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from parsgd.training.divergence import EXIT_DIVERGED
 from procs import PY, events, load_params
 
 pytestmark = pytest.mark.slow  # real server and worker processes
@@ -21,9 +22,12 @@ KNOBS = ["--heartbeat", "0.2", "--liveness", "5", "--step-timeout", "2"]
 
 
 def launch(out, workers, *extra, args=ARGS):
+    """A run to its end: exit 0, or 3 when stale gradients made it diverge (at lr 0.1 and momentum 0.9 they
+    may, README: Consistency models), which changes nothing these tests check (replay, bounds, order)."""
     result = subprocess.run(PY + ["launch", "--workers", str(workers), *args, *KNOBS, "--out", str(out), *extra],
                             capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0 and "Traceback" not in result.stdout + result.stderr, \
+    diverged = result.returncode == EXIT_DIVERGED and json.loads((out / "summary.json").read_text())["diverged"]
+    assert (result.returncode == 0 or diverged) and "Traceback" not in result.stdout + result.stderr, \
         result.stdout[-3000:] + result.stderr[-3000:]
     return result
 

@@ -9,7 +9,7 @@ import math
 
 import click
 
-from parsgd.config import CONSISTENCY, DATASETS, DTYPES, ConfigError, RunConfig, ServerOptions
+from parsgd.config import CONSISTENCY, DATASETS, DTYPES, SHARD_BY, ConfigError, RunConfig, ServerOptions
 
 
 def parse_int_list(value, name: str) -> tuple[int, ...]:
@@ -101,7 +101,8 @@ def training_options(f):
 
 
 def build_config(workers: int, dataset, data_dir, num_samples, epochs, batch_size, lr, momentum,
-                 hidden, seed, dtype, consistency="bsp", staleness=0, lr_staleness="none", **_) -> RunConfig:
+                 hidden, seed, dtype, consistency="bsp", staleness=0, lr_staleness="none", servers=1,
+                 shard_by="elements", **_) -> RunConfig:
     """RunConfig from the parsed training options.
 
     Raises ConfigError (exit 2) naming the option when a value is out of range, click.BadParameter
@@ -110,12 +111,12 @@ def build_config(workers: int, dataset, data_dir, num_samples, epochs, batch_siz
     return RunConfig(dataset=dataset, data_dir=data_dir, num_samples=num_samples, epochs=epochs,
                      batch_size=batch_size, lr=lr, momentum=momentum, hidden=parse_int_list(hidden, "--hidden"),
                      seed=seed, dtype=dtype, workers=workers, consistency=consistency, staleness=staleness,
-                     lr_staleness=lr_staleness)
+                     lr_staleness=lr_staleness, servers=servers, shard_by=shard_by)
 
 
 # What `server --resume` and `launch --resume` check against the checkpoint (parsgd.jobs.serve.resume_config)
 RESUME_CHECKED = ("dataset", "data_dir", "num_samples", "epochs", "batch_size", "lr", "momentum", "hidden", "seed",
-                  "dtype", "workers", "out", "consistency", "staleness", "lr_staleness")
+                  "dtype", "workers", "out", "consistency", "staleness", "lr_staleness", "servers", "shard_by")
 
 
 def given_options(ctx: click.Context, names=RESUME_CHECKED) -> dict:
@@ -142,6 +143,19 @@ def consistency_options(f):
         click.option("--lr-staleness", "--lr_staleness", "lr_staleness", type=click.Choice(("none", "inverse")),
                      default="none", show_default=True,
                      help="inverse: an update's learning rate is lr / (staleness + 1) (Zhang et al. 2016)."),
+    ])
+
+
+def ranges_options(f):
+    """How many parameter servers hold the model and how it is cut (`server`, `launch`; part of the RunConfig)."""
+    return _apply(f, [
+        click.option("--servers", type=int, default=1, show_default=True,
+                     help="Parameter servers, each holding a key range of the parameters (server 0 also "
+                          "coordinates)."),
+        click.option("--shard-by", "--shard_by", "shard_by", type=click.Choice(SHARD_BY), default="elements",
+                     show_default=True,
+                     help="elements: equal 64-byte aligned ranges (as ps-lite); layer: whole layers, greedily "
+                          "onto the least-loaded server (as MXNet)."),
     ])
 
 

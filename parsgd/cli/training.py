@@ -5,7 +5,7 @@ import click
 from click.core import ParameterSource
 
 from parsgd.cli.options import (Option, consistency_options, build_config, build_server_options, check_range,
-                                force_option, given_options, server_options, training_options)
+                                force_option, given_options, ranges_options, server_options, training_options)
 
 
 @click.command()
@@ -49,17 +49,27 @@ def _spec_alone(ctx: click.Context) -> None:
 @click.option("--resume", type=click.Path(), help="Continue the run in this run directory from its checkpoint.")
 @click.option("--spec", type=click.Path(dir_okay=False), hidden=True,
               help="A ServerSpec JSON file (config, server options, run directory) from launch; nothing else.")
+@click.option("--rank", type=int, default=0, show_default=True,
+              help="With --servers S: which server this is; 0 coordinates (and takes the training options), "
+                   "1..S-1 hold a key range and take everything from server 0 (--connect).")
+@click.option("--connect", help="--rank 1..S-1: the address of server 0 (its --bind).")
+@click.option("--connect-timeout", "--connect_timeout", "connect_timeout", type=float, default=60.0,
+              show_default=True, help="--rank 1..S-1: seconds to keep trying to reach server 0 before giving up.")
+@ranges_options
 @consistency_options
 @force_option
 @training_options
 @click.pass_context
 def server(ctx, bind, workers, wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, colocate, shm,
-           keys_dir, register_timeout, resume, spec, force, out, **opts):
-    """Run the parameter server: hold the weights, wait for workers, train."""
+           keys_dir, register_timeout, resume, spec, rank, connect, connect_timeout, force, out, **opts):
+    """Run a parameter server: hold the weights (or, with --servers S, a key range of them), wait for workers, train."""
     from parsgd.jobs.serve import ServerSpec, run_server
     from parsgd.ps.address import parse_endpoint
     from parsgd.ps.sockets import refuse_open_bind
 
+    if rank or connect:  # a range server: everything but where to listen comes from server 0
+        from parsgd.jobs.serve import run_range_server
+        return run_range_server(ctx, rank, connect, bind, keys_dir, connect_timeout, shm)
     if spec:
         _spec_alone(ctx)
         s = ServerSpec.read(spec)
@@ -114,6 +124,7 @@ def worker(connect, connect_timeout, data_dir, keys_dir, faults, name):
               help="With --link: one-way latency of every link, e.g. 5ms (needs the kernel's netem qdisc).")
 @click.option("--keys", "keys_dir", type=click.Path(),
               help="With --link: the CURVE key folder (`parsgd keygen`); default: keys made for the run.")
+@ranges_options
 @consistency_options
 @force_option
 @training_options
@@ -135,6 +146,9 @@ def launch(ctx, workers, transport, wait_timeout, heartbeat, liveness, step_time
             server_errors.append(line.removeprefix("[server] error: "))
 
     from parsgd.jobs.emulate import link_options
+    if colocate and opts.get("servers", 1) > 1:
+        raise click.UsageError("--colocate cannot be used with --servers above 1: the colocated worker shares "
+                               "server 0's process, which is not all of the model; leave out one of them")
     if colocate and link:
         raise click.UsageError("--colocate cannot be used with --link: emulated hosts keep the server and every "
                                "worker apart (and use CURVE keys); leave out one of them")

@@ -135,6 +135,19 @@ def _all_joined(out: Path, workers: int) -> bool:
     return len(ranks & set(range(workers))) == workers
 
 
+def _range_server(py: list[str], rank: int, servers: int, address: str, transport: str, tmp: str, echo,
+                  net=None) -> Child:
+    """Range server `rank` of `servers` (ps/range_server.py), reaching server 0 at `address`: on loopback
+    (tcp, shared memory for shm), in `tmp` for ipc, or on its own emulated host with the run's keys."""
+    argv = py + ["server", "--servers", str(servers), "--rank", str(rank), "--connect", address]
+    if net is not None:
+        return Child(f"server {rank}", argv + ["--bind", net.range_bind(rank), "--keys", net.keys, "--no-shm"], echo,
+                     net.preexec(f"s{rank}"))
+    if transport == "ipc":
+        argv += ["--bind", f"ipc://{tmp}/server{rank}.sock"]
+    return Child(f"server {rank}", argv + ([] if transport == "shm" else ["--no-shm"]), echo)
+
+
 def _say_what_bounds(out: Path, echo) -> None:
     """`[launch] what a step waits for: bound by ...` of a finished BSP run (nothing when its steps cannot
     be split: asynchronous, or no step after the warm-up)."""
@@ -256,6 +269,8 @@ def launch(cfg: RunConfig | None, opts: ServerOptions, transport: str = "shm", o
         address = _wait_for_address(out / ADDRESS_FILE, server)
         if net is not None:
             net.record(out)
+        children += [_range_server(py, s, cfg.servers, address, transport, tmp, echo, net)
+                     for s in range(1, cfg.servers)]
         faults = worker_faults or {}
 
         def start_worker(i: int) -> Child:

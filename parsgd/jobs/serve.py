@@ -37,7 +37,8 @@ class ResumeMismatch(UsageError):
 # (raised, to train longer) and --data-dir (where the same files are now); --dataset auto matches any.
 FLAGS = {"dataset": "--dataset", "data_dir": "--data-dir", "num_samples": "--num-samples", "epochs": "--epochs",
          "batch_size": "--batch-size", "lr": "--lr", "momentum": "--momentum", "hidden": "--hidden",
-         "seed": "--seed", "dtype": "--dtype", "workers": "--workers", "out": "--out"}
+         "seed": "--seed", "dtype": "--dtype", "workers": "--workers", "out": "--out", "consistency": "--consistency",
+         "staleness": "--staleness", "lr_staleness": "--lr-staleness", "servers": "--servers", "shard_by": "--shard-by"}
 
 
 def _show(value) -> str:
@@ -218,3 +219,37 @@ def run_server(cfg: RunConfig | None, opts: ServerOptions, out=None, resume=None
     echo(done_line(summary, rundir.path))
     raise_if_diverged(summary, cfg.to_dict(), rundir.path)
     return summary
+
+
+RANGE_SERVER_OPTIONS = {"rank", "connect", "bind", "keys_dir", "connect_timeout", "shm", "servers"}
+
+
+def run_range_server(ctx, rank: int, connect: str | None, bind: str, keys_dir, connect_timeout: float,
+                     shm: bool) -> int:
+    """`parsgd server --servers S --rank s --connect COORD [--bind ADDR]`: range server s until server 0
+    stops it (returns 0). Its config comes from server 0, so any training or fault option given with it is
+    refused (UsageError, exit 2), as are a rank below 1, a missing --connect and a --bind workers could not
+    reach (a wildcard host). Raises RangeServerExit (server 0 lost or refusing: exit 1), BindError, KeysError.
+    """
+    from click.core import ParameterSource
+
+    from parsgd.ps.address import parse_endpoint
+    from parsgd.ps.range_server import RangeOptions, RangeServer
+    from parsgd.ps.sockets import refuse_open_bind
+
+    given = [p.opts[0] for p in ctx.command.params if p.name not in RANGE_SERVER_OPTIONS
+             and ctx.get_parameter_source(p.name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
+    if given:
+        raise UsageError(f"--rank {rank} takes its config from server 0 (--connect): drop {', '.join(given)}")
+    if rank < 1 or not connect:
+        raise UsageError(f"a range server needs --rank 1..S-1 and --connect (server 0's address); got --rank {rank}"
+                         f"{'' if connect else ' and no --connect'}")
+    parse_endpoint(connect, "connect")
+    if ctx.get_parameter_source("bind") == ParameterSource.DEFAULT:
+        bind = "tcp://127.0.0.1:*"  # a free port; server 0 learns it and tells the workers
+    endpoint = parse_endpoint(bind, "bind")
+    if endpoint.scheme == "tcp" and endpoint.host in ("*", "0.0.0.0", "::"):
+        raise UsageError(f"--bind {bind}: workers are told this address, so give the host they reach this server "
+                         "at, e.g. --bind tcp://HOST:5556")
+    refuse_open_bind(bind, keys_dir)
+    return RangeServer(RangeOptions(rank, connect, bind, keys_dir, connect_timeout, shm)).run()

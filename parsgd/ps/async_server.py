@@ -84,8 +84,8 @@ class AsyncServer(ServerLoop):
             payload = None
         else:  # a buffer of its own: ZeroMQ sends it later (and inproc hands it over as it is), while
             t = self.log.now()  # the next update would already rewrite a shared one
-            payload = self.params.copy()
-            self.log.add("serialize", self.step, t, self.params.nbytes)
+            payload = self.own_params().copy()
+            self.log.add("serialize", self.step, t, payload.nbytes)
         task = proto.Task(self.incarnation, member.session, st.step + b, st.epoch, 0, lo, hi, hi - lo,
                           self.log.now(), payload)
         if self.send(member, task, st.step + b):
@@ -94,7 +94,7 @@ class AsyncServer(ServerLoop):
     def gradient_in(self, b: int, src: np.ndarray, msg: proto.Grad) -> None:
         """Batch b's mean gradient is in: apply it now with the momentum update, log it, hand out more."""
         st, session = self.scheduler.cur, self.scheduler.cur.owner[b]
-        if not (all_finite(src) and math.isfinite(msg.loss_sum)):
+        if not (msg.finite and all_finite(src) and math.isfinite(msg.loss_sum)):
             on_non_finite(self, b, session)
             if not self.scheduler.reject(b):
                 raise NonFiniteGradient(f"batch {b} of epoch {st.epoch + 1} gave a non-finite gradient (NaN or "
@@ -103,9 +103,17 @@ class AsyncServer(ServerLoop):
             return
         live = [m.session for m in self.members.live()]
         record = self.scheduler.applied(b, live)
+        if self.rangeset is not None:  # each range was pulled at its own version: the stalest sets the lr
+            versions = [record["version"], *msg.versions]  # of servers 0..S-1 when it was computed
+            record.update(versions=versions, staleness=record["update"] - min(versions),
+                          staleness_by_server=[record["update"] - v for v in versions])
         t = self.log.now()
         lr = staleness_lr(self.cfg.lr, record["staleness"], self.cfg.lr_staleness)
-        sgd_momentum_(self.params, self.velocity, src, lr, self.cfg.momentum, self.scratch)  # no copy
+        if self.rangeset is None:
+            sgd_momentum_(self.params, self.velocity, src, lr, self.cfg.momentum, self.scratch)  # no copy
+        else:  # this server's ranges here, the others' on their servers, all in this order
+            self.apply_own(src, lr)
+            self.rangeset.apply(st.step + b, [session], lr)
         self.log.add("update", self.step, t)
         lo, hi = st.rows[b]
         self.count_batch(msg.loss_sum, msg.correct, hi - lo)

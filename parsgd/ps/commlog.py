@@ -148,11 +148,16 @@ class CommStream:
             self.mark += len(rows)
             self.count += len(rows)
 
-    def worker(self, rank: int, spans: np.ndarray) -> None:
-        """Append one LOGS chunk of worker `rank`: spans (k, 5) [code, step, t, dur, bytes]."""
+    def worker(self, rank: int, spans: np.ndarray, role: str = "worker") -> None:
+        """Append one LOGS chunk of worker `rank` (or of range server `rank`, role "server"): spans (k, 5)
+        [code, step, t, dur, bytes]."""
         if len(spans):
-            self.f.write(_lines("worker", rank, spans))
+            self.f.write(_lines(role, rank, spans))
             self.count += len(spans)
+
+    def range_server(self, rank: int, spans: np.ndarray) -> None:
+        """Append one LOGS chunk of range server `rank` (role server, rank s >= 1)."""
+        self.worker(rank, spans, role="server")
 
     def close(self) -> None:
         self.f.close()

@@ -27,6 +27,8 @@ def _fenced(srv, identity: bytes, msg, any_identity: bool = False):
 
 
 def on_hello(srv, identity: bytes, msg: proto.Hello, frames, t: float) -> None:
+    if srv.rangeset is not None and not srv.rangeset.complete():
+        return  # its WELCOME must name every range server: it sends HELLO again in a second
     if msg.protocol != proto.PROTOCOL_VERSION or msg.package_version != __version__:
         text = (f"server runs parsgd {__version__} (protocol {proto.PROTOCOL_VERSION}), worker runs parsgd "
                 f"{msg.package_version} (protocol {msg.protocol}): install the same version on both")
@@ -57,7 +59,8 @@ def on_hello(srv, identity: bytes, msg: proto.Hello, frames, t: float) -> None:
                            name=msg.name)
     srv.send(member, proto.Welcome(srv.incarnation, member.session, member.rank, srv.cfg.to_dict(),
                                    srv.log.now(), srv.opts.heartbeat_s, srv.opts.liveness,
-                                   member.buf.name if member.buf else ""))
+                                   member.buf.name if member.buf else "",
+                                   srv.rangeset.addresses() if srv.rangeset is not None else []))
 
 
 def on_ready(srv, identity: bytes, msg: proto.Ready, frames, t: float) -> None:
@@ -136,11 +139,11 @@ def on_grad(srv, identity: bytes, msg: proto.Grad, frames, t: float) -> None:
     elif member.buf is not None:
         np.copyto(srv.shard_grads[s], member.buf.slots[s])
         src = srv.shard_grads[s]
-    elif msg.grad is not None and msg.grad.size == srv.params.size and msg.grad.dtype == srv.params.dtype:
+    elif msg.grad is not None and msg.grad.size == srv.shard_grads.shape[1] and msg.grad.dtype == srv.params.dtype:
         np.copyto(srv.shard_grads[s], msg.grad)
         src = srv.shard_grads[s]
     else:
-        strike(srv, identity, f"GRAD payload does not match the model ({srv.params.size} x {srv.params.dtype})",
+        strike(srv, identity, f"GRAD payload does not match the model ({srv.shard_grads.shape[1]} x {srv.params.dtype})",
                answers="GRAD")
         return
     srv.log.add("deserialize", msg.step, t)
@@ -200,6 +203,8 @@ def on_timer(srv, now: float) -> None:
         for member in [m for m in srv.members.members.values() if not m.busy()]:
             srv.send(member, proto.Heartbeat(srv.incarnation, member.session))
         srv._next_heartbeat = now + srv.opts.heartbeat_s
+        if srv.rangeset is not None:
+            srv.rangeset.timer(now)
     for s, owner in srv.scheduler.overdue(srv.opts.step_timeout_s):
         rank = srv.members.get(owner).rank
         srv.events("step_timeout", step=srv.scheduler.cur.step, shard=s, rank=rank)

@@ -24,6 +24,7 @@ from threadpoolctl import threadpool_limits
 from parsgd.config import RunConfig, ServerOptions
 from parsgd.data import Dataset
 from parsgd.errors import UserError
+from parsgd.model.keyranges import key_ranges
 from parsgd.ps import protocol as proto
 from parsgd.ps.checkpoint import save_checkpoint
 from parsgd.ps.colocated import ADDRESS as COLOCATED_ADDRESS, ColocatedWorker
@@ -31,6 +32,7 @@ from parsgd.ps.commlog import COMM_FLUSH_S, CommLog, CommStream, format_summary,
 from parsgd.ps.events import EventLog, UpdateLog
 from parsgd.ps.handlers import HANDLERS, on_timer, strike
 from parsgd.ps.membership import Member, Membership
+from parsgd.ps.rangeset import OwnRanges, RangeSet
 from parsgd.ps.scheduler import ServerExit
 from parsgd.ps.shm import Segments, host_identity, sweep_stale
 from parsgd.ps.router import Router
@@ -48,7 +50,7 @@ def workers(n: int) -> str:
     return f"{n} worker{'' if n == 1 else 's'}"
 
 
-class ServerLoop(Trainer):
+class ServerLoop(OwnRanges, Trainer):
     """Trains `cfg` on `data` with remote workers; subclasses hand out the work (`assign`) and take
     each accepted gradient (`gradient_in`).
 
@@ -66,21 +68,30 @@ class ServerLoop(Trainer):
         self.incarnation = random.SystemRandom().getrandbits(62) + 1
         self.fingerprint = data.fingerprint()
         self.log = CommLog()
-        # frames: identity, header, payload
-        self.router = Router(opts, max_frames=3, max_bytes=self.params.nbytes + proto.HEADER_MAX + 256)
+        # --servers S: this server (0) coordinates and owns the key ranges of server 0 (model/keyranges.py)
+        self.key_ranges = key_ranges(cfg.sizes, cfg.dtype, cfg.servers, cfg.shard_by)
+        own = self.key_ranges.size(0)
+        if cfg.servers > 1:
+            self.grad = np.empty(own, self.params.dtype)  # its own part of a step's gradient
+        # frames: identity, header, payload (a range server's STATE: its parameters and velocity)
+        largest = self.params.nbytes * (2 if cfg.servers > 1 else 1)
+        self.router = Router(opts, max_frames=3, max_bytes=largest + proto.HEADER_MAX + 256)
         self.address = self.router.address
         self.events = EventLog(rundir.path / "events.jsonl", self.log.now)
         self.comm = CommStream(rundir.path / "comm.jsonl")
         self.updates = UpdateLog(rundir.path / "updates.jsonl")
         self.members = Membership(self.n_shards, opts.dead_after_s, opts.register_timeout_s)
         self.scheduler = None  # set by the subclass: a Scheduler (BSP) or a BatchScheduler (SSP, ASP)
-        self.shard_grads = np.empty((self.n_shards, self.params.size), self.params.dtype)
-        self.send_buf = np.empty_like(self.params)
+        self.shard_grads = np.empty((self.n_shards, own), self.params.dtype)
+        self.send_buf = np.empty(own, self.params.dtype)
         self.worker_logs: dict[int, np.ndarray] = {}
         self.log_chunks: dict[int, list[np.ndarray]] = {}
         self.stopping: str | None = None
         self.no_workers_since: float | None = None
-        self.segments = Segments(self.params.size, self.n_shards, self.params.dtype)
+        self.segments = Segments(own, self.n_shards, self.params.dtype)
+        self.rangeset = RangeSet(self) if cfg.servers > 1 else None
+        self.last_checkpoint = 0   # the step of the last checkpoint this run wrote (0: none)
+        self.step_sessions: list[int] = []   # whose shards the step's update adds (the ranges' APPLY)
         self.host = host_identity()
         self._epoch_mark = 0
         self._step_compute = 0.0
@@ -94,11 +105,6 @@ class ServerLoop(Trainer):
     # -- the Trainer hooks -----------------------------------------------------------------------
     def check_finite(self, loss_sum: float) -> None:
         """Already checked by Scheduler.reduce, with one retry of a non-finite shard elsewhere."""
-
-    def update(self):
-        t = self.log.now()
-        super().update()
-        self.log.add("update", self.step, t)
 
     def after_step(self):
         every = self.opts.checkpoint_every
@@ -156,6 +162,7 @@ class ServerLoop(Trainer):
             self.checkpoint()
 
     def finish(self, rundir, wall_s):
+        self.sync_params()  # every range of the final model, before the range servers stop
         self._stop_workers("training finished", collect=True)
         self.comm.server(self.log)
         n = self.comm.count
@@ -173,6 +180,8 @@ class ServerLoop(Trainer):
 
     def _wait_for_initial_workers(self):
         deadline = time.monotonic() + self.opts.wait_timeout_s
+        if self.rangeset is not None:  # their addresses go into every worker's WELCOME
+            self.rangeset.wait(deadline)
         colocated = " (worker 0 computes in this process)" if self.opts.colocate else ""
         self.echo(f"server listening on {self.address}: waiting for {workers(self.n_shards)}{colocated} "
                   f"(start them with: parsgd worker --connect {self.address})")
@@ -190,6 +199,8 @@ class ServerLoop(Trainer):
                 next_status = now + STATUS_EVERY_S
             self._poll_once(min(POLL_MAX_S, deadline - now))
         self.no_workers_since = None
+        if self.rangeset is not None:
+            self.rangeset.started = True
 
     # -- the event loop --------------------------------------------------------------------------
     def _poll_once(self, timeout_s: float) -> None:
@@ -227,6 +238,8 @@ class ServerLoop(Trainer):
         except proto.ProtocolError as exc:
             strike(self, identity, str(exc))
             return
+        if self.rangeset is not None and self.rangeset.handle(identity, msg, frames, t):
+            return
         handler = HANDLERS.get(type(msg))
         if handler is None:
             strike(self, identity, f"unexpected {type(msg).__name__} from a worker", answers=msg.TYPE)
@@ -252,8 +265,8 @@ class ServerLoop(Trainer):
     def _load_params(self, member: Member, step: int) -> None:
         """The step's parameters into a shared-memory worker's segment, once per step."""
         t = self.log.now()
-        if self.segments.load(member.buf, step, self.params):
-            self.log.add("serialize", step, t, self.params.nbytes)
+        if self.segments.load(member.buf, step, self.own_params()):
+            self.log.add("serialize", step, t, member.buf.params.nbytes)
 
     def drop(self, member: Member, reason: str, left: bool = False) -> None:
         """A member is gone (`left`: it said so): forget it; a worker's unfinished shards go to others."""
@@ -280,10 +293,13 @@ class ServerLoop(Trainer):
         self.members.remove(member)
         if member.buf is not None:
             self.segments.release(member.buf, now=close_now)
+        if self.rangeset is not None and member.ready:
+            self.rangeset.forget(member.session)  # its attachment and parts on the range servers go too
 
     def _stop_workers(self, reason: str, collect: bool) -> None:
         """STOP every worker and wait for its final LOGS, which double as the acknowledgement: closing
         sooner loses the STOP in a worker busy computing (libzmq drops unread messages of a closed peer)."""
+        self.stop_reason = reason
         for member in list(self.members.members.values()):
             self.send(member, proto.Stop(self.incarnation, reason))
         deadline = time.monotonic() + (LOGS_TIMEOUT_S if collect else STOP_ACK_S)
@@ -297,7 +313,11 @@ class ServerLoop(Trainer):
 
     # -- checkpoints and closing ---------------------------------------------------------------------
     def checkpoint(self) -> None:
+        if self.rangeset is not None and self.rangeset.lost:
+            return  # a range is gone: the last checkpoint stays the one to resume from
+        self.sync_params(velocity=True)  # every range at this step, in one file: atomic as a set
         save_checkpoint(self.rundir.path, self)
+        self.last_checkpoint = self.step
         self.events("checkpoint", step=self.step)
 
     def close(self) -> None:
@@ -307,6 +327,8 @@ class ServerLoop(Trainer):
         self.segments.close_retired()
         # A colocated worker still in its thread keeps sockets open: terminating the context would then
         # wait for them forever (the process exits anyway; the thread is a daemon).
+        if self.rangeset is not None:  # after the workers and the last checkpoint: their logs, then STOP
+            self.rangeset.stop_all(getattr(self, "stop_reason", "server stopped"), STOP_ACK_S)
         if self.colocated is None or self.colocated.stop():
             self.router.close()
         try:

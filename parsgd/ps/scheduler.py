@@ -55,13 +55,14 @@ class Step:
     correct: list[int] = field(init=False)
     compute_s: list[float] = field(init=False)
     bad: list[int] = field(init=False)                  # non-finite results seen for shard s
+    flagged: list[bool] = field(init=False)             # a range server found shard s's part non-finite
     ever: list[set] = field(init=False)                 # sessions shard s was ever given this step
 
     def __post_init__(self):
         k = len(self.shards)
         self.owner, self.done, self.sent_at = [None] * k, [False] * k, [0.0] * k
         self.src, self.loss, self.correct = [None] * k, [0.0] * k, [0] * k
-        self.compute_s, self.bad = [0.0] * k, [0] * k
+        self.compute_s, self.bad, self.flagged = [0.0] * k, [0] * k, [False] * k
         self.ever = [set() for _ in range(k)]
 
 
@@ -170,10 +171,13 @@ class Scheduler(OwnedWork):
         """Which of this step's slots an accepted GRAD fills: its shard."""
         return shard
 
-    def complete(self, s: int, src: np.ndarray, loss_sum: float, correct: int, compute_s: float) -> None:
-        """Record shard s's accepted result; `src` must stay valid until `reduce`."""
+    def complete(self, s: int, src: np.ndarray, loss_sum: float, correct: int, compute_s: float,
+                 finite: bool = True) -> None:
+        """Record shard s's accepted result; `src` must stay valid until `reduce`. `finite` False: a range
+        server found its part non-finite (GRAD.finite), so the shard is non-finite whatever `src` holds."""
         st = self.cur
         st.src[s], st.loss[s], st.correct[s], st.compute_s[s] = src, loss_sum, correct, compute_s
+        st.flagged[s] = not finite
         st.done[s] = True
 
     def reduce(self, out: np.ndarray) -> np.ndarray | None:
@@ -194,7 +198,7 @@ class Scheduler(OwnedWork):
                 np.add(sources[0], sources[1], out=out)
                 for src in sources[2:]:
                     out += src
-        return out if all_finite(out) and math.isfinite(sum(st.loss)) else None
+        return out if all_finite(out) and math.isfinite(sum(st.loss)) and not any(st.flagged) else None
 
     def reject_non_finite(self, seen: Callable[[int, int | None], None]) -> list[tuple[int, int | None]]:
         """After a non-finite `reduce`: reopen each non-finite shard; returns [(shard, its last owner)].
@@ -205,7 +209,7 @@ class Scheduler(OwnedWork):
         """
         st, redo = self.cur, []
         for s, src in enumerate(st.src):
-            if (src is not None and not np.isfinite(src).all()) or not math.isfinite(st.loss[s]):
+            if (src is not None and not np.isfinite(src).all()) or not math.isfinite(st.loss[s]) or st.flagged[s]:
                 st.bad[s] += 1
                 seen(s, st.owner[s])
                 if st.bad[s] > 1:

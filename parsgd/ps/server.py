@@ -25,7 +25,7 @@ class ParameterServer(ServerLoop):
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.scheduler = Scheduler(self.n_shards)
-        self.sum_buf = self.grad  # where shard gradients are summed; self.grad points at the step's sum
+        self.sum_buf = self.grad  # where shard gradients (this server's part) are summed; self.grad: the step's sum
 
     def batch_gradient(self, epoch, step, order, lo, hi):
         self.scheduler.begin(step, epoch, lo, hi)
@@ -35,8 +35,8 @@ class ParameterServer(ServerLoop):
                 self._load_params(member, step)
         if any(m.buf is None for m in live):
             t = self.log.now()
-            np.copyto(self.send_buf, self.params)
-            self.log.add("serialize", step, t, self.params.nbytes)
+            np.copyto(self.send_buf, self.own_params())
+            self.log.add("serialize", step, t, self.send_buf.nbytes)
         for s in self.scheduler.todo():
             self.assign(s)
         while True:
@@ -55,6 +55,8 @@ class ParameterServer(ServerLoop):
                 self.assign(s, avoid=owner)
         loss_sum, correct, slowest = self.scheduler.totals()
         self._step_compute += slowest
+        st = self.scheduler.cur  # whose part of each shard the range servers add (0: an empty shard)
+        self.step_sessions = [o if st.src[s] is not None and o is not None else 0 for s, o in enumerate(st.owner)]
         self.scheduler.end()
         return loss_sum, correct
 
@@ -68,7 +70,7 @@ class ParameterServer(ServerLoop):
 
     def gradient_in(self, s: int, src: np.ndarray, msg: proto.Grad) -> None:
         """Shard s of the step is in; the step ends when every shard is (see batch_gradient)."""
-        self.scheduler.complete(s, src, msg.loss_sum, msg.correct, msg.compute_s)
+        self.scheduler.complete(s, src, msg.loss_sum, msg.correct, msg.compute_s, msg.finite)
 
     def assign(self, s: int, avoid: int | None = None) -> None:
         """Give shard s of the current step to a live worker (see Scheduler.assign) and send its TASK."""

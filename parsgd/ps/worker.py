@@ -22,13 +22,15 @@ from threadpoolctl import threadpool_limits
 from parsgd import __version__
 from parsgd.config import RunConfig
 from parsgd.data import load_dataset
-from parsgd.model.mlp import Workspace, loss_and_grad, n_params
+from parsgd.model.keyranges import key_ranges
+from parsgd.model.mlp import Workspace, loss_and_grad
 from parsgd.ps import protocol as proto
 from parsgd.ps.channel import (SEND_TIMEOUT_S, recv_frames_within, recv_message, send_now, send_within,
                                spin_for_message)
 from parsgd.ps.commlog import WorkerSpans
 from parsgd.ps.faults import FaultPlan
 from parsgd.ps.heartbeat import Heartbeats
+from parsgd.ps.range_links import RangeLinks
 from parsgd.ps.rows import ShardRows
 from parsgd.ps.shm import SessionBuffer, host_identity
 from parsgd.ps.sockets import configure_dealer, dealer_context
@@ -78,6 +80,7 @@ class Worker:
         self.data, self.data_key = (None, None) if data is None else (data[1], data_key(data[0]))
         self.heartbeats: Heartbeats | None = None
         self.buf: SessionBuffer | None = None
+        self.links: RangeLinks | None = None
         self.faults = FaultPlan.parse(opts.faults, echo=echo, stream=opts.name, sleep=self.stops.nap)
         self._limits = threadpool_limits(1)  # P workers share the cores: one BLAS thread each
         self.max_msg_bytes = 2 * proto.HEADER_MAX  # until WELCOME says how large the model is
@@ -135,9 +138,18 @@ class Worker:
                 self.data = load_dataset(cfg.dataset, cfg.data_dir, cfg.num_samples, cfg.seed, cfg.dtype,
                                          log=self.echo)
             self.data_key = key
-        self.sizes, n = cfg.sizes, n_params(cfg.sizes)
+        self.sizes = cfg.sizes
         self.ws = Workspace(self.sizes, cfg.dtype)
+        self.kr = key_ranges(cfg.sizes, cfg.dtype, cfg.servers, cfg.shard_by)
+        n = self.kr.size(0)  # the coordinator's part (the whole vector with one server)
         self.grads = np.zeros((cfg.workers, n), cfg.dtype)  # one per shard: a sent buffer is never reused early
+        self._close_links()
+        if welcome.servers:  # --servers S: the other servers' parts come from and go to them directly
+            self.full = np.zeros(self.kr.n, cfg.dtype)           # the whole vector: every part of a step
+            self.full_grad = np.zeros(self.kr.n, cfg.dtype)
+            self.links = RangeLinks(self.ctx, welcome.servers, self.kr, self.opts.keys_dir, self.incarnation,
+                                    self.session, self.rank, cfg.workers, cfg.dtype, self.stops, self.log,
+                                    self.hb_s * self.liveness, self.echo)
         self.shard_rows = ShardRows(cfg, self.data, self.log)
         self._close_buf()
         if welcome.shm:
@@ -146,6 +158,8 @@ class Worker:
             except (OSError, ValueError) as exc:
                 self.echo(f"shared memory unavailable ({exc}); parameters will travel through the socket")
         self.max_msg_bytes = n * np.dtype(cfg.dtype).itemsize + 2 * proto.HEADER_MAX
+        if self.links is not None and not self.links.attach():
+            raise WorkerExit(f"worker {self.rank}: the range servers {', '.join(welcome.servers)} did not answer")
         self._send(proto.Ready(self.incarnation, self.session, self.data.fingerprint(), len(self.data.y_train),
                                len(self.data.y_test), self.buf is not None, self.data.name,
                                self.data.x_train.dtype.name, self.opts.faults.strip()).to_frames())
@@ -167,6 +181,11 @@ class Worker:
             self.heartbeats.join(timeout=2)
             if not self.heartbeats.is_alive():  # else kept: a colocated worker's context must not be ended
                 self.heartbeats = None
+
+    def _close_links(self) -> None:
+        if getattr(self, "links", None) is not None:
+            self.links.close()
+        self.links = None
 
     def _close_buf(self) -> None:
         if self.buf is not None:
@@ -253,7 +272,14 @@ class Worker:
         t = self.log.now()
         idx, rows = self.shard_rows.gather(task)
         params = task.params if task.params is not None else self.buf.params
-        grad = self.buf.slots[task.shard] if self.buf is not None else self.grads[task.shard]
+        slot = self.buf.slots[task.shard] if self.buf is not None else self.grads[task.shard]
+        grad, versions = slot, []
+        if self.links is not None:  # the whole vector: its part from the TASK, the others' pulled now
+            self.kr.scatter(params, 0, self.full)
+            versions = self.links.pull(task.step, self.full)
+            if versions is None:
+                return False  # a range server is gone: the coordinator reassigns the shard or stops the run
+            params, grad = self.full, self.full_grad
         # The shard's share of the batch mean (sum of its row gradients / batch rows): the server only adds.
         with np.errstate(over="ignore", invalid="ignore"):  # a non-finite result is the server's to judge
             loss_sum, correct = loss_and_grad(params, self.sizes, rows, self.data.y_train[idx], grad, self.ws,
@@ -261,8 +287,15 @@ class Worker:
         self.faults.straggle(self.log.now() - t)
         self.faults.corrupt(task.step, self.rank, grad)
         end = self.log.add("compute", task.step, t)
+        finite = True
+        if self.links is not None:  # its parts to their owners first: a GRAD means every range holds them
+            finite = self.links.push(task.step, task.shard, grad)
+            if finite is None:
+                return False
+            self.kr.gather(grad, 0, out=slot)
         msg = proto.Grad(self.incarnation, self.session, task.step, task.shard, task.lo, task.hi, idx.size,
-                         loss_sum, correct, end - t, None if self.buf is not None else grad)
+                         loss_sum, correct, end - t, None if self.buf is not None else slot, finite,
+                         versions if self.cfg.consistency != "bsp" else [])
         frames = self.faults.mangle(task.step, msg, self.cfg.workers).to_frames()
         t = self.log.add("serialize", task.step, end)
         for copy in self.faults.outgoing(task.step, self.rank):
@@ -281,7 +314,7 @@ class Worker:
         """The spans not sent yet, in LOGS chunks no larger than a gradient frame (the server streams
         them into comm.jsonl). During training a chunk that cannot leave at once waits for the next
         try: a vanished server must not delay the worker noticing it."""
-        rows = max(1, n_params(self.sizes) * np.dtype(self.cfg.dtype).itemsize // (5 * 8))
+        rows = max(1, self.kr.n * np.dtype(self.cfg.dtype).itemsize // (proto.SPAN_COLUMNS * 8))
         for chunk in self.log.unshipped(rows):
             if not self._send(proto.Logs(self.incarnation, self.session, self.rank, chunk).to_frames(), timeout_s):
                 break
@@ -301,6 +334,7 @@ class Worker:
 
     def close(self) -> None:
         self._stop_heartbeats()
+        self._close_links()
         self._close_buf()
         if self.sock is not None:
             self.sock.close()

@@ -107,6 +107,10 @@ class Trainer:
     def update(self) -> None:
         sgd_momentum_(self.params, self.velocity, self.grad, self.cfg.lr, self.cfg.momentum, self.scratch)
 
+    def sync_params(self, velocity: bool = False) -> None:
+        """Make self.params (and self.velocity) whole before they are read: a no-op here; a coordinator
+        of several parameter servers fetches the others' ranges (ps/rangeset.py)."""
+
     def after_step(self) -> None:
         """Called after every update (the parameter server checkpoints here)."""
 
@@ -189,6 +193,7 @@ class Trainer:
                     self.count_batch(loss_sum, correct, hi - lo)
                     self.count_step_time(time.perf_counter() - t0)
                     if start is not None and self.step == check_at:  # written at the end, after the model
+                        self.sync_params()
                         self.check = {"update": self.params - start, "steps": np.array([self.step])}
                         start = None
                     self.after_step()
@@ -206,6 +211,7 @@ class Trainer:
 
     def _end_epoch(self, epoch: int, rundir: RunDir | None) -> None:
         test_loss = test_acc = None  # an empty test split is not measured: null in metrics.jsonl, n/a on screen
+        self.sync_params()
         if len(self.data.y_test):
             test_loss, test_acc = evaluate(self.params, self.sizes, self.data.x_test, self.data.y_test, self.ws)
         p = self.partial
