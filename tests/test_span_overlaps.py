@@ -1,16 +1,23 @@
 """The spans of one track (the server, or one worker) nest or are disjoint, in comm.jsonl and in the
-trace: the span timers that could overlap (a worker's clock corrections, its prefetch).
+trace: the span timers that could overlap (a worker's clock corrections, its prefetch, the BSP
+server's wait) and real runs of every kind (shm, tcp, ipc, async, ssp, colocated; emulated hosts
+are in test_cluster.py).
 
     python3 -m pytest -q tests/test_span_overlaps.py
 """
+import subprocess
+
 import pytest
 
+from parsgd.analysis.trace import write_trace
 from parsgd.config import RunConfig
 from parsgd.data import load_dataset
 from parsgd.ps import protocol as proto
 from parsgd.ps.commlog import WorkerSpans
 from parsgd.ps.rows import ShardRows
 from parsgd.training.loop import shard_bounds
+from procs import PY
+from tracecheck import comm_overlaps, comm_spans, trace_overlaps
 
 TICK_S = 1e-7
 
@@ -77,4 +84,53 @@ def test_a_prefetched_gather_keeps_its_place_when_the_clock_is_corrected_before_
     rows.gather(proto.Task(1, 1, 1, 0, 0, lo, hi, 100, 0.0, None))
     (compute,) = _ship(log)
     assert compute[1] == 1 and compute[2] >= sent + 5e-4 - TICK_S / 2, (compute, sent)
+
+
+def _launch(out, *extra):
+    args = ["--dataset", "synthetic", "--num-samples", "6000", "--epochs", "1", "--hidden", "32,16",
+            "--batch-size", "6", "--lr", "0.01"]  # 1000 steps, over a second: LOGS (a clock correction) go mid-run
+    result = subprocess.run(PY + ["launch", "--workers", "2", *args, "--out", str(out), *extra],
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
+def assert_tracks_well_formed(run, tmp_path) -> list[dict]:
+    """comm.jsonl's spans nest or are disjoint exactly (in ticks), and so do the trace's slices (in
+    integer microseconds); returns the spans."""
+    assert comm_overlaps(run / "comm.jsonl") == []
+    write_trace(run, tmp_path / "trace.json")
+    assert trace_overlaps(tmp_path / "trace.json") == []
+    return comm_spans(run / "comm.jsonl")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,extra", [("shm", ["--transport", "shm"]), ("tcp", ["--transport", "tcp"]),
+                                        ("ipc", ["--transport", "ipc"]),
+                                        ("async", ["--consistency", "async"]),
+                                        ("ssp", ["--consistency", "ssp", "--staleness", "1"]),
+                                        ("colocated", ["--colocate"])])
+def test_every_kind_of_run_gives_tracks_whose_slices_nest_or_are_disjoint(tmp_path, kind, extra):
+    """Real runs. The BSP server's wait is the time blocked in poll: one span per poll, which the recv
+    and deserialize of what it found follow (one span from the first poll to the sum of their
+    times overlapped the last GRADs' recv by up to 50 us, and held every recv of the step)."""
+    spans = assert_tracks_well_formed(_launch(tmp_path / kind, *extra), tmp_path)
+    server = [s for s in spans if s["role"] == "server"]
+    waits = sorted((round(s["t"] / TICK_S), round((s["t"] + s["dur"]) / TICK_S)) for s in server if s["span"] == "wait")
+    inside = [s for s in server if s["span"] in ("recv", "deserialize")
+              and any(lo <= round(s["t"] / TICK_S) < hi for lo, hi in waits)]
+    assert inside == [], f"{len(inside)} recv / deserialize spans inside a wait"
+    steps = {s["step"] for s in server if s["span"] == "update"}
+    assert len(steps) == 1000
+    if kind in ("async", "ssp"):
+        assert not waits  # these servers apply each gradient on arrival: no step to wait for
+    else:
+        assert {s["step"] for s in server if s["span"] == "wait"} == steps
+        # per step, wait + recv + deserialize fit between the step's last send and its aggregate
+        for step in (10, 500, 999):
+            mine = [s for s in server if s["step"] == step]
+            last_send = max(s["t"] + s["dur"] for s in mine if s["span"] == "send")
+            (aggregate,) = [s["t"] for s in mine if s["span"] == "aggregate"]
+            busy = sum(s["dur"] for s in mine if s["span"] in ("wait", "recv", "deserialize"))
+            assert busy <= aggregate - last_send + 1e-6, (step, busy, aggregate - last_send)
 
