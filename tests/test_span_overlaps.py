@@ -1,11 +1,13 @@
 """The spans of one track (the server, or one worker) nest or are disjoint, in comm.jsonl and in the
-trace: the span timers that could overlap (a worker's clock corrections, its prefetch, the BSP
-server's wait) and real runs of every kind (shm, tcp, ipc, async, ssp, colocated; emulated hosts
-are in test_cluster.py).
+trace: the span timers that could overlap (a worker's clock corrections, its prefetch, the spans it
+keeps across sessions, the BSP server's wait) and real runs of every kind (shm, tcp, ipc, async,
+ssp, colocated, a resumed server; emulated hosts are in test_cluster.py).
 
     python3 -m pytest -q tests/test_span_overlaps.py
 """
+import json
 import subprocess
+import time
 
 import pytest
 
@@ -16,7 +18,7 @@ from parsgd.ps import protocol as proto
 from parsgd.ps.commlog import WorkerSpans
 from parsgd.ps.rows import ShardRows
 from parsgd.training.loop import shard_bounds
-from procs import PY
+from procs import PY, Procs, events
 from tracecheck import comm_overlaps, comm_spans, trace_overlaps
 
 TICK_S = 1e-7
@@ -60,6 +62,21 @@ def test_a_clock_correction_never_moves_spans_back_before_those_already_shipped(
     log.task_stamp(t_send=start, received=start - 2e-5)  # arrived 20 us before it was sent: the clock is late
     third = _ship(log)
     assert third[0][2] == pytest.approx(start + 2e-5, abs=TICK_S / 2)
+
+
+def test_a_session_with_another_server_or_rank_drops_the_last_sessions_unshipped_spans():
+    """Spans not shipped when a session ends go out in the next session's LOGS only to the same server
+    under the same rank: a restarted server wrote another run's spans, on another clock, into its
+    comm.jsonl (test_a_restarted_server_gets_no_span_of_the_run_before below); another rank's track
+    would get spans that overlap its own."""
+    log = WorkerSpans(ship_every_s=1.0)
+    log.registered(0.0, 0.0, 0.0, track=(1, 0))
+    for session, track in enumerate([(1, 0), (2, 0), (2, 1)]):
+        t = log.now()
+        log.add("send", session, t, end=t + 1e-4)  # not shipped: the server went silent
+        log.settle()
+        log.registered(t, t, t, track=track)
+        assert len(_ship(log)) == (1 if session == 0 else 0), track
 
 
 def test_a_prefetched_gather_keeps_its_place_when_the_clock_is_corrected_before_its_task():
@@ -133,4 +150,34 @@ def test_every_kind_of_run_gives_tracks_whose_slices_nest_or_are_disjoint(tmp_pa
             (aggregate,) = [s["t"] for s in mine if s["span"] == "aggregate"]
             busy = sum(s["dur"] for s in mine if s["span"] in ("wait", "recv", "deserialize"))
             assert busy <= aggregate - last_send + 1e-6, (step, busy, aggregate - last_send)
+
+
+@pytest.mark.slow
+def test_a_restarted_server_gets_no_span_of_the_run_before(tmp_path):
+    """The server is SIGKILLed, and resumed once the workers noticed its silence: they register with
+    it, and their spans of the run before (on the dead server's clock, under ranks that may have
+    changed) stay out of the resumed run's comm.jsonl (42 to 56 spans per worker came, steps the
+    resumed server redid, 43 of them overlapping the new spans of their track)."""
+    run = tmp_path / "run"
+    args = ["--dataset", "synthetic", "--num-samples", "2000", "--epochs", "2", "--hidden", "32,16",
+            "--batch-size", "100", "--heartbeat", "0.2", "--liveness", "5", "--checkpoint-every", "7"]
+    with Procs(tmp_path) as p:
+        address = p.address("shm")
+        first, _ = p.server(run, 2, *args, address=address)
+        workers = [p.worker(address, "--faults", "delay=1:0.05") for _ in range(2)]  # >= 50 ms a step
+        deadline = time.monotonic() + 60
+        while not any(e["event"] == "checkpoint" and e["step"] >= 21 for e in events(run)):
+            assert time.monotonic() < deadline, "no checkpoint at step 21 within 60 s"
+            time.sleep(0.05)
+        first.kill()
+        for w in workers:
+            w.wait_for("registering again", timeout=30)
+        second, _ = p.server(run, 2, "--resume", str(run), *args, address=address)
+        assert second.wait(60) == 0, second.output()[-3000:]
+        assert all(w.wait(10) == 0 for w in workers)
+    spans = assert_tracks_well_formed(run, tmp_path)
+    resumed_at = min(s["step"] for s in spans if s["role"] == "server" and s["step"] >= 0)
+    assert resumed_at >= 21 and all(s["step"] >= resumed_at or s["step"] == -1 for s in spans)
+    end = max(s["t"] + s["dur"] for s in spans if s["role"] == "server")
+    assert all(s["t"] <= end for s in spans)
 

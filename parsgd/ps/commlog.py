@@ -91,9 +91,17 @@ class WorkerSpans(CommLog):
         self.ship_every_s = ship_every_s
         self.mark, self.fix = 0, -math.inf      # first row of this session; best offset correction so far
         self.shipped, self.next_ship = 0, time.monotonic() + ship_every_s
+        self.track = None  # (server incarnation, rank) of this session
 
-    def registered(self, t_sent: float, t_recv: float, t_server: float) -> None:
-        """WELCOME came: the offset from the round-trip midpoint (all on this log's clock, s)."""
+    def registered(self, t_sent: float, t_recv: float, t_server: float, track=None) -> None:
+        """WELCOME came: the offset from the round-trip midpoint (all on this log's clock, s). `track`:
+        (server incarnation, rank) of the new session. When it is not the last session's, that
+        session's spans not shipped yet are dropped: they are on a server's clock this one does not
+        share (a restarted server: up to 56 spans of steps it redid, measured), or would land on
+        another rank's track, where they overlap its spans."""
+        if track != self.track:
+            del self.rows[self.shipped:]
+        self.track = track
         self.offset += t_server - (t_sent + t_recv) / 2
         self.mark, self.fix = len(self.rows), -math.inf
 
