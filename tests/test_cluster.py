@@ -18,9 +18,11 @@ from parsgd.analysis.costmodel import calibrate, link_bounds, step_figures
 from parsgd.analysis.report import write_report
 from parsgd.analysis.rundirs import load_run
 from parsgd.analysis.stepparts import step_parts
+from parsgd.analysis.trace import write_trace
 from parsgd.cluster import netns
 from parsgd.cluster.emulated import EmulatedNet
 from procs import PY, Procs, load_params, sequential_params
+from tracecheck import comm_overlaps, trace_overlaps
 
 pytestmark = pytest.mark.slow
 ARGS = ["--dataset", "synthetic", "--num-samples", "2030", "--epochs", "1", "--hidden", "32,16",
@@ -117,6 +119,16 @@ def test_two_and_three_workers_at_100mbit_equal_sequential_and_the_step_fits_the
     assert b["floor_s"] < 0.97 * b["pipelined_s"] <= b["step_s"] <= 1.3 * b["sync_s"], b
     ok(launch(tmp_path / "p3", 3, env=NO_CHECK))
     assert np.max(np.abs(load_params(tmp_path / "p3") - oracle)) < 1e-8
+    for run in ("p2", "p3"):
+        assert_tracks_well_formed(tmp_path / run)
+
+
+def assert_tracks_well_formed(run: Path) -> None:
+    """An emulated run's spans nest or are disjoint on every track, in comm.jsonl (exactly) and in its
+    trace (integer microseconds); test_span_overlaps.py checks the other kinds of run."""
+    assert comm_overlaps(run / "comm.jsonl") == []
+    write_trace(run, run / "trace.json")
+    assert trace_overlaps(run / "trace.json") == []
 
 
 def test_estimate_of_another_configuration_within_15_percent_of_the_median_measured(tmp_path):
@@ -129,6 +141,7 @@ def test_estimate_of_another_configuration_within_15_percent_of_the_median_measu
     for i in range(3):
         ok(launch(tmp_path / f"m{i}", 3, link="1gbit", env=NO_CHECK, args=full))
         measured.append(step_figures(load_run(tmp_path / f"m{i}"))["step_s"])
+    assert_tracks_well_formed(tmp_path / "m0")  # 1gbit, the full-size model
     assert abs(predicted / statistics.median(measured) - 1) <= 0.15, (predicted, measured)
     out = subprocess.run(PY + ["estimate", str(tmp_path / "calib"), "--workers", "2,3", "--link", "100mbit,1gbit",
                                "--json"], capture_output=True, text=True, timeout=60)

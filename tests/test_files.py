@@ -291,7 +291,8 @@ def test_a_parameter_server_run_is_strict_json_and_honours_the_umask(tmp_path):
 
 
 def test_comm_lines_are_what_json_dumps_writes():
-    """comm.jsonl's fast formatter writes exactly json.dumps's text for finite spans (both row kinds)."""
+    """comm.jsonl's fast formatter writes exactly json.dumps's text for finite spans (both row kinds):
+    start and end rounded to 0.1 us, dur their difference (so t + dur is the rounded end)."""
     from parsgd.ps.commlog import _lines
     from parsgd.ps.protocol import SPANS
 
@@ -300,6 +301,7 @@ def test_comm_lines_are_what_json_dumps_writes():
                             rng.random(300) * 10.0 ** rng.integers(-9, 1, 300), rng.integers(0, 2**40, 300)])
     for role, rank, given in (("worker", 7, rows), ("server", 0, [tuple(r) for r in rows.tolist()])):
         want = "".join(json.dumps({"role": role, "rank": rank, "step": int(s), "span": SPANS[int(c)],
-                                   "t": round(float(t), 7), "dur": round(float(d), 7), "bytes": int(b)}) + "\n"
+                                   "t": round(float(t), 7), "dur": round(round(t + d, 7) - round(t, 7), 7),
+                                   "bytes": int(b)}) + "\n"
                        for c, s, t, d, b in rows)
         assert _lines(role, rank, given).decode() == want

@@ -1,8 +1,10 @@
 """The span timer: the only place that measures communication.
 
 Each span is (span, step, t, dur, bytes) with t in seconds since the run start on the server's
-clock. Workers ship theirs to the server in LOGS chunks every second and at STOP; `CommStream`
-appends them, and the server's own spans every COMM_FLUSH_S, to comm.jsonl as they come, so an
+clock. Start and end are kept on a grid of ticks (0.1 us), so a span that starts where another
+ended has exactly that one's end as its start in comm.jsonl, whatever clock shifts came between.
+Workers ship theirs to the server in LOGS chunks every second and at STOP; `CommStream` appends
+them, and the server's own spans every COMM_FLUSH_S, to comm.jsonl as they come, so an
 interrupted run keeps its timeline (a SIGKILL loses at most the last second of spans).
 """
 from __future__ import annotations
@@ -19,6 +21,14 @@ from parsgd.ps.protocol import SPANS
 SPAN_CODE = {name: i for i, name in enumerate(SPANS)}
 COMM_SPANS = ("serialize", "send", "recv", "deserialize", "wait")  # time spent moving parameters
 COMM_FLUSH_S = 1.0            # the server appends its spans to comm.jsonl at least this often
+TICKS_PER_S = 10 ** 7         # comm.jsonl times are whole ticks of 1e-7 s (0.1 us)
+
+
+def tick(x: float) -> float:
+    """Seconds x on the tick grid: the float nearest a whole number of ticks (NaN and inf as they
+    are). A sum or difference of such values is within a few ulp of a tick count, so rounding it
+    again gives that count whatever the order of the arithmetic. ~0.1 us a call, half of round(x, 7)."""
+    return round(x * TICKS_PER_S) / TICKS_PER_S if math.isfinite(x) else x
 
 
 class CommLog:
@@ -33,13 +43,16 @@ class CommLog:
         return time.perf_counter() - self.t0 + self.offset
 
     def add(self, span: str, step: int, start: float, nbytes: int = 0, end: float | None = None) -> float:
-        """Record a span that began at `start` (a `now()` value) and ends now or at `end`; returns its end."""
-        end = self.now() if end is None else end
+        """Record a span that began at `start` (a `now()` value) and ends now or at `end`; returns its
+        end, on the tick grid (a span that starts there abuts this one exactly)."""
+        start, end = tick(start), tick(self.now() if end is None else end)
         self.rows.append((SPAN_CODE[span], step, start, end - start, nbytes))
         return end
 
     def shift(self, since: int, delta: float) -> None:
-        """Move rows[since:] and every later span by delta seconds: a better clock estimate came."""
+        """Move rows[since:] and every later span by delta seconds (rounded to a tick): a better clock
+        estimate came."""
+        delta = tick(delta)  # grid + grid stays on the grid
         self.rows[since:] = [(c, s, t + delta, d, b) for c, s, t, d, b in self.rows[since:]]
         self.offset += delta
 
@@ -67,7 +80,10 @@ class WorkerSpans(CommLog):
     At registration the offset is a midpoint estimate; it is then refined by the TASKs (none can
     arrive before the server stamped it): the registration midpoint is off by half the server's
     WELCOME processing (~1 ms measured), the earliest-looking TASK bounds it to within the fastest
-    delivery (~0.05 ms). `unshipped` hands out the spans not sent yet, in chunks.
+    delivery (~0.05 ms). `unshipped` hands out the spans not sent yet, in chunks. Once some of a
+    session's spans are shipped, a correction only moves the clock forward (a TASK that seems to
+    arrive before it was sent): moving it back would start the next spans before the end of those
+    already in comm.jsonl (measured: a 1-s window's fastest delivery varies by +-30 us under load).
     """
 
     def __init__(self, ship_every_s: float):
@@ -75,9 +91,17 @@ class WorkerSpans(CommLog):
         self.ship_every_s = ship_every_s
         self.mark, self.fix = 0, -math.inf      # first row of this session; best offset correction so far
         self.shipped, self.next_ship = 0, time.monotonic() + ship_every_s
+        self.track = None  # (server incarnation, rank) of this session
 
-    def registered(self, t_sent: float, t_recv: float, t_server: float) -> None:
-        """WELCOME came: the offset from the round-trip midpoint (all on this log's clock, s)."""
+    def registered(self, t_sent: float, t_recv: float, t_server: float, track=None) -> None:
+        """WELCOME came: the offset from the round-trip midpoint (all on this log's clock, s). `track`:
+        (server incarnation, rank) of the new session. When it is not the last session's, that
+        session's spans not shipped yet are dropped: they are on a server's clock this one does not
+        share (a restarted server: up to 56 spans of steps it redid, measured), or would land on
+        another rank's track, where they overlap its spans."""
+        if track != self.track:
+            del self.rows[self.shipped:]
+        self.track = track
         self.offset += t_server - (t_sent + t_recv) / 2
         self.mark, self.fix = len(self.rows), -math.inf
 
@@ -86,10 +110,10 @@ class WorkerSpans(CommLog):
         self.fix = max(self.fix, t_send - received)
 
     def settle(self) -> None:
-        """Shift this session's spans by the correction found so far."""
-        if math.isfinite(self.fix):
+        """Shift this session's spans by the correction found so far (forward only once some are shipped)."""
+        if math.isfinite(self.fix) and (self.fix > 0 or self.shipped <= self.mark):
             self.shift(self.mark, self.fix)
-            self.fix = -math.inf
+        self.fix = -math.inf
 
     def due(self) -> bool:
         return time.monotonic() >= self.next_ship
@@ -111,10 +135,16 @@ _LINE = '{"role": "%s", "rank": %d, "step": %d, "span": "%s", "t": %r, "dur": %r
 def _lines(role: str, rank: int, rows) -> bytes:
     """comm.jsonl lines, as json.dumps would write them; ~2.5x faster than it (the server writes
     ~10^4 a second at batch 256), so a flush delays a step less. A non-finite number (only a broken
-    worker's LOGS can hold one) takes json_text's strict path: null, never a NaN token."""
+    worker's LOGS can hold one) takes json_text's strict path: null, never a NaN token.
+
+    Start and end are rounded to the tick and `dur` is their difference, so t + dur is the rounded
+    end: a span starting where this one ends has exactly that t (rounding t and dur apart made 7%
+    of a run's spans overlap the one before by a tick)."""
     out = []
     for code, step, t, dur, nbytes in (rows.tolist() if isinstance(rows, np.ndarray) else rows):
-        t, dur = round(float(t), 7), round(float(dur), 7)  # a NumPy scalar's repr is not JSON
+        t, dur = float(t), float(dur)  # a NumPy scalar's repr is not JSON
+        t, end = tick(t), tick(t + dur)
+        dur = tick(end - t) if math.isfinite(end) else tick(dur)
         if math.isfinite(t) and math.isfinite(dur) and math.isfinite(step) and math.isfinite(nbytes):
             out.append(_LINE % (role, rank, int(step), SPANS[int(code)], t, dur, int(nbytes)))
         else:

@@ -203,11 +203,12 @@ class ServerLoop(OwnRanges, Trainer):
             self.rangeset.started = True
 
     # -- the event loop --------------------------------------------------------------------------
-    def _poll_once(self, timeout_s: float) -> None:
+    def _poll_once(self, timeout_s: float, wait_step: int = -1) -> None:
+        """One poll, the messages it found and the timers; see _receive_ready for wait_step."""
         if self.stopping:
             raise ServerExit(f"interrupted by {self.stopping} at step {self.step}"
                              f"{self.opts.continue_hint(self.step, self.rundir.path)}")
-        self._receive_ready(timeout_s)
+        self._receive_ready(timeout_s, wait_step)
         now = time.monotonic()
         if now >= self._timers_due:
             on_timer(self, now)
@@ -216,9 +217,15 @@ class ServerLoop(OwnRanges, Trainer):
                 self.comm.server(self.log)
                 self._next_flush = now + COMM_FLUSH_S
 
-    def _receive_ready(self, timeout_s: float) -> None:
-        """Wait up to timeout_s for a message, then handle every one that is queued."""
-        if self.router.poll(timeout_s):
+    def _receive_ready(self, timeout_s: float, wait_step: int = -1) -> None:
+        """Wait up to timeout_s for a message, then handle every one that is queued. With wait_step
+        >= 0 the time blocked in the poll is a `wait` span of that step: only the poll, so the recv
+        and deserialize spans of what it found follow it instead of overlapping it."""
+        t = self.log.now()
+        ready = self.router.poll(timeout_s)
+        if wait_step >= 0:
+            self.log.add("wait", wait_step, t)
+        if ready:
             while self.router.has_message():
                 self._receive_one()
 

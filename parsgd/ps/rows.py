@@ -25,7 +25,8 @@ class ShardRows:
         self.cfg, self.data, self.log = cfg, data, log
         self.rows = np.empty((cfg.batch_size, data.x_train.shape[1]), data.x_train.dtype)
         self.orders: dict[int, np.ndarray] = {}
-        self.prefetched = None  # ((epoch, lo, hi), (start, end)) of rows gathered ahead of their TASK
+        # ((epoch, lo, hi), (start, end, log offset then)) of rows gathered ahead of their TASK
+        self.prefetched = None
 
     def order(self, epoch: int) -> np.ndarray:
         if epoch not in self.orders:
@@ -36,8 +37,9 @@ class ShardRows:
         idx = self.order(task.epoch)[task.lo:task.hi]
         rows = self.rows[:idx.size]
         if self.prefetched and self.prefetched[0] == (task.epoch, task.lo, task.hi):
-            start, end = self.prefetched[1]
-            self.log.add("compute", task.step, start, end=end)  # gathered while the server updated
+            start, end, offset = self.prefetched[1]
+            moved = self.log.offset - offset  # the clock estimate changed since (LOGS went out between)
+            self.log.add("compute", task.step, start + moved, end=end + moved)  # gathered while the server updated
         else:
             np.take(self.data.x_train, idx, axis=0, out=rows)
         self.prefetched = None
@@ -57,4 +59,4 @@ class ShardRows:
         lo, hi = shard_bounds(b * cfg.batch_size, min(n, (b + 1) * cfg.batch_size), parts)[(task.shard - 1) % parts]
         t = self.log.now()
         np.take(self.data.x_train, self.order(task.epoch)[lo:hi], axis=0, out=self.rows[:hi - lo])
-        self.prefetched = ((task.epoch, lo, hi), (t, self.log.now()))
+        self.prefetched = ((task.epoch, lo, hi), (t, self.log.now(), self.log.offset))

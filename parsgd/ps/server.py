@@ -9,8 +9,6 @@ equals the sequential trainer's whatever happened to the workers. The event loop
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from parsgd.ps import protocol as proto
@@ -40,12 +38,8 @@ class ParameterServer(ServerLoop):
         for s in self.scheduler.todo():
             self.assign(s)
         while True:
-            wait_start, waited = self.log.now(), 0.0
             while not self.scheduler.finished():
-                t = time.perf_counter()
-                self._poll_once(POLL_MAX_S)
-                waited += time.perf_counter() - t
-            self.log.add("wait", step, wait_start, end=wait_start + waited)
+                self._poll_once(POLL_MAX_S, wait_step=step)  # a `wait` span per poll
             t = self.log.now()
             self.grad = self.scheduler.reduce(self.sum_buf)  # sum_buf, or the only shard's own slot
             self.log.add("aggregate", step, t)

@@ -108,7 +108,7 @@ class Worker:
             if self._send(hello.to_frames(), HELLO_RETRY_S) and self.stops.poll(self.sock, HELLO_RETRY_S):
                 msg = recv_message(self.sock, self.max_msg_bytes, self.echo)
                 if isinstance(msg, proto.Welcome) and msg.session == self.session:
-                    self.log.registered(t_sent, self.log.now(), msg.t_server)
+                    self.log.registered(t_sent, self.log.now(), msg.t_server, (msg.incarnation, msg.rank))
                     return msg
                 if isinstance(msg, proto.Error) and msg.code in ("VERSION", "BUSY"):
                     raise WorkerExit(f"server refused this worker: {msg.message}")
