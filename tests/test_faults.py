@@ -525,7 +525,7 @@ def test_nan_gradient_on_every_attempt_stops_the_run(tmp_path, transport):
     assert len(errors) == 1 and "step 5 gave a non-finite gradient (NaN or Inf) twice" in errors[0], errors
     assert len(named(run, "non_finite_grad")) >= 2
     assert named(run, "checkpoint")[-1]["step"] == 5 and (run / "checkpoint.npz").is_file()
-    assert "stopped by the server (server stopped)" in result.stdout
+    assert "stopped by the server (server stopped: " in result.stdout
     no_protocol_error(run)
 
 
@@ -606,7 +606,7 @@ def test_signal_on_a_worker_and_then_on_the_server(tmp_path, sig, transport):
     assert error_lines(outs[0]), outs[0][-2000:]
     error = error_lines(server_out)
     assert len(error) == 1 and f"interrupted by {sig.name}" in error[0] and f"--resume {run}" in error[0]
-    assert all("stopped by the server (server stopped)" in out for out in outs[1:])
+    assert all("stopped by the server (server stopped: " in out for out in outs[1:])
     assert named(run, "checkpoint")[-1]["step"] >= 20 and (run / "checkpoint.npz").is_file()
     no_protocol_error(run)
     gone = [e for e in events(run) if e.get("session") == session and e["event"] in ("left", "dead", "stale")]

@@ -6,8 +6,10 @@
 Starting from the initial parameters, every logged update is redone in order: its gradient is
 computed on the parameter version it was pulled at (kept while a later update still needs it), as
 a worker computes it (one BLAS thread; BSP: every shard with 1/batch scaling, summed in shard
-order), and applied with the same momentum update and learning rate. The oracle of the
-asynchronous modes: their result depends on timing, and replay shows it depends on nothing else.
+order), and applied with the same momentum update and learning rate. With S servers (`--servers`)
+each range of the parameters an update used is the version its server had when the worker pulled it
+(updates.jsonl `versions`: servers 0..S-1); every range applies the updates in the one logged order.
+The oracle of the asynchronous modes: their result depends on timing, and replay shows it depends on nothing else.
 After a resume, updates.jsonl holds the updates of the whole run (the redone ones once), so replay
 still starts from the initial parameters.
 """
@@ -22,6 +24,7 @@ from threadpoolctl import threadpool_limits
 from parsgd.config import RunConfig
 from parsgd.data import epoch_order, load_dataset
 from parsgd.errors import UserError
+from parsgd.model.keyranges import key_ranges
 from parsgd.model.mlp import Workspace, init_params, loss_and_grad
 from parsgd.model.optim import sgd_momentum_
 from parsgd.ps.async_server import staleness_lr
@@ -62,18 +65,26 @@ def replay(run_dir, echo=print) -> float:
     params = init_params(cfg.sizes, cfg.seed, cfg.dtype)
     velocity, grad, part, scratch = (np.zeros_like(params) for _ in range(4))
     ws, rows = Workspace(cfg.sizes, cfg.dtype), np.empty((B, data.x_train.shape[1]), data.x_train.dtype)
+    kr = key_ranges(cfg.sizes, cfg.dtype, cfg.servers, cfg.shard_by)
     last_use: dict[int, int] = {}
-    for i, u in enumerate(updates):
-        last_use[u["version"]] = i
+    for i, u in enumerate(updates):  # with S servers each range was pulled at its own version
+        for v in u.get("versions") or [u["version"]]:
+            last_use[v] = i
     versions = {0: params.copy()} if 0 in last_use else {}
+    composite = np.empty_like(params)
     orders: dict[int, np.ndarray] = {}
     parts = cfg.workers if cfg.consistency == "bsp" else 1
     with threadpool_limits(1), np.errstate(over="ignore", invalid="ignore"):
         for i, u in enumerate(updates):
             order = orders.setdefault(u["epoch"], epoch_order(n, cfg.seed, u["epoch"]))
-            pulled = versions[u["version"]] if u["version"] in versions else None
-            if pulled is None:
-                raise ReplayError(f"update {i} was computed on version {u['version']}, which never existed")
+            used = u.get("versions") or [u["version"]]
+            if any(v not in versions for v in used):
+                raise ReplayError(f"update {i} was computed on version {used}, which never existed")
+            pulled = versions[used[0]]
+            if len(used) > 1:  # range r of the parameters as server r had it at version used[r]
+                for r, v in enumerate(used):
+                    kr.scatter(kr.gather(versions[v], r), r, composite)
+                pulled = composite
             lo, hi = u["batch"] * B, min(n, (u["batch"] + 1) * B)
             for k, (a, b) in enumerate(s for s in shard_bounds(lo, hi, parts) if s[0] < s[1]):
                 idx = order[a:b]
@@ -82,8 +93,9 @@ def replay(run_dir, echo=print) -> float:
                               scale=1.0 / (hi - lo))
                 if k:
                     grad += part  # shard order, as the server adds them
-            if last_use.get(u["version"]) == i:
-                del versions[u["version"]]
+            for v in set(used):
+                if last_use.get(v) == i:
+                    del versions[v]
             lr = staleness_lr(cfg.lr, u["staleness"], cfg.lr_staleness)
             sgd_momentum_(params, velocity, grad, lr, cfg.momentum, scratch)
             if i + 1 in last_use:

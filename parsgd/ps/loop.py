@@ -144,8 +144,8 @@ class ServerLoop(OwnRanges, Trainer):
                 self.colocated.start()
             self._wait_for_initial_workers()
             return self.run(self.rundir)
-        except UserError:
-            self._abort()
+        except UserError as exc:
+            self._abort(str(exc))
             raise
         finally:
             self.close()  # first: a signal meanwhile only sets self.stopping, never interrupts it
@@ -155,9 +155,10 @@ class ServerLoop(OwnRanges, Trainer):
     def _on_signal(self, signum, _frame):
         self.stopping = signal.Signals(signum).name
 
-    def _abort(self):
-        """STOP every worker, then checkpoint (so STOP goes out even if that write fails); on signals and fatal states."""
-        self._stop_workers("server stopped", collect=False)
+    def _abort(self, why: str = "") -> None:
+        """STOP every worker (the reason: `why`), then checkpoint (so STOP goes out even if that write fails);
+        on signals and fatal states."""
+        self._stop_workers(f"server stopped: {why}"[:proto.MAX_TEXT] if why else "server stopped", collect=False)
         if self.step > 0:
             self.checkpoint()
 

@@ -94,7 +94,7 @@ class RangeServer:
             if send_within(self.coord, hello.to_frames(), HELLO_RETRY_S) and self.stops.poll(self.coord, HELLO_RETRY_S):
                 msg = recv_message(self.coord, proto.MAX_ELEMENTS * 16 + proto.HEADER_MAX, self.echo)
                 if isinstance(msg, proto.ServerWelcome) and msg.session == self.session:
-                    self.log.registered(t_sent, self.log.now(), msg.t_server)
+                    self.log.registered(t_sent, self.log.now(), msg.t_server, (msg.incarnation, self.opts.rank))
                     self._setup(msg)
                     return
                 if isinstance(msg, proto.Error):
