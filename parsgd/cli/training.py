@@ -120,6 +120,8 @@ def worker(connect, connect_timeout, data_dir, keys_dir, faults, name):
 @click.option("--resume", type=click.Path(), help="Continue the run in this run directory from its checkpoint.")
 @click.option("--link", help="Emulated hosts: the server and each worker in a network namespace of its own, joined "
                              "by links of this rate each way, e.g. 100mbit, 1gbit (root only; transport tcp, CURVE).")
+@click.option("--server-link", "--server_link", "server_link",
+              help="With --link and --servers: the rate of every server's link (default: --link), e.g. 1gbit.")
 @click.option("--link-delay", "--link_delay", "link_delay",
               help="With --link: one-way latency of every link, e.g. 5ms (needs the kernel's netem qdisc).")
 @click.option("--keys", "keys_dir", type=click.Path(),
@@ -130,7 +132,7 @@ def worker(connect, connect_timeout, data_dir, keys_dir, faults, name):
 @training_options
 @click.pass_context
 def launch(ctx, workers, transport, wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, colocate,
-           restart_workers, faults, resume, link, link_delay, keys_dir, force, out, **opts):
+           restart_workers, faults, resume, link, server_link, link_delay, keys_dir, force, out, **opts):
     """Start a parameter server and N workers on this machine; stop them all on exit."""
     from parsgd.jobs.launch import LaunchError, launch as run_launch
     from parsgd.data.load import check_num_samples
@@ -152,7 +154,7 @@ def launch(ctx, workers, transport, wait_timeout, heartbeat, liveness, step_time
     if colocate and link:
         raise click.UsageError("--colocate cannot be used with --link: emulated hosts keep the server and every "
                                "worker apart (and use CURVE keys); leave out one of them")
-    link = link_options(link, link_delay, keys_dir, transport, faults)  # root, netem: before anything starts
+    link = link_options(link, link_delay, keys_dir, transport, faults, server_link)  # root, netem: before anything starts
     sopts = build_server_options(wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, colocate,
                                  faults=faults)
     check_range("--restart-workers", restart_workers, restart_workers >= 0, "a whole number >= 0 (restarts in all)")

@@ -31,9 +31,12 @@ QUEUE_MIN_BYTES = 256 * 1024   # ... at least 256 KiB, so TCP never loses a pack
 
 
 def host_ip(role: str) -> str:
-    """The address of host `role`: 198.18.0.1 for the server, 198.18.1.1 for w0, ..., from SUBNET."""
+    """The address of host `role`: 198.18.0.1 for the server (0), 198.18.0.2 for range server s1, ...,
+    198.18.1.1 for w0, ..., from SUBNET."""
     if role == "server":
         return SERVER_IP
+    if role.startswith("s"):  # range server s of --servers S: 198.18.0.(s + 1)
+        return f"198.18.0.{1 + int(role[1:])}"
     i = int(role.removeprefix("w"))
     return f"198.18.{1 + i // 250}.{1 + i % 250}"
 
@@ -47,13 +50,16 @@ def tbf_args(rate_bps: float) -> list[str]:
 
 
 class EmulatedNet:
-    """The network of one emulated run: `roles` (e.g. ['server', 'w0', 'w1']) at `rate_bps` each way,
+    """The network of one emulated run: `roles` (e.g. ['server', 's1', 'w0', 'w1']) at `rate_bps` each way
+    (`rates`: {role: bits/s} for hosts with a rate of their own),
     `delay_s` one-way latency per link (needs netem). Namespaces are named after this process's pid,
     whose RunLock is held from `create` to `destroy`. Raises NetworkError when a step fails (after
     removing whatever it had made)."""
 
-    def __init__(self, roles: list[str], rate_bps: float | None, delay_s: float = 0.0, pid: int | None = None):
+    def __init__(self, roles: list[str], rate_bps: float | None, delay_s: float = 0.0, pid: int | None = None,
+                 rates: dict[str, float] | None = None):
         self.roles, self.rate_bps, self.delay_s = list(roles), rate_bps, delay_s
+        self.rates = dict(rates or {})  # a rate of its own for some hosts (the servers' --server-link)
         self.pid = os.getpid() if pid is None else pid
         self.bridge_ns = netns.ns_name(self.pid, "net")
         self.lock = netns.RunLock(self.pid)
@@ -101,9 +107,13 @@ class EmulatedNet:
         netns.ip(name, "link", "add", HOST_DEV, "type", "veth", "peer", "name", role, "netns", self.bridge_ns)
         netns.ip(name, "addr", "add", f"{host_ip(role)}/{SUBNET_PREFIX}", "dev", HOST_DEV)
         netns.ip(self.bridge_ns, "link", "set", role, "master", BRIDGE)
-        self.shape(role, self.rate_bps)
+        self.shape(role, self.rate_of(role))
         netns.ip(self.bridge_ns, "link", "set", role, "up")
         netns.ip(name, "link", "set", HOST_DEV, "up")
+
+    def rate_of(self, role: str) -> float | None:
+        """The rate host `role`'s link is shaped to (bits/s; None: unshaped)."""
+        return self.rates.get(role, self.rate_bps)
 
     def shape(self, role: str, rate_bps: float | None) -> None:
         """Sets host `role`'s link (both directions) to `rate_bps` (None: unshaped) plus the delay."""

@@ -39,15 +39,22 @@ class NoNetemError(UsageError):
 
 @dataclass(frozen=True)
 class LinkOptions:
-    """`launch --link RATE [--link-delay D] [--keys DIR]`, checked on creation (LinkOptionError)."""
+    """`launch --link RATE [--server-link RATE] [--link-delay D] [--keys DIR]`, checked on creation
+    (LinkOptionError); `server_rate`: the servers' links (default: `rate`)."""
     rate: str
     delay: str | None = None
     keys: str | None = None
+    server_rate: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "rate", format_rate(parse_rate(self.rate)))
+        object.__setattr__(self, "server_rate", format_rate(parse_rate(self.server_rate or self.rate)))
         if self.delay is not None:
             parse_delay(self.delay)
+
+    @property
+    def server_rate_bps(self) -> float:
+        return parse_rate(self.server_rate)
 
     @property
     def rate_bps(self) -> float:
@@ -102,9 +109,11 @@ def time_gradient(cfg: RunConfig, rows: int, reps: int = 5) -> float:
 class EmulatedRun:
     """One emulated run's network, keys and calibration. Use as a context manager; `close` removes all."""
 
-    def __init__(self, link: LinkOptions, workers: int, tmp: str, echo):
+    def __init__(self, link: LinkOptions, workers: int, tmp: str, echo, servers: int = 1):
         self.link, self.workers, self.echo = link, workers, echo
-        self.net = EmulatedNet(["server", *(f"w{i}" for i in range(workers))], link.rate_bps, link.delay_s)
+        servers_ = ["server", *(f"s{r}" for r in range(1, servers))]  # every server on a host of its own
+        self.net = EmulatedNet([*servers_, *(f"w{i}" for i in range(workers))], link.rate_bps, link.delay_s,
+                               rates={role: link.server_rate_bps for role in servers_})
         self.keys = link.keys or str(Path(tmp) / "keys")
         self.info: dict = {}
         self.timers: list[threading.Timer] = []
@@ -120,6 +129,11 @@ class EmulatedRun:
     def bind(self) -> str:
         return f"tcp://{host_ip('server')}:*"
 
+    @staticmethod
+    def range_bind(rank: int) -> str:
+        """Where range server `rank` listens: its own host's address, a free port."""
+        return f"tcp://{host_ip(f's{rank}')}:*"
+
     def preexec(self, role: str):
         return self.net.preexec(role)
 
@@ -131,11 +145,14 @@ class EmulatedRun:
             from parsgd.ps.sockets import keygen
             keygen(self.keys)
         self.info = {"rate": self.link.rate, "rate_bps": self.link.rate_bps, "delay_s": self.link.delay_s,
+                     "server_rate": self.link.server_rate, "server_rate_bps": self.link.server_rate_bps,
                      "tbf": " ".join(tbf_args(self.link.rate_bps)), "wire_efficiency": wire_efficiency(),
                      "hosts": self.net.addresses, "namespaces": [self.net.ns(r) for r in self.net.roles],
                      "cores": os.cpu_count(), "keys": "given" if self.link.keys else "generated for the run"}
-        self.echo(f"[launch] emulated hosts: server {host_ip('server')} and {self.workers} worker(s), each in a "
-                  f"network namespace, links of {self.net.label} each way (tbf), CURVE keys "
+        servers = [r for r in self.net.roles if r == "server" or r.startswith("s")]
+        server_link = "" if self.link.server_rate == self.link.rate else f", the servers' links {self.link.server_rate}"
+        self.echo(f"[launch] emulated hosts: {len(servers)} server(s) from {host_ip('server')} and {self.workers} "
+                  f"worker(s), each in a network namespace, links of {self.net.label} each way (tbf){server_link}, CURVE keys "
                   f"{'from ' + self.link.keys if self.link.keys else 'generated for this run'}")
         if calibrate and os.environ.get("PARSGD_LINK_CHECK", "1") != "0":
             try:
@@ -156,8 +173,8 @@ class EmulatedRun:
         try:
             unshaped = measure(self.net, self.keys, sizes)
         finally:
-            self.net.shape("server", self.link.rate_bps)
-            self.net.shape("w0", self.link.rate_bps)
+            self.net.shape("server", self.net.rate_of("server"))
+            self.net.shape("w0", self.net.rate_of("w0"))
         shaped = measure(self.net, self.keys, sizes)
         expected = self.link.rate_bps / 8 * wire_efficiency()
         # the better direction: the link is symmetric, and the other machine load slows one stream or the other
@@ -226,17 +243,18 @@ class EmulatedRun:
 
 
 def link_options(rate: str | None, delay: str | None, keys: str | None, transport: str | None = None,
-                 faults: str = "") -> LinkOptions | None:
-    """The LinkOptions of `launch --link RATE [--link-delay D] [--keys DIR]`, preflight done; None without
-    --link. Raises LinkOptionError (exit 2) for --link-delay, --keys or a partition fault without --link,
-    and what `preflight` raises."""
+                 faults: str = "", server_rate: str | None = None) -> LinkOptions | None:
+    """The LinkOptions of `launch --link RATE [--server-link RATE] [--link-delay D] [--keys DIR]`, preflight
+    done; None without --link. Raises LinkOptionError (exit 2) for --server-link, --link-delay, --keys or a
+    partition fault without --link, and what `preflight` raises."""
     partition = any(item.split("=", 1)[0].strip() == "partition" for item in (faults or "").split(","))
     if rate is None:
-        for given, what in ((delay, "--link-delay"), (keys, "--keys"), (partition or None, "a partition fault")):
+        for given, what in ((delay, "--link-delay"), (keys, "--keys"), (partition or None, "a partition fault"),
+                            (server_rate, "--server-link")):
             if given is not None:
                 raise LinkOptionError(f"{what} is for emulated hosts: add --link RATE (e.g. --link 100mbit)")
         return None
-    link = LinkOptions(rate, delay, keys)
+    link = LinkOptions(rate, delay, keys, server_rate)
     preflight(link, transport)
     return link
 

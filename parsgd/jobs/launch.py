@@ -247,7 +247,7 @@ def launch(cfg: RunConfig | None, opts: ServerOptions, transport: str = "shm", o
     net = None
     if link is not None:  # emulated hosts: shared memory and ipc cannot cross them
         from parsgd.jobs.emulate import EmulatedRun
-        net = EmulatedRun(link, workers, tmp, echo)
+        net = EmulatedRun(link, workers, tmp, echo, servers=cfg.servers)
         bind, transport = net.bind, "tcp"
     resume_command = launch_resume_command(out, transport, link and link.rate, opts.colocate)
     spec = ServerSpec(config=None if resume else cfg, out=str(out), resume=str(out) if resume else None,
