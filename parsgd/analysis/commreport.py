@@ -16,7 +16,7 @@ import textwrap
 import numpy as np
 
 from parsgd.analysis.rundirs import Run
-from parsgd.analysis.stepparts import bound_sentence, step_parts
+from parsgd.analysis.stepparts import bound_sentence, server_bytes, step_parts
 from parsgd.analysis.tables import format_table
 
 # Span names of comm.jsonl grouped into what the report calls them.
@@ -136,6 +136,7 @@ def comm_section(runs: list[Run], row: dict | None) -> list[str]:
     if parts:
         out += textwrap.wrap(f"what a step waits for ({parts['steps']} timed steps{each}): {bound_sentence(parts)}",
                              100, initial_indent="  ", subsequent_indent="    ")
+    out += server_lines(first)
     roles = [r for r in ROLE_ORDER if r in bd]
     cats = list(dict.fromkeys(c for r in roles for c in bd[r]["seconds"]))
     rows = []
@@ -156,3 +157,20 @@ def comm_section(runs: list[Run], row: dict | None) -> list[str]:
     out += ["  " + ln for ln in format_table(rows, cols).splitlines()]
     split = "; indented rows: what the wait holds (analysis/stepparts.py)" if parts else ""
     return out + [f"  (source: {bd[roles[0]]['source']}; ms per timed step{each}{split})", ""]
+
+
+def server_lines(run: Run) -> list[str]:
+    """With S > 1 parameter servers: per server its key ranges, parameters and KB in / out per timed step
+    through its socket, and the load imbalance (max / mean) of parameters and of bytes; [] for one server."""
+    rows = server_bytes(run)
+    if len(rows) < 2:
+        return []
+    table = format_table([{**r, "in_kb": r["in"] / 1e3, "out_kb": r["out"] / 1e3} for r in rows],
+                         [("server", "server", "{:d}"), ("ranges", "key ranges", "{}"), ("elements", "parameters", "{:d}"),
+                          ("in_kb", "KB in/step", "{:.1f}"), ("out_kb", "KB out/step", "{:.1f}"),
+                          ("imbalance", "bytes / mean", "{:.2f}")])
+    sizes = [r["elements"] for r in rows]
+    by_bytes = max(r["imbalance"] for r in rows)
+    return ["  " + ln for ln in table.splitlines()] + [
+        f"  load imbalance (max / mean): {max(sizes) / (sum(sizes) / len(sizes)):.2f} in parameters, {by_bytes:.2f} "
+        "in bytes through the servers' sockets (shared memory moves parameters outside them)"]

@@ -109,12 +109,15 @@ class Run:
     @property
     def label(self) -> str:
         """Short name of the configuration: 'sequential', 'pool P=2', 'ps P=4 shm', 'ps P=3 shm async',
-        'ps P=3 shm, faults slow=worker1:3' (every setup word after a comma)."""
+        'ps P=4 tcp S=2' (two servers), 'ps P=3 shm, faults slow=worker1:3' (every setup word after a comma)."""
         if self.mode == "sequential":
             label = "sequential"
         else:
             label = f"{self.mode} P={self.workers}" + (f" {self.transport}" if self.transport else "")
             label += f" {self.consistency}" if self.consistency not in (None, "bsp") else ""
+            servers = int(self.config.get("servers") or 1)
+            if servers > 1:
+                label += f" S={servers}" + (" by layer" if self.config.get("shard_by") == "layer" else "")
         return ", ".join([label, *self.setup_words])
 
     @property

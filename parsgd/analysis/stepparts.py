@@ -40,17 +40,36 @@ WHAT = {"link": "the step's bytes on the link", "compute": "the slowest shard's 
         "rest": "the rest (latency, wake-ups, queueing, processes sharing the cores)"}
 
 
-def link_rate(run: Run) -> tuple[float, str] | None:
-    """(payload bytes/s of the run's link, its name: '100mbit'), the link check's measurement when it
-    has one, else RATE x 1448/1514; None for a run not on emulated links. Raises RunDirError."""
+def link_rate(run: Run, servers: bool = False) -> tuple[float, str] | None:
+    """(payload bytes/s of the run's workers' links, or with `servers` of its servers' links, and the rate's
+    name: '100mbit'): the link check's measurement when it has one and both are alike, else RATE x
+    1448/1514 (at most the unshaped capacity); None for a run not on emulated links. Raises RunDirError."""
     link = read_link(run.path)
     if not link:
         return None
     cal = link.get("calibration") or {}
-    nominal = link["rate_bps"] * link.get("wire_efficiency", wire_efficiency()) / 8
-    if cal.get("bound") == "link":
-        return float(cal["measured_payload_bytes_per_s"]), link["rate"]
-    return float(min(nominal, cal.get("capacity_bytes_per_s") or nominal)), link["rate"]
+    name = link.get("server_rate", link["rate"]) if servers else link["rate"]
+    bps = link.get("server_rate_bps", link["rate_bps"]) if servers else link["rate_bps"]
+    nominal = bps * link.get("wire_efficiency", wire_efficiency()) / 8
+    if cal.get("bound") == "link" and name == link["rate"] == link.get("server_rate", link["rate"]):
+        return float(cal["measured_payload_bytes_per_s"]), name
+    return float(min(nominal, cal.get("capacity_bytes_per_s") or nominal)), name
+
+
+def link_needs(run: Run, steps: list[int]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per link of an emulated run, the seconds per step its bytes need (in + out, one after the other, at
+    its payload rate) and its bandwidth floor (the busier direction alone): {"server 0": (need, floor),
+    "server 1": ..., "worker 0": ...}; {} without links."""
+    comm, out = run.comm, {}
+    rates = {"server": link_rate(run, servers=True), "worker": link_rate(run)}
+    if rates["worker"] is None:
+        return {}
+    for role, rank in comm.tracks():
+        mine = (comm.role == role) & (comm.rank == rank)
+        sent = _per_step(comm, mine & (comm.span == "send"), steps, "bytes")
+        got = _per_step(comm, mine & (comm.span == "recv"), steps, "bytes")
+        out[f"{role} {rank}"] = ((sent + got) / rates[role][0], np.maximum(sent, got) / rates[role][0])
+    return out
 
 
 def _per_step(comm, mask, steps, column: str = "dur_s") -> np.ndarray:
@@ -73,20 +92,19 @@ def step_parts(run: Run) -> dict | None:
     if comm is None or run.consistency not in (None, "bsp"):
         return None
     first = int(run.summary.get("warmup_steps") or 1)
-    server = comm.role == "server"
+    server = (comm.role == "server") & (comm.rank == 0)   # the coordinator: its steps, its wait
     waits = server & (comm.span == "wait") & (comm.step >= first) & np.isfinite(comm.dur_s)
     steps = sorted({int(s) for s in comm.step[waits]})
     if not steps:
         return None
     wait = _per_step(comm, waits, steps)
     work = _per_step(comm, server & np.isin(comm.span, SERVER_WORK), steps)
-    out_b = _per_step(comm, server & (comm.span == "send"), steps, "bytes")
-    in_b = _per_step(comm, server & (comm.span == "recv"), steps, "bytes")
     computes = _compute_by_rank(comm, steps)
     slowest = np.max(np.stack(list(computes.values())), axis=0) if computes else np.zeros(len(steps))
-    rate = link_rate(run)
-    need = (out_b + in_b) / rate[0] if rate else np.zeros(len(steps))
-    floor = np.maximum(out_b, in_b) / rate[0] if rate else np.zeros(len(steps))
+    needs = link_needs(run, steps)   # every server's and worker's link: the busiest one sets the pace
+    busiest = max(needs, key=lambda k: float(np.median(needs[k][0]))) if needs else None
+    rate = link_rate(run, servers=busiest.startswith("server")) if busiest else None
+    need, floor = needs[busiest] if needs else (np.zeros(len(steps)), np.zeros(len(steps)))
     link = np.minimum(wait, need)
     compute = np.minimum(wait - link, slowest)
     rest = wait - link - compute
@@ -94,7 +112,8 @@ def step_parts(run: Run) -> dict | None:
     med = {k: float(np.median(v)) for k, v in parts.items()}
     result = {"steps": len(steps), "step": float(np.median(wait + work)), "wait": float(np.median(wait)),
               "link_need": float(np.median(need)), "floor": float(np.median(floor)), **med, "rate": rate[0] if rate else None,
-              "link_name": rate[1] if rate else None, "bound": max(PARTS, key=med.get)}
+              "link_name": rate[1] if rate else None, "busiest": busiest,
+              "link_needs": {k: float(np.median(v[0])) for k, v in needs.items()}, "bound": max(PARTS, key=med.get)}
     result["waits"] = {"server": {"link": float(link.sum()), "shards": float(compute.sum()), "server": 0.0,
                                   "rest": float(rest.sum())},
                        "worker": _worker_waits(comm, steps, computes, slowest, need, work)}
@@ -143,6 +162,8 @@ def bound_sentence(parts: dict) -> str:
     if bound == "link":
         what += (f" ({parts['link_name']}, {parts['rate'] * 8 / 1e6:.1f} Mbit/s of payload, both directions one "
                  f"after the other; the bandwidth floor alone is {parts['floor'] * 1e3:.2f} ms)")
+        if len(parts.get("link_needs") or {}) > 2 and parts.get("busiest"):
+            what += f"; the busiest link is {parts['busiest']}'s"
     others = ", ".join(f"{k} {parts[k] * 1e3:.2f} ms ({parts[k] / step:.0%})" for k in PARTS if k != bound)
     if parts["rate"] and parts["link_need"] >= parts["wait"]:
         others += (f"; the link alone needs {parts['link_need'] * 1e3:.2f} ms, the whole wait, so the shards' "
@@ -151,3 +172,31 @@ def bound_sentence(parts: dict) -> str:
         others += "; no link rate (not emulated): the transfer is CPU work, inside the rest"
     return (f"bound by {bound}: {parts[bound] * 1e3:.2f} ms of the median step's {step * 1e3:.2f} ms "
             f"({parts[bound] / step:.0%}) is {what}; {others}")
+
+
+def server_bytes(run: Run) -> list[dict]:
+    """Per parameter server (rank 0..S-1), the bytes per timed step through its socket, `in` (recv) and
+    `out` (send), its `elements` (key ranges, from the config) and the `imbalance` of its bytes (in + out)
+    against the servers' mean; [] without a comm.jsonl. Raises RunDirError."""
+    from parsgd.model.keyranges import key_ranges
+
+    comm = run.comm
+    if comm is None or not len(comm):
+        return []
+    first = int(run.summary.get("warmup_steps") or 1)
+    steps = sorted({int(s) for s in comm.step[(comm.role == "server") & (comm.rank == 0) & (comm.step >= first)]})
+    if not steps:
+        return []
+    c = run.config
+    kr = key_ranges((784, *c.get("hidden", ()), 10), str(c.get("dtype", "float32")), int(c.get("servers") or 1),
+                    str(c.get("shard_by") or "elements"))
+    rows = []
+    for rank in range(kr.servers):
+        mine = (comm.role == "server") & (comm.rank == rank)
+        rows.append({"server": rank, "elements": kr.size(rank), "ranges": kr.describe(rank),
+                     "in": float(_per_step(comm, mine & (comm.span == "recv"), steps, "bytes").mean()),
+                     "out": float(_per_step(comm, mine & (comm.span == "send"), steps, "bytes").mean())})
+    mean = sum(r["in"] + r["out"] for r in rows) / len(rows)
+    for r in rows:
+        r["imbalance"] = (r["in"] + r["out"]) / mean if mean > 0 else 1.0
+    return rows

@@ -18,7 +18,7 @@ import zmq
 
 from parsgd.model.keyranges import KeyRanges
 from parsgd.ps import protocol as proto
-from parsgd.ps.channel import recv_message, send_within
+from parsgd.ps.channel import recv_frames_within, send_within
 from parsgd.ps.shm import SessionBuffer, host_identity
 from parsgd.ps.sockets import configure_dealer
 
@@ -70,13 +70,17 @@ class RangeLinks:
             for sock, _ in self.poller.poll(int(min(left, 0.1) * 1000)):
                 r = next(k for k, s in self.socks.items() if s is sock)
                 t = self.log.now()
-                msg = recv_message(sock, self.max_bytes, self.echo)
+                frames = recv_frames_within(sock, self.max_bytes, self.echo)
+                try:
+                    msg = None if frames is None else proto.decode(frames)
+                except proto.ProtocolError:
+                    msg = None
                 if isinstance(msg, proto.Error):
                     self.echo(f"worker {self.rank}: server {r} refused {msg.answers or 'a message'}: {msg.message}")
                     return None
                 if isinstance(msg, want) and match(r, msg):
                     got[r] = msg
-                    self.log.add("recv", getattr(self, "_step", -1), t)
+                    self.log.add("recv", getattr(self, "_step", -1), t, proto.frames_nbytes(frames))
         return got
 
     def attach(self) -> bool:
