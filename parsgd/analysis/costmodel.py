@@ -85,8 +85,8 @@ def step_figures(run: Run) -> dict:
     keep = comm.step >= 1
     n = max(1, len(np.unique(comm.step[keep])))
 
-    def total(role, span, what="dur_s"):
-        mask = keep & (comm.role == role) & (comm.span == span)
+    def total(role, span, what="dur_s"):  # the server: server 0 (the coordinator) of --servers S
+        mask = keep & (comm.role == role) & (comm.span == span) & ((comm.rank == 0) | (role != "server"))
         return float(np.nansum(getattr(comm, what)[mask])) / n
 
     mask = keep & (comm.role == "worker") & (comm.span == "compute")
@@ -96,8 +96,8 @@ def step_figures(run: Run) -> dict:
     slowest: dict[int, float] = {}
     for (s, _), d in per_rank.items():
         slowest[s] = max(slowest.get(s, 0.0), d)
-    sends = keep & (comm.role == "server") & (comm.span == "send")
-    server = (comm.role == "server") & (comm.step >= 1) & (comm.span != "link")
+    sends = keep & (comm.role == "server") & (comm.rank == 0) & (comm.span == "send")
+    server = (comm.role == "server") & (comm.rank == 0) & (comm.step >= 1) & (comm.span != "link")
     starts = {}
     for s, t in zip(comm.step[server], comm.t_s[server]):
         starts[int(s)] = min(starts.get(int(s), t), t)
@@ -151,33 +151,46 @@ class Model:
     run_link: str
     overlap: float = 0.5      # f: 1 = the synchronous bound (no GRAD moves before the last TASK is through)
     overhead_s: float = 0.0   # o: what the run's step had beyond the other terms (wake-ups, cores shared)
+    run_servers: int = 1      # S of the calibration run
+    server_cpu_share: float = 1.0  # max / mean parameters of one server (1 for --shard-by elements)
 
     def share(self, busy: float) -> float:
         return max(1.0, busy / self.cores)
 
-    def parts(self, workers: int, rate_bps: float, overlap: float | None = None) -> dict:
-        """The terms of one step (seconds): serial, compute, copies, link, cpu, alpha."""
+    def parts(self, workers: int, rate_bps: float, overlap: float | None = None, servers: int = 1,
+              server_rate_bps: float | None = None) -> dict:
+        """The terms of one step (seconds): serial, compute, copies, link (the busiest link), cpu, alpha;
+        `server_link` and `worker_link` are the two candidates for the busiest link (S servers: the busiest
+        server moves max/mean x 1/S of every message; a worker's own link moves its whole vector in, then
+        its gradient out, whatever S is)."""
         p, m, c = workers, self.message_bytes, self.cpu_s_per_byte
         f = self.overlap if overlap is None else overlap
-        unit = 8 / (rate_bps * wire_efficiency())
-        link_s = max((p + 1 + f * (p - 1)) * m - 2 * min(_bucket(rate_bps), m), 0) * unit
-        cpu_s = p * m * c   # the server's I/O thread: every TASK out, every GRAD in
-        return {"serial": self.server_const_s + self.server_per_worker_s * p,
-                "compute": self.row_s * math.ceil(self.batch / p) * self.share(p),
-                "copies": self.worker_copy_s * self.share(p), "link": link_s, "cpu": cpu_s,
-                "fixed": 2 * self.alpha_s}
+        share = 1.0 if servers == 1 else self.server_cpu_share / servers  # of each message, on the busiest server
+        srate = server_rate_bps or rate_bps
+        unit, sunit = 8 / (rate_bps * wire_efficiency()), 8 / (srate * wire_efficiency())
+        server_link = max((p + 1 + f * (p - 1)) * m * share - 2 * min(_bucket(srate), m * share), 0) * sunit
+        worker_link = 0.0 if servers == 1 else max(2 * m - 2 * min(_bucket(rate_bps), m), 0) * unit
+        cpu_s = p * m * share * c   # the busiest server's I/O thread: every TASK part out, every GRAD part in
+        return {"serial": self.server_const_s + self.server_per_worker_s * p * share,
+                "compute": self.row_s * math.ceil(self.batch / p) * self.share(p + servers - 1),
+                "copies": self.worker_copy_s * self.share(p + servers - 1), "link": max(server_link, worker_link),
+                "server_link": server_link, "worker_link": worker_link, "cpu": cpu_s,
+                "fixed": 2 * self.alpha_s * (2 if servers > 1 else 1)}
 
-    def predict(self, workers: int, rate_bps: float) -> dict:
-        """{workers, link, step_s, epoch_s, speedup, comm_share, bound, compute_s, link_s, cpu_s}."""
-        t = self.parts(workers, rate_bps)
+    def predict(self, workers: int, rate_bps: float, servers: int = 1, server_rate_bps: float | None = None) -> dict:
+        """{workers, servers, link, step_s, epoch_s, speedup, comm_share, bound, compute_s, link_s, cpu_s};
+        bound is `link` (the servers' links), `workers' links` (adding servers no longer helps) or `cpu`."""
+        t = self.parts(workers, rate_bps, servers=servers, server_rate_bps=server_rate_bps)
         # CPU-bound: nothing hides the first message's encryption and the last one's decryption
         comm = t["fixed"] + max(t["link"], t["cpu"] + 2 * self.message_bytes * self.cpu_s_per_byte)
         step = t["serial"] + t["compute"] + t["copies"] + comm + self.overhead_s
         epoch = step * self.steps_per_epoch
-        return {"workers": workers, "link": format_rate(rate_bps), "step_s": step, "epoch_s": epoch,
-                "speedup": self.seq_step_s / step, "comm_share": (comm + t["copies"]) / step,
-                "bound": "link" if t["link"] >= t["cpu"] else "cpu", "compute_s": t["compute"],
-                "link_s": t["link"], "cpu_s": t["cpu"]}
+        bound = ("cpu" if t["cpu"] > t["link"] else "workers' links" if t["worker_link"] > t["server_link"]
+                 else "link")
+        return {"workers": workers, "servers": servers, "link": format_rate(rate_bps), "step_s": step,
+                "epoch_s": epoch, "speedup": self.seq_step_s / step, "comm_share": (comm + t["copies"]) / step,
+                "bound": bound, "compute_s": t["compute"], "link_s": t["link"], "cpu_s": t["cpu"],
+                "server_link_s": t["server_link"], "worker_link_s": t["worker_link"]}
 
 
 def calibrate(run_dir) -> Model:
@@ -197,32 +210,44 @@ def calibrate(run_dir) -> Model:
     batch, p = int(run.config.get("batch_size", 1)), run.workers
     row_s = f["compute_s"] / math.ceil(batch / p) / max(1.0, p / cores)
     grad = cal.get("gradient_s", {})
-    model = Model(alpha_s=alpha, cpu_s_per_byte=c, message_bytes=f["message_bytes"] or cal["message_bytes"],
+    servers = int(run.config.get("servers") or 1)
+    kr = run.key_ranges
+    message = f["message_bytes"] or cal["message_bytes"]
+    if servers > 1:  # server 0 sent its part: the whole vector is S / (its share) times that
+        message = message * kr.n / kr.size(0)
+    model = Model(alpha_s=alpha, cpu_s_per_byte=c, message_bytes=message,
                   row_s=row_s, batch=batch, cores=cores, server_const_s=f["server_const_s"],
                   server_per_worker_s=f["server_var_s"] / p, worker_copy_s=f["worker_copy_s"],
                   seq_step_s=float(grad.get("batch", row_s * batch)) + f["server_const_s"],
                   steps_per_epoch=math.ceil(f["steps"] / max(1, len(run.metrics))), run_workers=p,
-                  run_link=link["rate"])
-    return fit(model, p, link["rate_bps"], f["step_s"])
+                  run_link=link["rate"], run_servers=servers, server_cpu_share=kr.imbalance())
+    return fit(model, p, link["rate_bps"], f["step_s"], servers, link.get("server_rate_bps"))
 
 
-def fit(model: Model, p: int, rate_bps: float, step_s: float) -> Model:
-    """`model` with the overlap f in [0, 1] that gives the measured `step_s` at (p, rate_bps), and what
-    is left beyond f = 1 as the overhead o (f = 1 when the link does not set the pace: P = 1, CPU-bound)."""
-    lo, hi = model.parts(p, rate_bps, 0.0), model.parts(p, rate_bps, 1.0)
+def fit(model: Model, p: int, rate_bps: float, step_s: float, servers: int = 1,
+        server_rate_bps: float | None = None) -> Model:
+    """`model` with the overlap f in [0, 1] that gives the measured `step_s` at (p, rate_bps, servers), and
+    what is left beyond f = 1 as the overhead o (f = 1 when the link does not set the pace: P = 1,
+    CPU-bound)."""
+    kw = {"servers": servers, "server_rate_bps": server_rate_bps}
+    lo, hi = model.parts(p, rate_bps, 0.0, **kw), model.parts(p, rate_bps, 1.0, **kw)
     f = 1.0
     if p >= 2 and hi["link"] > hi["cpu"] and hi["link"] > lo["link"]:
         rest = hi["serial"] + hi["compute"] + hi["copies"] + hi["fixed"]
         f = float(min(1.0, max(0.0, (step_s - rest - lo["link"]) / (hi["link"] - lo["link"]))))
     model = dataclasses.replace(model, overlap=f, overhead_s=0.0)
-    return dataclasses.replace(model, overhead_s=max(0.0, step_s - model.predict(p, rate_bps)["step_s"]))
+    return dataclasses.replace(model, overhead_s=max(0.0, step_s - model.predict(p, rate_bps, **kw)["step_s"]))
 
 
-def estimate(run_dir, workers=(2, 4, 8, 16, 64), links=None) -> tuple[Model, list[dict]]:
-    """The model of `run_dir` and one prediction per (workers, link); links default to the run's."""
+def estimate(run_dir, workers=(2, 4, 8, 16, 64), links=None, servers=None,
+             server_link: str | None = None) -> tuple[Model, list[dict]]:
+    """The model of `run_dir` and one prediction per (workers, link, servers); links default to the run's,
+    servers to the run's S; `server_link`: the servers' rate (default: each link)."""
     model = calibrate(run_dir)
     rates = [parse_rate(r) for r in (links or [model.run_link])]
-    return model, [model.predict(p, r) for r in rates for p in workers]
+    srate = parse_rate(server_link) if server_link else None
+    return model, [model.predict(p, r, s, srate) for r in rates for s in (servers or [model.run_servers])
+                   for p in workers]
 
 
 def format_estimate(model: Model, predictions: list[dict]) -> str:
@@ -231,10 +256,11 @@ def format_estimate(model: Model, predictions: list[dict]) -> str:
              f"CPU {model.cpu_s_per_byte * 1e9:.2f} ns/byte (copies, CURVE), message {model.message_bytes / 1e3:.1f} KB, "
              f"{model.row_s * 1e6:.1f} us/row alone, server {model.server_const_s * 1e3:.2f} ms + "
              f"{model.server_per_worker_s * 1e3:.2f} ms x P, {model.cores} cores shared by the emulated hosts",
-             f"{'P':>4}  {'link':>8}  {'step ms':>9}  {'epoch s':>8}  {'speedup':>9}  {'comm %':>6}  bound"]
+             f"{'P':>4}  {'S':>3}  {'link':>8}  {'step ms':>9}  {'epoch s':>8}  {'speedup':>9}  {'comm %':>6}  bound"]
     for p in predictions:
-        lines.append(f"{p['workers']:>4}  {p['link']:>8}  {p['step_s'] * 1e3:>9.2f}  {p['epoch_s']:>8.2f}  "
-                     f"{p['speedup']:>8.3g}x  {p['comm_share']:>6.1%}  {p['bound']}")
+        lines.append(f"{p['workers']:>4}  {p['servers']:>3}  {p['link']:>8}  {p['step_s'] * 1e3:>9.2f}  "
+                     f"{p['epoch_s']:>8.2f}  {p['speedup']:>8.3g}x  {p['comm_share']:>6.1%}  {p['bound']}")
+    lines += servers_stop_helping(predictions)
     lines.append("estimated with the alpha-beta model of README 'Emulated cluster'; emulated hosts share this "
                  "machine's cores (k(n) = max(1, n / cores)); bound cpu = above what these cores move")
     return "\n".join(lines)
@@ -242,3 +268,20 @@ def format_estimate(model: Model, predictions: list[dict]) -> str:
 
 def model_dict(model: Model) -> dict:
     return asdict(model)
+
+
+def servers_stop_helping(predictions: list[dict]) -> list[str]:
+    """Lines saying, per worker count and link predicted with several S, from which S on the workers' own
+    links bind, so that more servers no longer shorten the step."""
+    out = []
+    groups: dict[tuple, list[dict]] = {}
+    for p in predictions:
+        groups.setdefault((p["workers"], p["link"]), []).append(p)
+    for (workers, link), ps in groups.items():
+        if len({p["servers"] for p in ps}) < 2:
+            continue
+        bound = [p["servers"] for p in sorted(ps, key=lambda p: p["servers"]) if p["bound"] == "workers' links"]
+        if bound:
+            out.append(f"P={workers} at {link}: from S={bound[0]} on the workers' own links bind (each moves its whole "
+                       "vector in and its gradient out, whatever S is): more servers no longer help")
+    return out

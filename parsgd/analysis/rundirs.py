@@ -121,6 +121,15 @@ class Run:
         return ", ".join([label, *self.setup_words])
 
     @property
+    def key_ranges(self):
+        """The run's model/keyranges.KeyRanges: which server held which parameters (one server: all)."""
+        from parsgd.model.keyranges import key_ranges
+
+        c = self.config
+        return key_ranges((784, *c.get("hidden", ()), 10), str(c.get("dtype") or "float32"), int(c.get("servers") or 1),
+                          str(c.get("shard_by") or "elements"))
+
+    @property
     def staleness(self) -> np.ndarray | None:
         """The `staleness` of every applied update (updates.jsonl), int64, read once; None without the
         file (sequential and Pool runs, older PS runs). Raises RunDirError if it is corrupt."""

@@ -178,8 +178,6 @@ def server_bytes(run: Run) -> list[dict]:
     """Per parameter server (rank 0..S-1), the bytes per timed step through its socket, `in` (recv) and
     `out` (send), its `elements` (key ranges, from the config) and the `imbalance` of its bytes (in + out)
     against the servers' mean; [] without a comm.jsonl. Raises RunDirError."""
-    from parsgd.model.keyranges import key_ranges
-
     comm = run.comm
     if comm is None or not len(comm):
         return []
@@ -187,9 +185,7 @@ def server_bytes(run: Run) -> list[dict]:
     steps = sorted({int(s) for s in comm.step[(comm.role == "server") & (comm.rank == 0) & (comm.step >= first)]})
     if not steps:
         return []
-    c = run.config
-    kr = key_ranges((784, *c.get("hidden", ()), 10), str(c.get("dtype", "float32")), int(c.get("servers") or 1),
-                    str(c.get("shard_by") or "elements"))
+    kr = run.key_ranges
     rows = []
     for rank in range(kr.servers):
         mine = (comm.role == "server") & (comm.rank == rank)

@@ -14,8 +14,12 @@ from parsgd.cli.options import no_repeats, parse_int_list
               help="Worker counts to predict: 2,4 or '2 4' or a repeated flag.")
 @click.option("--link", "links", multiple=True,
               help="Link rates to predict, e.g. 1gbit,10gbit [default: the run's own link].")
+@click.option("--servers", multiple=True,
+              help="Parameter server counts S to predict, e.g. 1,2,4 [default: the run's own].")
+@click.option("--server-link", "--server_link", "server_link",
+              help="The servers' link rate, e.g. 1gbit [default: each --link].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per prediction, one per line.")
-def estimate(run_dir, workers, links, as_json):
+def estimate(run_dir, workers, links, servers, server_link, as_json):
     """Predict step time, epoch time, speedup and communication share for other worker counts and links."""
     from parsgd.analysis.costmodel import estimate as run_estimate, format_estimate
     from parsgd.cluster.rates import parse_rates
@@ -24,7 +28,13 @@ def estimate(run_dir, workers, links, as_json):
     counts = no_repeats(parse_int_list(workers, "--workers"), "--workers")
     if not counts or min(counts) < 1:
         raise ConfigError(f"--workers {','.join(map(str, counts))}: give worker counts >= 1, e.g. --workers 2,4")
-    model, predictions = run_estimate(run_dir, counts, parse_rates(links, "--link") or None)
+    server_counts = no_repeats(parse_int_list(servers, "--servers"), "--servers")
+    if server_counts and min(server_counts) < 1:
+        raise ConfigError(f"--servers {','.join(map(str, server_counts))}: give server counts >= 1, e.g. --servers 1,2,4")
+    if server_link:
+        parse_rates([server_link], "--server-link")
+    model, predictions = run_estimate(run_dir, counts, parse_rates(links, "--link") or None, server_counts or None,
+                                      server_link)
     if as_json:
         for p in predictions:
             click.echo(json.dumps(p))

@@ -82,6 +82,8 @@ class AsyncServer(ServerLoop):
         if member.buf is not None:
             self._load_params(member, self.step)  # keyed by version: a copy whenever it changed
             payload = None
+        elif self.rangeset is not None:
+            payload = None  # with S servers the worker pulls every part, this server's too (handlers.on_pull)
         else:  # a buffer of its own: ZeroMQ sends it later (and inproc hands it over as it is), while
             t = self.log.now()  # the next update would already rewrite a shared one
             payload = self.own_params().copy()

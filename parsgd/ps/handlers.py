@@ -142,12 +142,51 @@ def on_grad(srv, identity: bytes, msg: proto.Grad, frames, t: float) -> None:
     elif msg.grad is not None and msg.grad.size == srv.shard_grads.shape[1] and msg.grad.dtype == srv.params.dtype:
         np.copyto(srv.shard_grads[s], msg.grad)
         src = srv.shard_grads[s]
+    elif msg.grad is None and (member.session, msg.step, s) in srv.staged:  # S servers: its PUSH came first
+        src = srv.staged.pop((member.session, msg.step, s))
     else:
         strike(srv, identity, f"GRAD payload does not match the model ({srv.shard_grads.shape[1]} x {srv.params.dtype})",
                answers="GRAD")
         return
     srv.log.add("deserialize", msg.step, t)
     srv.gradient_in(srv.scheduler.key(msg.step, s), src, msg)
+
+
+def on_push(srv, identity: bytes, msg: proto.Push, frames, t: float) -> None:
+    """--servers S: a worker's part of a shard's gradient for this server, sent with its parts for the range
+    servers, ahead of its GRAD on the same connection (so in order): kept until that GRAD comes."""
+    member = _fenced(srv, identity, msg)
+    if member is None:
+        return
+    srv.log.add("recv", msg.step, t, proto.frames_nbytes(frames[1:]))
+    own = srv.shard_grads.shape[1]
+    if msg.grad is None or msg.grad.size != own or msg.grad.dtype != srv.params.dtype or srv.rangeset is None:
+        strike(srv, identity, f"PUSH of {getattr(msg.grad, 'size', 0)} values: this server holds {own} and takes "
+               "them only with --servers above 1", answers="PUSH")
+        return
+    if len(srv.staged) > 2 * srv.n_shards + 8:  # a dead worker's parts, late ones: only current steps stay
+        srv.staged = {k: v for k, v in srv.staged.items() if k[1] >= srv.step}
+    srv.staged[(member.session, msg.step, msg.shard)] = np.array(msg.grad, copy=True)
+
+
+def on_pull(srv, identity: bytes, msg: proto.Pull, frames, t: float) -> None:
+    """--servers S: a worker pulls this server's part (from its data socket, like any range server's),
+    under BSP for the current step only (STALE else), under ssp / async as it is now."""
+    member = _fenced(srv, identity, msg, any_identity=True)
+    if member is None or srv.rangeset is None:
+        srv.router.reply_error(identity, "STALE", "unknown session, or one server only: register again", "PULL")
+        return
+    srv.log.add("recv", msg.step, t, proto.frames_nbytes(frames[1:]))
+    if srv.cfg.consistency == "bsp" and msg.step != srv.step:
+        srv.router.reply_error(identity, "STALE", f"step {msg.step} is not the current step {srv.step}", "PULL")
+        return
+    part = srv.send_buf if srv.cfg.consistency == "bsp" else srv.own_params().copy()  # BSP: copied once a step
+    reply = proto.Params(member.session, msg.step, srv.step, srv.log.now(), part)
+    t = srv.log.now()
+    try:
+        srv.log.add("send", msg.step, t, srv.router.send(identity, reply))
+    except Exception:  # zmq.ZMQError: the data socket is gone; the worker's gather gives up on its own
+        pass
 
 
 def on_heartbeat(srv, identity: bytes, msg: proto.Heartbeat, frames, t: float) -> None:
@@ -227,5 +266,5 @@ def on_non_finite(srv, s: int, owner: int | None) -> None:
     srv.events("non_finite_grad", step=srv.scheduler.cur.step, shard=s, rank=member.rank if member else None)
 
 
-HANDLERS = {proto.Hello: on_hello, proto.Ready: on_ready, proto.Grad: on_grad,
-            proto.Heartbeat: on_heartbeat, proto.Logs: on_logs, proto.Error: on_error}
+HANDLERS = {proto.Hello: on_hello, proto.Ready: on_ready, proto.Grad: on_grad, proto.Push: on_push,
+            proto.Pull: on_pull, proto.Heartbeat: on_heartbeat, proto.Logs: on_logs, proto.Error: on_error}

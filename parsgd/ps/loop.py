@@ -92,6 +92,7 @@ class ServerLoop(OwnRanges, Trainer):
         self.rangeset = RangeSet(self) if cfg.servers > 1 else None
         self.last_checkpoint = 0   # the step of the last checkpoint this run wrote (0: none)
         self.step_sessions: list[int] = []   # whose shards the step's update adds (the ranges' APPLY)
+        self.staged: dict[tuple[int, int, int], np.ndarray] = {}  # S servers: PUSHed parts awaiting their GRAD
         self.host = host_identity()
         self._epoch_mark = 0
         self._step_compute = 0.0

@@ -32,14 +32,17 @@ class RangeLinks:
     """
 
     def __init__(self, ctx: zmq.Context, addresses: list[str], kr: KeyRanges, keys_dir, incarnation: int,
-                 session: int, rank: int, shards: int, dtype, stops, log, wait_s: float, echo):
+                 session: int, rank: int, shards: int, dtype, stops, log, wait_s: float, echo,
+                 coordinator: str | None = None):
         self.kr, self.incarnation, self.session, self.rank = kr, incarnation, session, rank
         self.stops, self.log, self.wait_s, self.echo = stops, log, wait_s, echo
         self.shards, self.dtype = shards, np.dtype(dtype)
         self.socks: dict[int, zmq.Socket] = {}
         self.bufs: dict[int, SessionBuffer | None] = {}
         self.max_bytes = kr.n * self.dtype.itemsize + 2 * proto.HEADER_MAX
-        for r, address in enumerate(addresses, 1):
+        # server 0's part is pulled too (a data socket of its own beside the worker's main one), unless it
+        # comes through shared memory (`coordinator` None): then every TASK arrives without waiting behind another's
+        for r, address in ([(0, coordinator)] if coordinator else []) + list(enumerate(addresses, 1)):
             sock = ctx.socket(zmq.DEALER)
             configure_dealer(sock, self.max_bytes, keys_dir)
             sock.connect(address)
@@ -48,22 +51,31 @@ class RangeLinks:
         for sock in self.socks.values():
             self.poller.register(sock, zmq.POLLIN)
 
-    def _send_all(self, make) -> None:
-        for r, sock in self.socks.items():
+    def _send_all(self, make, ranks=None) -> None:
+        """One message to each server of `ranks` (default: all linked), worker w starting with the server after
+        its own rank: P workers pushing to S servers then load every server's link from the start, instead of
+        all queuing on the same one first."""
+        order = sorted(self.socks, key=lambda r: (r - self.rank - 1) % max(1, self.kr.servers))
+        for r in order:
+            sock = self.socks[r]
+            if ranks is not None and r not in ranks:
+                continue
             t = self.log.now()
             frames = make(r).to_frames()
             send_within(sock, frames, self.wait_s)
             self.log.add("send", getattr(self, "_step", -1), t, proto.frames_nbytes(frames))
 
-    def _gather(self, want: type, match) -> dict[int, object] | None:
-        """One `want` message from every range server (`match(r, msg)` True), or None after wait_s."""
+    def _gather(self, want: type, match, ranks=None) -> dict[int, object] | None:
+        """One `want` message from every server of `ranks` (default: all linked; `match(r, msg)` True), or
+        None after wait_s."""
+        ranks = set(self.socks) if ranks is None else set(ranks)
         got: dict[int, object] = {}
         deadline = time.monotonic() + self.wait_s
-        while len(got) < len(self.socks):
+        while len(got) < len(ranks):
             left = deadline - time.monotonic()
             self.stops.check()
             if left <= 0:
-                missing = [r for r in self.socks if r not in got]
+                missing = sorted(ranks - set(got))
                 self.echo(f"worker {self.rank}: no {want.TYPE} from server {missing[0]} (ranges "
                           f"{self.kr.describe(missing[0])}) within {self.wait_s:g} s")
                 return None
@@ -78,15 +90,16 @@ class RangeLinks:
                 if isinstance(msg, proto.Error):
                     self.echo(f"worker {self.rank}: server {r} refused {msg.answers or 'a message'}: {msg.message}")
                     return None
-                if isinstance(msg, want) and match(r, msg):
+                if isinstance(msg, want) and r in ranks and match(r, msg):
                     got[r] = msg
                     self.log.add("recv", getattr(self, "_step", -1), t, proto.frames_nbytes(frames))
         return got
 
     def attach(self) -> bool:
         """ATTACH to every range server; map the segments offered (same host). False if one does not answer."""
-        self._send_all(lambda r: proto.Attach(self.incarnation, self.session, self.rank, host_identity()))
-        got = self._gather(proto.Attached, lambda r, m: m.session == self.session)
+        ranges = [r for r in self.socks if r]
+        self._send_all(lambda r: proto.Attach(self.incarnation, self.session, self.rank, host_identity()), ranges)
+        got = self._gather(proto.Attached, lambda r, m: m.session == self.session, ranges)
         if got is None:
             return False
         for r, msg in got.items():
@@ -99,8 +112,9 @@ class RangeLinks:
         return True
 
     def pull(self, step: int, full: np.ndarray) -> list[int] | None:
-        """The ranges' parameters for `step` into `full` ((n,), the whole vector); returns their versions
-        (servers 1..S-1), or None when a range server did not answer."""
+        """The servers' parameters for `step` into `full` ((n,), the whole vector; server 0's part only when it
+        is linked, not in shared memory); returns the versions of servers 1..S-1, or None when one did not
+        answer."""
         self._step = step
         self._send_all(lambda r: proto.Pull(self.incarnation, self.session, step))
         got = self._gather(proto.Params, lambda r, m: m.step == step and m.session == self.session)
@@ -111,7 +125,7 @@ class RangeLinks:
             part = msg.params if msg.params is not None else self.bufs[r].params
             self.kr.scatter(part, r, full)
         self.log.add("deserialize", step, t)
-        return [got[r].version for r in sorted(got)]
+        return [got[r].version for r in sorted(got) if r]
 
     def push(self, step: int, shard: int, grad: np.ndarray) -> bool | None:
         """Its parts of `grad` ((n,), the whole gradient of shard `shard`) to their owners; True when every
@@ -124,8 +138,10 @@ class RangeLinks:
                 self.kr.gather(grad, r, out=buf.slots[shard])
                 return proto.Push(self.incarnation, self.session, step, shard, None)
             return proto.Push(self.incarnation, self.session, step, shard, np.ascontiguousarray(self.kr.gather(grad, r)))
-        self._send_all(push)
-        got = self._gather(proto.Ack, lambda r, m: m.step == step and m.shard == shard and m.session == self.session)
+        ranges = [r for r in self.socks if r]  # server 0's part goes ahead of the GRAD (ps/worker.py)
+        self._send_all(push, ranges)
+        got = self._gather(proto.Ack, lambda r, m: m.step == step and m.shard == shard and m.session == self.session,
+                           ranges)
         return None if got is None else all(m.finite for m in got.values())
 
     def close(self) -> None:

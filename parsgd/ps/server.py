@@ -31,7 +31,7 @@ class ParameterServer(ServerLoop):
         for member in live:  # every copy first, so the TASKs then leave back to back
             if member.buf is not None:
                 self._load_params(member, step)
-        if any(m.buf is None for m in live):
+        if any(m.buf is None for m in live) or self.rangeset is not None:
             t = self.log.now()
             np.copyto(self.send_buf, self.own_params())
             self.log.add("serialize", step, t, self.send_buf.nbytes)
@@ -78,8 +78,8 @@ class ParameterServer(ServerLoop):
         if member.buf is not None:
             self._load_params(member, st.step)  # a no-op unless it joined during this step
             payload = None
-        else:
-            payload = self.send_buf
+        else:  # with S servers every part is pulled, this server's too, so no TASK waits behind another's
+            payload = self.send_buf if self.rangeset is None else None
         task = proto.Task(self.incarnation, member.session, st.step, st.epoch, s, lo, hi, st.batch,
                           self.log.now(), payload)
         if self.send(member, task, st.step):

@@ -149,7 +149,7 @@ class Worker:
             self.full_grad = np.zeros(self.kr.n, cfg.dtype)
             self.links = RangeLinks(self.ctx, welcome.servers, self.kr, self.opts.keys_dir, self.incarnation,
                                     self.session, self.rank, cfg.workers, cfg.dtype, self.stops, self.log,
-                                    self.hb_s * self.liveness, self.echo)
+                                    self.hb_s * self.liveness, self.echo, None if welcome.shm else self.opts.connect)
         self.shard_rows = ShardRows(cfg, self.data, self.log)
         self._close_buf()
         if welcome.shm:
@@ -183,9 +183,7 @@ class Worker:
                 self.heartbeats = None
 
     def _close_links(self) -> None:
-        if getattr(self, "links", None) is not None:
-            self.links.close()
-        self.links = None
+        self.links = self.links.close() if self.links is not None else None  # close() returns None
 
     def _close_buf(self) -> None:
         if self.buf is not None:
@@ -271,11 +269,12 @@ class Worker:
         self.faults.before_compute(task.step, self.rank)
         t = self.log.now()
         idx, rows = self.shard_rows.gather(task)
-        params = task.params if task.params is not None else self.buf.params
+        params = task.params if task.params is not None else self.buf.params if self.buf is not None else None
         slot = self.buf.slots[task.shard] if self.buf is not None else self.grads[task.shard]
         grad, versions = slot, []
-        if self.links is not None:  # the whole vector: its part from the TASK, the others' pulled now
-            self.kr.scatter(params, 0, self.full)
+        if self.links is not None:  # the whole vector: every part pulled now (server 0's in its segment if shm)
+            if params is not None:
+                self.kr.scatter(params, 0, self.full)
             versions = self.links.pull(task.step, self.full)
             if versions is None:
                 return False  # a range server is gone: the coordinator reassigns the shard or stops the run
@@ -288,13 +287,16 @@ class Worker:
         self.faults.corrupt(task.step, self.rank, grad)
         end = self.log.add("compute", task.step, t)
         finite = True
-        if self.links is not None:  # its parts to their owners first: a GRAD means every range holds them
+        if self.links is not None:  # every part to its owner at once; the GRAD once every range holds its own
+            self.kr.gather(grad, 0, out=slot)
+            if self.buf is None:  # server 0's part goes ahead of the GRAD, on the same connection
+                self._send(proto.Push(self.incarnation, self.session, task.step, task.shard, slot).to_frames(),
+                           self.hb_s * self.liveness)
             finite = self.links.push(task.step, task.shard, grad)
             if finite is None:
                 return False
-            self.kr.gather(grad, 0, out=slot)
         msg = proto.Grad(self.incarnation, self.session, task.step, task.shard, task.lo, task.hi, idx.size,
-                         loss_sum, correct, end - t, None if self.buf is not None else slot, finite,
+                         loss_sum, correct, end - t, None if self.buf is not None or self.links else slot, finite,
                          versions if self.cfg.consistency != "bsp" else [])
         frames = self.faults.mangle(task.step, msg, self.cfg.workers).to_frames()
         t = self.log.add("serialize", task.step, end)
