@@ -17,7 +17,7 @@ import pytest
 from parsgd.analysis.costmodel import calibrate, link_bounds, step_figures
 from parsgd.analysis.report import write_report
 from parsgd.analysis.rundirs import load_run
-from parsgd.analysis.stepparts import step_parts
+from parsgd.analysis.stepparts import server_bytes, step_parts
 from parsgd.analysis.trace import write_trace
 from parsgd.cluster import netns
 from parsgd.cluster.emulated import EmulatedNet
@@ -291,3 +291,19 @@ def test_a_link_probe_server_whose_client_never_comes_exits_on_its_own():
     finally:
         proc.kill()
     assert proc.returncode == 0 and out.split() == ["listening"], out
+
+
+def test_two_servers_on_hosts_of_their_own_equal_sequential_and_split_the_bytes(tmp_path, oracle):
+    """Issue 22: each server on its own emulated host (198.18.0.1, .2); each link carries 2PM/S a step."""
+    result = ok(launch(tmp_path / "s2", 2, "--servers", "2", "--server-link", "1gbit", env=NO_CHECK))
+    assert np.max(np.abs(load_params(tmp_path / "s2") - oracle)) < 1e-8
+    assert "serving workers on tcp://198.18.0.2:" in result.stdout
+    link = json.loads((tmp_path / "s2" / "link.json").read_text())
+    assert link["server_rate"] == "1gbit" and link["rate"] == "100mbit"
+    run = load_run(tmp_path / "s2")
+    rows = server_bytes(run)
+    message = run.key_ranges.n * 8 / 2   # float64, half the vector per server
+    for row in rows:  # P TASK parts out and P GRAD parts in, plus headers
+        assert 2 * 2 * message <= row["in"] + row["out"] <= 1.1 * 2 * 2 * message, rows
+    parts = step_parts(run)
+    assert parts["busiest"].startswith("worker"), parts   # 100mbit workers, 1gbit servers: the workers' links bind

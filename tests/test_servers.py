@@ -148,3 +148,26 @@ def test_bad_input_is_one_line_and_exit_2(argv, message):
     result = subprocess.run(PY + argv, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def two_servers_tcp(tmp_path_factory):
+    """The fault-free reference of the fault tests: 3 workers, 2 servers, every part through sockets."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    launch(out, "--workers", "3", "--servers", "2", "--transport", "tcp", *FAULT_ARGS)
+    return load_params(out)
+
+
+FAULT_ARGS = [*ARGS[:5], "2", *ARGS[6:], "--heartbeat", "0.2", "--liveness", "5"]  # 2 epochs
+
+
+@pytest.mark.parametrize("fault,event", [("kill=worker1@step5", "dead"), ("stop=worker2@step7:3s", "dead"),
+                                         ("slow=worker1:3", None)])
+def test_worker_faults_with_two_servers_leave_the_model_unchanged(tmp_path, two_servers_tcp, fault, event):
+    """A lost worker's shards go to others on every server; a zombie's parts are never applied (APPLY names
+    the owner); a straggler only slows the steps."""
+    out = tmp_path / "run"
+    launch(out, "--workers", "3", "--servers", "2", "--transport", "tcp", *FAULT_ARGS, "--faults", fault)
+    assert np.array_equal(load_params(out), two_servers_tcp)
+    events = [json.loads(ln)["event"] for ln in (out / "events.jsonl").read_text().splitlines()]
+    assert (event in events) if event else "dead" not in events

@@ -34,7 +34,7 @@ def _metadata(tracks: list[tuple[str, int]]) -> list[dict]:
     events = []
     for role, pid in PIDS.items():
         if any(r == role for r, _ in tracks):
-            name = "server" if role == "server" else "workers"
+            name = ("server" if servers == 1 else "servers") if role == "server" else "workers"
             events += [{"name": "process_name", "ph": "M", "pid": pid, "tid": 0, "args": {"name": name}},
                        {"name": "process_sort_index", "ph": "M", "pid": pid, "tid": 0,
                         "args": {"sort_index": pid}}]
@@ -108,6 +108,18 @@ def trace_events(run_dir) -> tuple[list[dict], int]:
     return _metadata(comm.tracks()) + [event for _, event in timed], n_spans
 
 
+def _run_info(run_dir) -> dict:
+    """The run's label (with what shaped it: faults, servers, ...), its setup and config, for the trace's
+    otherData (a viewer's metadata panel); {} when the folder is not a whole run directory."""
+    from parsgd.analysis.rundirs import RunDirError, load_run
+
+    try:
+        run = load_run(run_dir)
+    except RunDirError:
+        return {}
+    return {"run": run.label, "setup": run.setup, "config": run.config}
+
+
 def write_trace(run_dir, out_path) -> int:
     """`parsgd trace RUN_DIR -o OUT`: write the trace JSON of `run_dir` to `out_path` (str or Path).
 
@@ -120,7 +132,7 @@ def write_trace(run_dir, out_path) -> int:
     out_path = Path(out_path)
     ensure_dir(out_path.parent)
     doc = {"traceEvents": events, "displayTimeUnit": "ms",
-           "otherData": {"run_dir": str(run_dir), "source": "comm.jsonl"}}
+           "otherData": {"run_dir": str(run_dir), "source": "comm.jsonl", **_run_info(run_dir)}}
     # dumps, not dump: json.dump streams through the pure-Python encoder, dumps uses the C one
     write_file(out_path, json_text(doc, separators=(",", ":")).encode())
     return n_spans
