@@ -171,3 +171,22 @@ def test_worker_faults_with_two_servers_leave_the_model_unchanged(tmp_path, two_
     assert np.array_equal(load_params(out), two_servers_tcp)
     events = [json.loads(ln)["event"] for ln in (out / "events.jsonl").read_text().splitlines()]
     assert (event in events) if event else "dead" not in events
+
+
+def test_layer_sharding_is_visibly_unbalanced_in_the_report_and_the_plot(tmp_path):
+    from parsgd.analysis.report import write_report
+    from parsgd.analysis.rundirs import load_run
+    from parsgd.analysis.server_plots import plot_server_load, server_load_series
+
+    out = tmp_path / "run"
+    launch(out, "--workers", "2", "--servers", "2", "--shard-by", "layer", "--transport", "tcp", *ARGS)
+    run = load_run(out)
+    [series] = server_load_series([run])
+    kr = key_ranges((784, 32, 16, 10), "float32", 2, "layer")
+    assert series["imbalance_params"] == pytest.approx(kr.imbalance()) and kr.imbalance() > 1.9
+    assert series["imbalance_bytes"] > 1.8, series   # through sockets the bytes follow the parameters
+    assert series["in_kb"][0] > 20 * series["in_kb"][1]
+    assert plot_server_load([run], tmp_path / "load.png").stat().st_size > 10_000
+    text = write_report(tmp_path / "report", [run], run).read_text()
+    assert f"load imbalance (max / mean): {kr.imbalance():.2f} in parameters" in text
+    assert f"ps P=2 tcp S=2 by layer" in text
