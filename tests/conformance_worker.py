@@ -26,6 +26,7 @@ import zmq
 VERSION = 4                                          # §9 the protocol version, `v` of every header
 DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}   # §3 payload types
 SPANS = ("serialize", "send", "recv", "deserialize", "compute", "wait", "aggregate", "update")  # §4.8
+SPAN_COLUMNS = 6                                     # §4.8 span_code, step, t, dur, bytes, server
 HELLO_RETRY_S = 1.0
 HELLO_BREAKS = ("package_version", "v1", "missing_session")
 READY_BREAKS = ("fingerprint", "n_train", "dataset", "data_dtype")
@@ -426,7 +427,7 @@ class Worker:
                 self._task(header, payload, self.now())
             elif kind == "STOP" and header["incarnation"] == self.incarnation:
                 self._ship_logs()
-                self._send_logs(np.zeros((0, 5)))     # the empty chunk: this worker leaves
+                self._send_logs(np.zeros((0, SPAN_COLUMNS)))     # the empty chunk: this worker leaves
                 return True
             elif kind == "ERROR":
                 if header["code"] == "STALE":
@@ -464,9 +465,9 @@ class Worker:
             self._break(brk, task, header, grad)
         t_send = self.now()
         self.send(header, grad)
-        self.spans += [(SPANS.index("recv"), task["step"], received, 0.0, 0),
-                       (SPANS.index("compute"), task["step"], t, compute_s, 0),
-                       (SPANS.index("send"), task["step"], t_send, self.now() - t_send, 0)]
+        self.spans += [(SPANS.index("recv"), task["step"], received, 0.0, 0, 0),       # from server 0
+                       (SPANS.index("compute"), task["step"], t, compute_s, 0, -1),     # no server
+                       (SPANS.index("send"), task["step"], t_send, self.now() - t_send, 0, 0)]
         self.tasks += 1
 
     def _break(self, brk: str, task: dict, header: dict, grad: np.ndarray) -> None:
@@ -499,8 +500,8 @@ class Worker:
                   np.ascontiguousarray(spans, "<f8").reshape(-1))
 
     def _ship_logs(self) -> None:
-        rows = np.array(self.spans[self.shipped:], dtype="<f8").reshape(-1, 5)
-        limit = max(1, self._n_params() * DTYPES[self.config["dtype"]].itemsize // 40)   # a chunk fits a message
+        rows = np.array(self.spans[self.shipped:], dtype="<f8").reshape(-1, SPAN_COLUMNS)
+        limit = max(1, self._n_params() * DTYPES[self.config["dtype"]].itemsize // 48)   # a chunk fits a message
         for lo in range(0, len(rows), limit):
             self._send_logs(rows[lo:lo + limit])
         self.shipped, self.shipped_at = len(self.spans), time.monotonic()

@@ -215,7 +215,7 @@ def test_non_finite_values_are_written_as_null_and_read_as_gaps(tmp_path):
     log.add("update", 0, 0.001, end=0.002)
     comm = CommStream(rd.path / "comm.jsonl")
     comm.server(log)
-    comm.worker(0, np.array([[0, 0, 0.0, nan, 5.0]]))
+    comm.worker(0, np.array([[0, 0, 0.0, nan, 5.0, -1]]))
     comm.close()
     events = EventLog(rd.path / "events.jsonl", lambda: nan)
     events("odd", value=inf, values=[1.0, nan])
@@ -298,10 +298,12 @@ def test_comm_lines_are_what_json_dumps_writes():
 
     rng = np.random.default_rng(5)
     rows = np.column_stack([rng.integers(0, len(SPANS), 300), rng.integers(0, 10**7, 300), rng.random(300) * 1e4,
-                            rng.random(300) * 10.0 ** rng.integers(-9, 1, 300), rng.integers(0, 2**40, 300)])
+                            rng.random(300) * 10.0 ** rng.integers(-9, 1, 300), rng.integers(0, 2**40, 300),
+                            rng.integers(-1, 4, 300)])
     for role, rank, given in (("worker", 7, rows), ("server", 0, [tuple(r) for r in rows.tolist()])):
         want = "".join(json.dumps({"role": role, "rank": rank, "step": int(s), "span": SPANS[int(c)],
                                    "t": round(float(t), 7), "dur": round(round(t + d, 7) - round(t, 7), 7),
-                                   "bytes": int(b)}) + "\n"
-                       for c, s, t, d, b in rows)
+                                   "bytes": int(b),
+                                   "server": rank if role == "server" else (int(v) if v >= 0 else None)}) + "\n"
+                       for c, s, t, d, b, v in rows)
         assert _lines(role, rank, given).decode() == want

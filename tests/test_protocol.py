@@ -18,9 +18,10 @@ from parsgd.ps.protocol import ProtocolError
 
 
 def spans(k=3):
-    s = np.zeros((k, 5))
+    s = np.zeros((k, proto.SPAN_COLUMNS))
     s[:, 0] = np.arange(k) % len(proto.SPANS)
-    s[:, 1:] = np.arange(k * 4).reshape(k, 4)
+    s[:, 1:5] = np.arange(k * 4).reshape(k, 4)
+    s[:, 5] = np.arange(k) % 3 - 1   # the server a span talked to, -1: none
     return s
 
 
@@ -43,6 +44,24 @@ MESSAGES = [
     proto.Logs(3, 7, 2, spans(0)),
     proto.Stop(3, "training finished " * 10),
     proto.Error("VERSION", "protocol 2 != 1"),
+    # protocol 4: S servers (docs/protocol.md section 15)
+    proto.Welcome(3, 7, 1, RunConfig(servers=3).to_dict(), 1.0, 1.0, 3, servers=["tcp://h:1", "ipc:///tmp/s"]),
+    proto.Grad(3, 7, 10, 0, 0, 128, 128, 1.0, 1, 0.0, None, False, [4, 5]),
+    proto.Error("STALE", "unknown session", answers="PULL"),
+    proto.ServerHello("0.1.0", proto.PROTOCOL_VERSION, "host-b", 99, 11, 2, "tcp://198.18.0.3:40000"),
+    proto.ServerWelcome(3, 11, RunConfig(servers=3).to_dict(), 40, 2.5, 1.0, 3, np.zeros(8, np.float32)),
+    proto.Attach(3, 7, 1, "host-a"),
+    proto.Attached(7, 2, "parsgd_1_2"),
+    proto.Pull(3, 7, 10),
+    proto.Params(7, 10, 10, 0.5, PARAMS),
+    proto.Params(7, 10, 10, 0.5, None),
+    proto.Push(3, 7, 10, 1, PARAMS),
+    proto.Push(3, 7, 10, 1, None),
+    proto.Ack(7, 10, 1, True),
+    proto.Apply(3, 10, [7, 0, 9], 0.05),
+    proto.Fetch(3, 10, True),
+    proto.State(3, 11, 10, False, PARAMS),
+    proto.Forget(3, 7),
 ]
 
 
@@ -165,13 +184,15 @@ def test_payload_length_dtype_and_shape_rejected():
         proto.decode(frames + [b""])
     bad_spans = spans()
     bad_spans[0, 0] = len(proto.SPANS)
-    for arr in (bad_spans, np.full((1, 5), 0.5), np.full((1, 5), np.nan), spans().astype(np.float32)):
+    bad_server = spans()
+    bad_server[0, 5] = -2   # the server column: -1 (none) or a server rank
+    for arr in (bad_spans, bad_server, np.full((1, 6), 0.5), np.full((1, 6), np.nan), spans().astype(np.float32)):
         with pytest.raises(ProtocolError):
             proto.Logs(1, 1, 0, arr).to_frames()
         header = header_of(LOGS) | {"n": arr.size, "dtype": arr.dtype.name}
         with pytest.raises(ProtocolError):
             proto.decode([msgpack.packb(header), arr])
-    with pytest.raises(ProtocolError, match="k x 5"):
+    with pytest.raises(ProtocolError, match="k x 6"):
         proto.decode([msgpack.packb(header_of(LOGS) | {"n": 4}), np.zeros(4)])
 
 
@@ -235,7 +256,7 @@ BAD_VALUES = [None, True, False, -1, 2**63, 2**64 - 1, -2**63, 1.5, math.nan, "7
 FLOAT_LOWER_BOUND = {"t_send": -math.inf, "t_server": -math.inf, "loss_sum": -math.inf,
                      "heartbeat_s": 0, "compute_s": -0.5}   # value must be > this
 STRING_MAX = {"name": 256, "host": 256, "package_version": 256, "fingerprint": 256, "shm": 256, "dataset": 256,
-              "code": 256, "reason": 1024, "message": 1024}
+              "code": 256, "reason": 1024, "message": 1024, "answers": 256, "faults": 1024}
 
 
 def still_valid(msg, key, value):
@@ -250,6 +271,8 @@ def still_valid(msg, key, value):
         return value in proto.ERROR_CODES
     if key in STRING_MAX:
         return type(value) is str and len(value) <= STRING_MAX[key]
+    if key in ("servers", "versions"):  # lists: of addresses (NAME), of versions (INT)
+        return type(value) is list and not value
     return key == "config" and type(value) is dict
 
 

@@ -87,7 +87,7 @@ def test_comm_log_has_every_field_step_and_role_and_true_byte_counts(tmp_path):
     result = launch(tmp_path / "run", 2, "tcp")
     assert result.returncode == 0, result.stdout[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "run" / "comm.jsonl").read_text().splitlines()]
-    assert all(set(r) == {"role", "rank", "step", "span", "t", "dur", "bytes"} for r in rows)
+    assert all(set(r) == {"role", "rank", "step", "span", "t", "dur", "bytes", "server"} for r in rows)
     steps = 21  # 20 full batches and one partial
     payload = N_PARAMS * 8
     for role, spans in (("server", {"serialize", "send", "wait", "recv", "deserialize", "aggregate", "update"}),

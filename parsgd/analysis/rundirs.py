@@ -30,7 +30,7 @@ class RunDirError(UserError):
 
 @dataclass(frozen=True)
 class CommSpans:
-    """The spans of a comm.jsonl, in columns: seven 1-D arrays of the same length k, one entry per span.
+    """The spans of a comm.jsonl, in columns: eight 1-D arrays of the same length k, one entry per span.
 
     Built by load_comm, sorted by start time; the file's "t" and "dur" fields become `t_s` and `dur_s`.
     """
@@ -41,6 +41,7 @@ class CommSpans:
     t_s: np.ndarray    # float64, start in seconds since the run start (server clock)
     dur_s: np.ndarray  # float64, seconds
     bytes: np.ndarray  # int64
+    server: np.ndarray = None  # int64: the parameter server a span belongs to or talked to, -1 for none
 
     def __len__(self) -> int:
         """Number of spans k."""
@@ -308,7 +309,8 @@ def load_comm(path) -> CommSpans:
                           span=np.array([r["span"] for r in rows], dtype=str),
                           t_s=np.array([r["t"] for r in rows], dtype=np.float64),
                           dur_s=np.array([r["dur"] for r in rows], dtype=np.float64),
-                          bytes=np.array([r.get("bytes", 0) for r in rows], dtype=np.int64))
+                          bytes=np.array([r.get("bytes", 0) for r in rows], dtype=np.int64),
+                          server=np.array([-1 if r.get("server") is None else r["server"] for r in rows], dtype=np.int64))
     except (TypeError, ValueError) as exc:
         raise RunDirError(f"{file}: a field has the wrong type ({exc}): re-run to rewrite it") from None
     bad = ~np.isin(spans.role, ROLES)

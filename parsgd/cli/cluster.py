@@ -5,7 +5,7 @@ import json
 
 import click
 
-from parsgd.cli.options import no_repeats, parse_int_list
+from parsgd.cli.options import Option, no_repeats, parse_int_list
 
 
 @click.command()
@@ -14,10 +14,10 @@ from parsgd.cli.options import no_repeats, parse_int_list
               help="Worker counts to predict: 2,4 or '2 4' or a repeated flag.")
 @click.option("--link", "links", multiple=True,
               help="Link rates to predict, e.g. 1gbit,10gbit [default: the run's own link].")
-@click.option("--servers", multiple=True,
-              help="Parameter server counts S to predict, e.g. 1,2,4 [default: the run's own].")
-@click.option("--server-link", "--server_link", "server_link",
-              help="The servers' link rate, e.g. 1gbit [default: each --link].")
+@click.option("--servers", multiple=True, cls=Option, show_default="the run's own",
+              help="Parameter server counts S to predict, e.g. 1,2,4.")
+@click.option("--server-link", "--server_link", "server_link", cls=Option, show_default="each --link",
+              help="The servers' link rate, e.g. 1gbit.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per prediction, one per line.")
 def estimate(run_dir, workers, links, servers, server_link, as_json):
     """Predict step time, epoch time, speedup and communication share for other worker counts and links."""

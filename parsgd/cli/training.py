@@ -120,8 +120,8 @@ def worker(connect, connect_timeout, data_dir, keys_dir, faults, name):
 @click.option("--resume", type=click.Path(), help="Continue the run in this run directory from its checkpoint.")
 @click.option("--link", help="Emulated hosts: the server and each worker in a network namespace of its own, joined "
                              "by links of this rate each way, e.g. 100mbit, 1gbit (root only; transport tcp, CURVE).")
-@click.option("--server-link", "--server_link", "server_link",
-              help="With --link and --servers: the rate of every server's link (default: --link), e.g. 1gbit.")
+@click.option("--server-link", "--server_link", "server_link", cls=Option, show_default="--link",
+              help="With --link and --servers: the rate of every server's link, e.g. 1gbit.")
 @click.option("--link-delay", "--link_delay", "link_delay",
               help="With --link: one-way latency of every link, e.g. 5ms (needs the kernel's netem qdisc).")
 @click.option("--keys", "keys_dir", type=click.Path(),

@@ -1,6 +1,6 @@
 """The span timer: the only place that measures communication.
 
-Each span is (span, step, t, dur, bytes) with t in seconds since the run start on the server's
+Each span is (span, step, t, dur, bytes, server) with t in seconds since the run start on the server's
 clock. Start and end are kept on a grid of ticks (0.1 us), so a span that starts where another
 ended has exactly that one's end as its start in comm.jsonl, whatever clock shifts came between.
 Workers ship theirs to the server in LOGS chunks every second and at STOP; `CommStream` appends
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from parsgd.files import AppendFile, json_text, write_file
-from parsgd.ps.protocol import SPANS
+from parsgd.ps.protocol import SPAN_COLUMNS, SPANS
 
 SPAN_CODE = {name: i for i, name in enumerate(SPANS)}
 COMM_SPANS = ("serialize", "send", "recv", "deserialize", "wait")  # time spent moving parameters
@@ -37,29 +37,31 @@ class CommLog:
     def __init__(self, t0: float | None = None):
         self.t0 = time.perf_counter() if t0 is None else t0
         self.offset = 0.0
-        self.rows: list[tuple[int, int, float, float, int]] = []
+        self.rows: list[tuple[int, int, float, float, int, int]] = []
 
     def now(self) -> float:
         return time.perf_counter() - self.t0 + self.offset
 
-    def add(self, span: str, step: int, start: float, nbytes: int = 0, end: float | None = None) -> float:
-        """Record a span that began at `start` (a `now()` value) and ends now or at `end`; returns its
-        end, on the tick grid (a span that starts there abuts this one exactly)."""
+    def add(self, span: str, step: int, start: float, nbytes: int = 0, end: float | None = None,
+            server: int = -1) -> float:
+        """Record a span that began at `start` (a `now()` value) and ends now or at `end` (`server`: the
+        parameter server a send / recv talked to, -1 for none); returns its end, on the tick grid (a span
+        that starts there abuts this one exactly)."""
         start, end = tick(start), tick(self.now() if end is None else end)
-        self.rows.append((SPAN_CODE[span], step, start, end - start, nbytes))
+        self.rows.append((SPAN_CODE[span], step, start, end - start, nbytes, server))
         return end
 
     def shift(self, since: int, delta: float) -> None:
         """Move rows[since:] and every later span by delta seconds (rounded to a tick): a better clock
         estimate came."""
         delta = tick(delta)  # grid + grid stays on the grid
-        self.rows[since:] = [(c, s, t + delta, d, b) for c, s, t, d, b in self.rows[since:]]
+        self.rows[since:] = [(c, s, t + delta, d, b, v) for c, s, t, d, b, v in self.rows[since:]]
         self.offset += delta
 
     def totals(self, since: int = 0) -> dict[str, float]:
         """Seconds per span name over rows[since:]."""
         out = dict.fromkeys(SPANS, 0.0)
-        for code, _, _, dur, _ in self.rows[since:]:
+        for code, _, _, dur, *_ in self.rows[since:]:
             out[SPANS[code]] += dur
         return out
 
@@ -68,10 +70,10 @@ class CommLog:
         return int(sum(r[4] for r in self.rows[since:] if r[0] == code))
 
     def as_array(self) -> np.ndarray:
-        """(k, 5) float64 [span_code, step, t, dur, bytes]: the LOGS payload."""
+        """(k, SPAN_COLUMNS) float64 [span_code, step, t, dur, bytes, server]: the LOGS payload."""
         if not self.rows:
-            return np.zeros((0, 5), np.float64)
-        return np.asarray(self.rows, dtype=np.float64).reshape(-1, 5)
+            return np.zeros((0, SPAN_COLUMNS), np.float64)
+        return np.asarray(self.rows, dtype=np.float64).reshape(-1, SPAN_COLUMNS)
 
 
 class WorkerSpans(CommLog):
@@ -119,7 +121,7 @@ class WorkerSpans(CommLog):
         return time.monotonic() >= self.next_ship
 
     def unshipped(self, rows_per_chunk: int) -> list[np.ndarray]:
-        """The spans not shipped yet as (k, 5) chunks; call `shipped_one` after each one leaves."""
+        """The spans not shipped yet as (k, SPAN_COLUMNS) chunks; call `shipped_one` after each one leaves."""
         self.settle()
         self.next_ship = time.monotonic() + self.ship_every_s
         spans = self.as_array()[self.shipped:]
@@ -129,7 +131,7 @@ class WorkerSpans(CommLog):
         self.shipped += len(chunk)
 
 
-_LINE = '{"role": "%s", "rank": %d, "step": %d, "span": "%s", "t": %r, "dur": %r, "bytes": %d}\n'
+_LINE = '{"role": "%s", "rank": %d, "step": %d, "span": "%s", "t": %r, "dur": %r, "bytes": %d, "server": %s}\n'
 
 
 def _lines(role: str, rank: int, rows) -> bytes:
@@ -141,15 +143,19 @@ def _lines(role: str, rank: int, rows) -> bytes:
     end: a span starting where this one ends has exactly that t (rounding t and dur apart made 7%
     of a run's spans overlap the one before by a tick)."""
     out = []
-    for code, step, t, dur, nbytes in (rows.tolist() if isinstance(rows, np.ndarray) else rows):
+    for code, step, t, dur, nbytes, server in (rows.tolist() if isinstance(rows, np.ndarray) else rows):
         t, dur = float(t), float(dur)  # a NumPy scalar's repr is not JSON
+        # which parameter server the span belongs to: a server's own rank; for a worker the server it
+        # talked to (a send / recv with --servers S), else none (null)
+        server = rank if role == "server" else (int(server) if math.isfinite(server) and server >= 0 else None)
         t, end = tick(t), tick(t + dur)
         dur = tick(end - t) if math.isfinite(end) else tick(dur)
         if math.isfinite(t) and math.isfinite(dur) and math.isfinite(step) and math.isfinite(nbytes):
-            out.append(_LINE % (role, rank, int(step), SPANS[int(code)], t, dur, int(nbytes)))
+            out.append(_LINE % (role, rank, int(step), SPANS[int(code)], t, dur, int(nbytes),
+                                "null" if server is None else server))
         else:
             out.append(json_text({"role": role, "rank": rank, "step": _int(step), "span": SPANS[int(code)],
-                                  "t": t, "dur": dur, "bytes": _int(nbytes)}) + "\n")
+                                  "t": t, "dur": dur, "bytes": _int(nbytes), "server": server}) + "\n")
     return "".join(out).encode()
 
 
@@ -197,7 +203,7 @@ def summarize(server: CommLog, workers: dict[int, np.ndarray]) -> dict[str, dict
     """Seconds per span per role, for summary.json and the console summary."""
     worker_totals = dict.fromkeys(SPANS, 0.0)
     for arr in workers.values():
-        for code, _, _, dur, _ in arr:
+        for code, _, _, dur, *_ in arr:
             worker_totals[SPANS[int(code)]] += float(dur)
     return {"server": server.totals(), "worker": worker_totals}
 

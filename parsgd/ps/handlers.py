@@ -205,7 +205,7 @@ def on_logs(srv, identity: bytes, msg: proto.Logs, frames, t: float) -> None:
         srv.comm.worker(member.rank, msg.spans)  # on disk now: an interrupted run keeps it
     else:  # the empty chunk ends a worker's logs: it is leaving, which is no death
         chunks = srv.log_chunks.pop(member.rank, [])
-        srv.worker_logs[member.rank] = np.concatenate(chunks) if chunks else np.zeros((0, 5))
+        srv.worker_logs[member.rank] = np.concatenate(chunks) if chunks else np.zeros((0, proto.SPAN_COLUMNS))
         srv.drop(member, "left", left=True)  # mid-run (a signal), its unfinished shards go to others
 
 

@@ -63,7 +63,7 @@ class RangeLinks:
             t = self.log.now()
             frames = make(r).to_frames()
             send_within(sock, frames, self.wait_s)
-            self.log.add("send", getattr(self, "_step", -1), t, proto.frames_nbytes(frames))
+            self.log.add("send", getattr(self, "_step", -1), t, proto.frames_nbytes(frames), server=r)
 
     def _gather(self, want: type, match, ranks=None) -> dict[int, object] | None:
         """One `want` message from every server of `ranks` (default: all linked; `match(r, msg)` True), or
@@ -92,7 +92,7 @@ class RangeLinks:
                     return None
                 if isinstance(msg, want) and r in ranks and match(r, msg):
                     got[r] = msg
-                    self.log.add("recv", getattr(self, "_step", -1), t, proto.frames_nbytes(frames))
+                    self.log.add("recv", getattr(self, "_step", -1), t, proto.frames_nbytes(frames), server=r)
         return got
 
     def attach(self) -> bool:

@@ -279,6 +279,7 @@ class RangeServer:
         buf = self.attached[msg.session][1]
         t = self.log.now()
         if buf is not None:
+            buf.unlink()  # the worker mapped it before its first PULL: the name is no longer needed
             self.segments.load(buf, self.version, self.params)
             self.log.add("serialize", msg.step, t, self.params.nbytes)
         self._reply(identity, proto.Params(msg.session, msg.step, self.version, self.log.now(),

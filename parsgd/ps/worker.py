@@ -237,7 +237,7 @@ class Worker:
                 self.log.task_stamp(msg.t_send, waited)
                 # Idle time before a session's first task is start-up, not a step's cost: step -1.
                 self.log.add("wait", msg.step if self.tasks_done else -1, t, end=waited)
-                self.log.add("recv", msg.step, waited, proto.frames_nbytes(frames), end=recvd)
+                self.log.add("recv", msg.step, waited, proto.frames_nbytes(frames), end=recvd, server=0)
                 self.log.add("deserialize", msg.step, recvd)
                 self.heartbeats.tasks += 1  # read (a droptask fault loses it after that)
                 if self.faults.drop_task():
@@ -245,8 +245,8 @@ class Worker:
                 self.heartbeats.busy = True
                 try:
                     deaf = self._compute(msg)
-                finally:
-                    self.heartbeats.busy = False
+                finally:  # busy time is not the server's silence: it sends a busy worker nothing
+                    self.heartbeats.busy, last_heard = False, time.monotonic()
                 if deaf:  # fault injection: alive and heartbeating, but never reading its socket
                     self.stops.nap(self.opts.connect_timeout_s)
                     return "deaf for --connect-timeout (fault injection)"
@@ -302,7 +302,7 @@ class Worker:
         t = self.log.add("serialize", task.step, end)
         for copy in self.faults.outgoing(task.step, self.rank):
             self._send(frames, self.hb_s * self.liveness)  # unsent if the server is gone: _work notices
-        self.log.add("send", task.step, t, proto.frames_nbytes(frames))
+        self.log.add("send", task.step, t, proto.frames_nbytes(frames), server=0)
         return self.faults.after_push(task.step)
 
     def _send(self, frames, timeout_s: float = SEND_TIMEOUT_S) -> bool:
@@ -325,14 +325,14 @@ class Worker:
     def _leave(self) -> None:
         """On a signal: the empty LOGS that says this session leaves, if it has one (best effort, 0.2 s)."""
         if getattr(self, "rank", None) is not None and self.sock is not None:
-            send_within(self.sock, proto.Logs(self.incarnation, self.session, self.rank, np.zeros((0, 5))).to_frames(), 0.2)
+            send_within(self.sock, proto.Logs(self.incarnation, self.session, self.rank, np.zeros((0, proto.SPAN_COLUMNS))).to_frames(), 0.2)
             self.sock.setsockopt(zmq.LINGER, 200)
 
     def _send_logs(self) -> None:
         """At STOP: the rest of the spans, then an empty chunk that ends them."""
         self.sock.setsockopt(zmq.LINGER, 2000)  # the LOGS must leave before the socket closes
         self._ship_logs(SEND_TIMEOUT_S)
-        self._send(proto.Logs(self.incarnation, self.session, self.rank, np.zeros((0, 5))).to_frames())
+        self._send(proto.Logs(self.incarnation, self.session, self.rank, np.zeros((0, proto.SPAN_COLUMNS))).to_frames())
 
     def close(self) -> None:
         self._stop_heartbeats()

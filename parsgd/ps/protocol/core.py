@@ -8,10 +8,10 @@ from dataclasses import dataclass, field as dataclass_field
 import numpy as np
 
 from parsgd.ps.protocol.base import DTYPES, PROTOCOL_VERSION, SPANS, ERROR_CODES, Message, register
-from parsgd.ps.wire import (BOOL, ID, INT, NAME, TEXT, TIME, ProtocolError, config_map, float_in, int_in, ints,
-                            names, short)
+from parsgd.ps.wire import (BOOL, ID, INT, MAX_SERVERS, NAME, TEXT, TIME, ProtocolError, config_map, float_in,
+                            int_in, ints, names, short)
 
-SPAN_COLUMNS = 5               # LOGS rows: code, step, t, dur, bytes
+SPAN_COLUMNS = 6               # LOGS rows: code, step, t, dur, bytes, server (-1: none)
 
 
 @register
@@ -151,7 +151,7 @@ class Heartbeat(Message):
 @dataclass(frozen=True, eq=False)
 class Logs(Message):
     """Spans of a worker or a range server, shape (k, SPAN_COLUMNS): [span_code (index into SPANS), step,
-    t, dur, bytes]."""
+    t, dur, bytes, server (the parameter server a send / recv talked to; -1: none)]."""
     incarnation: int
     session: int
     rank: int
@@ -168,10 +168,11 @@ class Logs(Message):
     def check_payload(self, spans):
         if spans.dtype != DTYPES["float64"] or spans.ndim != 2 or spans.shape[1] != SPAN_COLUMNS:
             raise ProtocolError(f"LOGS.spans: expected a float64 array of shape (k, {SPAN_COLUMNS})")
-        codes = spans[:, 0]
+        codes, servers = spans[:, 0], spans[:, 5]
         if not (np.isfinite(spans).all() and (codes == np.floor(codes)).all()
-                and ((codes >= 0) & (codes < len(SPANS))).all()):
-            raise ProtocolError("LOGS.spans: non-finite value or span code out of range")
+                and ((codes >= 0) & (codes < len(SPANS))).all()
+                and (servers == np.floor(servers)).all() and ((servers >= -1) & (servers < MAX_SERVERS)).all()):
+            raise ProtocolError("LOGS.spans: non-finite value, or a span code or server out of range")
 
 
 @register
