@@ -270,6 +270,97 @@ def loss_and_grad(params, sizes, x, y, scale: float):
 
 
 # -- the worker -------------------------------------------------------------------------------------
+def key_ranges(sizes, dtype: str, servers: int, shard_by: str) -> list[list[tuple[int, int]]]:
+    """§15.1: the (lo, hi) ranges of each server's part of the flat vector."""
+    spans, at = [], 0
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        spans.append((at, at + fan_in * fan_out + fan_out))
+        at += fan_in * fan_out + fan_out
+    n = at
+    if shard_by == "layer":
+        owned, load = [[] for _ in range(servers)], [0] * servers
+        for lo, hi in sorted(spans, key=lambda r: (r[0] - r[1], r[0])):   # biggest first, then the earlier
+            s = min(range(servers), key=lambda k: (load[k], k))           # the fewest values, then the lowest rank
+            owned[s].append((lo, hi))
+            load[s] += hi - lo
+        return [sorted(rs) for rs in owned]
+    align = 64 // DTYPES[dtype].itemsize
+    chunk = -(-(-(-n // servers)) // align) * align
+    return [[(s * chunk, n if s == servers - 1 else min(n, (s + 1) * chunk))] for s in range(servers)]
+
+
+class Parts:
+    """§15.3: a worker's links to every server's part (server 0 through a data socket, 1..S-1 through one
+    DEALER each); pull the parts of a step, push the parts of a gradient, gather the ACKs."""
+
+    def __init__(self, worker, addresses: list[str]):
+        cfg = worker.config
+        self.w, self.ranges = worker, key_ranges(worker.sizes, cfg["dtype"], cfg["servers"], cfg["shard_by"])
+        self.socks = {}
+        for r, address in enumerate([worker.connect, *addresses]):
+            sock = worker.ctx.socket(zmq.DEALER)
+            sock.linger, sock.sndtimeo = 0, int(worker.timeout_s * 1000)
+            sock.connect(address)
+            self.socks[r] = sock
+        for r in range(1, len(self.socks)):
+            self._send(r, {"type": "ATTACH", "incarnation": worker.incarnation, "session": worker.session,
+                           "rank": worker.rank, "host": "conformance"})   # never on a server's host: no segment
+        self._gather("ATTACHED", range(1, len(self.socks)))
+
+    def _send(self, r: int, header: dict, payload=None) -> None:
+        header = {"v": VERSION, **header}
+        frames = [msgpack.packb(header | ({"dtype": payload.dtype.name, "n": int(payload.size)}
+                                          if payload is not None else {}), use_bin_type=True)]
+        self.socks[r].send_multipart(frames + ([np.ascontiguousarray(payload).tobytes()] if payload is not None else []))
+
+    def _gather(self, kind: str, ranks) -> dict[int, tuple[dict, np.ndarray | None]]:
+        got, deadline = {}, time.monotonic() + self.w.timeout_s
+        ranks = set(ranks)
+        while ranks - set(got):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {kind} from servers {sorted(ranks - set(got))}")
+            for r in sorted(ranks - set(got)):
+                if self.socks[r].poll(10):
+                    frames = self.socks[r].recv_multipart()
+                    header = msgpack.unpackb(frames[0], raw=False)
+                    if header["type"] == "ERROR":
+                        raise Refused(header["code"], header["message"])
+                    if header["type"] == kind:
+                        payload = np.frombuffer(frames[1], DTYPES[header["dtype"]]) if len(frames) > 1 else None
+                        got[r] = (header, payload)
+        return got
+
+    def part(self, flat: np.ndarray, r: int) -> np.ndarray:
+        return np.concatenate([flat[lo:hi] for lo, hi in self.ranges[r]])
+
+    def pull(self, step: int, n: int, dtype) -> tuple[np.ndarray, list[int]]:
+        """The whole vector of `step` from every server's PARAMS, and the versions of servers 1..S-1."""
+        for r in self.socks:
+            self._send(r, {"type": "PULL", "incarnation": self.w.incarnation, "session": self.w.session, "step": step})
+        got = self._gather("PARAMS", self.socks)
+        flat = np.empty(n, dtype)
+        for r, (_, payload) in got.items():
+            at = 0
+            for lo, hi in self.ranges[r]:
+                flat[lo:hi] = payload[at:at + hi - lo]
+                at += hi - lo
+        return flat, [got[r][0]["version"] for r in sorted(got) if r]
+
+    def push(self, step: int, shard: int, grad: np.ndarray) -> bool:
+        """Server 0's part on the main socket (before the GRAD), the others to their servers; True when
+        every range server ACKed its part as finite."""
+        head = {"type": "PUSH", "incarnation": self.w.incarnation, "session": self.w.session, "step": step,
+                "shard": shard}
+        self.w.send(head, self.part(grad, 0))
+        for r in range(1, len(self.socks)):
+            self._send(r, head, self.part(grad, r))
+        return all(h["finite"] for h, _ in self._gather("ACK", range(1, len(self.socks))).values())
+
+    def close(self) -> None:
+        for sock in self.socks.values():
+            sock.close(linger=0)
+
+
 class Worker:
     """Registers (§5.1), computes TASKs (§5.2), heartbeats (§5.3), leaves on STOP (§5.4).
 
@@ -289,6 +380,7 @@ class Worker:
         self.errors: list[tuple[int, str, str]] = []     # (step, code or "-", message) of deliberate breaks
         self.spans, self.shipped, self.shipped_at, self.tasks = [], 0, 0.0, 0
         self.orders: dict[int, np.ndarray] = {}
+        self.parts: Parts | None = None
 
     def now(self) -> float:
         return time.perf_counter() - self.t0 + self.offset
@@ -381,6 +473,9 @@ class Worker:
         elif ready_break == "data_dtype":
             ready["data_dtype"] = "float32" if cfg["dtype"] == "float64" else "float64"
         self.send(ready)
+        if getattr(self, "parts", None) is not None:
+            self.parts.close()
+        self.parts = Parts(self, welcome["servers"]) if welcome["servers"] else None   # §15.3
         if ready_break:
             reply = self._await_error(5.0)
             if reply is not None:
@@ -443,6 +538,10 @@ class Worker:
 
     def _task(self, task: dict, params, received: float) -> None:
         cfg = self.config
+        versions = []
+        if self.parts is not None:            # §15.3: every part is pulled, server 0's too
+            params, versions = self.parts.pull(task["step"], sum(a * b + b for a, b in zip(self.sizes[:-1], self.sizes[1:])),
+                                               DTYPES[cfg["dtype"]])
         if params is None:
             raise RuntimeError("TASK without parameters: this worker never attaches shared memory")
         params = params.astype(DTYPES[cfg["dtype"]], copy=False)
@@ -460,6 +559,10 @@ class Worker:
                   "shard": task["shard"], "lo": task["lo"], "hi": task["hi"], "count": int(idx.size),
                   "loss_sum": loss_sum, "correct": correct, "compute_s": compute_s,
                   "finite": True, "versions": []}  # one server: no range servers to report on (§15)
+        if self.parts is not None:            # §15.3: the parts first, the GRAD (no payload) once ACKed
+            header["finite"] = self.parts.push(task["step"], task["shard"], grad)
+            header["versions"] = versions if cfg["consistency"] != "bsp" else []
+            grad = None
         brk = self.grad_breaks.pop(task["step"], None)
         if brk is not None:
             self._break(brk, task, header, grad)
@@ -510,6 +613,8 @@ class Worker:
         return sum(a * b + b for a, b in zip(self.sizes[:-1], self.sizes[1:]))
 
     def close(self) -> None:
+        if getattr(self, "parts", None) is not None:
+            self.parts.close()
         if self.sock is not None:
             self.sock.close(linger=2000)         # the last LOGS must leave
         self.ctx.term()

@@ -242,3 +242,22 @@ def test_wrong_gradient_scaling_is_invisible_to_the_server_but_not_to_the_compar
         params = finished(server, tmp_path, 2)
         assert "error" not in server.output().lower()
     assert np.max(np.abs(params - oracle)) > 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("transport,shard_by", [("tcp", "elements"), ("shm", "layer")])
+def test_conformance_workers_with_two_servers_equal_sequential(tmp_path, data_dir, oracle, transport, shard_by):
+    """§15: written from the text alone, P = 2 workers pull every part, push every part, wait for the ACKs
+    and send GRAD without payload, against server 0 and a real range server: the same model."""
+    with Procs(tmp_path) as p:
+        server, address = p.server(tmp_path / "run", 2, *ARGS, "--data-dir", str(data_dir), "--servers", "2",
+                                   "--shard-by", shard_by, transport=transport)
+        ranged = p.start("server", ["server", "--servers", "2", "--rank", "1", "--connect", address]
+                         + ([] if transport == "shm" else ["--no-shm"]))
+        pool = [cw.Worker(address, __version__, name=f"c{i}") for i in range(2)]
+        results = run_workers(pool)
+        assert all(isinstance(r, int) for r in results), results
+        assert sum(results) == STEPS * 2
+        params = finished(server, tmp_path, 2)
+        assert ranged.wait() == 0, ranged.output()[-2000:]
+    assert np.max(np.abs(params - oracle)) < EXACT
