@@ -5,7 +5,8 @@ import json
 
 import click
 
-from parsgd.cli.options import no_repeats, parse_int_list
+from parsgd.cli.options import list_items, no_repeats, parse_int_list
+from parsgd.cli.reports import LINK_LIST
 
 
 @click.command()
@@ -24,7 +25,7 @@ def estimate(run_dir, workers, links, as_json):
     counts = no_repeats(parse_int_list(workers, "--workers"), "--workers")
     if not counts or min(counts) < 1:
         raise ConfigError(f"--workers {','.join(map(str, counts))}: give worker counts >= 1, e.g. --workers 2,4")
-    model, predictions = run_estimate(run_dir, counts, parse_rates(links, "--link") or None)
+    model, predictions = run_estimate(run_dir, counts, parse_rates(list_items(links, "--link", LINK_LIST), "--link") or None)
     if as_json:
         for p in predictions:
             click.echo(json.dumps(p))

@@ -5,7 +5,7 @@ import click
 from click.core import ParameterSource
 
 from parsgd.cli.options import (Option, consistency_options, build_config, build_server_options, check_range, given_options,
-                                server_options, training_options)
+                                list_spec, server_options, training_options)
 
 
 @click.command()
@@ -88,6 +88,7 @@ def worker(connect, connect_timeout, data_dir, keys_dir, faults, name):
     from parsgd.ps.worker import Worker, WorkerOptions
 
     parse_endpoint(connect, "connect")
+    list_spec(faults, "--faults", "kill@40,drop=0.1")
     check_range("--connect-timeout", connect_timeout, connect_timeout > 0, "a finite number > 0 seconds")
     w = Worker(WorkerOptions(connect=connect, connect_timeout_s=connect_timeout, data_dir=data_dir,
                              keys_dir=keys_dir, faults=faults, name=name))
@@ -130,6 +131,7 @@ def launch(ctx, workers, transport, wait_timeout, heartbeat, liveness, step_time
             server_errors.append(line.removeprefix("[server] error: "))
 
     from parsgd.jobs.emulate import link_options
+    list_spec(faults, "--faults", "kill=worker1@step40,drop=0.05")
     if colocate and link:
         raise click.UsageError("--colocate cannot be used with --link: emulated hosts keep the server and every "
                                "worker apart (and use CURVE keys); leave out one of them")
