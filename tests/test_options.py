@@ -138,3 +138,51 @@ def test_valid_edge_values_keep_their_meaning():
     assert RunConfig(seed=2**64 - 1).seed == 2**64 - 1
     assert ServerOptions(heartbeat_s=1e-6, liveness=2**53 - 1, wait_timeout_s=1e300).wait_timeout_s == 1e300
     assert ServerOptions(checkpoint_every=0).checkpoint_every == 0
+
+
+# -- list options: an empty item is a typo, never a shorter list ----------------------------------------
+LIST_VALUES = [("2,,4", "two commas in a row"), (",2", "starts with a comma"), ("2,", "ends with a comma"),
+               ("", "is empty"), ("  ", "is empty")]
+LIST_OPTIONS = [  # (command, the option, a good item of it, arguments it needs besides TINY)
+    *[(command, "--hidden", "8", []) for command in ("train", "server", "launch", "experiment")],
+    ("experiment", "--workers", "2", []),
+    ("experiment", "--modes", "sequential", []),
+    ("experiment", "--transport", "shm", []),
+    ("experiment", "--consistency", "bsp", []),
+    ("experiment", "--link", "1gbit", []),
+    ("estimate", "--workers", "2", None),
+    ("estimate", "--link", "1gbit", None),
+]
+
+
+@pytest.mark.parametrize("command,option,item,extra", LIST_OPTIONS)
+@pytest.mark.parametrize("shape,where", LIST_VALUES)
+def test_an_empty_item_of_any_list_option_is_refused(tmp_path, command, option, item, extra, shape, where):
+    """`--hidden 256,,128` once trained a 2-layer net: every list option now refuses an empty item,
+    exit 2, one line naming the option, the value as given and how to write it."""
+    value = shape.replace("2", item)
+    out = tmp_path / "run"
+    args = [command, "no-such-run", option, value] if extra is None else \
+        [command, *with_option(option, value), *extra, "--out", out]
+    err = one_line_error(run(args), 2, option, repr(value), where, "separated by commas or spaces")
+    assert f"e.g. {option} " in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["launch", "worker", "experiment"])
+@pytest.mark.parametrize("value,where", [("kill@3,,drop=0.1", "two commas in a row"), (",kill@3", "starts with"),
+                                         ("kill@3,", "ends with a comma")])
+def test_an_empty_item_of_a_fault_schedule_is_refused(tmp_path, command, value, where):
+    args = ["worker", "--connect-timeout", "1"] if command == "worker" else [command, *TINY, "--out", tmp_path / "r"]
+    one_line_error(run([*args, "--faults", value]), 2, "--faults", repr(value), where, "e.g. --faults ")
+    assert not (tmp_path / "r").exists()
+
+
+def test_spaces_separate_items_however_many(tmp_path):
+    """Spaces are separators: '8  4', ' 8 4 ', '8, 4' all mean 8,4 (one run of spaces is not an empty item)."""
+    import json
+    for i, value in enumerate(["8  4", " 8 4 ", "8, 4", "8 ,4"]):
+        out = tmp_path / f"r{i}"
+        result = run(["train", *with_option("--hidden", value), "--out", out])
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "config.json").read_text())["config"]["hidden"] == [8, 4], value

@@ -5,7 +5,8 @@ import json
 
 import click
 
-from parsgd.cli.options import Option, no_repeats, parse_int_list
+from parsgd.cli.options import Option, list_items, no_repeats, parse_int_list
+from parsgd.cli.reports import LINK_LIST
 
 
 @click.command()
@@ -33,8 +34,8 @@ def estimate(run_dir, workers, links, servers, server_link, as_json):
         raise ConfigError(f"--servers {','.join(map(str, server_counts))}: give server counts >= 1, e.g. --servers 1,2,4")
     if server_link:
         parse_rates([server_link], "--server-link")
-    model, predictions = run_estimate(run_dir, counts, parse_rates(links, "--link") or None, server_counts or None,
-                                      server_link)
+    rates = parse_rates(list_items(links, "--link", LINK_LIST), "--link") or None
+    model, predictions = run_estimate(run_dir, counts, rates, server_counts or None, server_link)
     if as_json:
         for p in predictions:
             click.echo(json.dumps(p))

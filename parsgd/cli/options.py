@@ -12,19 +12,37 @@ import click
 from parsgd.config import CONSISTENCY, DATASETS, DTYPES, SHARD_BY, ConfigError, RunConfig, ServerOptions
 
 
-def parse_int_list(value, name: str) -> tuple[int, ...]:
-    """'2,4', '2 4' or a repeated flag -> (2, 4). Raises click.BadParameter naming `name`."""
+def list_items(value, name: str, how: str) -> list[str]:
+    """The items of a list option: '2,4', '2 4', '2, 4' or a repeated flag (a tuple) -> ['2', '4'].
+
+    Commas and any run of spaces separate items. An empty item (`2,,4`, a comma at the start or end,
+    a value that is empty or only spaces) is refused: click.BadParameter naming `name` and the value
+    as given, and `how` to write it (e.g. "whole numbers like 256,128 or '256 128'").
+    """
     if value is None:
-        return ()
-    parts = value if isinstance(value, (list, tuple)) else [value]
+        return []
+    items = []
+    for part in value if isinstance(value, (list, tuple)) else [value]:
+        pieces = str(part).split(",")
+        for i, piece in enumerate(pieces):
+            if not piece.strip():
+                where = ("is empty" if len(pieces) == 1 else "starts with a comma" if i == 0
+                         else "ends with a comma" if i == len(pieces) - 1 else "has two commas in a row")
+                raise click.BadParameter(f"{str(part)!r} {where}: give {how}", param_hint=name)
+            items += piece.split()
+    return items
+
+
+def parse_int_list(value, name: str) -> tuple[int, ...]:
+    """'2,4', '2 4' or a repeated flag -> (2, 4). Raises click.BadParameter naming `name` for an empty
+    item (list_items) or one that is not a whole number."""
+    how = f"whole numbers separated by commas or spaces, e.g. {name} 2,4 or {name} '2 4'"
     out = []
-    for part in parts:
-        for tok in str(part).replace(",", " ").split():
-            try:
-                out.append(int(tok))
-            except ValueError:
-                raise click.BadParameter(f"{tok!r} is not a whole number; write numbers like 2,4 or '2 4'",
-                                         param_hint=name) from None
+    for tok in list_items(value, name, how):
+        try:
+            out.append(int(tok))
+        except ValueError:
+            raise click.BadParameter(f"{tok!r} is not a whole number; give {how}", param_hint=name) from None
     return tuple(out)
 
 
@@ -46,14 +64,24 @@ def no_repeats(values: tuple, name: str) -> tuple:
 
 
 def parse_str_list(value, choices, name: str) -> tuple[str, ...]:
-    """'a,b', 'a b' or a repeated flag -> ('a', 'b'). Raises click.BadParameter for a word not in `choices`."""
+    """'a,b', 'a b' or a repeated flag -> ('a', 'b'). Raises click.BadParameter naming `name` for an
+    empty item (list_items) or a word not in `choices`."""
+    how = f"at least one of {', '.join(choices)}, separated by commas or spaces, e.g. {name} {','.join(choices[:2])}"
     out = []
-    for part in value or ():
-        for tok in str(part).replace(",", " ").split():
-            if tok not in choices:
-                raise click.BadParameter(f"{tok!r} is not one of {', '.join(choices)}", param_hint=name)
-            out.append(tok)
+    for tok in list_items(value, name, how):
+        if tok not in choices:
+            raise click.BadParameter(f"{tok!r} is not one of {', '.join(choices)}", param_hint=name)
+        out.append(tok)
     return tuple(out)
+
+
+def list_spec(value: str, name: str, example: str) -> str:
+    """`value` unchanged: a comma-separated spec such as --faults kill@40,drop=0.1 whose parser skips
+    empty items. Raises click.BadParameter (list_items) for an empty item in a non-empty spec (an
+    empty spec is the default: none)."""
+    if value and value.strip():
+        list_items(value, name, f"items separated by commas, e.g. {name} {example}")
+    return value
 
 
 class Option(click.Option):

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import click
 
-from parsgd.cli.options import (Option, build_config, check_range, force_option, no_repeats, parse_int_list,
-                                parse_str_list, training_options)
+from parsgd.cli.options import (Option, build_config, check_range, force_option, list_items, list_spec, no_repeats,
+                                parse_int_list, parse_str_list, training_options)
+
+LINK_LIST = "link rates separated by commas or spaces, e.g. --link 100mbit,1gbit"  # how to write a --link list
 
 
 @click.command()
@@ -43,26 +45,19 @@ def experiment(workers, modes, transports, consistencies, staleness, faults, lin
     check_range("--repeat", repeat, 1 <= repeat <= 1000, "a whole number from 1 to 1000")
     from parsgd.cluster.rates import parse_rates
     from parsgd.jobs.emulate import link_options
-    links = parse_rates(links)
+    links = parse_rates(list_items(links, "--link", LINK_LIST))
+    list_spec(faults, "--faults", "slow=worker1:3,seed=7")
     if links:
         link_options(links[0], None, None, "tcp", faults)  # root with CAP_NET_ADMIN, before anything starts
 
     modes = no_repeats(parse_str_list(modes, MODES, "--modes"), "--modes")
-    if not modes:
-        raise click.BadParameter(f"give at least one of {', '.join(MODES)}", param_hint="--modes")
     transports = no_repeats(parse_str_list(transports, TRANSPORTS, "--transport"), "--transport")
-    if "ps" in modes and not transports:
-        raise click.BadParameter(f"give at least one of {', '.join(TRANSPORTS)}", param_hint="--transport")
     from parsgd.config import CONSISTENCY
     consistencies = no_repeats(parse_str_list(consistencies, CONSISTENCY, "--consistency"), "--consistency")
-    if "ps" in modes and not consistencies:
-        raise click.BadParameter(f"give at least one of {', '.join(CONSISTENCY)}", param_hint="--consistency")
     check_range("--staleness", staleness, staleness >= 0 and (staleness == 0 or "ssp" in consistencies),
                 "a whole number >= 0, for --consistency ssp only")
     cfg = build_config(1, **opts)
     workers_list = no_repeats(parse_int_list(workers, "--workers"), "--workers")
-    if set(modes) - {"sequential"} and not workers_list:
-        raise click.BadParameter("give at least one worker count, e.g. --workers 2,4", param_hint="--workers")
     for p in workers_list:
         if not 1 <= p <= cfg.batch_size:
             raise click.BadParameter(f"{p} is out of range: each P must be between 1 and --batch-size "

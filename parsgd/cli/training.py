@@ -5,7 +5,8 @@ import click
 from click.core import ParameterSource
 
 from parsgd.cli.options import (Option, consistency_options, build_config, build_server_options, check_range,
-                                force_option, given_options, ranges_options, server_options, training_options)
+                                force_option, given_options, list_spec, ranges_options, server_options,
+                                training_options)
 
 
 @click.command()
@@ -101,6 +102,7 @@ def worker(connect, connect_timeout, data_dir, keys_dir, faults, name):
     from parsgd.ps.worker import Worker, WorkerOptions
 
     parse_endpoint(connect, "connect")
+    list_spec(faults, "--faults", "kill@40,drop=0.1")
     check_range("--connect-timeout", connect_timeout, connect_timeout > 0, "a finite number > 0 seconds")
     w = Worker(WorkerOptions(connect=connect, connect_timeout_s=connect_timeout, data_dir=data_dir,
                              keys_dir=keys_dir, faults=faults, name=name))
@@ -148,6 +150,7 @@ def launch(ctx, workers, transport, wait_timeout, heartbeat, liveness, step_time
             server_errors.append(line.removeprefix("[server] error: "))
 
     from parsgd.jobs.emulate import link_options
+    list_spec(faults, "--faults", "kill=worker1@step40,drop=0.05")
     if colocate and opts.get("servers", 1) > 1:
         raise click.UsageError("--colocate cannot be used with --servers above 1: the colocated worker shares "
                                "server 0's process, which is not all of the model; leave out one of them")
