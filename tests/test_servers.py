@@ -102,17 +102,33 @@ def test_by_hand_as_a_user_types_it(tmp_path):
         assert all(w.wait() == 0 for w in workers)
 
 
-def test_a_lost_range_server_stops_the_run_naming_it_and_resume_restarts_the_set(tmp_path):
+LOSS_ARGS = ["--servers", "2", "--dataset", "synthetic", "--num-samples", "4096", "--batch-size", "16", "--epochs",
+             "3", "--hidden", "32,16", "--checkpoint-every", "40", "--heartbeat", "0.2", "--liveness", "5", "--dtype",
+             "float64"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The float64 S = 2 model of LOSS_ARGS with 2 workers, run without a fault."""
+    whole = tmp_path_factory.mktemp("whole") / "run"
+    launch(whole, "--workers", "2", *LOSS_ARGS)
+    return load_params(whole)
+
+
+def wait_for_checkpoint(out: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not (out / "checkpoint.npz").is_file():
+        assert time.monotonic() < deadline, "no checkpoint within the timeout"
+        time.sleep(0.05)
+
+
+def test_a_lost_range_server_stops_the_run_naming_it_and_resume_restarts_the_set(tmp_path, uninterrupted):
     out = tmp_path / "run"
-    args = ["--workers", "2", "--servers", "2", "--dataset", "synthetic", "--num-samples", "4096", "--batch-size",
-            "16", "--epochs", "3", "--hidden", "32,16", "--checkpoint-every", "40", "--heartbeat", "0.2",
-            "--liveness", "5", "--dtype", "float64"]
+    args = ["--workers", "2", *LOSS_ARGS]
     proc = subprocess.Popen(PY + ["launch", *args, "--out", str(out)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while not (out / "checkpoint.npz").is_file() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_checkpoint(out)
         ranged = [pid for pid in children(proc.pid) if "--rank" in Path(f"/proc/{pid}/cmdline").read_text()]
         assert len(ranged) == 1, "launch's range server is running"
         killed = time.monotonic()
@@ -129,9 +145,29 @@ def test_a_lost_range_server_stops_the_run_naming_it_and_resume_restarts_the_set
     assert f"stopped by the server (server stopped: server 1 (ranges {kr.describe(1)}) was lost" in stdout
     resumed = launch(out, "--resume", str(out), timeout=240)
     assert "resuming" in resumed.stdout
-    whole = tmp_path / "whole"
-    launch(whole, *args)
-    assert np.array_equal(load_params(out), load_params(whole)), "the resumed set ends with the uninterrupted model"
+    assert np.array_equal(load_params(out), uninterrupted), "the resumed set ends with the uninterrupted model"
+
+
+def test_server_0_killed_by_hand_then_resumed_every_peer_registers_again(tmp_path, uninterrupted):
+    """SIGKILL of server 0 (the coordinator) mid-run: the range server and the workers keep trying, and a
+    `parsgd server --resume` on the same address hands the range server the checkpoint's state; the run
+    ends with the uninterrupted model, byte for byte."""
+    out = tmp_path / "run"
+    with Procs(tmp_path) as procs:
+        server, address = procs.server(out, 2, *LOSS_ARGS, transport="tcp")
+        ranged = procs.start("server", ["server", "--servers", "2", "--rank", "1", "--connect", address, "--no-shm",
+                                        "--connect-timeout", "60"])
+        workers = [procs.worker(address, "--connect-timeout", "60") for _ in range(2)]
+        wait_for_checkpoint(out)
+        server.kill()
+        resumed = procs.start("server", ["server", "--resume", str(out), "--bind", address, "--no-shm",
+                                         "--wait-timeout", "60"])
+        assert resumed.wait(180) == 0, resumed.output()[-3000:]
+        assert "resuming" in resumed.output()
+        assert ranged.wait() == 0 and "server 0 (the coordinator) silent" in ranged.output()
+        assert all(w.wait() == 0 for w in workers)
+        assert all("registering again" in w.output() for w in workers)
+    assert np.array_equal(load_params(out), uninterrupted)
 
 
 @pytest.mark.parametrize("argv,message", [
