@@ -197,16 +197,25 @@ def two_servers_tcp(tmp_path_factory):
 FAULT_ARGS = [*ARGS[:5], "2", *ARGS[6:], "--heartbeat", "0.2", "--liveness", "5"]  # 2 epochs
 
 
-@pytest.mark.parametrize("fault,event", [("kill=worker1@step5", "dead"), ("stop=worker2@step7:3s", "dead"),
-                                         ("slow=worker1:3", None)])
-def test_worker_faults_with_two_servers_leave_the_model_unchanged(tmp_path, two_servers_tcp, fault, event):
+@pytest.mark.parametrize("fault,extra,expected", [
+    ("kill=worker1@step5", [], ["dead"]), ("stop=worker2@step7:3s", [], ["dead"]), ("slow=worker1:3", [], []),
+    ("kill=worker1@step5", ["--restart-workers", "1"], ["dead", "join"])])
+def test_worker_faults_with_two_servers_leave_the_model_unchanged(tmp_path, two_servers_tcp, fault, extra, expected):
     """A lost worker's shards go to others on every server; a zombie's parts are never applied (APPLY names
-    the owner); a straggler only slows the steps."""
+    the owner); a straggler only slows the steps; a worker started again joins (ATTACHes to the range
+    server with its new session) and computes shards."""
     out = tmp_path / "run"
-    launch(out, "--workers", "3", "--servers", "2", "--transport", "tcp", *FAULT_ARGS, "--faults", fault)
+    launch(out, "--workers", "3", "--servers", "2", "--transport", "tcp", *FAULT_ARGS, "--faults", fault, *extra)
     assert np.array_equal(load_params(out), two_servers_tcp)
-    events = [json.loads(ln)["event"] for ln in (out / "events.jsonl").read_text().splitlines()]
-    assert (event in events) if event else "dead" not in events
+    events = [json.loads(ln) for ln in (out / "events.jsonl").read_text().splitlines()]
+    names = [e["event"] for e in events]
+    assert all(e in names for e in expected) and (expected or "dead" not in names), names
+    if "join" in expected:
+        join = [e for e in events if e["event"] == "join"]
+        assert len(join) == 4 and join[-1]["step"] > 0, join  # 3 at the start, then the one started again
+        comm = [json.loads(ln) for ln in (out / "comm.jsonl").read_text().splitlines()]
+        rejoined = {(r["rank"], r["step"]) for r in comm if r["role"] == "worker" and r["span"] == "compute"}
+        assert any(rank == join[-1]["rank"] and step > join[-1]["step"] for rank, step in rejoined), join
 
 
 def test_layer_sharding_is_visibly_unbalanced_in_the_report_and_the_plot(tmp_path):
