@@ -16,8 +16,8 @@ import numpy as np
 from matplotlib import rc_context
 from matplotlib.lines import Line2D
 
-from parsgd.analysis.figures import (FIGSIZE, FONTS, WIDE_FIGSIZE, WIDE_FONTS, as_run, epoch_axis, figure_title,
-                                     marker_style, new_figure, run_labels, save_png)
+from parsgd.analysis.figures import (FIGSIZE, FONTS, WIDE_FIGSIZE, WIDE_FONTS, add_legend, as_run, epoch_axis,
+                                     figure_title, marker_style, new_figure, run_labels, save_png)
 from parsgd.analysis.report import comm_breakdown, with_baseline
 from parsgd.analysis.rundirs import Run
 from parsgd.analysis.timeline import plot_step_timeline
@@ -86,7 +86,7 @@ def _per_epoch(runs, path, what, fields, ylabel) -> Path:
     any_same = any(s["same"] for s in series)
     notes = ["identical curves overlap:\nmarkers nest, smallest on top" if any_same else None, gaps]
     note = "\n\n".join(n for n in notes if n) or None
-    ax.legend(handles=handles, title=note, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + (len(runs) > 16))
+    add_legend(ax, handles=handles, title=note, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + (len(runs) > 16))
     if gaps and not any(np.isfinite(run.column(f)).any() for run in runs for f in fields):
         ax.text(0.5, 0.5, f"nothing to draw: no run has a value of {' or '.join(fields)}\n"
                 "(null in metrics.jsonl: an empty test split, or values that were not finite)",
@@ -161,7 +161,7 @@ def plot_speedup(runs: list[Run], baseline: Run, path) -> Path:
     ax.set_xlabel("workers P (processes)")
     ax.set_ylabel(f"speedup over {baseline.label} (x)")
     ax.set_ylim(bottom=0)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    add_legend(ax, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     runs_per = sorted({row["runs"] for row in rows})
     each = f"median of {runs_per[-1]} runs, bars min-max" if runs_per[-1] > 1 else "one run each"
     warm = rows[0]["warmup_steps"]
@@ -197,7 +197,7 @@ def _stacked(ax, names, shares: list[dict], colors: dict, xlabel: str, title: st
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)  # 3 wide: fits a panel narrowed by long names
+    add_legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)  # 3 wide: fits a panel narrowed by long names
 
 
 def overhead_rows(runs: list[Run]) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:

@@ -13,8 +13,8 @@ import numpy as np
 from matplotlib import rc_context
 from matplotlib.patches import Patch
 
-from parsgd.analysis.figures import (WIDE_FIGSIZE, WIDE_FONTS, as_run, figure_title, folder_names, new_figure,
-                                     run_labels, save_png)
+from parsgd.analysis.figures import (WIDE_FIGSIZE, WIDE_FONTS, add_legend, as_run, figure_title, folder_names,
+                                     new_figure, run_labels, save_png)
 from parsgd.analysis.rundirs import CommSpans, Run, RunDirError
 from parsgd.ps.protocol import SPANS
 
@@ -142,7 +142,7 @@ def _draw_timeline(ax, run: Run, max_steps: int, label: str | None = None) -> li
     handles = [Patch(color=SPAN_COLORS.get(s, "#7f7f7f"), label=s) for s in dict.fromkeys(order)]
     if gaps:
         handles.append(Patch(color=GAP_COLOR, label=GAP_LABEL))
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    add_legend(ax, handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return gaps
 
 
