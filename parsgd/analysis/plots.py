@@ -2,8 +2,8 @@
 
     parsgd plot runs/sequential-p1 runs/ps-p2 -o plots/
 
-Sizes, fonts, markers and saving live in figures.py. `runs` arguments are lists of loaded Runs
-unless a docstring says paths are accepted too; `path` is the PNG to write (str or Path, folders
+Sizes, fonts, markers and saving live in figures.py; comm_overhead.png in overhead_plots.py (re-exported
+here). `runs` arguments are lists of loaded Runs unless a docstring says paths are accepted too; `path` is the PNG to write (str or Path, folders
 created). Every plot function returns the Path(s) it wrote and raises WriteError when a PNG cannot
 be written. A value that is null in a run's files (an empty test split's accuracy, a loss that was
 not finite) is a gap in its curve, and the figure says so instead of drawing an empty axis.
@@ -18,13 +18,10 @@ from matplotlib.lines import Line2D
 
 from parsgd.analysis.figures import (FIGSIZE, FONTS, WIDE_FIGSIZE, WIDE_FONTS, add_legend, as_run, epoch_axis,
                                      figure_title, marker_style, new_figure, run_labels, save_png)
-from parsgd.analysis.report import comm_breakdown, with_baseline
+from parsgd.analysis.overhead_plots import CATEGORY_COLORS, SHARE_COLORS, overhead_rows, plot_comm_overhead  # noqa: F401
+from parsgd.analysis.report import with_baseline
 from parsgd.analysis.rundirs import Run
 from parsgd.analysis.timeline import plot_step_timeline
-
-CATEGORY_COLORS = {"serialize": "#1f77b4", "transfer": "#ff7f0e", "wait": "#c7c7c7",
-                   "deserialize": "#9467bd", "compute": "#d62728", "update": "#e377c2", "other": "#7f7f7f"}
-SHARE_COLORS = {"compute": "#d62728", "communication": "#ff7f0e", "other": "#c7c7c7"}
 
 
 def _same_as(runs: list[Run], labels: list[str], fields) -> list[str | None]:
@@ -167,71 +164,6 @@ def plot_speedup(runs: list[Run], baseline: Run, path) -> Path:
     warm = rows[0]["warmup_steps"]
     fig.suptitle(figure_title(f"Speedup (training time of the timed steps, first {warm} left out; {each})", runs))
     ax.grid(alpha=0.3)
-    return save_png(fig, path)
-
-
-def _epoch_shares(run: Run) -> dict[str, float]:
-    """compute / communication / other as shares of the summed epoch wall time (metrics.jsonl)."""
-    total_s = np.nansum(run.column("epoch_time_s"))  # null (NaN) epochs left out
-    compute_s, comm_s = np.nansum(run.column("compute_s")), np.nansum(run.column("comm_s"))
-    denom_s = max(total_s, compute_s + comm_s)  # parallel workers' compute can exceed wall time
-    if denom_s <= 0:
-        return {"compute": 0.0, "communication": 0.0, "other": 1.0}
-    return {"compute": compute_s / denom_s, "communication": comm_s / denom_s,
-            "other": 1 - (compute_s + comm_s) / denom_s}
-
-
-def _stacked(ax, names, shares: list[dict], colors: dict, xlabel: str, title: str):
-    """Horizontal stacked bars (long configuration names stay readable), first name on top."""
-    y = np.arange(len(names))
-    left = np.zeros(len(names))
-    for cat, color in colors.items():
-        vals = np.array([s.get(cat, 0.0) for s in shares]) * 100
-        if vals.any():
-            ax.barh(y, vals, left=left, color=color, label=cat, edgecolor="white", lw=0.5)
-            left += vals
-    ax.set_yticks(y)
-    ax.set_yticklabels(names)
-    ax.set_ylim(len(names) - 0.5, -0.5)
-    ax.set_xlim(0, 100)
-    ax.set_xlabel(xlabel)
-    ax.set_title(title)
-    ax.grid(axis="x", alpha=0.3)
-    add_legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)  # 3 wide: fits a panel narrowed by long names
-
-
-def overhead_rows(runs: list[Run]) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
-    """The bars of comm_overhead.png as (name, {category: share}) rows, top first: left, one per run
-    given, in order (_epoch_shares); right, one per role of each parameter-server run
-    (report.comm_breakdown). Names come from run_labels. Raises RunDirError (corrupt comm.jsonl)."""
-    labels = run_labels(runs)
-    left = [(label, _epoch_shares(run)) for run, label in zip(runs, labels)]
-    right = [(f"{label} {role}", bd["shares"]) for run, label in zip(runs, labels)
-             for role, bd in comm_breakdown(run).items()]
-    return left, right
-
-
-@rc_context(WIDE_FONTS)
-def plot_comm_overhead(runs: list[Run], path) -> Path:
-    """Two panels of % bars (overhead_rows); returns Path(path). Raises RunDirError if a comm.jsonl
-    is corrupt, WriteError.
-
-    Left: compute / communication / other share of each run's epoch time (metrics.jsonl), every
-    run given; right: span categories per role of the PS runs among them (report.comm_breakdown).
-    """
-    fig, axes = new_figure(WIDE_FIGSIZE, 1, 2)
-    left, right = axes[0]
-    left_rows, right_rows = overhead_rows(runs)
-    _stacked(left, [n for n, _ in left_rows], [sh for _, sh in left_rows], SHARE_COLORS,
-             "share of epoch wall time (%)", "compute vs communication (metrics.jsonl)")
-    names, shares = [n for n, _ in right_rows], [sh for _, sh in right_rows]
-    if names:
-        _stacked(right, names, shares, CATEGORY_COLORS, "share of span time per role (%)",
-                 "parameter-server spans (transfer = send + recv)")
-    else:
-        right.text(0.5, 0.5, "no parameter-server runs", ha="center", va="center", transform=right.transAxes)
-        right.set_axis_off()
-    fig.suptitle(figure_title("Communication overhead", runs))
     return save_png(fig, path)
 
 

@@ -10,14 +10,19 @@ figure drawn from them is checked with the renderer that drew it.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import warnings
 
+import numpy as np
 import pytest
 from matplotlib.text import Text
 
-from parsgd.analysis import figures, plots, progress_plots, server_plots, timeline
+from parsgd.analysis import figures, overhead_plots, plots, progress_plots, server_plots, timeline
+from parsgd.analysis.commreport import comm_section
 from parsgd.analysis.rundirs import load_run
+from parsgd.analysis.stepparts import step_parts
 from procs import cli_run, parsgd
 
 pytestmark = pytest.mark.slow   # a real parameter-server run, then ~10 figures of 25 runs
@@ -83,7 +88,7 @@ def drawn(monkeypatch):
         figs.append(fig)
         return figures.save_png(fig, path)
 
-    for module in (plots, timeline, progress_plots, server_plots):
+    for module in (plots, overhead_plots, timeline, progress_plots, server_plots):
         monkeypatch.setattr(module, "save_png", keep)
     return figs
 
@@ -152,3 +157,106 @@ def overlapping_ticks(fig) -> list[str]:
         extents = sorted(((t.get_window_extent(renderer), t.get_text()) for t in labels), key=lambda e: getattr(e[0], lo))
         bad += [f"{a!r} / {b!r}" for (ea, a), (eb, b) in zip(extents, extents[1:]) if getattr(eb, lo) < getattr(ea, hi) - 1]
     return bad
+
+
+# -- (f) what a step waits for: the plots draw the report's split -----------------------------------------
+def report_shares(run) -> dict[str, dict[str, float]]:
+    """The `%` columns of the run's communication section in the report, {role: {category: share}}; the
+    indented rows under `wait` (what the wait holds) as "wait: NAME"."""
+    lines = comm_section([run], None)
+    start = next(i for i, ln in enumerate(lines) if ln.split()[:1] == ["span"])
+    roles = [c.split()[0] for c in re.split(r"\s{2,}", lines[start].strip())[2::2]]
+    out = {role: {} for role in roles}
+    for line in lines[start + 2:]:
+        cells = re.split(r"\s{2,}", line.strip())
+        if cells[0] == "total" or len(cells) != 1 + 2 * len(roles):
+            break
+        name = f"wait: {cells[0]}" if line.startswith("    ") else cells[0]
+        for role, cell in zip(roles, cells[2::2]):
+            out[role][name] = float(cell.rstrip("%")) / 100
+    return out
+
+
+def drawn_bars(ax) -> dict[str, dict[str, float]]:
+    """The stacked bars of a comm_overhead panel: {row name: {category: width as a share}}."""
+    names = [t.get_text() for t in ax.get_yticklabels()]
+    out = {name: {} for name in names}
+    for container in ax.containers:
+        for name, bar in zip(names, container.patches):
+            out[name][container.get_label()] = bar.get_width() / 100
+    return out
+
+
+def check_bars_are_the_report(run, fig):
+    """Every bar of the run's roles in the right panel of comm_overhead `fig` is the report's % (rounded
+    to 0.1%); where the report splits the wait, the bars are its parts (adding up to its wait)."""
+    bars, label = drawn_bars(fig.axes[1]), run.label
+    for role, shares in report_shares(run).items():
+        drawn = {k: v for k, v in bars[f"{label} {role}"].items() if v > 0}
+        split = {k for k in shares if k.startswith("wait: ")}
+        if split:
+            assert "wait" not in drawn, drawn
+            drawn["wait"] = sum(v for k, v in drawn.items() if k.startswith("wait: "))
+        for name, share in shares.items():
+            assert drawn.get(name, 0.0) == pytest.approx(share, abs=0.0006), (role, name, drawn, shares)
+        assert {k for k, v in drawn.items() if v > 0.0005} <= set(shares), (drawn, shares)
+    return bars
+
+
+def test_comm_overhead_splits_the_wait_as_the_report_does(real, drawn, tmp_path):
+    run = load_run(real["ps"])   # shm: no link; the wait is the shards' compute, server work and the rest
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plots.plot_comm_overhead([load_run(real["sequential"]), run], tmp_path / "comm_overhead.png")
+    bars = check_bars_are_the_report(run, drawn[0])
+    server = bars[f"{run.label} server"]
+    assert "wait" not in server and server["wait: the shards"] > 0 and "wait: on the link" not in server, server
+    assert sum(server.values()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_run_without_timed_steps_is_named_so_and_warns_nothing(tmp_path, real, drawn):
+    short = relabel(real["ps"], tmp_path / "short")
+    summary = json.loads((short / "summary.json").read_text())
+    summary.update(warmup_steps=summary["steps"], timed_steps=0)   # as a run of fewer steps than the warm-up
+    (short / "summary.json").write_text(json.dumps(summary))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plots.plot_comm_overhead([load_run(short)], tmp_path / "comm_overhead.png")
+    names = [t.get_text() for t in drawn[0].axes[1].get_yticklabels()]
+    assert names == [f"ps P=2 shm {role} {overhead_plots.NO_TIMED_STEP}" for role in ("server", "worker")]
+
+
+@pytest.fixture(scope="module")
+def link_run(tmp_path_factory):
+    """A real BSP run of 2 workers on emulated 100mbit links (network namespaces; root): 32 steps, 22 timed."""
+    if os.environ.get("PARSGD_TESTS_NO_NETNS") == "1":
+        pytest.skip("PARSGD_TESTS_NO_NETNS=1: emulated-host tests skipped")
+    out = tmp_path_factory.mktemp("link") / "ps-link"
+    result = parsgd("launch", "--workers", "2", "--link", "100mbit", "--dataset", "synthetic", "--num-samples", "2048",
+                    "--batch-size", "64", "--hidden", "32", "--epochs", "1", "--out", out, env={"PARSGD_LINK_CHECK": "0"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return load_run(out)
+
+
+def test_on_an_emulated_link_both_plots_draw_the_reports_link_time(link_run, drawn, tmp_path):
+    parts = step_parts(link_run)
+    assert parts["link"] > 0.5 * parts["step"], parts   # 100mbit: the bytes on the link are most of a step
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plots.plot_comm_overhead([link_run], tmp_path / "comm_overhead.png")
+        timeline.plot_step_timeline(link_run, tmp_path / "step_timeline.png", max_steps=1000)
+    bars = check_bars_are_the_report(link_run, drawn[0])
+    assert bars[f"{link_run.label} server"]["wait: on the link"] > 0.5
+    # the timeline: per role, the link pieces of the timed steps' waits add up to stepparts' link time
+    comm, first = link_run.comm, int(link_run.summary["warmup_steps"])
+    steps = timeline.timeline_steps(comm, 1000)
+    pieces = timeline.link_segments(link_run, steps, np.isfinite(comm.t_s + comm.dur_s))
+    for role in ("server", "worker"):
+        timed_s = sum(d for (r, _), ps in pieces.items() if r == role for step, _, d in ps if step >= first)
+        assert timed_s == pytest.approx(parts["waits"][role]["link"], rel=1e-9), role
+    ax = drawn[1].axes[0]   # the pieces drawn: from the start of the first step shown on
+    drawn_ms = sum(np.ptp(path.vertices[:, 0]) for c in ax.collections if c.get_gid() == "link" for path in c.get_paths())
+    t0_s = comm.t_s[(comm.step == steps[0]) & (comm.role == "server")].min()
+    shown_ms = sum(max(0.0, t + d - max(t, t0_s)) for ps in pieces.values() for _, t, d in ps) * 1e3
+    assert drawn_ms == pytest.approx(shown_ms, rel=1e-6) and drawn_ms > 0.5 * ax.get_xlim()[1]
+    assert timeline.LINK_LABEL in [t.get_text() for t in ax.get_legend().get_texts()]
