@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from matplotlib.text import Text
 
-from parsgd.analysis import figures, overhead_plots, plots, progress_plots, server_plots, timeline
+from parsgd.analysis import figures, overhead_plots, plots, progress_plots, server_plots, speedup_plots, timeline
 from parsgd.analysis.commreport import comm_section
 from parsgd.analysis.rundirs import load_run
 from parsgd.analysis.stepparts import step_parts
@@ -88,7 +88,7 @@ def drawn(monkeypatch):
         figs.append(fig)
         return figures.save_png(fig, path)
 
-    for module in (plots, overhead_plots, timeline, progress_plots, server_plots):
+    for module in (plots, overhead_plots, speedup_plots, timeline, progress_plots, server_plots):
         monkeypatch.setattr(module, "save_png", keep)
     return figs
 
@@ -260,3 +260,27 @@ def test_on_an_emulated_link_both_plots_draw_the_reports_link_time(link_run, dra
     shown_ms = sum(max(0.0, t + d - max(t, t0_s)) for ps in pieces.values() for _, t, d in ps) * 1e3
     assert drawn_ms == pytest.approx(shown_ms, rel=1e-6) and drawn_ms > 0.5 * ax.get_xlim()[1]
     assert timeline.LINK_LABEL in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_speedup_says_diverged_where_the_point_would_be(tmp_path, drawn):
+    """A real diverged run (lr 50: the loss rose, summary.json diverged) is no point of speedup.png, and
+    not 'no timed steps' either: the word 'diverged' stands at its P."""
+    args = ["--dataset", "synthetic", "--num-samples", "2048", "--batch-size", "64", "--hidden", "32", "--epochs", "1"]
+    assert cli_run(["train", *args, "--out", tmp_path / "sequential"]).exit_code == 0
+    assert cli_run(["train", "--workers", "2", "--lr", "50", *args, "--out", tmp_path / "pool"]).exit_code == 3
+    assert cli_run(["train", "--workers", "3", *args, "--out", tmp_path / "pool3"]).exit_code == 0
+    runs = [load_run(tmp_path / name) for name in ("sequential", "pool", "pool3")]
+    assert runs[1].summary["diverged"] is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plots.plot_speedup(runs, runs[0], tmp_path / "speedup.png")
+    ax = drawn[0].axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert not any("no timed steps" in t for t in texts), texts
+    marks = [t for t in ax.texts if t.get_text() == "diverged"]
+    assert [t.xy[0] for t in marks] == [2], texts
+    xs = {x for line in ax.get_lines() if line.get_label() not in ("ideal (speedup = P)", "sequential baseline")
+          for x in line.get_xdata()}   # the points, their error bars' caps
+    assert xs == {3}, "the diverged run has no point; pool P=3 has one"
+    assert "pool (diverged at P=2)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert outside(drawn[0]) == []

@@ -2,8 +2,8 @@
 
     parsgd plot runs/sequential-p1 runs/ps-p2 -o plots/
 
-Sizes, fonts, markers and saving live in figures.py; comm_overhead.png in overhead_plots.py (re-exported
-here). `runs` arguments are lists of loaded Runs unless a docstring says paths are accepted too; `path` is the PNG to write (str or Path, folders
+Sizes, fonts, markers and saving live in figures.py; comm_overhead.png in overhead_plots.py and speedup.png
+in speedup_plots.py (both re-exported here). `runs` arguments are lists of loaded Runs unless a docstring says paths are accepted too; `path` is the PNG to write (str or Path, folders
 created). Every plot function returns the Path(s) it wrote and raises WriteError when a PNG cannot
 be written. A value that is null in a run's files (an empty test split's accuracy, a loss that was
 not finite) is a gap in its curve, and the figure says so instead of drawing an empty axis.
@@ -21,6 +21,7 @@ from parsgd.analysis.figures import (FIGSIZE, FONTS, WIDE_FIGSIZE, WIDE_FONTS, a
 from parsgd.analysis.overhead_plots import CATEGORY_COLORS, SHARE_COLORS, overhead_rows, plot_comm_overhead  # noqa: F401
 from parsgd.analysis.report import with_baseline
 from parsgd.analysis.rundirs import Run
+from parsgd.analysis.speedup_plots import plot_speedup  # noqa: F401
 from parsgd.analysis.timeline import plot_step_timeline
 
 
@@ -112,59 +113,6 @@ def plot_accuracy(runs: list[Run], path) -> Path:
 def plot_epoch_time(runs: list[Run], path) -> Path:
     """Wall time per epoch (metrics.jsonl epoch_time_s, seconds) of every run; returns Path(path)."""
     return _per_epoch(runs, path, "Wall time per epoch", ("epoch_time_s",), "epoch time (s)")
-
-
-@rc_context(FONTS)
-def plot_speedup(runs: list[Run], baseline: Run, path) -> Path:
-    """Speedup against P, one line per mode/transport: the baseline's median s/step / the run's s/step
-    over the timed steps (warm-up left out; analysis/results.py), median of the repeats of a
-    configuration (runs with one label) with a min-max bar.
-
-    Standard definition of speedup; the dashed ideal line is linear scaling, speedup = P. A point
-    marked in the table (too short to time, above P) is labelled so. The baseline (and its repeats)
-    is the dotted line at 1. Returns Path(path); RunDirError for a corrupt check.npz; WriteError.
-    """
-    from parsgd.analysis.results import TOO_SHORT, records, table_rows
-
-    fig, axes = new_figure(FIGSIZE)
-    ax = axes[0, 0]
-    rows = table_rows(records(runs, baseline))
-    series: dict[str, list[dict]] = {}
-    skipped = [row["run"] for row in rows[1:] if row["speedup"] is None]  # nothing timed: no speedup to draw
-    for row in rows[1:]:
-        if row["speedup"] is not None:
-            key = " ".join(str(row[k]) for k in ("mode", "transport", "consistency") if row[k] not in (None, "bsp"))
-            series.setdefault(key, []).append(row)
-    if skipped:
-        ax.text(0.5, 0.02, f"left out, no timed steps after the warm-up: {', '.join(skipped)}",
-                ha="center", va="bottom", transform=ax.transAxes)
-    ps = sorted({1, *(row["P"] for pts in series.values() for row in pts)})
-    ax.plot(ps, ps, "k--", lw=1, label="ideal (speedup = P)")
-    ax.axhline(1.0, color="gray", ls=":", lw=1, label=f"{baseline.label} baseline")
-    for i, (key, pts) in enumerate(sorted(series.items())):
-        pts.sort(key=lambda row: row["P"])
-        x, y = [row["P"] for row in pts], [row["speedup"] for row in pts]
-        ranges = [row["speedup_range"] or (row["speedup"], row["speedup"]) for row in pts]  # None: one run
-        err = [[row["speedup"] - lo for row, (lo, _) in zip(pts, ranges)],
-               [hi - row["speedup"] for row, (_, hi) in zip(pts, ranges)]]
-        style = marker_style(i, len(series))
-        ax.errorbar(x, y, yerr=err, lw=1.5, capsize=4, label=key, **style)
-        for row in pts:  # the table's mark: too short to time, or above P (the report says why)
-            if row["note"]:
-                text = row["note"] + ("" if row["note"] == TOO_SHORT else " (see the report)")
-                ax.annotate(text, (row["P"], row["speedup"]), xytext=(6, 4), textcoords="offset points", fontsize=8,
-                            color=style["color"])
-    ax.set_xticks(ps)
-    ax.set_xlabel("workers P (processes)")
-    ax.set_ylabel(f"speedup over {baseline.label} (x)")
-    ax.set_ylim(bottom=0)
-    add_legend(ax, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    runs_per = sorted({row["runs"] for row in rows})
-    each = f"median of {runs_per[-1]} runs, bars min-max" if runs_per[-1] > 1 else "one run each"
-    warm = rows[0]["warmup_steps"]
-    fig.suptitle(figure_title(f"Speedup (training time of the timed steps, first {warm} left out; {each})", runs))
-    ax.grid(alpha=0.3)
-    return save_png(fig, path)
 
 
 def plot_experiment(runs, baseline, out_dir) -> list[Path]:
