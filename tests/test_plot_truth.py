@@ -21,6 +21,7 @@ from matplotlib.text import Text
 
 from parsgd.analysis import figures, overhead_plots, plots, progress_plots, server_plots, speedup_plots, timeline
 from parsgd.analysis.commreport import comm_section
+from parsgd.analysis.repeats import repeat_note, repeat_of
 from parsgd.analysis.rundirs import load_run
 from parsgd.analysis.stepparts import step_parts
 from procs import cli_run, parsgd
@@ -284,3 +285,27 @@ def test_speedup_says_diverged_where_the_point_would_be(tmp_path, drawn):
     assert xs == {3}, "the diverged run has no point; pool P=3 has one"
     assert "pool (diverged at P=2)" in [t.get_text() for t in ax.get_legend().get_texts()]
     assert outside(drawn[0]) == []
+
+
+# -- (e) a plot of one repeat of several says so ------------------------------------------------------------
+def test_experiment_repeat_2_titles_say_which_repeat_and_speedup_says_median(tmp_path, drawn):
+    out = tmp_path / "results"
+    result = cli_run(["experiment", "--workers", "2", "--modes", "sequential,pool", "--repeat", "2", *ARGS,
+                      "--quiet", "--out", out])
+    assert result.exit_code == 0, result.output
+    titles = {fig.get_suptitle().split("\n")[0].split(" (")[0]: fig.get_suptitle() for fig in drawn}
+    one_of = [t for t in titles.values() if "repeat 1 of 2 of each configuration" in t.replace("\n", " ")]
+    assert len(one_of) == len(drawn) - 1 == 5, titles   # loss, accuracy, epoch_time, comm_overhead, accuracy_time
+    speedup = next(t for t in titles.values() if t.startswith("Speedup")).replace("\n", " ")
+    assert "median of 2 runs each, bars min-max" in speedup and "repeat" not in speedup, speedup
+    runs = {name: load_run(out / name) for name in ("sequential-r1", "sequential-r2", "pool-p2-r1")}
+    assert repeat_of(runs["sequential-r2"]) == (2, 2)
+    assert repeat_note([runs["sequential-r1"], runs["sequential-r2"]]) is None, "both repeats drawn"
+    assert repeat_note([runs["sequential-r2"], runs["pool-p2-r1"]]) == "sequential: repeat 2 of 2; pool P=2: repeat 1 of 2"
+    stale = relabel(out / "sequential-r2", out / "sequential-r3")   # left by an earlier experiment: started before r1
+    meta = json.loads((stale / "config.json").read_text())
+    meta["started"] = "2000-01-01T00:00:00+00:00"
+    (stale / "config.json").write_text(json.dumps(meta))
+    assert repeat_of(runs["sequential-r1"]) == (1, 2)
+    solo = relabel(out / "sequential-r1", tmp_path / "alone" / "sequential")
+    assert repeat_note([load_run(solo)]) is None and "repeat" not in figures.figure_title("x", [load_run(solo)])

@@ -21,6 +21,7 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.text import Annotation
 
+from parsgd.analysis.repeats import repeat_note
 from parsgd.analysis.rundirs import Run, load_run
 from parsgd.files import ensure_dir, write_file
 
@@ -245,13 +246,15 @@ def _value_key(word: str):
 
 
 def figure_title(what: str, runs: list[Run]) -> str:
-    """Figure title: `what`; the configuration the runs share; and, when they differ, how many runs
-    there are and every difference with its values and how many runs have each, e.g.
-    '4 runs, not all alike: n=2048 (3 runs) vs n=4096 (1 run)' (more than 4 values: first, second,
-    ..., last and how many)."""
+    """Figure title: `what`, with which repeat the runs are when each is one of several (repeats.repeat_note:
+    'Loss per epoch (repeat 1 of 3 of each configuration)'); the configuration the runs share; and, when
+    they differ, how many runs there are and every difference with its values and how many runs have
+    each, e.g. '4 runs, not all alike: n=2048 (3 runs) vs n=4096 (1 run)' (more than 4 values: first,
+    second, ..., last and how many)."""
     words = [config_words(r) for r in runs]
     differ = differing_fields(runs)
-    lines = [what, ", ".join(v for f, v in words[0].items() if f not in differ)]
+    note = repeat_note(runs)
+    lines = [f"{what} ({note})" if note else what, ", ".join(v for f, v in words[0].items() if f not in differ)]
     parts = []
     for f in differ:
         counts = Counter(w[f] for w in words)
