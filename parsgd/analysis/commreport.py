@@ -16,13 +16,14 @@ import textwrap
 import numpy as np
 
 from parsgd.analysis.rundirs import Run
-from parsgd.analysis.stepparts import bound_sentence, server_bytes, step_parts
+from parsgd.analysis.stepparts import WAIT_PARTS, bound_sentence, server_bytes, step_parts
 from parsgd.analysis.tables import format_table
 
 # Span names of comm.jsonl grouped into what the report calls them.
 CATEGORIES = {"serialize": ("serialize",), "transfer": ("send", "recv"), "wait": ("wait",),
               "deserialize": ("deserialize",), "compute": ("compute",), "update": ("update", "aggregate")}
 ROLE_ORDER = ("server", "worker")
+WAIT_NAMES = {"link": "on the link", "shards": "the shards", "server": "server work", "rest": "rest"}  # WAIT_PARTS
 
 
 def comm_breakdown(run: Run, since_step: int = 0) -> dict:
@@ -97,22 +98,44 @@ def median_parts(runs: list[Run]) -> dict | None:
     return merged
 
 
+def wait_split(bd: dict, parts: dict | None, role: str) -> dict[str, float]:
+    """The role's wait in `bd` (timed_breakdown: seconds per timed step) split into WAIT_PARTS (stepparts) in
+    the proportions of that role's summed parts, {part: seconds}; {} when `parts` is None or splits nothing."""
+    split = (parts or {}).get("waits", {}).get(role) or {}
+    total = sum(split.values())
+    if total <= 0:
+        return {}
+    wait = bd[role]["seconds"].get("wait", 0.0)
+    return {part: wait * split.get(part, 0.0) / total for part in WAIT_PARTS}
+
+
+def span_shares(runs: list[Run]) -> dict[str, dict[str, float]]:
+    """Per role, the shares of its span time per timed step that the role's `%` column of comm_section
+    prints: {category: share}, the wait split into "wait: " + WAIT_NAMES[part] where the section
+    indents it (BSP runs), else "wait"; {} without a communication log. Raises RunDirError."""
+    bd = timed_breakdown(runs)
+    parts = median_parts(runs) if bd else None
+    out = {}
+    for role, b in bd.items():
+        split, total = wait_split(bd, parts, role), b["total_s"]
+        shares = {}
+        for cat, seconds in b["seconds"].items():
+            pieces = {f"wait: {WAIT_NAMES[k]}": v for k, v in split.items()} if cat == "wait" and split else {cat: seconds}
+            shares.update({k: v / total if total > 0 else 0.0 for k, v in pieces.items()})
+        out[role] = shares
+    return out
+
+
 def _wait_rows(bd: dict, parts: dict | None, roles: list[str]) -> list[dict]:
-    """Sub-rows under `wait`: each role's wait split into WAIT_PARTS (stepparts), as ms per step and
-    shares of the role's total, in the proportions of that role's summed parts."""
-    if not parts:
-        return []
+    """Sub-rows under `wait`: each role's wait split into WAIT_PARTS (wait_split), as ms per step and
+    shares of the role's total."""
     rows = []
-    for part, name in (("link", "  on the link"), ("shards", "  the shards"), ("server", "  server work"),
-                       ("rest", "  rest")):
-        line = {"span": name}
+    for part in WAIT_PARTS:
+        line = {"span": f"  {WAIT_NAMES[part]}"}
         for role in roles:
-            split = parts["waits"].get(role) or {}
-            total = sum(split.values())
-            wait = bd[role]["seconds"].get("wait", 0.0)
-            ms = wait * split.get(part, 0.0) / total if total > 0 else 0.0
-            line[f"{role}_s"] = ms * 1e3
-            line[f"{role}_share"] = ms / bd[role]["total_s"] if bd[role]["total_s"] > 0 else 0.0
+            seconds = wait_split(bd, parts, role).get(part, 0.0)
+            line[f"{role}_s"] = seconds * 1e3
+            line[f"{role}_share"] = seconds / bd[role]["total_s"] if bd[role]["total_s"] > 0 else 0.0
         if any(line[f"{role}_s"] > 0 for role in roles):
             rows.append(line)
     return rows

@@ -2,8 +2,8 @@
 
     parsgd plot runs/sequential-p1 runs/ps-p2 -o plots/
 
-Sizes, fonts, markers and saving live in figures.py. `runs` arguments are lists of loaded Runs
-unless a docstring says paths are accepted too; `path` is the PNG to write (str or Path, folders
+Sizes, fonts, markers and saving live in figures.py; comm_overhead.png in overhead_plots.py and speedup.png
+in speedup_plots.py (both re-exported here). `runs` arguments are lists of loaded Runs unless a docstring says paths are accepted too; `path` is the PNG to write (str or Path, folders
 created). Every plot function returns the Path(s) it wrote and raises WriteError when a PNG cannot
 be written. A value that is null in a run's files (an empty test split's accuracy, a loss that was
 not finite) is a gap in its curve, and the figure says so instead of drawing an empty axis.
@@ -16,15 +16,13 @@ import numpy as np
 from matplotlib import rc_context
 from matplotlib.lines import Line2D
 
-from parsgd.analysis.figures import (FIGSIZE, FONTS, WIDE_FIGSIZE, WIDE_FONTS, as_run, epoch_axis, figure_title,
-                                     marker_style, new_figure, run_labels, save_png)
-from parsgd.analysis.report import comm_breakdown, with_baseline
+from parsgd.analysis.figures import (FIGSIZE, FONTS, WIDE_FIGSIZE, WIDE_FONTS, add_legend, as_run, epoch_axis,
+                                     figure_title, marker_style, new_figure, run_labels, save_png)
+from parsgd.analysis.overhead_plots import CATEGORY_COLORS, SHARE_COLORS, overhead_rows, plot_comm_overhead  # noqa: F401
+from parsgd.analysis.report import with_baseline
 from parsgd.analysis.rundirs import Run
+from parsgd.analysis.speedup_plots import plot_speedup  # noqa: F401
 from parsgd.analysis.timeline import plot_step_timeline
-
-CATEGORY_COLORS = {"serialize": "#1f77b4", "transfer": "#ff7f0e", "wait": "#c7c7c7",
-                   "deserialize": "#9467bd", "compute": "#d62728", "update": "#e377c2", "other": "#7f7f7f"}
-SHARE_COLORS = {"compute": "#d62728", "communication": "#ff7f0e", "other": "#c7c7c7"}
 
 
 def _same_as(runs: list[Run], labels: list[str], fields) -> list[str | None]:
@@ -86,7 +84,7 @@ def _per_epoch(runs, path, what, fields, ylabel) -> Path:
     any_same = any(s["same"] for s in series)
     notes = ["identical curves overlap:\nmarkers nest, smallest on top" if any_same else None, gaps]
     note = "\n\n".join(n for n in notes if n) or None
-    ax.legend(handles=handles, title=note, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + (len(runs) > 16))
+    add_legend(ax, handles=handles, title=note, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + (len(runs) > 16))
     if gaps and not any(np.isfinite(run.column(f)).any() for run in runs for f in fields):
         ax.text(0.5, 0.5, f"nothing to draw: no run has a value of {' or '.join(fields)}\n"
                 "(null in metrics.jsonl: an empty test split, or values that were not finite)",
@@ -115,124 +113,6 @@ def plot_accuracy(runs: list[Run], path) -> Path:
 def plot_epoch_time(runs: list[Run], path) -> Path:
     """Wall time per epoch (metrics.jsonl epoch_time_s, seconds) of every run; returns Path(path)."""
     return _per_epoch(runs, path, "Wall time per epoch", ("epoch_time_s",), "epoch time (s)")
-
-
-@rc_context(FONTS)
-def plot_speedup(runs: list[Run], baseline: Run, path) -> Path:
-    """Speedup against P, one line per mode/transport: the baseline's median s/step / the run's s/step
-    over the timed steps (warm-up left out; analysis/results.py), median of the repeats of a
-    configuration (runs with one label) with a min-max bar.
-
-    Standard definition of speedup; the dashed ideal line is linear scaling, speedup = P. A point
-    marked in the table (too short to time, above P) is labelled so. The baseline (and its repeats)
-    is the dotted line at 1. Returns Path(path); RunDirError for a corrupt check.npz; WriteError.
-    """
-    from parsgd.analysis.results import TOO_SHORT, records, table_rows
-
-    fig, axes = new_figure(FIGSIZE)
-    ax = axes[0, 0]
-    rows = table_rows(records(runs, baseline))
-    series: dict[str, list[dict]] = {}
-    skipped = [row["run"] for row in rows[1:] if row["speedup"] is None]  # nothing timed: no speedup to draw
-    for row in rows[1:]:
-        if row["speedup"] is not None:
-            key = " ".join(str(row[k]) for k in ("mode", "transport", "consistency") if row[k] not in (None, "bsp"))
-            series.setdefault(key, []).append(row)
-    if skipped:
-        ax.text(0.5, 0.02, f"left out, no timed steps after the warm-up: {', '.join(skipped)}",
-                ha="center", va="bottom", transform=ax.transAxes)
-    ps = sorted({1, *(row["P"] for pts in series.values() for row in pts)})
-    ax.plot(ps, ps, "k--", lw=1, label="ideal (speedup = P)")
-    ax.axhline(1.0, color="gray", ls=":", lw=1, label=f"{baseline.label} baseline")
-    for i, (key, pts) in enumerate(sorted(series.items())):
-        pts.sort(key=lambda row: row["P"])
-        x, y = [row["P"] for row in pts], [row["speedup"] for row in pts]
-        ranges = [row["speedup_range"] or (row["speedup"], row["speedup"]) for row in pts]  # None: one run
-        err = [[row["speedup"] - lo for row, (lo, _) in zip(pts, ranges)],
-               [hi - row["speedup"] for row, (_, hi) in zip(pts, ranges)]]
-        style = marker_style(i, len(series))
-        ax.errorbar(x, y, yerr=err, lw=1.5, capsize=4, label=key, **style)
-        for row in pts:  # the table's mark: too short to time, or above P (the report says why)
-            if row["note"]:
-                text = row["note"] + ("" if row["note"] == TOO_SHORT else " (see the report)")
-                ax.annotate(text, (row["P"], row["speedup"]), xytext=(6, 4), textcoords="offset points", fontsize=8,
-                            color=style["color"])
-    ax.set_xticks(ps)
-    ax.set_xlabel("workers P (processes)")
-    ax.set_ylabel(f"speedup over {baseline.label} (x)")
-    ax.set_ylim(bottom=0)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    runs_per = sorted({row["runs"] for row in rows})
-    each = f"median of {runs_per[-1]} runs, bars min-max" if runs_per[-1] > 1 else "one run each"
-    warm = rows[0]["warmup_steps"]
-    fig.suptitle(figure_title(f"Speedup (training time of the timed steps, first {warm} left out; {each})", runs))
-    ax.grid(alpha=0.3)
-    return save_png(fig, path)
-
-
-def _epoch_shares(run: Run) -> dict[str, float]:
-    """compute / communication / other as shares of the summed epoch wall time (metrics.jsonl)."""
-    total_s = np.nansum(run.column("epoch_time_s"))  # null (NaN) epochs left out
-    compute_s, comm_s = np.nansum(run.column("compute_s")), np.nansum(run.column("comm_s"))
-    denom_s = max(total_s, compute_s + comm_s)  # parallel workers' compute can exceed wall time
-    if denom_s <= 0:
-        return {"compute": 0.0, "communication": 0.0, "other": 1.0}
-    return {"compute": compute_s / denom_s, "communication": comm_s / denom_s,
-            "other": 1 - (compute_s + comm_s) / denom_s}
-
-
-def _stacked(ax, names, shares: list[dict], colors: dict, xlabel: str, title: str):
-    """Horizontal stacked bars (long configuration names stay readable), first name on top."""
-    y = np.arange(len(names))
-    left = np.zeros(len(names))
-    for cat, color in colors.items():
-        vals = np.array([s.get(cat, 0.0) for s in shares]) * 100
-        if vals.any():
-            ax.barh(y, vals, left=left, color=color, label=cat, edgecolor="white", lw=0.5)
-            left += vals
-    ax.set_yticks(y)
-    ax.set_yticklabels(names)
-    ax.set_ylim(len(names) - 0.5, -0.5)
-    ax.set_xlim(0, 100)
-    ax.set_xlabel(xlabel)
-    ax.set_title(title)
-    ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)  # 3 wide: fits a panel narrowed by long names
-
-
-def overhead_rows(runs: list[Run]) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
-    """The bars of comm_overhead.png as (name, {category: share}) rows, top first: left, one per run
-    given, in order (_epoch_shares); right, one per role of each parameter-server run
-    (report.comm_breakdown). Names come from run_labels. Raises RunDirError (corrupt comm.jsonl)."""
-    labels = run_labels(runs)
-    left = [(label, _epoch_shares(run)) for run, label in zip(runs, labels)]
-    right = [(f"{label} {role}", bd["shares"]) for run, label in zip(runs, labels)
-             for role, bd in comm_breakdown(run).items()]
-    return left, right
-
-
-@rc_context(WIDE_FONTS)
-def plot_comm_overhead(runs: list[Run], path) -> Path:
-    """Two panels of % bars (overhead_rows); returns Path(path). Raises RunDirError if a comm.jsonl
-    is corrupt, WriteError.
-
-    Left: compute / communication / other share of each run's epoch time (metrics.jsonl), every
-    run given; right: span categories per role of the PS runs among them (report.comm_breakdown).
-    """
-    fig, axes = new_figure(WIDE_FIGSIZE, 1, 2)
-    left, right = axes[0]
-    left_rows, right_rows = overhead_rows(runs)
-    _stacked(left, [n for n, _ in left_rows], [sh for _, sh in left_rows], SHARE_COLORS,
-             "share of epoch wall time (%)", "compute vs communication (metrics.jsonl)")
-    names, shares = [n for n, _ in right_rows], [sh for _, sh in right_rows]
-    if names:
-        _stacked(right, names, shares, CATEGORY_COLORS, "share of span time per role (%)",
-                 "parameter-server spans (transfer = send + recv)")
-    else:
-        right.text(0.5, 0.5, "no parameter-server runs", ha="center", va="center", transform=right.transAxes)
-        right.set_axis_off()
-    fig.suptitle(figure_title("Communication overhead", runs))
-    return save_png(fig, path)
 
 
 def plot_experiment(runs, baseline, out_dir) -> list[Path]:

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib import rc_context
 
-from parsgd.analysis.figures import FIGSIZE, FONTS, figure_title, marker_style, new_figure, run_labels, save_png
+from parsgd.analysis.figures import (FIGSIZE, FONTS, add_legend, figure_title, marker_style, new_figure, run_labels,
+                                     save_png)
 from parsgd.analysis.rundirs import Run
 
 MAX_PANELS_PER_ROW = 3
@@ -41,7 +42,7 @@ def plot_accuracy_time(runs: list[Run], path) -> Path:
     ax.set_xlim(left=0)
     ax.set_xlabel("cumulative training time (s, sum of epoch_time_s)")
     ax.set_ylabel("test accuracy (fraction correct)")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + (len(runs) > 16))
+    add_legend(ax, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + (len(runs) > 16))
     ax.grid(alpha=0.3)
     fig.suptitle(figure_title("Test accuracy against wall time (one marker per epoch)", runs))
     return save_png(fig, path)

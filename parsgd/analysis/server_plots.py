@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib import rc_context
 
-from parsgd.analysis.figures import FIGSIZE, FONTS, as_run, figure_title, new_figure, run_labels, save_png
+from parsgd.analysis.figures import (FIGSIZE, FONTS, add_legend, as_run, figure_title, new_figure, run_labels,
+                                     save_png)
 from parsgd.analysis.rundirs import Run
 from parsgd.analysis.stepparts import server_bytes
 
@@ -52,7 +53,7 @@ def plot_server_load(runs, path) -> Path | None:
         ax.set_ylabel("KB per step through its socket")
         ax.set_title(f"{s['label']}: load imbalance (max / mean) {s['imbalance_params']:.2f} in parameters, "
                      f"{s['imbalance_bytes']:.2f} in bytes")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        add_legend(ax, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(figure_title("What each parameter server holds and moves", runs))
     return save_png(fig, path)

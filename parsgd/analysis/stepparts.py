@@ -82,6 +82,30 @@ def _per_step(comm, mask, steps, column: str = "dur_s") -> np.ndarray:
     return out
 
 
+def busiest_need(needs: dict, steps: list[int]) -> tuple[str | None, np.ndarray, np.ndarray]:
+    """(the busiest link's name, e.g. 'server 0', or None; its need per step; its floor per step) of
+    link_needs(run, steps): the link whose median need is largest sets the pace (zeros without links)."""
+    if not needs:
+        return None, np.zeros(len(steps)), np.zeros(len(steps))
+    busiest = max(needs, key=lambda k: float(np.median(needs[k][0])))
+    return (busiest, *needs[busiest])
+
+
+def link_in_waits(run: Run, steps: list[int]) -> dict[tuple[str, int], np.ndarray]:
+    """Per track (role, rank) of a BSP run on emulated links, the seconds of its wait in each of `steps`
+    that step_parts books to the link: min(its wait, the busiest link's need). {} without links, or for
+    ssp / async runs (their waits are not split). Raises RunDirError."""
+    comm = run.comm
+    if comm is None or run.consistency not in (None, "bsp"):
+        return {}
+    busiest, need, _ = busiest_need(link_needs(run, steps), steps)
+    if busiest is None:
+        return {}
+    waits = (comm.span == "wait") & np.isfinite(comm.dur_s)
+    return {(role, rank): np.minimum(_per_step(comm, waits & (comm.role == role) & (comm.rank == rank), steps), need)
+            for role, rank in comm.tracks()}
+
+
 def step_parts(run: Run) -> dict | None:
     """The median per step (seconds) of `step`, `server`, `wait`, `link`, `compute`, `rest`, the link's
     need (out + in) / rate `link_need` and the bandwidth floor `floor`, with `steps` counted, `bound` (the largest of PARTS), `rate` (payload bytes/s or
@@ -101,10 +125,9 @@ def step_parts(run: Run) -> dict | None:
     work = _per_step(comm, server & np.isin(comm.span, SERVER_WORK), steps)
     computes = _compute_by_rank(comm, steps)
     slowest = np.max(np.stack(list(computes.values())), axis=0) if computes else np.zeros(len(steps))
-    needs = link_needs(run, steps)   # every server's and worker's link: the busiest one sets the pace
-    busiest = max(needs, key=lambda k: float(np.median(needs[k][0]))) if needs else None
+    needs = link_needs(run, steps)
+    busiest, need, floor = busiest_need(needs, steps)
     rate = link_rate(run, servers=busiest.startswith("server")) if busiest else None
-    need, floor = needs[busiest] if needs else (np.zeros(len(steps)), np.zeros(len(steps)))
     link = np.minimum(wait, need)
     compute = np.minimum(wait - link, slowest)
     rest = wait - link - compute

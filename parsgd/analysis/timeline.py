@@ -13,9 +13,11 @@ import numpy as np
 from matplotlib import rc_context
 from matplotlib.patches import Patch
 
-from parsgd.analysis.figures import (WIDE_FIGSIZE, WIDE_FONTS, as_run, figure_title, folder_names, new_figure,
-                                     run_labels, save_png)
+from parsgd.analysis.figures import (WIDE_FIGSIZE, WIDE_FONTS, add_legend, as_run, figure_title, folder_names,
+                                     new_figure, run_labels, save_png)
+from parsgd.analysis.overhead_plots import CATEGORY_COLORS
 from parsgd.analysis.rundirs import CommSpans, Run, RunDirError
+from parsgd.analysis.stepparts import link_in_waits
 from parsgd.ps.protocol import SPANS
 
 TIMELINE_STEPS = 20
@@ -24,6 +26,8 @@ SPAN_COLORS = dict(zip(SPANS, ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#d62
                                "#c7c7c7", "#8c564b", "#e377c2")))
 GAP_COLOR = "#fff2b3"     # the band of an epoch end (test-set evaluation): no span is timed there
 GAP_LABEL = "epoch end: test-set evaluation,\nmetrics, checkpoint (no spans)"
+LINK_COLOR = CATEGORY_COLORS["wait: on the link"]   # as comm_overhead.png
+LINK_LABEL = "wait: on the link\n(the step's bytes / the link\nrate, as in the report)"
 
 
 def timeline_steps(comm: CommSpans, max_steps: int = TIMELINE_STEPS) -> np.ndarray:
@@ -83,6 +87,27 @@ def evaluation_gaps(run: Run, steps, mask) -> list[tuple[int, float, float]]:
     return gaps
 
 
+def link_segments(run: Run, steps, mask) -> dict[tuple[str, int], list[tuple[int, float, float]]]:
+    """On emulated links (BSP): per track (role, rank), the (step, start_s, dur_s) pieces of its wait spans in
+    `steps` that stepparts.link_in_waits books to the link, the last seconds of each step's waits (a
+    wait ends when the bytes it waits for are in). {} without links, or for ssp / async runs.
+    `mask`: the spans that count (finite times)."""
+    comm, out = run.comm, {}
+    for (role, rank), per_step in link_in_waits(run, [int(s) for s in steps]).items():
+        pieces = []
+        track = mask & (comm.role == role) & (comm.rank == rank) & (comm.span == "wait")
+        for step, left_s in zip(steps, per_step):
+            sel = track & (comm.step == step)
+            for t_s, dur_s in sorted(zip(comm.t_s[sel], comm.dur_s[sel]), reverse=True):
+                if left_s <= 0:
+                    break
+                take_s = min(dur_s, left_s)
+                pieces.append((int(step), float(t_s + dur_s - take_s), float(take_s)))
+                left_s -= take_s
+        out[(role, rank)] = pieces
+    return out
+
+
 def _draw_timeline(ax, run: Run, max_steps: int, label: str | None = None) -> list[tuple[int, float, float]]:
     """One panel, titled `label` (default run.label with its folder); returns the evaluation_gaps drawn."""
     comm = run.comm
@@ -108,6 +133,12 @@ def _draw_timeline(ax, run: Run, max_steps: int, label: str | None = None) -> li
             color = SPAN_COLORS.get(str(span), "#7f7f7f")
             ax.broken_barh(list(zip(start_ms[sel], dur_ms[sel])), (row - 0.4, 0.8), facecolors=color)
             present.append(str(span))
+    links = link_segments(run, steps, mask)
+    for row, track in enumerate(tracks):   # over the wait bars, within them
+        bars = [(lo, hi - lo) for lo, hi in (((max(t, t0_s) - t0_s) * 1e3, (t + d - t0_s) * 1e3)
+                                             for _, t, d in links.get(track, ())) if hi > lo]
+        if bars:
+            ax.broken_barh(bars, (row - 0.4, 0.8), facecolors=LINK_COLOR, gid="link")
     x_steps_ms = (starts_s - t0_s) * 1e3
     for x_ms in x_steps_ms:
         ax.axvline(x_ms, color="black", lw=0.6, alpha=0.5)
@@ -140,9 +171,11 @@ def _draw_timeline(ax, run: Run, max_steps: int, label: str | None = None) -> li
     ax.set_title(f"{label or f'{run.label} ({run.path.name})'}: {shown_steps}")
     order = [s for s in (*SPANS, *sorted(set(present))) if s in present]
     handles = [Patch(color=SPAN_COLORS.get(s, "#7f7f7f"), label=s) for s in dict.fromkeys(order)]
+    if any(links.values()):
+        handles.append(Patch(color=LINK_COLOR, label=LINK_LABEL))
     if gaps:
         handles.append(Patch(color=GAP_COLOR, label=GAP_LABEL))
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    add_legend(ax, handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return gaps
 
 
