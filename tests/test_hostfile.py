@@ -1,11 +1,19 @@
-"""Hostfiles, -H lists, the placement rule, Slurm nodelists and the environment contracts of `parsgd node`:
-pure functions, checked in milliseconds (parsgd/cluster/hostfile.py, parsgd/cluster/contract.py)."""
+"""Hostfiles, -H lists, the placement rule, Slurm nodelists, the environment contracts of `parsgd node` and the
+commands `launch --hostfile` builds: pure functions, checked in milliseconds (parsgd/cluster/hostfile.py,
+parsgd/cluster/contract.py, parsgd/jobs/remote.py plan), and the --dry-run output, golden."""
 from __future__ import annotations
+
+import os
+import subprocess
 
 import pytest
 
 from parsgd.cluster.contract import ContractError, expand_nodelist, resolve
 from parsgd.cluster.hostfile import Host, HostfileError, parse_hostfile, parse_hostfile_text, parse_hosts, place
+from parsgd.jobs.remote import HostsOptions, forwarded_env, plan
+from procs import PY
+
+ARGS = ["--dataset", "synthetic", "--num-samples", "2030", "--epochs", "1", "--dtype", "float64"]
 
 
 def test_hostfile_format():
@@ -115,6 +123,8 @@ def test_contract_openmpi_and_torchrun():
     torch = {"RANK": "0", "WORLD_SIZE": "5", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
     r = resolve(torch)
     assert (r.source, r.role, r.workers, r.server_host, r.port) == ("torchrun", "server", 4, "127.0.0.1", 29500)
+    assert resolve(torch, port=7000).port == 7000  # --port beats MASTER_PORT
+    assert resolve(dict(torch, TORCHELASTIC_USE_AGENT_STORE="True")).port == 29501  # torchrun's store has 29500
     with pytest.raises(ContractError, match="MASTER_PORT is not"):
         resolve({"RANK": "0", "WORLD_SIZE": "5", "MASTER_ADDR": "h"})
 
@@ -132,3 +142,66 @@ def test_contract_errors(env, what):
     with pytest.raises(ContractError, match=what) as e:
         resolve(env)
     assert e.value.exit_code == 2 and "\n" not in str(e.value)
+
+
+def test_plan_commands():
+    opts = HostsOptions(tuple(parse_hosts("h1:2,h2")), "ssh -p 2222 {host}", "/opt/my python", (("A", "x y"),), 6000)
+    got = plan(1, None, opts)
+    assert [(p.label, p.argv[:4]) for p in got] == [("h1 server 0", ("ssh", "-p", "2222", "h1")),
+                                                    ("h1 worker 0", ("ssh", "-p", "2222", "h1")),
+                                                    ("h2 worker 1", ("ssh", "-p", "2222", "h2"))]
+    # ssh hands the words to the remote shell: each is quoted for it
+    assert got[2].argv[4:] == ("env", "PARSGD_RANK=2", "PARSGD_WORLD_SIZE=3", "PARSGD_SERVER=h1:6000", "PARSGD_HOST=h2",
+                               "PYTHONUNBUFFERED=1", "'A=x y'", "'/opt/my python'", "-m", "parsgd", "node", "--stdin",
+                               "--servers", "1")
+    local = plan(1, 1, HostsOptions((Host("localhost", 2),), "ssh {host}", "/opt/my python"))
+    assert local[1].argv == ("env", "PARSGD_RANK=1", "PARSGD_WORLD_SIZE=2", "PARSGD_SERVER=localhost:5555",
+                             "PARSGD_HOST=localhost", "PYTHONUNBUFFERED=1", "/opt/my python", "-m", "parsgd", "node",
+                             "--stdin", "--servers", "1")  # run here, no template, no shell: unquoted
+
+
+@pytest.mark.parametrize("hosts, rsh, what", [
+    ("localhost:2,h2", "ssh {host}", "localhost cannot be mixed with other hosts"),
+    ("h1:2", "ssh", "has no {host}"),
+    ("h1", "ssh {host}", "1 slot"),
+])
+def test_plan_errors(hosts, rsh, what):
+    with pytest.raises(HostfileError, match=what):
+        plan(1, None, HostsOptions(tuple(parse_hosts(hosts)), rsh, "py"))
+
+
+def test_forwarded_env():
+    assert forwarded_env(("A=1", "B"), {"B": "2"}) == (("A", "1"), ("B", "2"))
+    with pytest.raises(HostfileError, match="-x C: C is not set here"):
+        forwarded_env(("C",), {})
+    with pytest.raises(HostfileError, match="give NAME or NAME=VALUE"):
+        forwarded_env(("1X=2",), {})
+
+
+def test_dry_run_golden(tmp_path):
+    """--dry-run prints every command, the environment it sets and what goes on stdin; nothing starts."""
+    (tmp_path / "hosts").write_text("198.18.2.1 slots=2\n198.18.2.2\n")
+    got = subprocess.run(PY + ["launch", "--hostfile", str(tmp_path / "hosts"), "--rsh", "ssh -F /cfg {host}",
+                               "--remote-python", "/opt/py", "-x", "PYTHONPATH=/src", "--port", "6000", "--dry-run",
+                               "--out", "/runs/x", *ARGS], capture_output=True, text=True, timeout=30)
+    assert got.returncode == 0, got.stderr
+    env = "PARSGD_WORLD_SIZE=3 PARSGD_SERVER=198.18.2.1:6000 PARSGD_HOST={h} PYTHONUNBUFFERED=1 PYTHONPATH=/src"
+    cmd = "ssh -F /cfg {h} env PARSGD_RANK={r} " + env + " /opt/py -m parsgd node --stdin --servers 1"
+    lines = ["[dry-run] 3 processes on 2 host(s); the run directory /runs/x on 198.18.2.1"]
+    for r, (h, label, stdin) in enumerate([
+            ("198.18.2.1", "server 0", "the run's CURVE keys and the run spec (config, server options, --out)"),
+            ("198.18.2.1", "worker 0", "the worker's CURVE keys"), ("198.18.2.2", "worker 1", "the worker's CURVE keys")]):
+        lines += [f"[dry-run] {h} {label}: " + cmd.format(h=h, r=r),
+                  f"[dry-run]   environment: PARSGD_RANK={r} " + env.format(h=h),
+                  f"[dry-run]   stdin: {stdin}, then kept open (EOF stops the node)"]
+    assert got.stdout.splitlines() == lines
+    assert not (tmp_path / "runs").exists()
+
+
+def test_node_without_a_contract_is_one_line():
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "PARSGD_RANK", "SLURM_PROCID",
+                                                              "OMPI_COMM_WORLD_RANK")}
+    got = subprocess.run(PY + ["node"], capture_output=True, text=True, env=env, timeout=30)
+    assert got.returncode == 2 and got.stdout == ""
+    assert got.stderr == ("error: parsgd node found no rank in the environment: run it under srun, mpirun or "
+                          "torchrun, or set PARSGD_RANK, PARSGD_WORLD_SIZE and PARSGD_SERVER=HOST:PORT\n")

@@ -7,7 +7,6 @@ import glob
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -61,18 +60,39 @@ def run(*argv, timeout=120):
     return subprocess.run(PY + ["launch", *argv], capture_output=True, text=True, timeout=timeout)
 
 
-def test_launch_on_namespace_hosts_equals_train(tmp_path, hosts):
+@pytest.mark.parametrize("servers", [1, 2])
+def test_launch_on_namespace_hosts_equals_train(tmp_path, hosts, servers):
+    """One server with keys made for the run (hostfile), or two (a range server beside server 0) with the user's
+    --keys (-H); each equals train."""
     before = node_dirs()
     h0, h1 = hosts.hosts
-    (tmp_path / "hosts").write_text(f"# two hosts\n{h0} slots=2\n{h1}\n")
-    got = run("--hostfile", str(tmp_path / "hosts"), "--rsh", NETNS_RSH, *ARGS, "--out", str(tmp_path / "run"))
+    if servers == 1:
+        (tmp_path / "hosts").write_text(f"# two hosts\n{h0} slots=2\n{h1}\n")
+        where = ["--hostfile", str(tmp_path / "hosts")]
+    else:
+        subprocess.run(PY + ["keygen", str(tmp_path / "keys")], check=True, capture_output=True)
+        where = ["-H", f"{h0}:2,{h1}:2", "--servers", "2", "--keys", str(tmp_path / "keys")]
+    got = run(*where, "--rsh", NETNS_RSH, *ARGS, "--out", str(tmp_path / "run"))
     assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
     assert "Traceback" not in got.stdout + got.stderr
     assert f"[{h0} server 0] server listening on tcp://{h0}:5555" in got.stdout
     assert f"[{h1} worker 1] worker 1: data loaded" in got.stdout
+    if servers == 2:
+        assert f"[{h0} server 1] server 1: stopped by server 0 (training finished)" in got.stdout
     oracle = sequential_params(tmp_path, *ARGS)
     assert np.max(np.abs(load_params(tmp_path / "run") - oracle)) < 1e-8
     assert wait_clean(hosts, before) == []
+
+
+def test_localhost_runs_here_without_rsh(tmp_path):
+    """`-H localhost:3`: this machine, no --rsh (a template that would fail shows it is not used)."""
+    from procs import free_port
+
+    port = str(free_port())
+    got = run("-H", "localhost:3", "--rsh", "/nonexistent {host}", "--port", port, *ARGS, "--out", str(tmp_path / "run"))
+    assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
+    assert f"[localhost server 0] server listening on tcp://127.0.0.1:{port}" in got.stdout
+    assert np.max(np.abs(load_params(tmp_path / "run") - sequential_params(tmp_path, *ARGS))) < 1e-8
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
@@ -127,25 +147,6 @@ def test_another_version_is_refused(tmp_path, hosts):
     assert wait_clean(hosts, node_dirs()) == []
 
 
-def test_dry_run_golden(tmp_path):
-    """--dry-run prints every command, the environment it sets and what goes on stdin; nothing starts."""
-    (tmp_path / "hosts").write_text("198.18.2.1 slots=2\n198.18.2.2\n")
-    got = run("--hostfile", str(tmp_path / "hosts"), "--rsh", "ssh -F /cfg {host}", "--remote-python", "/opt/py",
-              "-x", "PYTHONPATH=/src", "--port", "6000", "--dry-run", "--out", "/runs/x", *ARGS, timeout=30)
-    assert got.returncode == 0, got.stderr
-    env = "PARSGD_WORLD_SIZE=3 PARSGD_SERVER=198.18.2.1:6000 PARSGD_HOST={h} PYTHONUNBUFFERED=1 PYTHONPATH=/src"
-    cmd = "ssh -F /cfg {h} env PARSGD_RANK={r} " + env + " /opt/py -m parsgd node --stdin --servers 1"
-    lines = ["[dry-run] 3 processes on 2 host(s); the run directory /runs/x on 198.18.2.1"]
-    for r, (h, label, stdin) in enumerate([
-            ("198.18.2.1", "server 0", "the run's CURVE keys and the run spec (config, server options, --out)"),
-            ("198.18.2.1", "worker 0", "the worker's CURVE keys"), ("198.18.2.2", "worker 1", "the worker's CURVE keys")]):
-        lines += [f"[dry-run] {h} {label}: " + cmd.format(h=h, r=r),
-                  f"[dry-run]   environment: PARSGD_RANK={r} " + env.format(h=h),
-                  f"[dry-run]   stdin: {stdin}, then kept open (EOF stops the node)"]
-    assert got.stdout.splitlines() == lines
-    assert not (tmp_path / "runs").exists()
-
-
 def test_node_under_torchrun_variables_equals_train(tmp_path):
     """Three `parsgd node` processes told their rank as torchrun tells it (RANK, WORLD_SIZE, MASTER_ADDR,
     MASTER_PORT) on loopback, started in any order: server 0 and two workers train the same model as train."""
@@ -167,12 +168,3 @@ def test_node_under_torchrun_variables_equals_train(tmp_path):
     assert f"server listening on tcp://127.0.0.1:{port}" in outs[1] and "worker 1: data loaded" in outs[0]
     oracle = sequential_params(tmp_path, *ARGS)
     assert np.max(np.abs(load_params(tmp_path / "run") - oracle)) < 1e-8
-
-
-def test_node_without_a_contract_is_one_line():
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "PARSGD_RANK", "SLURM_PROCID",
-                                                              "OMPI_COMM_WORLD_RANK")}
-    got = subprocess.run(PY + ["node"], capture_output=True, text=True, env=env, timeout=30)
-    assert got.returncode == 2 and got.stdout == ""
-    assert got.stderr == ("error: parsgd node found no rank in the environment: run it under srun, mpirun or "
-                          "torchrun, or set PARSGD_RANK, PARSGD_WORLD_SIZE and PARSGD_SERVER=HOST:PORT\n")

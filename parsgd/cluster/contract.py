@@ -12,7 +12,9 @@
 | Open MPI | OMPI_COMM_WORLD_RANK | OMPI_COMM_WORLD_SIZE | MASTER_ADDR | MASTER_PORT, else the option |
 | torchrun | RANK | WORLD_SIZE | MASTER_ADDR | MASTER_PORT |
 
-MASTER_ADDR / MASTER_PORT, when set, also name server 0 under Slurm; `--server-addr` beats them all.
+MASTER_ADDR / MASTER_PORT, when set, also name server 0 under Slurm; `--server-addr` beats them all, and
+`--port` beats MASTER_PORT. Under torchrun's agent store (TORCHELASTIC_USE_AGENT_STORE=True, what torchrun
+sets) torchrun itself listens on MASTER_PORT, so server 0 takes MASTER_PORT + 1.
 PARSGD_ROLE (`server` or `worker`), if set, must agree with the rank. Rank r < S is server r (rank 0:
 server 0, the coordinator), rank r >= S is worker r - S, so a world of W runs W - S workers.
 PARSGD_HOST (else SLURMD_NODENAME) names this node's own host, where a range server listens.
@@ -135,7 +137,7 @@ def resolve(env: Mapping[str, str], servers: int = 1, port: int | None = None,
             server_addr: str | None = None) -> NodeRole:
     """This process's NodeRole from `env` (os.environ), for a run of `servers` servers.
 
-    `port`: server 0's port when the contract gives none (default DEFAULT_PORT); `server_addr`:
+    `port`: server 0's port (--port), before MASTER_PORT (default DEFAULT_PORT); `server_addr`:
     HOST[:PORT] of server 0, given on the command line, before anything the environment says. Raises
     ContractError when no contract is found, a variable is missing or malformed, the rank is not below
     the world size, the world has no room for a worker, or PARSGD_ROLE disagrees with the rank."""
@@ -170,8 +172,12 @@ def resolve(env: Mapping[str, str], servers: int = 1, port: int | None = None,
     if not host:
         raise ContractError(f"the {source} environment names no server host: set MASTER_ADDR=HOST (e.g. mpirun -x "
                             "MASTER_ADDR=$(hostname)) or pass --server-addr HOST")
+    if given_port is None and port is not None:
+        given_port = port  # --port: the user's choice beats MASTER_PORT
     if given_port is None and "MASTER_PORT" in env and source != "parsgd":
         given_port = _host_port("x:" + env["MASTER_PORT"], "MASTER_PORT")[1]
+        if env.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true":
+            given_port = given_port % 65535 + 1  # torchrun's own store listens on MASTER_PORT: the next one
     if given_port is None and source == "torchrun":
         raise ContractError("RANK is set but MASTER_PORT is not: torchrun sets both; export MASTER_PORT=PORT")
     role = "server" if rank < servers else "worker"
@@ -180,4 +186,4 @@ def resolve(env: Mapping[str, str], servers: int = 1, port: int | None = None,
         raise ContractError(f"PARSGD_ROLE={wanted} but {rank_var}={rank} makes this process a {role} "
                             f"(ranks 0..{servers - 1} are the servers); unset PARSGD_ROLE or fix the rank")
     return NodeRole(source, role, rank if role == "server" else rank - servers, rank, world, servers, host,
-                    given_port or port or DEFAULT_PORT, env.get("PARSGD_HOST") or env.get("SLURMD_NODENAME") or None)
+                    given_port or DEFAULT_PORT, env.get("PARSGD_HOST") or env.get("SLURMD_NODENAME") or None)
