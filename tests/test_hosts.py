@@ -107,8 +107,16 @@ def test_a_killed_launcher_leaves_nothing_on_any_host(tmp_path, hosts, how):
             if "READY sent" in line or time.monotonic() > deadline:
                 break
         assert len(node_dirs() - before) == 2 and all(hosts.pids().values())
+        if how == "SIGTERM":
+            time.sleep(1.0)  # past step 0 (about 100 steps a second here), so server 0 has a checkpoint to write
         launcher.send_signal(getattr(signal, how))
-        launcher.wait(timeout=30)
+        rest = launcher.communicate(timeout=30)[0]
+        if how == "SIGTERM":  # EOF to every node: server 0 checkpoints and says so, the launcher exits 130
+            assert launcher.returncode == 130 and rest.rstrip().endswith("error: interrupted by SIGTERM"), rest[-2000:]
+            h0 = hosts.hosts[0]
+            assert (f"[{h0} server 0] error: interrupted by SIGTERM at step ") in rest  # a checkpoint, and by hand:
+            assert (f"continue with `parsgd server --resume {tmp_path / 'run'} --bind tcp://{h0}:5555 --keys DIR` on "
+                    f"{h0}, and workers started with `parsgd worker --connect tcp://{h0}:5555 --keys DIR`") in rest
         assert wait_clean(hosts, before) == []
     finally:
         if launcher.poll() is None:

@@ -252,7 +252,11 @@ def launch_hosts(cfg, sopts, opts: HostsOptions, out: str, echo, force: bool = F
             keygen(Path(tmp) / "keys")
         keys = _read_keys(opts.keys or str(Path(tmp) / "keys"))
         shutil.rmtree(Path(tmp) / "keys", ignore_errors=True)  # the payloads hold them now
-        spec = ServerSpec(config=cfg, server=sopts, out=out, force=force).to_dict()
+        # the keys folder of a node goes with it, and --hostfile has no --resume: say what continues by hand
+        resume = f"parsgd server --resume {out} --bind tcp://{plans[0].host}:{opts.port} --keys DIR` on {plans[0].host}" \
+                 f", and workers started with `parsgd worker --connect tcp://{plans[0].host}:{opts.port} --keys DIR"
+        spec = ServerSpec(config=cfg, server=dataclasses.replace(sopts, resume_command=resume), out=out,
+                          force=force).to_dict()
         nodes = [RemoteNode(p, echo) for p in plans]
         _await_hello(nodes, hello())
         for n in nodes:
