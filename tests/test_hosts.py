@@ -141,18 +141,24 @@ def test_bad_hosts_are_one_line_and_leave_nothing(tmp_path, hosts):
         assert wait_clean(hosts, before) == []
 
 
-def test_another_version_is_refused(tmp_path, hosts):
-    """A host whose parsgd answers with another version line: one line naming the host and both versions."""
-    fake = tmp_path / "python"  # stands in for another installation's interpreter: it answers, then waits
-    fake.write_text("#!/bin/sh\necho 'parsgd node 0.0.1 protocol 1'\nexec cat >/dev/null\n")
+@pytest.mark.parametrize("answer, said", [
+    ("echo 'parsgd node 0.0.1 protocol 1'; exec cat >/dev/null",
+     "the host answers 'parsgd node 0.0.1 protocol 1', this launcher is 'parsgd node 0.1.0 protocol 4': install the "
+     "same parsgd version there"),
+    ("echo 'a login script line'; echo \"error: No such command 'node'.\" >&2; exit 2",
+     "No such command 'node'.; that parsgd has no `node` command: install this version there"),
+])
+def test_another_version_is_refused(tmp_path, hosts, answer, said):
+    """A host whose parsgd answers with another version line, or is older than `node`: one line naming the host."""
+    before = node_dirs()
+    fake = tmp_path / "python"  # stands in for another installation's interpreter
+    fake.write_text(f"#!/bin/sh\n{answer}\n")
     fake.chmod(0o755)
     got = run("-H", ",".join(hosts.hosts), "--rsh", NETNS_RSH, "--remote-python", str(fake), *ARGS, "--out",
               str(tmp_path / "run"))
     assert got.returncode == 1, got.stderr
-    assert got.stderr.strip() == (f"error: {hosts.hosts[0]} server 0: the host answers 'parsgd node 0.0.1 protocol "
-                                  "1', this launcher is 'parsgd node 0.1.0 protocol 4': install the same parsgd "
-                                  "version there")
-    assert wait_clean(hosts, node_dirs()) == []
+    assert got.stderr.strip() == f"error: {hosts.hosts[0]} server 0: {said}"
+    assert wait_clean(hosts, before) == []
 
 
 def test_node_under_torchrun_variables_equals_train(tmp_path):

@@ -154,7 +154,7 @@ class RemoteNode:
     def _pump(self, stream, first_is_hello: bool) -> None:
         for raw in stream:
             line = raw.decode(errors="replace").rstrip()
-            if first_is_hello:
+            if first_is_hello and line.startswith("parsgd node "):  # a login script may print lines before it
                 first_is_hello = False
                 self.hello.put(line)
                 continue
@@ -209,8 +209,10 @@ def _await_hello(nodes: list[RemoteNode], expected: str) -> None:
         if line is None:
             n.proc.wait(timeout=10)
             said = n.failure()
-            raise RemoteError(said + ("; install parsgd there, or point --remote-python at a python that has it"
-                                      if "No module named" in said else ""))
+            hint = ("; install parsgd there, or point --remote-python at a python that has it" if "No module named" in
+                    said else "; that parsgd has no `node` command: install this version there" if
+                    "No such command 'node'" in said else "")
+            raise RemoteError(said + hint)
         if line != expected:
             raise RemoteError(f"{n.label}: the host answers {line[:120]!r}, this launcher is {expected!r}: install "
                               "the same parsgd version there")
