@@ -102,11 +102,12 @@ def test_a_killed_launcher_leaves_nothing_on_any_host(tmp_path, hosts, how):
                                       "--out", str(tmp_path / "run")], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 60
+        deadline, said = time.monotonic() + 60, []
         for line in launcher.stdout:  # the run is training on both hosts
+            said.append(line)
             if "READY sent" in line or time.monotonic() > deadline:
                 break
-        assert len(node_dirs() - before) == 2 and all(hosts.pids().values())
+        assert len(node_dirs() - before) == 2 and all(hosts.pids().values()), "".join(said)[-3000:]
         if how == "SIGTERM":
             time.sleep(1.0)  # past step 0 (about 100 steps a second here), so server 0 has a checkpoint to write
         launcher.send_signal(getattr(signal, how))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from procs import free_port, load_params, sequential_params
+from procs import stop_daemons, free_port, load_params, sequential_params
 from test_hosts import ARGS, LONG, node_dirs
 
 pytestmark = pytest.mark.slow
@@ -87,13 +87,7 @@ class SlurmCluster:
         return subprocess.run(argv, capture_output=True, text=True, env=self.env, timeout=kw.pop("timeout", 30), **kw)
 
     def stop(self) -> None:
-        for d in reversed(self.daemons):
-            d.terminate()
-            try:
-                d.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                d.kill()
-                d.wait()
+        stop_daemons(self.daemons)
 
 
 @pytest.fixture(scope="module")

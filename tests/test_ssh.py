@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from hostnet import IpNamedHosts
-from procs import PY, descendants, load_params, sequential_params
+from procs import stop_daemons, PY, descendants, load_params, sequential_params
 from test_cluster import _namespaces_usable
 from test_hosts import ARGS, LONG, node_dirs
 
@@ -93,14 +93,7 @@ class SshCluster:
         return [p for h in self.hosts for p in self.net.pids()[h] if p not in daemons]
 
     def stop(self) -> None:
-        for d in self.daemons:
-            d.terminate()
-        for d in self.daemons:
-            try:
-                d.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                d.kill()
-                d.wait()
+        stop_daemons(self.daemons)
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,8 @@ from pathlib import Path
 
 from parsgd.cluster.hostfile import Host, HostfileError, place
 from parsgd.errors import Interrupted, UserError
-from parsgd.jobs.launch import TERM_GRACE_S, WORKER_EXIT_GRACE_S, exit_status, stop_all
+from parsgd.jobs.launch import WORKER_EXIT_GRACE_S, Child, exit_status, stop_all
+from parsgd.training.divergence import EXIT_DIVERGED
 
 DEFAULT_RSH = "ssh -o BatchMode=yes {host}"
 HELLO_TIMEOUT_S = 60.0      # a node must print its version line within this (ssh connect, python start)
@@ -135,8 +136,9 @@ def _term_with_parent(parent: int):
     return pre
 
 
-class RemoteNode:
-    """One `parsgd node --stdin` behind its --rsh command: its hello line, its output, its errors."""
+class RemoteNode(Child):
+    """One `parsgd node --stdin` behind its --rsh command: its hello line, its output, its errors. A Child
+    (alive, signal, stop_all) with pipes of its own: stdin stays open, stdout and stderr apart."""
 
     def __init__(self, p: NodePlan, echo):
         self.plan, self.label, self.echo = p, p.label, echo
@@ -166,16 +168,6 @@ class RemoteNode:
         if first_is_hello:
             self.hello.put(None)
         stream.close()
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def signal(self, sig) -> None:
-        if self.alive():
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
 
     def send(self, data: bytes) -> None:
         try:
@@ -275,14 +267,10 @@ def launch_hosts(cfg, sopts, opts: HostsOptions, out: str, echo, force: bool = F
             raise Interrupted(f"interrupted by {signal.Signals(interrupted[0]).name}")
         if failed is not None:
             raise RemoteError(failed.failure())
-        deadline = time.monotonic() + WORKER_EXIT_GRACE_S
-        for n in others:
-            try:
-                n.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        server.reader.join(timeout=5)
         status = exit_status(server.proc.returncode)
+        if status in (0, EXIT_DIVERGED):  # trained to the end: the workers were told to stop
+            _wait_all(others, WORKER_EXIT_GRACE_S)
+        server.reader.join(timeout=5)
         if status == 1:
             raise RemoteError(server.failure())
         return status
@@ -297,12 +285,17 @@ def _stop(nodes: list[RemoteNode]) -> None:
     """EOF to every node (each stops its child and exits), a grace period, then the --rsh processes go."""
     for n in nodes:
         n.close_stdin()
-    deadline = time.monotonic() + NODE_EXIT_GRACE_S
+    _wait_all(nodes, NODE_EXIT_GRACE_S)
+    stop_all(nodes)
+    for n in nodes:
+        n.err_reader.join(timeout=2)
+
+
+def _wait_all(nodes: list[RemoteNode], seconds: float) -> None:
+    """Waits up to `seconds` in all for every node to exit by itself."""
+    deadline = time.monotonic() + seconds
     for n in nodes:
         try:
             n.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             pass
-    stop_all(nodes)
-    for n in nodes:
-        n.err_reader.join(timeout=2)
