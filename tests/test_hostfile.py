@@ -198,10 +198,25 @@ def test_dry_run_golden(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_node_without_a_contract_is_one_line():
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "PARSGD_RANK", "SLURM_PROCID",
-                                                              "OMPI_COMM_WORLD_RANK")}
-    got = subprocess.run(PY + ["node"], capture_output=True, text=True, env=env, timeout=30)
-    assert got.returncode == 2 and got.stdout == ""
-    assert got.stderr == ("error: parsgd node found no rank in the environment: run it under srun, mpirun or "
-                          "torchrun, or set PARSGD_RANK, PARSGD_WORLD_SIZE and PARSGD_SERVER=HOST:PORT\n")
+CLEAN = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                                                          "OMPI_COMM_WORLD_RANK") and not k.startswith(("SLURM",
+                                                                                                       "PARSGD_R"))}
+
+
+@pytest.mark.parametrize("env, argv, status, line", [
+    ({}, [], 2, "error: parsgd node found no rank in the environment: run it under srun, mpirun or torchrun, or set "
+                "PARSGD_RANK, PARSGD_WORLD_SIZE and PARSGD_SERVER=HOST:PORT"),
+    ({"SLURM_PROCID": "1", "SLURM_NTASKS": "3", "SLURM_JOB_NODELIST": "198.18.9.9"}, [], 1,
+     "error: server 0 at tcp://198.18.9.9:5555 is not a loopback address: the run needs CURVE keys (`parsgd keygen "
+     "DIR` once, on a shared folder or copied to every host, then --keys DIR on every rank)"),
+    ({"RANK": "1", "WORLD_SIZE": "3", "MASTER_ADDR": "no-such-host.invalid", "MASTER_PORT": "9"}, [], 1,
+     "error: cannot resolve the server host 'no-such-host.invalid': "),
+    ({"RANK": "1", "WORLD_SIZE": "3", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "9"}, ["--port", "0"], 2,
+     "error: Invalid value for --port: 0 is not a port 1..65535"),
+    ({"RANK": "0", "WORLD_SIZE": "3", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "9"}, ["--colocate"], 2,
+     "error: --colocate cannot be used with parsgd node: every rank is a process of its own"),
+])
+def test_node_refusals_are_one_line(env, argv, status, line):
+    got = subprocess.run(PY + ["node", *argv], capture_output=True, text=True, env=dict(CLEAN, **env), timeout=30)
+    assert got.returncode == status and got.stdout == "" and got.stderr.startswith(line), got.stderr
+    assert len(got.stderr.splitlines()) == 1

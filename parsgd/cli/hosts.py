@@ -65,7 +65,7 @@ def launch_on_hosts(ctx: click.Context, workers: int, sopts, force: bool, out, o
               help="Print the version line, read the keys (and server 0's run spec) from stdin, exit when stdin "
                    "closes: what `launch --hostfile` starts.")
 @click.option("--port", type=int, cls=Option, show_default="5555",
-              help="Server 0's port when the environment gives none (MASTER_PORT, PARSGD_SERVER).")
+              help="Server 0's port; beats MASTER_PORT (not PARSGD_SERVER's port).")
 @click.option("--server-addr", "--server_addr", "server_addr",
               help="Server 0's HOST[:PORT], before anything the environment says (e.g. for mpirun).")
 @click.option("--keys", "keys_dir", type=click.Path(),
@@ -83,20 +83,27 @@ def node(ctx, use_stdin, port, server_addr, keys_dir, wait_timeout, heartbeat, l
     from parsgd.cluster.contract import resolve
     from parsgd.jobs.node import hello, run_node
     from parsgd.jobs.serve import ServerSpec
-    from parsgd.ps.sockets import refuse_open_bind
 
     if use_stdin:
         click.echo(hello())  # first, so the launcher compares versions before anything else can fail
         sys.stdout.flush()
     if colocate:
         raise click.UsageError("--colocate cannot be used with parsgd node: every rank is a process of its own")
+    if port is not None and not 1 <= port <= 65535:
+        raise click.BadParameter(f"{port} is not a port 1..65535", param_hint="--port")
     role = resolve(os.environ, opts.get("servers", 1), port, server_addr)
+    if not use_stdin and not keys_dir:  # every rank, before it loads anything: what server 0 would refuse
+        from parsgd.jobs.node import server_bind
+        from parsgd.ps.sockets import BindError, is_loopback
+        address = server_bind(role)
+        if not is_loopback(address):
+            raise BindError(f"server 0 at {address} is not a loopback address: the run needs CURVE keys "
+                            "(`parsgd keygen DIR` once, on a shared folder or copied to every host, then --keys DIR "
+                            "on every rank)")
     spec = None
     if role.role == "server" and role.index == 0 and not use_stdin:
-        from parsgd.jobs.node import server_bind
         from parsgd.training.rundir import default_out
         cfg = build_config(role.workers, **opts)
-        refuse_open_bind(server_bind(role), keys_dir)
         sopts = build_server_options(wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, False)
         spec = ServerSpec(config=cfg, server=sopts, out=str(out or default_out("ps", role.workers)), force=force)
     return run_node(role, spec, keys_dir, use_stdin)
