@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -108,7 +109,7 @@ def slurm():
 
 def test_srun_three_tasks_equals_train(tmp_path, slurm):
     port = str(free_port())
-    got = slurm.run(["srun", "-n", "3", f"--chdir={tmp_path}", "python3", "-m", "parsgd", "node", "--port", port, *ARGS,
+    got = slurm.run(["srun", "-n", "3", f"--chdir={tmp_path}", sys.executable, "-m", "parsgd", "node", "--port", port, *ARGS,
                      "--out", str(tmp_path / "run")], timeout=120)
     assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
     assert f"server listening on tcp://127.0.0.1:{port}" in got.stdout and "Traceback" not in got.stdout + got.stderr
@@ -118,7 +119,7 @@ def test_srun_three_tasks_equals_train(tmp_path, slurm):
 
 def test_scancel_stops_a_running_job_cleanly(tmp_path, slurm):
     before, port, name = node_dirs(), str(free_port()), f"parsgd-{os.getpid()}"
-    srun = subprocess.Popen(["srun", "-n", "3", f"--job-name={name}", f"--chdir={tmp_path}", "python3", "-m", "parsgd",
+    srun = subprocess.Popen(["srun", "-n", "3", f"--job-name={name}", f"--chdir={tmp_path}", sys.executable, "-m", "parsgd",
                              "node", "--port", port, *LONG, "--out", str(tmp_path / "run")], env=slurm.env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
