@@ -1,6 +1,7 @@
 """Hosts for the real-host tests: network namespaces named by their own 198.18.2.x address, so one word is
 both what `ip netns exec {host}` enters and the address the other hosts reach (no /etc/hosts needed).
-A bridge in `parsgd-PID-hnet` joins them (a name the emulated cluster's sweep knows, should a run die)."""
+A bridge in `parsgd-PID-hnet` joins them, under the run lock of this pid (netns.RunLock), so the sweep of
+another launch leaves it alone while it lives and removes it should the test process die."""
 from __future__ import annotations
 
 import os
@@ -19,8 +20,13 @@ class IpNamedHosts:
     def __init__(self, count: int):
         self.hosts = [address(i) for i in range(count)]
         self.bridge = netns.ns_name(os.getpid(), "hnet")
+        # held while the hosts live: any parsgd launch on this machine sweeps a parsgd-PID-* namespace whose
+        # lock is free (parsgd.cluster.netns.sweep_stale), and the bridge going takes every host's link with it
+        self.lock = netns.RunLock()
 
     def create(self) -> "IpNamedHosts":
+        if not self.lock.try_acquire():
+            raise netns.NetworkError(f"{self.lock.path} is held: is another run of this pid alive?")
         for name in self.hosts:  # a test session killed before its finalizer left these: ours, by their names
             netns.delete_namespace(name)
         try:
@@ -40,8 +46,11 @@ class IpNamedHosts:
         return self
 
     def destroy(self) -> None:
-        for name in [*self.hosts, self.bridge]:
-            netns.delete_namespace(name)
+        try:
+            for name in [*self.hosts, self.bridge]:
+                netns.delete_namespace(name)
+        finally:
+            self.lock.release()
 
     def pids(self) -> dict[str, list[str]]:
         """The processes still running in each host."""

@@ -109,8 +109,8 @@ def slurm():
 
 def test_srun_three_tasks_equals_train(tmp_path, slurm):
     port = str(free_port())
-    got = slurm.run(["srun", "-n", "3", f"--chdir={tmp_path}", sys.executable, "-m", "parsgd", "node", "--port", port, *ARGS,
-                     "--out", str(tmp_path / "run")], timeout=120)
+    got = slurm.run(["srun", "-n", "3", f"--chdir={tmp_path}", sys.executable, "-m", "parsgd", "node", "--port", port,
+                     *ARGS, "--out", str(tmp_path / "run")], timeout=120)
     assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
     assert f"server listening on tcp://127.0.0.1:{port}" in got.stdout and "Traceback" not in got.stdout + got.stderr
     oracle = sequential_params(tmp_path, *ARGS)
@@ -119,8 +119,8 @@ def test_srun_three_tasks_equals_train(tmp_path, slurm):
 
 def test_scancel_stops_a_running_job_cleanly(tmp_path, slurm):
     before, port, name = node_dirs(), str(free_port()), f"parsgd-{os.getpid()}"
-    srun = subprocess.Popen(["srun", "-n", "3", f"--job-name={name}", f"--chdir={tmp_path}", sys.executable, "-m", "parsgd",
-                             "node", "--port", port, *LONG, "--out", str(tmp_path / "run")], env=slurm.env,
+    srun = subprocess.Popen(["srun", "-n", "3", f"--job-name={name}", f"--chdir={tmp_path}", sys.executable, "-m",
+                             "parsgd", "node", "--port", port, *LONG, "--out", str(tmp_path / "run")], env=slurm.env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         ready, deadline = 0, time.monotonic() + 60

@@ -27,7 +27,8 @@ def hosts_options(f):
         click.option("--remote-python", "--remote_python", "remote_python", default=sys.executable, cls=Option,
                      show_default="this launcher's interpreter", help="With --hostfile / -H: the python on the hosts."),
         click.option("-x", "--env", "remote_env", multiple=True,
-                     help="With --hostfile / -H: set NAME=VALUE on every host, or pass this NAME's value (repeatable)."),
+                     help="With --hostfile / -H: set NAME=VALUE on every host, or pass this NAME's value "
+                          "(repeatable)."),
         click.option("--port", type=int, default=5555, show_default=True,
                      help="With --hostfile / -H: server 0's port on its host."),
         click.option("--dry-run", "--dry_run", "dry_run", is_flag=True,
@@ -79,7 +80,8 @@ def launch_on_hosts(ctx: click.Context, workers: int, sopts, force: bool, out, o
 @click.pass_context
 def node(ctx, use_stdin, port, server_addr, keys_dir, wait_timeout, heartbeat, liveness, step_timeout,
          checkpoint_every, colocate, force, out, **opts):
-    """One process of a run under srun, mpirun or torchrun: rank 0 is server 0, ranks below --servers range servers, the rest workers."""
+    """One process of a run under srun, mpirun or torchrun: rank 0 is server 0, ranks below --servers range servers,
+    the rest workers."""
     from parsgd.cluster.contract import resolve
     from parsgd.jobs.node import hello, run_node
     from parsgd.jobs.serve import ServerSpec

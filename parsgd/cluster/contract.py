@@ -125,7 +125,8 @@ def _host_port(text: str, name: str) -> tuple[str, int | None]:
 
 def _which(env: Mapping[str, str]) -> tuple[str, str, str] | None:
     """(contract, rank variable, size variable) of the first contract whose rank is set."""
-    for source, rank, size in (("parsgd", "PARSGD_RANK", "PARSGD_WORLD_SIZE"), ("slurm", "SLURM_PROCID", "SLURM_NTASKS"),
+    for source, rank, size in (("parsgd", "PARSGD_RANK", "PARSGD_WORLD_SIZE"),
+                               ("slurm", "SLURM_PROCID", "SLURM_NTASKS"),
                                ("openmpi", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
                                ("torchrun", "RANK", "WORLD_SIZE")):
         if rank in env:

@@ -99,7 +99,8 @@ def plan(servers: int, workers: int | None, opts: HostsOptions) -> list[NodePlan
     world = len(placements)
     plans = []
     for p in placements:
-        env = (("PARSGD_RANK", str(p.rank)), ("PARSGD_WORLD_SIZE", str(world)), ("PARSGD_SERVER", f"{server}:{opts.port}"),
+        env = (("PARSGD_RANK", str(p.rank)), ("PARSGD_WORLD_SIZE", str(world)),
+               ("PARSGD_SERVER", f"{server}:{opts.port}"),
                ("PARSGD_HOST", p.host), ("PYTHONUNBUFFERED", "1"), *opts.env)
         words = ["env", *(f"{k}={v}" for k, v in env), opts.python, "-m", "parsgd", "node", "--stdin",
                  "--servers", str(servers)]
@@ -247,8 +248,9 @@ def launch_hosts(cfg, sopts, opts: HostsOptions, out: str, echo, force: bool = F
         keys = _read_keys(opts.keys or str(Path(tmp) / "keys"))
         shutil.rmtree(Path(tmp) / "keys", ignore_errors=True)  # the payloads hold them now
         # the keys folder of a node goes with it, and --hostfile has no --resume: say what continues by hand
-        resume = f"parsgd server --resume {out} --bind tcp://{plans[0].host}:{opts.port} --keys DIR` on {plans[0].host}" \
-                 f", and workers started with `parsgd worker --connect tcp://{plans[0].host}:{opts.port} --keys DIR"
+        at = f"tcp://{plans[0].host}:{opts.port}"
+        resume = f"parsgd server --resume {out} --bind {at} --keys DIR` on {plans[0].host}, and workers started " \
+                 f"with `parsgd worker --connect {at} --keys DIR"
         spec = ServerSpec(config=cfg, server=dataclasses.replace(sopts, resume_command=resume), out=out,
                           force=force).to_dict()
         nodes = [RemoteNode(p, echo) for p in plans]
