@@ -255,3 +255,14 @@ def one_line_error(result, code, *words, before_loading: bool = False, within: f
         assert result.took < within, f"took {result.took:.2f} s: something was loaded or waited for"
     return err
 
+
+
+def stop_daemons(daemons, timeout: float = 10.0) -> None:
+    """SIGTERM to each (last started first), then SIGKILL after `timeout`: a test's sshd, munged, slurmd ..."""
+    for d in reversed(daemons):
+        d.terminate()
+        try:
+            d.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            d.kill()
+            d.wait()

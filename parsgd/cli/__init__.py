@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from parsgd.cli import cluster, replay, reports, training
+from parsgd.cli import cluster, hosts, replay, reports, training
 from parsgd.errors import Interrupted, UserError
 
 
@@ -82,7 +82,7 @@ def cli():
     """Data-parallel mini-batch SGD as explicit message passing."""
 
 
-for _command in (*training.COMMANDS, *reports.COMMANDS, *replay.COMMANDS, *cluster.COMMANDS):
+for _command in (*training.COMMANDS, *reports.COMMANDS, *replay.COMMANDS, *cluster.COMMANDS, *hosts.COMMANDS):
     cli.add_command(_command)
 
 

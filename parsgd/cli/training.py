@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 from click.core import ParameterSource
 
+from parsgd.cli.hosts import hosts_options
 from parsgd.cli.options import (Option, consistency_options, build_config, build_server_options, check_range,
                                 force_option, given_options, list_spec, ranges_options, server_options,
                                 training_options)
@@ -131,11 +132,16 @@ def worker(connect, connect_timeout, data_dir, keys_dir, faults, name):
 @ranges_options
 @consistency_options
 @force_option
+@hosts_options
 @training_options
 @click.pass_context
 def launch(ctx, workers, transport, wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, colocate,
            restart_workers, faults, resume, link, server_link, link_delay, keys_dir, force, out, **opts):
-    """Start a parameter server and N workers on this machine; stop them all on exit."""
+    """Start a parameter server and N workers on this machine (or on --hostfile's hosts); stop them all on exit."""
+    if opts["hostfile"] or opts["hosts"]:
+        from parsgd.cli.hosts import launch_on_hosts
+        return launch_on_hosts(ctx, workers, build_server_options(wait_timeout, heartbeat, liveness, step_timeout,
+                                                                  checkpoint_every, colocate), force, out, opts)
     from parsgd.jobs.launch import LaunchError, launch as run_launch
     from parsgd.data.load import check_num_samples
     from parsgd.jobs.launch import check_ipc_room
