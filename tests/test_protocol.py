@@ -263,6 +263,8 @@ def still_valid(msg, key, value):
     """The few replacements from BAD_VALUES that are legitimately accepted."""
     if key == "v":
         return msg.TYPE == "HELLO" and type(value) is int     # foreign-version HELLO decodes
+    if key == "lr":  # APPLY's learning rate: any finite float >= 0 (docs/protocol.md section 15)
+        return type(value) in (int, float) and math.isfinite(value) and value >= 0
     if key in FLOAT_LOWER_BOUND and type(value) in (int, float):
         return key == "loss_sum" or (math.isfinite(value) and value > FLOAT_LOWER_BOUND[key])
     if type(getattr(msg, key, None)) is bool:
