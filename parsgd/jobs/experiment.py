@@ -288,10 +288,11 @@ def write_outputs(run_dirs: list[Path], out: Path, cfg: RunConfig, echo=click.ec
 
     Several runs of one configuration (--repeat) are one row of the table and one point (median,
     min-max bar) of speedup.png; the other plots show the first run of each configuration
-    (staleness.png only when there is an ssp or async run).
+    (plots.plot_experiment: staleness.png only when there is an ssp or async run, server_load.png
+    when a run had more than one server).
     Returns (the files written, the comparison rows of the table).
     """
-    from parsgd.analysis import plots, progress_plots, report, results
+    from parsgd.analysis import plots, report, results
     from parsgd.training.rundir import machine_info
     from parsgd.analysis.rundirs import load_run
 
@@ -306,17 +307,7 @@ def write_outputs(run_dirs: list[Path], out: Path, cfg: RunConfig, echo=click.ec
     tables = results.write_results(out, recs, meta)
     echo("")
     echo(path.read_text(encoding="utf-8").rstrip())
-    first = [group[0] for group in results.grouped(results.with_baseline(runs, baseline))]
-    pngs = [plots.plot_loss(first, out / "loss.png"), plots.plot_accuracy(first, out / "accuracy.png"),
-            plots.plot_epoch_time(first, out / "epoch_time.png"),
-            plots.plot_speedup(runs, baseline, out / "speedup.png"),
-            plots.plot_comm_overhead(first, out / "comm_overhead.png"),
-            progress_plots.plot_accuracy_time(first, out / "accuracy_time.png")]
-    ps_runs = [r for r in first if r.has_comm]
-    if ps_runs:
-        pngs.append(plots.plot_step_timeline(ps_runs, out / "step_timeline.png"))
-    if progress_plots.staleness_histograms(first):  # any ssp / async run
-        pngs.append(progress_plots.plot_staleness(first, out / "staleness.png"))
+    pngs = plots.plot_experiment(runs, baseline, out, echo)
     echo("")
     echo(f"report: {path}")
     echo(f"tables: {', '.join(str(p) for p in tables)}")
