@@ -78,6 +78,10 @@ for _param in experiment.params:
     if _param.name == "out":
         _param.help = "Folder for the run directories, experiment_report.txt and the plots."
         _param.show_default = "results"
+    if _param.name == "force":
+        _param.help = ("Replace files in --out with a run's or the experiment's output names that parsgd did not "
+                       "write (no parsgd config.json beside them, not in experiment.json's files); without it they "
+                       "are refused.")
 
 
 @click.command()
