@@ -46,22 +46,25 @@ def pixels_near(img, color, tol=0.02):
     return int((np.abs(img - np.array(to_rgb(color))).max(axis=-1) < tol).sum())
 
 
-def test_plot_experiment_writes_five_pngs(exp, tmp_path):
+EXPERIMENT_PNGS = ["loss.png", "accuracy.png", "epoch_time.png", "speedup.png", "comm_overhead.png",
+                   "accuracy_time.png", "step_timeline.png"]  # what `parsgd experiment` draws for these bsp runs
+
+
+def test_plot_experiment_writes_what_the_experiment_draws(exp, tmp_path):
     runs = [load_run(p) for p in exp.values()]
     start_s = time.perf_counter()
     paths = plots.plot_experiment(runs[1:], runs[0], tmp_path / "out")
     elapsed_s = time.perf_counter() - start_s
-    assert [p.name for p in paths] == ["loss.png", "accuracy.png", "epoch_time.png", "speedup.png",
-                                       "comm_overhead.png"]
+    assert [p.name for p in paths] == EXPERIMENT_PNGS
     assert all(p.parent == tmp_path / "out" for p in paths)
     for p in paths:
-        check_png(p, WIDE if p.name == "comm_overhead.png" else SMALL)
-    assert elapsed_s < 5 * 2.0, f"plots took {elapsed_s:.1f} s"
+        check_png(p, {"comm_overhead.png": WIDE, "step_timeline.png": (2 * WIDE[0], WIDE[1])}.get(p.name, SMALL))
+    assert elapsed_s < 7 * 2.0, f"plots took {elapsed_s:.1f} s"
 
 
 def test_experiment_accepts_paths(exp, tmp_path):
     paths = plots.plot_experiment(list(exp.values()), exp["sequential"], tmp_path)
-    assert len(paths) == 5
+    assert [p.name for p in paths] == EXPERIMENT_PNGS
 
 
 def test_plot_runs_single_ps_run(exp, tmp_path):

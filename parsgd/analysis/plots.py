@@ -115,34 +115,89 @@ def plot_epoch_time(runs: list[Run], path) -> Path:
     return _per_epoch(runs, path, "Wall time per epoch", ("epoch_time_s",), "epoch time (s)")
 
 
-def plot_experiment(runs, baseline, out_dir) -> list[Path]:
-    """`parsgd experiment`: loss, accuracy, epoch_time, speedup, comm_overhead PNGs in out_dir.
+# Every PNG `parsgd experiment` may draw into its folder (plot_experiment), in the order it draws them.
+EXPERIMENT_PNGS = ("loss.png", "accuracy.png", "epoch_time.png", "speedup.png", "comm_overhead.png",
+                   "accuracy_time.png", "step_timeline.png", "staleness.png", "server_load.png")
 
-    `runs`: Run objects or run-dir paths of every configuration; `baseline`: the sequential one
-    (added to runs if missing). Returns the five paths in that order. Raises RunDirError when a
-    path is not a loadable run directory, WriteError when out_dir cannot be written.
+
+def plot_experiment(runs, baseline, out_dir, echo=None) -> list[Path]:
+    """What `parsgd experiment` draws into out_dir (and `parsgd plot EXPERIMENT_DIR` draws again).
+
+    `runs`: Run objects or run-dir paths of every finished run; `baseline`: the one speedups are
+    relative to (added to runs if missing). speedup.png has every run (repeats: median and min-max);
+    the other plots the first run of each configuration: loss, accuracy, epoch_time, speedup,
+    comm_overhead, accuracy_time, then step_timeline when a run is a parameter-server run,
+    staleness when one is ssp or async, server_load when one had more than one server (EXPERIMENT_PNGS;
+    `echo(line)`, if given, hears why server_load is missing when no such run has a timed step).
+    Returns the paths written, in that order. Raises RunDirError when a path is not a loadable run
+    directory, WriteError when out_dir cannot be written.
     """
+    from parsgd.analysis import progress_plots
+    from parsgd.analysis.results import grouped
+
     baseline = as_run(baseline)
     runs = with_baseline([as_run(r) for r in runs], baseline)
+    first = [group[0] for group in grouped(runs)]
     out = Path(out_dir)
-    return [plot_loss(runs, out / "loss.png"), plot_accuracy(runs, out / "accuracy.png"),
-            plot_epoch_time(runs, out / "epoch_time.png"), plot_speedup(runs, baseline, out / "speedup.png"),
-            plot_comm_overhead(runs, out / "comm_overhead.png")]
+    paths = [plot_loss(first, out / "loss.png"), plot_accuracy(first, out / "accuracy.png"),
+             plot_epoch_time(first, out / "epoch_time.png"), plot_speedup(runs, baseline, out / "speedup.png"),
+             plot_comm_overhead(first, out / "comm_overhead.png"),
+             progress_plots.plot_accuracy_time(first, out / "accuracy_time.png")]
+    ps_runs = [r for r in first if r.has_comm]
+    if ps_runs:
+        paths.append(plot_step_timeline(ps_runs, out / "step_timeline.png"))
+    if progress_plots.staleness_histograms(first):  # any ssp / async run
+        paths.append(progress_plots.plot_staleness(first, out / "staleness.png"))
+    return paths + _server_load(first, out, echo)
 
 
-def plot_runs(run_dirs, out_dir=None) -> list[Path]:
+def _server_load(runs: list[Run], out: Path, echo=None) -> list[Path]:
+    """[server_load.png] when a run had more than one parameter server (--servers S), else []; when none
+    of those has a timed step to draw, `echo` (if given) gets one line saying so."""
+    from parsgd.analysis.server_plots import plot_server_load
+
+    several = [r for r in runs if int(r.config.get("servers") or 1) > 1]
+    if not several:
+        return []
+    path = plot_server_load(runs, out / "server_load.png")
+    if path is None and echo is not None:
+        echo(f"no server_load.png: it shows bytes per timed step, and {', '.join(run_labels(several))} had none "
+             "(too short: the first steps are warm-up); train longer")
+    return [path] if path else []
+
+
+def plot_runs(run_dirs, out_dir=None, echo=None) -> list[Path]:
     """`parsgd plot RUN_DIR... [-o DIR]`: pass the RUN_DIR arguments and -o (None if not given).
 
     Writes loss, accuracy and epoch_time (all runs as series on the same axes), and, when any
     run is a parameter-server run, step_timeline (one panel per PS run) and comm_overhead (left:
-    every run; right: the PS runs).
-    out_dir None: the run directory itself for one run, else the current directory.
+    every run; right: the PS runs), and server_load when a run had more than one server (`echo`
+    hears why not, as plot_experiment says).
+    One experiment folder (experiment.json beside its runs) instead: what the experiment drew
+    (plot_experiment) from its finished runs.
+    out_dir None: the run directory (or experiment folder) itself for one, else the current directory.
     Returns the PNG paths in that order. Raises ValueError for no run_dirs, RunDirError when one
-    is not a loadable run directory, WriteError when the output folder cannot be written.
+    is not a loadable run directory (ExperimentFolderGiven, exit 2, for an experiment folder among
+    others), WriteError when the output folder cannot be written.
     """
-    runs = [as_run(r) for r in run_dirs]
-    if not runs:
+    from parsgd.analysis.experiments import (ExperimentFolderGiven, experiment_baseline, experiment_runs,
+                                             is_experiment_dir)
+    from parsgd.analysis.rundirs import RunDirError
+
+    if not run_dirs:
         raise ValueError("plot_runs needs at least one run directory")
+    folders = [d for d in run_dirs if not isinstance(d, Run) and is_experiment_dir(d)]
+    if folders and len(run_dirs) > 1:
+        raise ExperimentFolderGiven(f"{folders[0]} is an experiment folder: plot it alone (parsgd plot "
+                                    f"{folders[0]}), or give its runs among the others")
+    if folders:
+        runs = [as_run(d) for d in experiment_runs(folders[0])]
+        if not runs:
+            raise RunDirError(f"{folders[0]} is an experiment folder without a finished run "
+                                        "(experiment.json has no records): nothing to plot; rerun the experiment")
+        return plot_experiment(runs, experiment_baseline(runs), Path(out_dir) if out_dir is not None else folders[0],
+                               echo)
+    runs = [as_run(r) for r in run_dirs]
     out = Path(out_dir) if out_dir is not None else (runs[0].path if len(runs) == 1 else Path("."))
     paths = [plot_loss(runs, out / "loss.png"), plot_accuracy(runs, out / "accuracy.png"),
              plot_epoch_time(runs, out / "epoch_time.png")]
@@ -150,4 +205,4 @@ def plot_runs(run_dirs, out_dir=None) -> list[Path]:
     if ps_runs:
         paths += [plot_step_timeline(ps_runs, out / "step_timeline.png"),
                   plot_comm_overhead(runs, out / "comm_overhead.png")]
-    return paths
+    return paths + _server_load(runs, out, echo)

@@ -5,12 +5,12 @@ import json
 
 import click
 
-from parsgd.cli.options import Option, list_items, no_repeats, parse_int_list
+from parsgd.cli.options import Option, list_items, no_repeats, parse_int_list, run_dir_value
 from parsgd.cli.reports import LINK_LIST
 
 
 @click.command()
-@click.argument("run_dir", type=click.Path())
+@click.argument("run_dir", type=click.Path(), callback=run_dir_value)
 @click.option("--workers", multiple=True, default=("2,4,8,16,64",), show_default=True,
               help="Worker counts to predict: 2,4 or '2 4' or a repeated flag.")
 @click.option("--link", "links", multiple=True,

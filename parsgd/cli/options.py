@@ -222,3 +222,12 @@ def force_option(f):
     return click.option("--force", is_flag=True,
                         help="Replace files with a run's names in --out that parsgd did not write "
                              "(without it they are refused).")(f)
+
+
+def run_dir_value(ctx, param, value):
+    """click callback of a RUN_DIR argument or option (trace, replay, estimate, --resume): an experiment
+    folder is refused, one line naming one of its runs (ExperimentFolderGiven, exit 2)."""
+    if value:
+        from parsgd.analysis.experiments import check_not_experiment
+        check_not_experiment(value)
+    return value

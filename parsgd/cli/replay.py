@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import click
 
+from parsgd.cli.options import run_dir_value
+
 
 @click.command(short_help="Recompute a parameter-server run from updates.jsonl; exit 0 only if identical.")
-@click.argument("run_dir", type=click.Path())
+@click.argument("run_dir", type=click.Path(), callback=run_dir_value)
 def replay(run_dir):
     """Recompute RUN_DIR in one process from its updates.jsonl (each gradient on the parameter
     version it was computed on) and compare with its model.npz: exit 0 only if they are identical,

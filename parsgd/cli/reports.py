@@ -1,10 +1,10 @@
-"""Reports: experiment (runs every mode, then the report and plots), plot, trace."""
+"""Reports: experiment (runs every mode, then the report and plots), plot (runs or an experiment folder), trace."""
 from __future__ import annotations
 
 import click
 
 from parsgd.cli.options import (Option, build_config, check_range, force_option, list_items, list_spec, no_repeats,
-                                parse_int_list, parse_str_list, training_options)
+                                parse_int_list, parse_str_list, run_dir_value, training_options)
 
 LINK_LIST = "link rates separated by commas or spaces, e.g. --link 100mbit,1gbit"  # how to write a --link list
 
@@ -78,23 +78,30 @@ for _param in experiment.params:
     if _param.name == "out":
         _param.help = "Folder for the run directories, experiment_report.txt and the plots."
         _param.show_default = "results"
+    if _param.name == "force":
+        _param.help = ("Replace files in --out with a run's or the experiment's output names that parsgd did not "
+                       "write (no parsgd config.json beside them, not in experiment.json's files); without it they "
+                       "are refused.")
 
 
 @click.command()
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(), metavar="RUN_DIR...")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(), metavar="RUN_DIR... | EXPERIMENT_DIR")
 @click.option("-o", "--out", type=click.Path(), cls=Option,
-              show_default="the run directory for one run, else the current folder",
+              show_default="the run directory (or experiment folder) for one, else the current folder",
               help="Folder for the PNGs.")
 def plot(run_dirs, out):
-    """Plot runs: loss, accuracy, epoch time (every run a series); PS runs add timeline and overhead."""
+    """Plot runs: loss, accuracy, epoch time (every run a series); PS runs add timeline and overhead.
+
+    One experiment folder (`parsgd experiment --out DIR`) instead: the plots the experiment drew, from
+    its runs."""
     from parsgd.analysis.plots import plot_runs
 
-    for path in plot_runs(run_dirs, out):
+    for path in plot_runs(run_dirs, out, echo=lambda line: click.echo(f"note: {line}", err=True)):
         click.echo(str(path))
 
 
 @click.command()
-@click.argument("run_dir", type=click.Path())
+@click.argument("run_dir", type=click.Path(), callback=run_dir_value)
 @click.option("-o", "--out", type=click.Path(), cls=Option, show_default="RUN_DIR/trace.json",
               help="Trace file to write.")
 def trace(run_dir, out):

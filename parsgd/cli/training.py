@@ -6,8 +6,8 @@ from click.core import ParameterSource
 
 from parsgd.cli.hosts import hosts_options
 from parsgd.cli.options import (Option, consistency_options, build_config, build_server_options, check_range,
-                                force_option, given_options, list_spec, ranges_options, server_options,
-                                training_options)
+                                force_option, given_options, list_spec, ranges_options, run_dir_value,
+                                server_options, training_options)
 
 
 @click.command()
@@ -48,7 +48,7 @@ def _spec_alone(ctx: click.Context) -> None:
 @click.option("--register-timeout", "--register_timeout", "register_timeout", type=float, default=60.0,
               show_default=True,
               help="Seconds a welcomed worker has to load its data and send READY before it is forgotten.")
-@click.option("--resume", type=click.Path(), help="Continue the run in this run directory from its checkpoint.")
+@click.option("--resume", type=click.Path(), callback=run_dir_value, help="Continue the run in this run directory from its checkpoint.")
 @click.option("--spec", type=click.Path(dir_okay=False), hidden=True,
               help="A ServerSpec JSON file (config, server options, run directory) from launch; nothing else.")
 @click.option("--rank", type=int, default=0, show_default=True,
@@ -120,7 +120,7 @@ def worker(connect, connect_timeout, data_dir, keys_dir, faults, name):
               help="Restart a crashed worker, up to this many times in all.")
 @click.option("--faults", default="",
               help="Fault schedule, e.g. kill=worker1@step40,stop=worker2@step60:5s,drop=0.05,seed=3.")
-@click.option("--resume", type=click.Path(), help="Continue the run in this run directory from its checkpoint.")
+@click.option("--resume", type=click.Path(), callback=run_dir_value, help="Continue the run in this run directory from its checkpoint.")
 @click.option("--link", help="Emulated hosts: the server and each worker in a network namespace of its own, joined "
                              "by links of this rate each way, e.g. 100mbit, 1gbit (root only; transport tcp, CURVE).")
 @click.option("--server-link", "--server_link", "server_link", cls=Option, show_default="--link",

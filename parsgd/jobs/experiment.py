@@ -7,7 +7,9 @@ over each transport; with `repeat` R > 1 that whole round runs R times (interlea
 spell of the machine spreads over the configurations). Each run writes its own run directory under
 `out` (`sequential`, `pool-p2`, `ps-p2-shm`, ...; `sequential-r1`, `sequential-r2`, ... when R > 1);
 the report, experiment.json / .csv and the plots are read back from those directories only. A run
-that fails is reported and skipped; the others still run and are compared. A configuration that
+that fails is reported and skipped; the others still run and are compared. Rerun into the same
+`out`, it removes what the previous experiment wrote there and this one did not write again, and
+says so (jobs/outputs.py). A configuration that
 does not train the same model as sequential (the same-model check) fails the experiment (exit 1)
 after everything is written.
 """
@@ -220,22 +222,26 @@ def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: 
     `consistencies`: every ps configuration runs under each of these models, ssp with `staleness`
     (cfg's own consistency is not used: sequential and Pool are bulk-synchronous anyway). `faults`:
     every ps configuration's `launch --faults` schedule (checked by the caller for every P). `force`: a
-    run directory may replace files parsgd did not write (else that configuration fails). More worker
+    run directory may replace files parsgd did not write (else that configuration fails), and `out`
+    files with the experiment's output names that no experiment recorded (else nothing runs). More worker
     processes than cores: one warning line first.
 
     Raises UsageError (nothing to run), DataError and ConfigError (loading the data), OutputDirError
-    (`out` unusable), Interrupted (a parameter-server run was stopped by SIGINT/SIGTERM: exit 130)
-    and, at the end, ExperimentFailed when any run failed, after writing the report of the others,
+    (`out` unusable), ForeignFiles (`out` holds files with the experiment's output names that no
+    experiment recorded writing, unless `force`; outputs.previous_outputs), before anything runs;
+    Interrupted (a parameter-server run was stopped by SIGINT/SIGTERM: exit 130) and, at the end, ExperimentFailed when any run failed, after writing the report of the others,
     ModelMismatch when a configuration failed the same-model check, or RunsDiverged (exit 3) when a
     configuration diverged, after writing everything.
     """
     from parsgd.data import load_dataset
+    from parsgd.jobs.outputs import previous_outputs, write_outputs
     from parsgd.training.rundir import prepare_dir
 
     out = prepare_dir(out)
     configs = plan(workers_list, modes, transports, links, consistencies, staleness, faults)
     if not configs:
         raise UsageError("nothing to run: give at least one mode, and --workers for pool and ps")
+    previous, since = previous_outputs(out, force), time.time()
     warn_oversubscribed(max(c.workers for c in configs), echo)
     if data is None and (cfg.dataset == "auto" or any(c.mode != "ps" for c in configs)):
         data = load_dataset(cfg.dataset, cfg.data_dir, cfg.num_samples, cfg.seed, cfg.dtype,
@@ -244,16 +250,20 @@ def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: 
         cfg.check_data_size(len(data.y_train))
         cfg = cfg.replace(dataset=data.name)  # every run, PS included, trains on the same dataset
     epoch_echo = (lambda _: None) if quiet else (lambda line: echo(f"  {line}"))
+    extra: list[Path] = []
     if links and any(c.link for c in configs):
         from parsgd.jobs.emulate import measure_capacity
         measure_capacity(out, echo)
+        extra.append(out / "capacity.json")
     run_dirs: list[Path] = []
     failures: list[str] = []
     done: list[tuple[Configuration, float]] = []
+    tried: list[Path] = []
     todo = [(r, c) for r in range(1, repeat + 1) for c in configs]
     for i, (r, config) in enumerate(todo):
         left = eta(done, [c for _, c in todo[i:]])
         run_dir = out / (config.dirname + (f"-r{r}" if repeat > 1 else ""))
+        tried.append(run_dir)
         what = config.label + (f" (run {r}/{repeat})" if repeat > 1 else "")
         echo(f"[{i + 1}/{len(todo)}] {what} ..." + (f"  ETA {format_duration(left)}" if left else ""))
         t0 = time.monotonic()
@@ -263,7 +273,8 @@ def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: 
             done.append((config, time.monotonic() - t0))
         else:
             failures.append(f"{what} ({why})")
-    rows = write_outputs(run_dirs, out, cfg, echo)[1] if run_dirs else []
+    rows = write_outputs(run_dirs, out, cfg, echo, tried=tried, previous=previous, since=since,
+                         extra=extra, repeat=repeat)[1]
     if failures:
         rest = f"; the report covers the other {len(run_dirs)}" if run_dirs else ""
         noun = "configurations" if repeat == 1 else "runs"
@@ -282,43 +293,3 @@ def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: 
                            "every file is written)", run_dirs)
     return run_dirs
 
-
-def write_outputs(run_dirs: list[Path], out: Path, cfg: RunConfig, echo=click.echo) -> tuple[list[Path], list[dict]]:
-    """Report (printed and written), experiment.json / .csv and PNGs from the finished run directories.
-
-    Several runs of one configuration (--repeat) are one row of the table and one point (median,
-    min-max bar) of speedup.png; the other plots show the first run of each configuration
-    (staleness.png only when there is an ssp or async run).
-    Returns (the files written, the comparison rows of the table).
-    """
-    from parsgd.analysis import plots, progress_plots, report, results
-    from parsgd.training.rundir import machine_info
-    from parsgd.analysis.rundirs import load_run
-
-    runs = [load_run(d) for d in run_dirs]
-    baseline = next((r for r in runs if r.mode == "sequential"), runs[0])
-    machine = machine_info()
-    path = report.write_report(out, runs, baseline, cfg, machine)
-    recs = results.records(runs, baseline)
-    rows = results.table_rows(recs)
-    meta = {"configuration": cfg.to_dict(), "baseline": baseline.label, "repeat": max(r["runs"] for r in rows),
-            "machine": machine, **results.thresholds()}
-    tables = results.write_results(out, recs, meta)
-    echo("")
-    echo(path.read_text(encoding="utf-8").rstrip())
-    first = [group[0] for group in results.grouped(results.with_baseline(runs, baseline))]
-    pngs = [plots.plot_loss(first, out / "loss.png"), plots.plot_accuracy(first, out / "accuracy.png"),
-            plots.plot_epoch_time(first, out / "epoch_time.png"),
-            plots.plot_speedup(runs, baseline, out / "speedup.png"),
-            plots.plot_comm_overhead(first, out / "comm_overhead.png"),
-            progress_plots.plot_accuracy_time(first, out / "accuracy_time.png")]
-    ps_runs = [r for r in first if r.has_comm]
-    if ps_runs:
-        pngs.append(plots.plot_step_timeline(ps_runs, out / "step_timeline.png"))
-    if progress_plots.staleness_histograms(first):  # any ssp / async run
-        pngs.append(progress_plots.plot_staleness(first, out / "staleness.png"))
-    echo("")
-    echo(f"report: {path}")
-    echo(f"tables: {', '.join(str(p) for p in tables)}")
-    echo(f"plots:  {', '.join(str(p) for p in pngs)}")
-    return [path, *tables, *pngs], rows
