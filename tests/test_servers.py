@@ -18,25 +18,12 @@ import numpy as np
 import pytest
 
 from parsgd.model.keyranges import key_ranges
-from procs import PY, Procs, load_params, sequential_params
+from procs import PY, Procs, descendants, load_params, sequential_params
 from tracecheck import comm_overlaps
 
 pytestmark = pytest.mark.slow
 ARGS = ["--dataset", "synthetic", "--num-samples", "2030", "--epochs", "1", "--hidden", "32,16", "--batch-size", "100",
         "--seed", "11"]
-
-
-def children(pid: int) -> list[int]:
-    """The pids whose parent is `pid` (from /proc)."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
 
 
 def launch(out, *extra, timeout=180):
@@ -129,7 +116,7 @@ def test_a_lost_range_server_stops_the_run_naming_it_and_resume_restarts_the_set
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         wait_for_checkpoint(out)
-        ranged = [pid for pid in children(proc.pid) if "--rank" in Path(f"/proc/{pid}/cmdline").read_text()]
+        ranged = [pid for pid in descendants(proc.pid) if "--rank" in Path(f"/proc/{pid}/cmdline").read_text()]
         assert len(ranged) == 1, "launch's range server is running"
         killed = time.monotonic()
         os.kill(ranged[0], signal.SIGKILL)
