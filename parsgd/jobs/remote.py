@@ -16,7 +16,7 @@ launcher's one-line error, naming the host.
 """
 from __future__ import annotations
 
-import ctypes
+import functools
 import json
 import os
 import queue
@@ -34,6 +34,7 @@ from parsgd.cluster.hostfile import Host, HostfileError, place
 from parsgd.errors import Interrupted, UserError
 from parsgd.jobs.launch import WORKER_EXIT_GRACE_S, Child, exit_status, stop_all
 from parsgd.training.divergence import EXIT_DIVERGED
+from parsgd.training.pool import die_with_parent
 
 DEFAULT_RSH = "ssh -o BatchMode=yes {host}"
 HELLO_TIMEOUT_S = 60.0      # a node must print its version line within this (ssh connect, python start)
@@ -125,18 +126,6 @@ def dry_run_lines(plans: list[NodePlan], out: str) -> list[str]:
     return lines
 
 
-def _term_with_parent(parent: int):
-    """preexec_fn: SIGTERM (not SIGKILL: a local node then still removes its keys) when the launcher dies."""
-    def pre():
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-        if os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGTERM)
-    return pre
-
-
 class RemoteNode(Child):
     """One `parsgd node --stdin` behind its --rsh command: its hello line, its output, its errors. A Child
     (alive, signal, stop_all) with pipes of its own: stdin stays open, stdout and stderr apart."""
@@ -148,7 +137,8 @@ class RemoteNode(Child):
         self.last = ""
         self.proc = subprocess.Popen(list(p.argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, start_new_session=True,
-                                     preexec_fn=_term_with_parent(os.getpid()))
+                                     # SIGTERM when the launcher dies: a local node then still removes its keys
+                                     preexec_fn=functools.partial(die_with_parent, os.getpid(), signal.SIGTERM))
         self.reader = threading.Thread(target=self._pump, args=(self.proc.stdout, True), daemon=True)
         self.err_reader = threading.Thread(target=self._pump, args=(self.proc.stderr, False), daemon=True)
         self.reader.start()

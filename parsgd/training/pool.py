@@ -23,18 +23,18 @@ _pool_state: dict = {}
 CLOSE_TIMEOUT_S = 2.0  # Pool.terminate() gets this long; then its processes are SIGKILLed
 
 
-def die_with_parent(parent: int | None = None) -> None:
-    """In a child process: be SIGKILLed when the parent dies, even by SIGKILL (Linux PR_SET_PDEATHSIG),
-    so no orphan is left to print a traceback into a closed pipe or wait on a queue for ever.
-    `parent`: the parent's pid, taken before the fork; if the parent died before this ran, the signal
-    will never come, so the child dies now (seen under load: a Pool child forked just before its
-    parent's SIGKILL outlived it). A no-op where prctl is missing."""
+def die_with_parent(parent: int | None = None, sig: int = signal.SIGKILL) -> None:
+    """In a child process: get `sig` (default SIGKILL) when the parent dies, even by SIGKILL (Linux
+    PR_SET_PDEATHSIG), so no orphan is left to print a traceback into a closed pipe or wait on a queue
+    for ever. `parent`: the parent's pid, taken before the fork; if the parent died before this ran,
+    the signal will never come, so the child sends it to itself now (seen under load: a Pool child
+    forked just before its parent's SIGKILL outlived it). A no-op where prctl is missing."""
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
     if parent is not None and os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), sig)
 
 
 def _pool_init(sizes, dtype, data: Dataset | None, parent: int) -> None:
