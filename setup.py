@@ -17,6 +17,6 @@ setup(
         "threadpoolctl>=3.1,<4",
     ],
     # import-linter checks the layer contract in .importlinter (tests/test_architecture.py)
-    extras_require={"test": ["pytest>=7", "hypothesis>=6", "import-linter>=2.0"]},
+    extras_require={"test": ["pytest>=7", "hypothesis>=6", "import-linter>=2.0", "pytest-xdist>=3.0"]},
     entry_points={"console_scripts": ["parsgd=parsgd.__main__:run"]},
 )
