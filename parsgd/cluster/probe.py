@@ -3,7 +3,8 @@
     python -m parsgd.cluster.probe serve tcp://198.18.0.1:5600 KEYS            # in the server's host
     python -m parsgd.cluster.probe client tcp://198.18.0.1:5600 KEYS 1024,1048576 # in a worker's host
 
-The client prints one JSON object: for each message size, the median time of a one-way transfer up
+The client prints one JSON object: the round-trip time of an empty message (`rtt_s`, the median of
+RTT_REPS: 2D plus the unshaped RTT on a link of one-way delay D); for each message size, the median time of a one-way transfer up
 (client -> server, acknowledged by an empty reply) and down (server -> client, asked for by an empty
 request); the per-size `alpha + size x beta` fit of both (Hockney); and a stream (messages sent back
 to back, acknowledged once) giving the sustained payload rate of each direction. `measure` runs both
@@ -24,6 +25,7 @@ import numpy as np
 from parsgd.cluster.netns import NetworkError
 
 MIN_REPS, MAX_REPS, SIZE_BUDGET_S = 3, 15, 0.4   # ping-pong repetitions per size and direction
+RTT_REPS = 21                                    # empty round trips for rtt_s (their median)
 STREAM_S = 0.5                                   # a stream lasts about this long per direction
 STREAM_MESSAGE_BYTES = 256 * 1024
 PROBE_PORT = 5600
@@ -120,7 +122,13 @@ def client(address: str, keys: str, sizes: list[int], stream: bool = True) -> di
         if not poller.poll(PROBE_TIMEOUT_S * 1e3):
             raise TimeoutError(f"no answer from the probe server at {address}")
         sock.recv_multipart()
-        out = {"sizes": [], "up_s": [], "down_s": []}
+        stage("round trips")
+        rtts = []
+        for _ in range(RTT_REPS):
+            t0 = time.perf_counter()
+            call(b"ack")
+            rtts.append(time.perf_counter() - t0)
+        out = {"rtt_s": statistics.median(rtts), "rtt_min_s": min(rtts), "sizes": [], "up_s": [], "down_s": []}
         for size in sizes:
             blob = bytes(size)
             times = {"up": [], "down": []}

@@ -35,6 +35,7 @@ CHUNK_BYTES = 1 << 20         # one recv: large, so a Python relay keeps up with
 QUEUE_LIMIT_BYTES = 8 << 20   # per direction: beyond it the relay stops reading (bounded memory)
 CONNECT_TIMEOUT_S = 5.0       # to the original destination, inside the host
 IDLE_WAKE_S = 1.0             # the loop wakes at least this often
+WAKE_AHEAD_S = 100e-6         # a chunk goes this much before its time at most: select oversleeps ~100-200 us
 SO_ORIGINAL_DST = 80          # linux/netfilter_ipv4.h
 PR_SET_TIMERSLACK = 29        # linux/prctl.h
 
@@ -208,9 +209,10 @@ class Relay:
         releases = [t for pair, d in self.pairs.values() if d not in pair.blocked
                     if (t := d.next_release()) is not None]
         now = time.monotonic()
-        timeout = IDLE_WAKE_S if not releases else max(0.0, min(min(releases) - now, IDLE_WAKE_S))
+        timeout = IDLE_WAKE_S if not releases else max(0.0, min(min(releases) - now - WAKE_AHEAD_S, IDLE_WAKE_S))
         events = self.sel.select(timeout)
         now = time.monotonic()
+        due = now + WAKE_AHEAD_S
         for key, mask in events:
             if key.data == "accept":
                 self._accept()
@@ -227,7 +229,7 @@ class Relay:
                 continue
             try:
                 for d in (pair.up, pair.down):
-                    if d not in pair.blocked and not d.flush(now):
+                    if d not in pair.blocked and not d.flush(due):
                         pair.blocked.add(d)
             except OSError:
                 self._drop(pair)
