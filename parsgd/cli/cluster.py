@@ -8,6 +8,8 @@ import click
 from parsgd.cli.options import Option, list_items, no_repeats, parse_int_list, run_dir_value
 from parsgd.cli.reports import LINK_LIST
 
+DELAY_LIST = "one-way delays separated by commas or spaces, e.g. --link-delay 0,5ms"
+
 
 @click.command()
 @click.argument("run_dir", type=click.Path(), callback=run_dir_value)
@@ -37,7 +39,7 @@ def estimate(run_dir, workers, links, servers, server_link, link_delays, as_json
     if server_link:
         parse_rates([server_link], "--server-link")
     rates = parse_rates(list_items(links, "--link", LINK_LIST), "--link") or None
-    delays = [parse_delay(d) for part in link_delays for d in part.replace(",", " ").split()] or None
+    delays = [parse_delay(d) for d in list_items(link_delays, "--link-delay", DELAY_LIST)] or None
     model, predictions = run_estimate(run_dir, counts, rates, server_counts or None, server_link, delays)
     if as_json:
         for p in predictions:
