@@ -18,6 +18,7 @@ import subprocess
 import sys
 
 from parsgd.cluster import netns
+from parsgd.cluster.rates import tc_time
 from parsgd.cluster.relay import RELAY_PORT
 
 RELAY_START_TIMEOUT_S = 20.0    # a relay prints `listening` within this (Python start on a loaded machine)
@@ -123,7 +124,6 @@ class LinkLatency:
     def netem_args(self, role: str, host_side: bool) -> list[str] | None:
         """netem parameters for host `role`'s eth0 (`host_side`: its outgoing side, the base delay plus
         a fault's) or its bridge port (toward it: a fault's only), or None (no netem there)."""
-        from parsgd.cluster.rates import tc_time
         delay = (self.delay_s if host_side else 0.0) + self.extra.get(role, 0.0)
         return ["netem", "delay", tc_time(delay)] if self.via == "netem" and delay else None
 
@@ -145,9 +145,8 @@ class LinkLatency:
         """Host `role`'s link gets `extra_s` more one-way delay for `seconds` (a latency fault): every
         connection with it, each way. netem: its eth0 and its bridge port; the caller restores with
         `remove` (a timer)."""
-        from parsgd.cluster.emulated import host_ip
         if self.relays is not None:
-            self.relays.tell(f"latency {host_ip(role)} {extra_s!r} {seconds!r}")
+            self.relays.tell(f"latency {self.net.addresses[role]} {extra_s!r} {seconds!r}")
         elif self.via == "netem":
             self.extra[role] = extra_s
             self.net.shape(role, self.net.rate_of(role))
