@@ -31,13 +31,14 @@ STREAM_MESSAGE_BYTES = 256 * 1024
 PROBE_PORT = 5600
 PROBE_TIMEOUT_S = 30.0
 STALL_S = 3.0
+BYE_GRACE_S = 0.3            # the probe server stays this long after `bye` (its answer must get there first)
 MAX_FRAME = 1 << 31
 
 
 def serve(address: str, keys: str) -> None:
     """Answers `up` (payload in, empty reply), `down` (reply of the asked size), `sink` (payloads
-    in, no reply) and `ack`, `source` (N payloads of a size out) until `bye`, or until no request came
-    for PROBE_TIMEOUT_S (a client gone; its parent also kills it)."""
+    in, no reply) and `ack`, `source` (N payloads of a size out) until BYE_GRACE_S after `bye`, or until
+    no request came for PROBE_TIMEOUT_S (a client gone; its parent also kills it)."""
     import zmq
     from parsgd.ps.sockets import configure_router
 
@@ -49,7 +50,8 @@ def serve(address: str, keys: str) -> None:
     print("listening", flush=True)
     blobs: dict[int, bytes] = {}
     try:
-        while sock.poll(int(PROBE_TIMEOUT_S * 1000)):
+        wait_s = PROBE_TIMEOUT_S
+        while sock.poll(int(wait_s * 1000)):
             ident, kind, *rest = sock.recv_multipart(copy=True)
             if kind == b"up":
                 sock.send_multipart([ident, b""])
@@ -63,9 +65,9 @@ def serve(address: str, keys: str) -> None:
                 blob = blobs.setdefault(size, bytes(size))
                 for _ in range(count):
                     _send(sock, [ident, blob])
-            elif kind == b"bye":
-                sock.send_multipart([ident, b""])
-                break
+            elif kind == b"bye":  # answered, then open a moment more: a client that sees the connection end
+                sock.send_multipart([ident, b""])  # right behind the answer may drop it (a relay sends both at once)
+                wait_s = BYE_GRACE_S
     finally:
         sock.close(0)
         if auth is not None:
@@ -211,7 +213,10 @@ def _measure(net, keys: str, sizes: list[int], client_role: str, stream: bool) -
         done = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
                               preexec_fn=net.preexec(client_role), stdin=subprocess.DEVNULL)
         if done.returncode != 0:
-            raise NetworkError(f"the link probe failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+            said = (done.stderr or done.stdout).strip().splitlines()
+            stages = [line for line in said if not line.startswith((" ", "Traceback"))]
+            raise NetworkError(f"the link probe failed at {stages[-2] if len(stages) > 1 else 'its start'}: "
+                               f"{said[-1] if said else done.returncode}")
         return json.loads(done.stdout)
     except subprocess.TimeoutExpired as exc:
         last = (exc.stderr or b"").decode(errors="replace").strip().splitlines()[-1:] or ["not started"]
