@@ -4,15 +4,18 @@
 
 A message of s bytes costs alpha + s x beta (Hockney 1994). One run holds one message size on one
 link, so the launcher calibrates (parsgd.jobs.emulate, RUN_DIR/link.json): a ping-pong at several
-sizes with the link unshaped gives alpha and the per-byte CPU cost c (copies, CURVE encryption and
+sizes with the link unshaped gives alpha_0 and the per-byte CPU cost c (copies, CURVE encryption and
 decryption, veth and bridge on these cores); at RATE the per-byte link time is 8 / (RATE x e),
 e = MSS / frame bytes (1448/1514: tbf counts Ethernet, IP and TCP headers). So beta = 8/(RATE e) + c.
+A link of one-way delay D (`--link-delay`) adds D to every message: alpha = alpha_0 + d, d fitted
+from the link check's round trips, d = (RTT at D - unshaped RTT) / 2 (link.json `calibration.rtt`);
+a prediction at another delay (`estimate --link-delay`) puts that delay in for d.
 
 One step with P workers, message m bytes (the parameter vector plus a header, both ways), star
 network (every byte crosses the server's link, each direction shaped on its own):
 
     step(P, RATE) = S(P) + compute(P) + W k(P) + comm(P) + o
-    comm(P)       = 2 alpha + max(link((P + 1 + f (P - 1)) m), (P + 2) m c)
+    comm(P)       = 2 (alpha_0 + d) + max(link((P + 1 + f (P - 1)) m), (P + 2) m c)
     link(b)       = max(b - 2 bucket, 0) x 8 / (RATE e)                         (tbf lets `bucket` bytes pass at once)
     compute(P)    = r x ceil(B / P) x k(P)                                      (the slowest shard)
     S(P)          = s0 + s1 x P                                                 (the server's serial CPU time)
@@ -153,17 +156,19 @@ class Model:
     overhead_s: float = 0.0   # o: what the run's step had beyond the other terms (wake-ups, cores shared)
     run_servers: int = 1      # S of the calibration run
     server_cpu_share: float = 1.0  # max / mean parameters of one server (1 for --shard-by elements)
+    latency_s: float = 0.0    # d: the run's one-way link delay, fitted from the link check's round trips
 
     def share(self, busy: float) -> float:
         return max(1.0, busy / self.cores)
 
     def parts(self, workers: int, rate_bps: float, overlap: float | None = None, servers: int = 1,
-              server_rate_bps: float | None = None) -> dict:
+              server_rate_bps: float | None = None, delay_s: float | None = None) -> dict:
         """The terms of one step (seconds): serial, compute, copies, link (the busiest link), cpu, alpha;
         `server_link` and `worker_link` are the two candidates for the busiest link (S servers: the busiest
         server moves max/mean x 1/S of every message; a worker's own link moves its whole vector in, then
-        its gradient out, whatever S is)."""
+        its gradient out, whatever S is); `delay_s`: the one-way link delay d (default: the run's)."""
         p, m, c = workers, self.message_bytes, self.cpu_s_per_byte
+        d = self.latency_s if delay_s is None else delay_s
         f = self.overlap if overlap is None else overlap
         share = 1.0 if servers == 1 else self.server_cpu_share / servers  # of each message, on the busiest server
         srate = server_rate_bps or rate_bps
@@ -175,19 +180,24 @@ class Model:
                 "compute": self.row_s * math.ceil(self.batch / p) * self.share(p + servers - 1),
                 "copies": self.worker_copy_s * self.share(p + servers - 1), "link": max(server_link, worker_link),
                 "server_link": server_link, "worker_link": worker_link, "cpu": cpu_s,
-                "fixed": 2 * self.alpha_s * (2 if servers > 1 else 1)}
+                "fixed": 2 * (self.alpha_s + d) * (2 if servers > 1 else 1), "latency": d}
 
-    def predict(self, workers: int, rate_bps: float, servers: int = 1, server_rate_bps: float | None = None) -> dict:
-        """{workers, servers, link, step_s, epoch_s, speedup, comm_share, bound, compute_s, link_s, cpu_s};
-        bound is `link` (the servers' links), `workers' links` (adding servers no longer helps) or `cpu`."""
-        t = self.parts(workers, rate_bps, servers=servers, server_rate_bps=server_rate_bps)
+    def predict(self, workers: int, rate_bps: float, servers: int = 1, server_rate_bps: float | None = None,
+                delay_s: float | None = None) -> dict:
+        """{workers, servers, link, delay_s, step_s, epoch_s, speedup, comm_share, bound, compute_s, link_s,
+        cpu_s, alpha_s}; bound is `link` (the servers' links), `workers' links` (adding servers no longer
+        helps), `cpu`, or `latency` (the messages' fixed cost 2 alpha, delays included, is the largest part)."""
+        t = self.parts(workers, rate_bps, servers=servers, server_rate_bps=server_rate_bps, delay_s=delay_s)
         # CPU-bound: nothing hides the first message's encryption and the last one's decryption
         comm = t["fixed"] + max(t["link"], t["cpu"] + 2 * self.message_bytes * self.cpu_s_per_byte)
         step = t["serial"] + t["compute"] + t["copies"] + comm + self.overhead_s
         epoch = step * self.steps_per_epoch
         bound = ("cpu" if t["cpu"] > t["link"] else "workers' links" if t["worker_link"] > t["server_link"]
                  else "link")
-        return {"workers": workers, "servers": servers, "link": format_rate(rate_bps), "step_s": step,
+        if t["latency"] and t["fixed"] > max(t["link"], t["cpu"], t["compute"]):
+            bound = "latency"
+        return {"workers": workers, "servers": servers, "link": format_rate(rate_bps), "delay_s": t["latency"],
+                "alpha_s": self.alpha_s + t["latency"], "step_s": step,
                 "epoch_s": epoch, "speedup": self.seq_step_s / step, "comm_share": (comm + t["copies"]) / step,
                 "bound": bound, "compute_s": t["compute"], "link_s": t["link"], "cpu_s": t["cpu"],
                 "server_link_s": t["server_link"], "worker_link_s": t["worker_link"]}
@@ -205,6 +215,7 @@ def calibrate(run_dir) -> Model:
     f = step_figures(run)
     un = cal["unshaped"]
     alpha = (un["up_fit"]["alpha_s"] + un["down_fit"]["alpha_s"]) / 2
+    latency = float(cal.get("rtt", {}).get("measured_one_way_s", link.get("delay_s") or 0.0))
     c = (un["up_fit"]["beta_s_per_byte"] + un["down_fit"]["beta_s_per_byte"]) / 2
     cores = int(link.get("cores") or 2)
     batch, p = int(run.config.get("batch_size", 1)), run.workers
@@ -220,7 +231,7 @@ def calibrate(run_dir) -> Model:
                   server_per_worker_s=f["server_var_s"] / p, worker_copy_s=f["worker_copy_s"],
                   seq_step_s=float(grad.get("batch", row_s * batch)) + f["server_const_s"],
                   steps_per_epoch=math.ceil(f["steps"] / max(1, len(run.metrics))), run_workers=p,
-                  run_link=link["rate"], run_servers=servers, server_cpu_share=kr.imbalance())
+                  run_link=link["rate"], run_servers=servers, server_cpu_share=kr.imbalance(), latency_s=latency)
     return fit(model, p, link["rate_bps"], f["step_s"], servers, link.get("server_rate_bps"))
 
 
@@ -240,25 +251,28 @@ def fit(model: Model, p: int, rate_bps: float, step_s: float, servers: int = 1,
 
 
 def estimate(run_dir, workers=(2, 4, 8, 16, 64), links=None, servers=None,
-             server_link: str | None = None) -> tuple[Model, list[dict]]:
-    """The model of `run_dir` and one prediction per (workers, link, servers); links default to the run's,
-    servers to the run's S; `server_link`: the servers' rate (default: each link)."""
+             server_link: str | None = None, delays=None) -> tuple[Model, list[dict]]:
+    """The model of `run_dir` and one prediction per (workers, link, servers, delay); links default to the
+    run's, servers to the run's S, delays (one-way seconds) to the run's fitted d; `server_link`: the
+    servers' rate (default: each link)."""
     model = calibrate(run_dir)
     rates = [parse_rate(r) for r in (links or [model.run_link])]
     srate = parse_rate(server_link) if server_link else None
-    return model, [model.predict(p, r, s, srate) for r in rates for s in (servers or [model.run_servers])
-                   for p in workers]
+    return model, [model.predict(p, r, s, srate, d) for d in (delays or [None]) for r in rates
+                   for s in (servers or [model.run_servers]) for p in workers]
 
 
 def format_estimate(model: Model, predictions: list[dict]) -> str:
     """The model's parameters and a table of predictions, as `parsgd estimate` prints them."""
-    lines = [f"calibrated on P={model.run_workers} at {model.run_link}: alpha {model.alpha_s * 1e6:.0f} us, "
+    lines = [f"calibrated on P={model.run_workers} at {model.run_link}: alpha {model.alpha_s * 1e6:.0f} us"
+             + (f" + {model.latency_s * 1e3:.2f} ms one-way delay" if model.latency_s else "") + ", "
              f"CPU {model.cpu_s_per_byte * 1e9:.2f} ns/byte (copies, CURVE), message {model.message_bytes / 1e3:.1f} KB, "
              f"{model.row_s * 1e6:.1f} us/row alone, server {model.server_const_s * 1e3:.2f} ms + "
              f"{model.server_per_worker_s * 1e3:.2f} ms x P, {model.cores} cores shared by the emulated hosts",
-             f"{'P':>4}  {'S':>3}  {'link':>8}  {'step ms':>9}  {'epoch s':>8}  {'speedup':>9}  {'comm %':>6}  bound"]
+             f"{'P':>4}  {'S':>3}  {'link':>8}  {'delay':>7}  {'step ms':>9}  {'epoch s':>8}  {'speedup':>9}  {'comm %':>6}  bound"]
     for p in predictions:
-        lines.append(f"{p['workers']:>4}  {p['servers']:>3}  {p['link']:>8}  {p['step_s'] * 1e3:>9.2f}  "
+        lines.append(f"{p['workers']:>4}  {p['servers']:>3}  {p['link']:>8}  {p['delay_s'] * 1e3:>5.3g}ms  "
+                     f"{p['step_s'] * 1e3:>9.2f}  "
                      f"{p['epoch_s']:>8.2f}  {p['speedup']:>8.3g}x  {p['comm_share']:>6.1%}  {p['bound']}")
     lines += servers_stop_helping(predictions)
     lines.append("estimated with the alpha-beta model of README 'Emulated cluster'; emulated hosts share this "

@@ -8,6 +8,8 @@ import click
 from parsgd.cli.options import Option, list_items, no_repeats, parse_int_list, run_dir_value
 from parsgd.cli.reports import LINK_LIST
 
+DELAY_LIST = "one-way delays separated by commas or spaces, e.g. --link-delay 0,5ms"
+
 
 @click.command()
 @click.argument("run_dir", type=click.Path(), callback=run_dir_value)
@@ -19,11 +21,13 @@ from parsgd.cli.reports import LINK_LIST
               help="Parameter server counts S to predict, e.g. 1,2,4.")
 @click.option("--server-link", "--server_link", "server_link", cls=Option, show_default="each --link",
               help="The servers' link rate, e.g. 1gbit.")
+@click.option("--link-delay", "--link_delay", "link_delays", multiple=True, cls=Option, show_default="the run's own",
+              help="One-way link delays to predict, e.g. 0,5ms (per-message alpha: the unshaped one plus the delay).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per prediction, one per line.")
-def estimate(run_dir, workers, links, servers, server_link, as_json):
+def estimate(run_dir, workers, links, servers, server_link, link_delays, as_json):
     """Predict step time, epoch time, speedup and communication share for other worker counts and links."""
     from parsgd.analysis.costmodel import estimate as run_estimate, format_estimate
-    from parsgd.cluster.rates import parse_rates
+    from parsgd.cluster.rates import parse_delay, parse_rates
     from parsgd.config import ConfigError
 
     counts = no_repeats(parse_int_list(workers, "--workers"), "--workers")
@@ -35,7 +39,8 @@ def estimate(run_dir, workers, links, servers, server_link, as_json):
     if server_link:
         parse_rates([server_link], "--server-link")
     rates = parse_rates(list_items(links, "--link", LINK_LIST), "--link") or None
-    model, predictions = run_estimate(run_dir, counts, rates, server_counts or None, server_link)
+    delays = [parse_delay(d) for d in list_items(link_delays, "--link-delay", DELAY_LIST)] or None
+    model, predictions = run_estimate(run_dir, counts, rates, server_counts or None, server_link, delays)
     if as_json:
         for p in predictions:
             click.echo(json.dumps(p))

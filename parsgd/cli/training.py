@@ -126,7 +126,7 @@ def worker(connect, connect_timeout, data_dir, keys_dir, faults, name):
 @click.option("--server-link", "--server_link", "server_link", cls=Option, show_default="--link",
               help="With --link and --servers: the rate of every server's link, e.g. 1gbit.")
 @click.option("--link-delay", "--link_delay", "link_delay",
-              help="With --link: one-way latency of every link, e.g. 5ms (needs the kernel's netem qdisc).")
+              help="With --link: one-way latency between emulated hosts, e.g. 5ms (netem, or a delay relay per host).")
 @click.option("--keys", "keys_dir", type=click.Path(),
               help="With --link: the CURVE key folder (`parsgd keygen`); default: keys made for the run.")
 @ranges_options
@@ -163,7 +163,7 @@ def launch(ctx, workers, transport, wait_timeout, heartbeat, liveness, step_time
     if colocate and link:
         raise click.UsageError("--colocate cannot be used with --link: emulated hosts keep the server and every "
                                "worker apart (and use CURVE keys); leave out one of them")
-    link = link_options(link, link_delay, keys_dir, transport, faults, server_link)  # root, netem: before anything starts
+    link = link_options(link, link_delay, keys_dir, transport, faults, server_link)  # root, netem or nft: before anything starts
     sopts = build_server_options(wait_timeout, heartbeat, liveness, step_timeout, checkpoint_every, colocate,
                                  faults=faults)
     check_range("--restart-workers", restart_workers, restart_workers >= 0, "a whole number >= 0 (restarts in all)")

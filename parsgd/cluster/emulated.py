@@ -8,7 +8,9 @@ server 198.18.0.1, worker i 198.18.1.(i+1), ...), no default route, IPv6 off: it
 hosts and its own loopback, nothing else. Its veth peer, named H, is a port of the bridge `br0` in
 `parsgd-PID-net`. Both ends are shaped to the link rate with a token bucket (tbf), egress each way:
 `eth0` is H's upload, the bridge port its download, so the server's link is the shared bottleneck of
-the star, as on a real switch. `--link-delay` puts netem (where the kernel has it) under the tbf.
+the star, as on a real switch. `--link-delay D` (parsgd.cluster.latency) delays each host's
+outgoing side by D: netem over the tbf of eth0 where the kernel has it, else a delay relay in each
+host (parsgd.cluster.relay), started after the links are up and stopped before they go.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ import math
 import os
 
 from parsgd.cluster import netns
-from parsgd.cluster.rates import format_rate, tc_time
+from parsgd.cluster.latency import LinkLatency
+from parsgd.cluster.rates import format_rate
 from parsgd.training.pool import die_with_parent
 
 SUBNET_PREFIX = 16
@@ -52,13 +55,15 @@ def tbf_args(rate_bps: float) -> list[str]:
 class EmulatedNet:
     """The network of one emulated run: `roles` (e.g. ['server', 's1', 'w0', 'w1']) at `rate_bps` each way
     (`rates`: {role: bits/s} for hosts with a rate of their own),
-    `delay_s` one-way latency per link (needs netem). Namespaces are named after this process's pid,
+    `delay_s` one-way latency between two hosts (`latency_faults`: delay faults may come, even at 0;
+    `latency` says how, parsgd.cluster.latency). Namespaces are named after this process's pid,
     whose RunLock is held from `create` to `destroy`. Raises NetworkError when a step fails (after
     removing whatever it had made)."""
 
     def __init__(self, roles: list[str], rate_bps: float | None, delay_s: float = 0.0, pid: int | None = None,
-                 rates: dict[str, float] | None = None):
+                 rates: dict[str, float] | None = None, latency_faults: bool = False):
         self.roles, self.rate_bps, self.delay_s = list(roles), rate_bps, delay_s
+        self.latency = LinkLatency(self, delay_s, latency_faults)
         self.rates = dict(rates or {})  # a rate of its own for some hosts (the servers' --server-link)
         self.pid = os.getpid() if pid is None else pid
         self.bridge_ns = netns.ns_name(self.pid, "net")
@@ -94,6 +99,7 @@ class EmulatedNet:
             netns.ip(self.bridge_ns, "link", "set", BRIDGE, "up")
             for role in self.roles:
                 self._add_host(role)
+            self.latency.start()
         except BaseException:
             self.destroy()
             raise
@@ -116,14 +122,13 @@ class EmulatedNet:
         return self.rates.get(role, self.rate_bps)
 
     def shape(self, role: str, rate_bps: float | None) -> None:
-        """Sets host `role`'s link (both directions) to `rate_bps` (None: unshaped) plus the delay."""
+        """Sets host `role`'s link (both directions) to `rate_bps` (None: unshaped) plus netem's delay."""
         for ns, dev in ((self.ns(role), HOST_DEV), (self.bridge_ns, role)):
             if netns.run(["tc", "-n", ns, "qdisc", "show", "dev", dev], "read a qdisc").startswith(("qdisc tbf",
                                                                                                    "qdisc netem")):
                 netns.tc(ns, "qdisc", "del", "dev", dev, "root")
-            if self.delay_s:
-                netem = ["netem", "delay", tc_time(self.delay_s)]
-                netns.tc(ns, "qdisc", "add", "dev", dev, "root", "handle", "1:", *netem)
+            netem = self.latency.netem_args(role, host_side=dev == HOST_DEV)
+            if netem:
                 if rate_bps:
                     netns.tc(ns, "qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", *tbf_args(rate_bps))
             elif rate_bps:
@@ -147,6 +152,7 @@ class EmulatedNet:
         """Removes every namespace of this run (their links, bridge and qdiscs go with them), then the lock.
         Safe to call twice, and after a failed create."""
         errors = []
+        self.latency.stop()
         for name in reversed(netns.namespaces(self.pid)):
             try:
                 netns.delete_namespace(name)

@@ -3,7 +3,7 @@
     python -c "from parsgd.cluster.netns import sweep_stale; print(sweep_stale())"
 
 Safety rules (each tested in tests/test_cluster.py): every `ip` and `tc` call names its namespace
-(`ip -n NS`, `tc -n NS`), every sysctl runs through `ip netns exec NS`, and a veth pair is created
+(`ip -n NS`, `tc -n NS`), every sysctl and `nft` runs through `ip netns exec NS`, and a veth pair is created
 directly inside its two namespaces, so a step that fails cannot fall through to the machine's own
 namespace; nothing else is touched there (no link, address, route, rule, qdisc or sysctl). No
 kernel module is loaded; /etc/hosts and /etc/netns are never read or written (address literals).
@@ -76,12 +76,12 @@ def check_privileges(what: str = "--link") -> None:
                              "install iproute2 (apt-get install iproute2), or leave out " + what)
 
 
-def run(argv: list[str], what: str, ok_missing: bool = False) -> str:
-    """Runs one command; returns its stdout. Raises NetworkError naming `what`, the command and its
-    error. `ok_missing`: a namespace or device that no longer exists is not an error (removal)."""
+def run(argv: list[str], what: str, ok_missing: bool = False, stdin: str | None = None) -> str:
+    """Runs one command (`stdin`: text it reads); returns its stdout. Raises NetworkError naming `what`,
+    the command and its error. `ok_missing`: a namespace or device that no longer exists is not an error."""
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
-                              stdin=subprocess.DEVNULL)
+                              **({"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}))
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise NetworkError(f"cannot {what}: `{' '.join(argv)}` failed: {exc}") from None
     if done.returncode != 0:
@@ -106,6 +106,12 @@ def tc(ns: str, *args: str, what: str = "shape an emulated link") -> str:
 def sysctl(ns: str, *settings: str) -> None:
     """`ip netns exec NS sysctl -w K=V ...`: the sysctls of namespace NS only."""
     run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", *settings], f"set {' '.join(settings)} in {ns}")
+
+
+def nft(ns: str, script: str, what: str = "redirect an emulated host's connections to its delay relay") -> None:
+    """`ip netns exec NS nft -f -` with `script`: nftables rules of namespace NS only (nf_tables is part of
+    the kernel: no module is loaded)."""
+    run(["ip", "netns", "exec", ns, "nft", "-f", "-"], what, stdin=script)
 
 
 def add_namespace(name: str) -> None:

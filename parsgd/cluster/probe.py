@@ -3,7 +3,8 @@
     python -m parsgd.cluster.probe serve tcp://198.18.0.1:5600 KEYS            # in the server's host
     python -m parsgd.cluster.probe client tcp://198.18.0.1:5600 KEYS 1024,1048576 # in a worker's host
 
-The client prints one JSON object: for each message size, the median time of a one-way transfer up
+The client prints one JSON object: the round-trip time of an empty message (`rtt_s`, the median of
+RTT_REPS: 2D plus the unshaped RTT on a link of one-way delay D); for each message size, the median time of a one-way transfer up
 (client -> server, acknowledged by an empty reply) and down (server -> client, asked for by an empty
 request); the per-size `alpha + size x beta` fit of both (Hockney); and a stream (messages sent back
 to back, acknowledged once) giving the sustained payload rate of each direction. `measure` runs both
@@ -24,18 +25,20 @@ import numpy as np
 from parsgd.cluster.netns import NetworkError
 
 MIN_REPS, MAX_REPS, SIZE_BUDGET_S = 3, 15, 0.4   # ping-pong repetitions per size and direction
+RTT_REPS = 21                                    # empty round trips for rtt_s (their median)
 STREAM_S = 0.5                                   # a stream lasts about this long per direction
 STREAM_MESSAGE_BYTES = 256 * 1024
 PROBE_PORT = 5600
 PROBE_TIMEOUT_S = 30.0
 STALL_S = 3.0
+BYE_GRACE_S = 0.3            # the probe server stays this long after `bye` (its answer must get there first)
 MAX_FRAME = 1 << 31
 
 
 def serve(address: str, keys: str) -> None:
     """Answers `up` (payload in, empty reply), `down` (reply of the asked size), `sink` (payloads
-    in, no reply) and `ack`, `source` (N payloads of a size out) until `bye`, or until no request came
-    for PROBE_TIMEOUT_S (a client gone; its parent also kills it)."""
+    in, no reply) and `ack`, `source` (N payloads of a size out) until BYE_GRACE_S after `bye`, or until
+    no request came for PROBE_TIMEOUT_S (a client gone; its parent also kills it)."""
     import zmq
     from parsgd.ps.sockets import configure_router
 
@@ -47,7 +50,8 @@ def serve(address: str, keys: str) -> None:
     print("listening", flush=True)
     blobs: dict[int, bytes] = {}
     try:
-        while sock.poll(int(PROBE_TIMEOUT_S * 1000)):
+        wait_s = PROBE_TIMEOUT_S
+        while sock.poll(int(wait_s * 1000)):
             ident, kind, *rest = sock.recv_multipart(copy=True)
             if kind == b"up":
                 sock.send_multipart([ident, b""])
@@ -61,9 +65,9 @@ def serve(address: str, keys: str) -> None:
                 blob = blobs.setdefault(size, bytes(size))
                 for _ in range(count):
                     _send(sock, [ident, blob])
-            elif kind == b"bye":
-                sock.send_multipart([ident, b""])
-                break
+            elif kind == b"bye":  # answered, then open a moment more: a client that sees the connection end
+                sock.send_multipart([ident, b""])  # right behind the answer may drop it (a relay sends both at once)
+                wait_s = BYE_GRACE_S
     finally:
         sock.close(0)
         if auth is not None:
@@ -120,7 +124,13 @@ def client(address: str, keys: str, sizes: list[int], stream: bool = True) -> di
         if not poller.poll(PROBE_TIMEOUT_S * 1e3):
             raise TimeoutError(f"no answer from the probe server at {address}")
         sock.recv_multipart()
-        out = {"sizes": [], "up_s": [], "down_s": []}
+        stage("round trips")
+        rtts = []
+        for _ in range(RTT_REPS):
+            t0 = time.perf_counter()
+            call(b"ack")
+            rtts.append(time.perf_counter() - t0)
+        out = {"rtt_s": statistics.median(rtts), "rtt_min_s": min(rtts), "sizes": [], "up_s": [], "down_s": []}
         for size in sizes:
             blob = bytes(size)
             times = {"up": [], "down": []}
@@ -203,7 +213,10 @@ def _measure(net, keys: str, sizes: list[int], client_role: str, stream: bool) -
         done = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
                               preexec_fn=net.preexec(client_role), stdin=subprocess.DEVNULL)
         if done.returncode != 0:
-            raise NetworkError(f"the link probe failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+            said = (done.stderr or done.stdout).strip().splitlines()
+            stages = [line for line in said if not line.startswith((" ", "Traceback"))]
+            raise NetworkError(f"the link probe failed at {stages[-2] if len(stages) > 1 else 'its start'}: "
+                               f"{said[-1] if said else done.returncode}")
         return json.loads(done.stdout)
     except subprocess.TimeoutExpired as exc:
         last = (exc.stderr or b"").decode(errors="replace").strip().splitlines()[-1:] or ["not started"]

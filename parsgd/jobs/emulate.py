@@ -3,11 +3,13 @@
     sudo parsgd launch --workers 2 --link 100mbit --dataset synthetic --num-samples 4096 --epochs 1
 
 `LinkOptions` is what the command line gave (checked by `preflight` before anything starts: root
-with CAP_NET_ADMIN, netem for a delay, a transport that crosses the link); `EmulatedRun` builds the
+with CAP_NET_ADMIN, netem or nft for a delay, a transport that crosses the link); `EmulatedRun` builds the
 network (parsgd.cluster.emulated), generates CURVE keys for the run unless --keys was given,
 calibrates the link (parsgd.cluster.probe: a ping-pong at several message sizes and a stream, first
-unshaped, then at RATE, and the gradient of one batch on this machine), writes it all to
-RUN_DIR/link.json, marks comm.jsonl with the rate, takes links down for `partition` faults, and
+unshaped, then at RATE plus the delay: the round-trip time must be 2D plus the unshaped one within
+RTT_TOLERANCE; and the gradient of one batch on this machine), writes it all to RUN_DIR/link.json,
+marks comm.jsonl with the rate, takes links down for `partition` faults, delays them for `latency`
+faults (parsgd.cluster.latency), and
 removes everything on every exit path (a SIGKILLed launcher's namespaces go at the next launch).
 """
 from __future__ import annotations
@@ -21,30 +23,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from parsgd.cluster import netns
+from parsgd.cluster.latency import choose_via
 from parsgd.cluster.emulated import EmulatedNet, host_ip, tbf_args, wire_efficiency
 from parsgd.cluster.rates import LinkOptionError, format_rate, parse_delay, parse_rate
 from parsgd.config import RunConfig
-from parsgd.errors import UsageError
 from parsgd.files import AppendFile, json_text, write_file
 
 LINK_FILE = "link.json"
 RATE_TOLERANCE = 0.10        # the shaped stream must run within 10% of RATE x wire efficiency
 CPU_BOUND_SHARE = 0.90       # a rate missed while the unshaped capacity is below RATE / 0.9: CPU-bound
+RTT_TOLERANCE = 0.10         # the delayed round trip must be within 10% of 2D + the unshaped round trip
 PARTITION_LINE = re.compile(r"fault injection: partition at step (\d+) for ([0-9.e+-]+) s$")
-
-
-class NoNetemError(UsageError):
-    """--link-delay on a kernel without the netem qdisc (exit 2), said before anything starts."""
+LATENCY_LINE = re.compile(r"fault injection: latency at step (\d+) for ([0-9.e+-]+) s: \+([0-9.e+-]+) s$")
 
 
 @dataclass(frozen=True)
 class LinkOptions:
     """`launch --link RATE [--server-link RATE] [--link-delay D] [--keys DIR]`, checked on creation
-    (LinkOptionError); `server_rate`: the servers' links (default: `rate`)."""
+    (LinkOptionError); `server_rate`: the servers' links (default: `rate`); `latency_faults`: the
+    --faults schedule has `latency` items (the delay relays run even at D = 0)."""
     rate: str
     delay: str | None = None
     keys: str | None = None
     server_rate: str | None = None
+    latency_faults: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "rate", format_rate(parse_rate(self.rate)))
@@ -67,14 +69,13 @@ class LinkOptions:
 
 def preflight(link: LinkOptions, transport: str | None = None) -> None:
     """Everything checked before a process starts: `--transport ipc` (a socket file would bypass the
-    link) refused, root with CAP_NET_ADMIN (PrivilegeError), netem for --link-delay (NoNetemError)."""
+    link) refused, root with CAP_NET_ADMIN (PrivilegeError), netem or nft for --link-delay (NoDelayError)."""
     if transport == "ipc":
         raise LinkOptionError("--transport ipc with --link: an ipc socket is a file every emulated host sees, "
                               "so it would not cross the link; use --transport tcp (the default with --link)")
     netns.check_privileges("--link")
-    if link.delay_s and not netns.has_netem():
-        raise NoNetemError(f"--link-delay {link.delay}: this kernel has no netem qdisc (the one that delays "
-                           "packets), and parsgd loads no kernel module; leave out --link-delay")
+    if link.delay_s or link.latency_faults:
+        choose_via("--link-delay" if link.delay_s else "a latency fault")
     if link.keys:
         from parsgd.ps.sockets import load_keypair
         for name in ("server.key_secret", "worker.key_secret", "server.key"):
@@ -113,7 +114,8 @@ class EmulatedRun:
         self.link, self.workers, self.echo = link, workers, echo
         servers_ = ["server", *(f"s{r}" for r in range(1, servers))]  # every server on a host of its own
         self.net = EmulatedNet([*servers_, *(f"w{i}" for i in range(workers))], link.rate_bps, link.delay_s,
-                               rates={role: link.server_rate_bps for role in servers_})
+                               rates={role: link.server_rate_bps for role in servers_},
+                               latency_faults=link.latency_faults)
         self.keys = link.keys or str(Path(tmp) / "keys")
         self.info: dict = {}
         self.timers: list[threading.Timer] = []
@@ -145,6 +147,7 @@ class EmulatedRun:
             from parsgd.ps.sockets import keygen
             keygen(self.keys)
         self.info = {"rate": self.link.rate, "rate_bps": self.link.rate_bps, "delay_s": self.link.delay_s,
+                     "delay_via": self.net.latency.via,
                      "server_rate": self.link.server_rate, "server_rate_bps": self.link.server_rate_bps,
                      "tbf": " ".join(tbf_args(self.link.rate_bps)), "wire_efficiency": wire_efficiency(),
                      "hosts": self.net.addresses, "namespaces": [self.net.ns(r) for r in self.net.roles],
@@ -168,14 +171,23 @@ class EmulatedRun:
 
         m = model_bytes(cfg)
         sizes = sorted({1024, max(2048, m // 4), m})
+        delay = self.link.delay_s
+        if delay:
+            self.net.latency.set_base(0.0)
         self.net.shape("server", None)
         self.net.shape("w0", None)
         try:
             unshaped = measure(self.net, self.keys, sizes)
         finally:
+            if delay:
+                self.net.latency.set_base(delay)
             self.net.shape("server", self.net.rate_of("server"))
             self.net.shape("w0", self.net.rate_of("w0"))
         shaped = measure(self.net, self.keys, sizes)
+        rtt = {"unshaped_s": unshaped["rtt_s"], "measured_s": shaped["rtt_s"],
+               "expected_s": 2 * delay + unshaped["rtt_s"], "one_way_delay_s": delay,
+               "measured_one_way_s": max(0.0, (shaped["rtt_s"] - unshaped["rtt_s"]) / 2)}
+        rtt["ok"] = abs(rtt["measured_s"] / rtt["expected_s"] - 1) <= RTT_TOLERANCE
         expected = self.link.rate_bps / 8 * wire_efficiency()
         # the better direction: the link is symmetric, and the other machine load slows one stream or the other
         got = max(shaped["stream"]["up_bytes_per_s"], shaped["stream"]["down_bytes_per_s"])
@@ -183,7 +195,7 @@ class EmulatedRun:
         ok = abs(got / expected - 1) <= RATE_TOLERANCE
         verdict = "link" if ok else ("cpu-bound" if capacity < expected / CPU_BOUND_SHARE else "off")
         shard_rows = -(-cfg.batch_size // cfg.workers)
-        cal = {"sizes": sizes, "message_bytes": m, "unshaped": unshaped, "shaped": shaped,
+        cal = {"sizes": sizes, "message_bytes": m, "unshaped": unshaped, "shaped": shaped, "rtt": rtt,
                "expected_payload_bytes_per_s": expected, "measured_payload_bytes_per_s": got,
                "capacity_bytes_per_s": capacity, "rate_ok": ok, "bound": verdict,
                "gradient_s": {"batch": time_gradient(cfg, cfg.batch_size), "rows": cfg.batch_size,
@@ -194,6 +206,9 @@ class EmulatedRun:
                   + ("" if ok else f"; {self.link.rate} is CPU-bound here (above what these cores move), not a link"
                      if verdict == "cpu-bound" else f"; WARNING: {self.link.rate} not met within "
                      f"{RATE_TOLERANCE:.0%} (is the machine busy?)"))
+        self.echo(f"[launch] link check: round trip {rtt['measured_s'] * 1e3:.2f} ms (expected 2 x "
+                  f"{delay * 1e3:g} ms + {rtt['unshaped_s'] * 1e3:.2f} ms unshaped = {rtt['expected_s'] * 1e3:.2f} ms)"
+                  + ("" if rtt["ok"] else f"; WARNING: not within {RTT_TOLERANCE:.0%} (is the machine busy?)"))
         return cal
 
     def record(self, out: Path) -> None:
@@ -210,14 +225,33 @@ class EmulatedRun:
                 f.close()
 
     def worker_echo(self, i: int, echo):
-        """`echo` for worker i's lines that also acts on its `partition` fault: the worker says
-        `fault injection: partition at step S` and waits; its link goes down for the item's seconds."""
+        """`echo` for worker i's lines that also acts on its `partition` and `latency` faults: the worker
+        says `fault injection: partition at step S for T s` (or `latency ... : +E s`) and waits; its link
+        goes down (or gets E seconds more one-way delay) for T seconds."""
         def watch(line: str) -> None:
             echo(line)
             m = PARTITION_LINE.search(line)
             if m and i not in self.partitioned:
                 self.partition(i, float(m.group(2)))
+            m = LATENCY_LINE.search(line)
+            if m:
+                self.slow_link(i, float(m.group(2)), float(m.group(3)))
         return watch
+
+    def slow_link(self, i: int, seconds: float, extra_s: float) -> None:
+        """Worker i's link gets `extra_s` more one-way delay, each way, for `seconds` from now."""
+        self.net.latency.add(f"w{i}", extra_s, seconds)
+        self.echo(f"[launch] worker {i}'s link has {extra_s * 1e3:g} ms more delay for {seconds:g} s")
+
+        def restore():
+            try:
+                self.net.latency.remove(f"w{i}")
+            except netns.NetworkError:
+                pass  # the run ended meanwhile and removed the network
+        timer = threading.Timer(seconds, restore)
+        timer.daemon = True
+        timer.start()
+        self.timers.append(timer)
 
     def partition(self, i: int, seconds: float) -> None:
         """Takes worker i's link down now and brings it back after `seconds` (a timer thread)."""
@@ -247,14 +281,14 @@ def link_options(rate: str | None, delay: str | None, keys: str | None, transpor
     """The LinkOptions of `launch --link RATE [--server-link RATE] [--link-delay D] [--keys DIR]`, preflight
     done; None without --link. Raises LinkOptionError (exit 2) for --server-link, --link-delay, --keys or a
     partition fault without --link, and what `preflight` raises."""
-    partition = any(item.split("=", 1)[0].strip() == "partition" for item in (faults or "").split(","))
+    kinds = {item.split("=", 1)[0].strip() for item in (faults or "").split(",")}
     if rate is None:
-        for given, what in ((delay, "--link-delay"), (keys, "--keys"), (partition or None, "a partition fault"),
-                            (server_rate, "--server-link")):
+        for given, what in ((delay, "--link-delay"), (keys, "--keys"), ("partition" in kinds or None, "a partition fault"),
+                            ("latency" in kinds or None, "a latency fault"), (server_rate, "--server-link")):
             if given is not None:
                 raise LinkOptionError(f"{what} is for emulated hosts: add --link RATE (e.g. --link 100mbit)")
         return None
-    link = LinkOptions(rate, delay, keys, server_rate)
+    link = LinkOptions(rate, delay, keys, server_rate, latency_faults="latency" in kinds)
     preflight(link, transport)
     return link
 

@@ -11,7 +11,9 @@ computes for STEP has a NaN / an Inf), killpush@STEP[:SECONDS] (SIGKILL itself S
 moment that GRAD is handed to the socket: over tcp the frame is cut mid-transfer), deaf@STEP
 (after its GRAD for STEP it never reads its socket again, while its heartbeat thread goes on),
 wrongshard@STEP / wrongsize@STEP (its GRAD for STEP names the next shard / has one element too
-few: a broken worker, answered with ERROR BAD_MESSAGE),
+few: a broken worker, answered with ERROR BAD_MESSAGE), partition@STEP:SECONDS and
+latency@STEP:SECONDS:DELAY (with launch --link: the launcher takes the worker's link down, or adds
+DELAY one way to it, for SECONDS; `launch --faults latency=worker1@step10:5s:20ms`),
 drop=P / dup=P (drop or duplicate each outgoing GRAD with probability P), delay=P:SECONDS,
 droptask=P (ignore each incoming TASK with probability P: a lost TASK), slow=FACTOR (every
 compute takes FACTOR times as long: a straggler; `launch --faults slow=worker1:3`), seed=N (the PRNG of the
@@ -42,15 +44,27 @@ class FaultSpecError(UsageError, ValueError):
 
 
 ONCE = ("kill", "crash", "stop", "hang", "nan", "inf", "killpush", "cutpush", "deaf", "wrongshard", "wrongsize",
-        "partition")
+        "partition", "latency")
 RATES = ("drop", "dup", "delay", "droptask")
 HELP = ("kill@STEP, crash@STEP, stop@STEP:SECONDS, hang@STEP:SECONDS, nan@STEP, inf@STEP, killpush@STEP[:SECONDS], "
         "cutpush@STEP, deaf@STEP, wrongshard@STEP, wrongsize@STEP, partition@STEP:SECONDS (launch --link), "
+        "latency@STEP:SECONDS:DELAY (launch --link, DELAY e.g. 20ms), "
         "drop=P, dup=P, delay=P:SECONDS, droptask=P, "
         "slow=FACTOR, seed=N")
 PARTITION_SETTLE_S = 0.5      # partition: the launcher takes this worker's link down meanwhile, before its GRAD
+LATENCY_SETTLE_S = 0.2        # latency: the launcher tells the delay relays meanwhile, before its GRAD
+DELAY_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}  # as --link-delay (parsgd.cluster.rates.parse_delay)
 KILLPUSH_WAIT_S = 0.2         # killpush: time for the GRAD to arrive and be applied before the SIGKILL
 RANGES = "STEP is a whole number >= 0, SECONDS a finite number >= 0, P a probability in [0, 1]"
+
+
+def _delay(text: str) -> float:
+    """'20ms' -> 0.02 (us, ms or s; a bare number is ms, as --link-delay). Raises ValueError."""
+    number = text.rstrip("usm")
+    unit = text[len(number):] or "ms"
+    if unit not in DELAY_UNITS or not number:
+        raise ValueError(text)
+    return float(number) * DELAY_UNITS[unit]
 
 
 def _seconds(x: float) -> bool:
@@ -67,10 +81,11 @@ class FaultPlan:
         self.seed, self.stream = seed, stream
         self.rng = random.Random(f"{seed}/{stream}")
         self.fired: set = set()
+        self.extra: dict[int, float] = {}   # latency@STEP:SECONDS:DELAY: STEP -> DELAY seconds
 
     @classmethod
     def parse(cls, spec: str, echo=print, stream: str = "", sleep=time.sleep) -> "FaultPlan":
-        at, rates, seed = {}, {}, 0
+        at, rates, seed, extra = {}, {}, 0, {}
         for item in filter(None, (s.strip() for s in (spec or "").split(","))):
             try:
                 if "@" in item:
@@ -78,6 +93,12 @@ class FaultPlan:
                     step, _, secs = when.partition(":")
                     if kind not in ONCE:
                         raise ValueError
+                    if kind == "latency":
+                        secs, _, added = secs.partition(":")
+                        extra[int(step.removeprefix("step"))] = _delay(added.strip().lower())
+                        if not _seconds(extra[int(step.removeprefix("step"))]) or not secs:
+                            raise FaultSpecError(f"bad --faults item {item!r}: latency@STEP:SECONDS:DELAY needs "
+                                                 "a DELAY >= 0 such as 20ms, e.g. latency@step10:5s:20ms")
                     step, secs = int(step.removeprefix("step")), float(secs.rstrip("s") or 0)
                     if step < 0 or not _seconds(secs):
                         raise FaultSpecError(f"bad --faults item {item!r}: {RANGES}")
@@ -102,6 +123,7 @@ class FaultPlan:
             except ValueError:
                 raise FaultSpecError(f"bad --faults item {item!r}: use {HELP}") from None
         plan = cls(at, rates, seed, echo, stream, sleep)
+        plan.extra = extra
         if at or rates:
             echo(f"fault injection: {spec} (seed {seed}, stream {stream!r})")
         return plan
@@ -114,15 +136,20 @@ class FaultPlan:
         for at in sorted(s for s in self.at if self.first_step <= s <= step and s not in self.fired
                          and self.at[s][0] in kinds):
             self.fired.add(at)
+            self.due_step = at
             self.echo(f"fault injection: {self.at[at][0]} at step {step}")
             return self.at[at]
         return None
 
     def before_compute(self, step: int, rank: int) -> None:
-        fault = self._due(step, ("kill", "crash", "stop", "hang", "partition"))
+        fault = self._due(step, ("kill", "crash", "stop", "hang", "partition", "latency"))
         if fault is None:
             return
         kind, secs = fault
+        if kind == "latency":  # launch --link watches for this line (parsgd.jobs.emulate) and slows the link
+            added = self.extra[self.due_step]
+            self.echo(f"fault injection: latency at step {step} for {secs:g} s: +{added:g} s")
+            self.sleep(LATENCY_SETTLE_S)
         if kind == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         elif kind == "crash":
