@@ -50,8 +50,11 @@ class Browser:
     """One headless Chromium and one page, driven over the DevTools protocol (flattened sessions)."""
 
     def __init__(self, tmp: Path):
+        from contextlib import ExitStack
+
         from websockets.sync.client import connect
 
+        self.stack = ExitStack()
         self.profile = tmp / "profile"
         self.proc = subprocess.Popen([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu",
                                       "--no-first-run", "--disable-extensions", "--disable-background-networking",
@@ -63,7 +66,8 @@ class Browser:
             assert self.proc.poll() is None and time.monotonic() < deadline, "chromium did not start"
             time.sleep(0.1)
         port, path = port_file.read_text().split()[:2]
-        self.ws = connect(f"ws://127.0.0.1:{port}{path}", max_size=None, open_timeout=START_TIMEOUT_S)
+        self.ws = self.stack.enter_context(connect(f"ws://127.0.0.1:{port}{path}", max_size=None,
+                                                   open_timeout=START_TIMEOUT_S))
         self.ids, self.events, self.session = itertools.count(1), [], None
         target = self.call("Target.createTarget", url="about:blank")["targetId"]
         self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
@@ -93,7 +97,7 @@ class Browser:
         return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
 
     def close(self):
-        self.ws.close()
+        self.stack.close()
         self.proc.terminate()
         try:
             self.proc.wait(timeout=10)

@@ -19,7 +19,7 @@ from parsgd.analysis.rundirs import Run
 from parsgd.analysis.timeline import SPAN_COLORS, timeline_steps
 
 MAX_SPANS = 4000        # rectangles drawn per run at most (the first ones in time): the page stays light
-ROW_PX = 22             # height of one process's row, in CSS pixels
+ROW_PX = 28             # height of one process's row, in CSS pixels
 OTHER_COLOR = "#999999"  # a span name outside parsgd.ps.protocol.SPANS
 
 ZOOM_SCRIPT = """
@@ -93,7 +93,7 @@ def timeline_html(run: Run) -> str:
     height = len(tracks) * ROW_PX
     names = "".join(f'<div style="height:{ROW_PX}px;line-height:{ROW_PX}px">{escape(_track_name(*t))}</div>'
                     for t in tracks)
-    present = sorted({str(comm.span[i]) for i in idx}, key=lambda s: (s not in SPAN_COLORS, s))
+    present = sorted({str(comm.span[i]) for i in idx}, key=lambda s: (list(SPAN_COLORS).index(s) if s in SPAN_COLORS else 99, s))
     legend = " ".join(f'<span class="sw" style="background:{SPAN_COLORS.get(s, OTHER_COLOR)}"></span>{escape(s)}'
                       for s in present)
     shown = f"steps {int(steps[0])} to {int(steps[-1])}" if len(steps) > 1 else f"step {int(steps[0])}"

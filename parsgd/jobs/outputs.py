@@ -16,8 +16,8 @@ from pathlib import Path
 
 import click
 
-from parsgd.analysis.experiments import EXPERIMENT_FILE
-from parsgd.analysis.html_report import HTML_FILE, experiment_baseline, read_experiment
+from parsgd.analysis.experiments import EXPERIMENT_FILE, experiment_baseline, read_experiment
+from parsgd.analysis.html_report import HTML_FILE
 from parsgd.analysis.plots import EXPERIMENT_PNGS
 from parsgd.analysis.rundirs import RunDirError
 from parsgd.config import RunConfig
