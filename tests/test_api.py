@@ -111,6 +111,11 @@ def test_progress_is_one_updating_line():
     text = out.getvalue()
     assert text.count("\n") == 1 and text.endswith("\n") and text.count("\r") == 6
     assert text.rsplit("\r", 1)[1].strip() == "done: test acc 0.9"
+    relayed = io.StringIO()  # launch: the server's done line comes before its summary lines; it is shown last
+    line = progress_mod.ProgressLine("line", relayed)
+    line.write("[server] done: test acc 0.9 in 1 s\n[server] bound by compute\n")
+    line.close()
+    assert relayed.getvalue().rsplit("\r", 1)[1].strip() == "[server] done: test acc 0.9 in 1 s"
     quiet = io.StringIO()
     with pytest.raises(parsgd.UserError):
         with progress_mod.printing("loud"):

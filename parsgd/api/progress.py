@@ -7,7 +7,8 @@ The jobs print their lines (`epoch 3/10 ...`, `done: ...`) through click.echo to
 `printing(mode)` sys.stdout is a ProgressLine that shows them as
 
     "line"   one line rewritten in place: an IPython display handle updated in a notebook (Jupyter
-             keeps ONE output), a carriage return elsewhere; the last line stays.
+             keeps ONE output), a carriage return elsewhere; the run's `done: ...` line stays (else the
+             last line).
     "lines"  every line as the CLI prints it.
     "none"   nothing (errors are raised all the same; stderr's notes are left alone).
     "auto"   "line" in a notebook or on a terminal, else "lines" (a log file keeps every line).
@@ -16,11 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import sys
 
 from parsgd.errors import UsageError
 
 MODES = ("auto", "line", "lines", "none")
+DONE = re.compile(r"(\[[^\]]+\] )?done: ")  # training/divergence.py's done_line, maybe relayed by launch
 
 
 def in_notebook() -> bool:
@@ -37,6 +40,8 @@ class ProgressLine(io.TextIOBase):
         super().__init__()
         self.mode, self.target, self.partial, self.handle, self.width = mode, target, "", None, 0
         self.notebook = mode == "line" and in_notebook()
+        self.last = None  # the line shown last
+        self.done = None  # the last `done: ...` line (also as `[server] done: ...`): shown last
 
     @property
     def encoding(self) -> str:
@@ -52,13 +57,17 @@ class ProgressLine(io.TextIOBase):
         lines = (self.partial + text).split("\n")
         self.partial = lines.pop()
         for line in lines:
-            self.show(line.rstrip("\r"))
+            line = line.rstrip("\r")
+            if DONE.match(line):
+                self.done = line
+            self.show(line)
         return len(text)
 
     def show(self, line: str) -> None:
         """Show one complete line (without its newline)."""
         if self.mode == "none" or (self.mode == "line" and not line.strip()):
             return
+        self.last = line
         if self.mode == "lines":
             self.target.write(line + "\n")
         elif self.notebook:
@@ -76,8 +85,9 @@ class ProgressLine(io.TextIOBase):
     def close(self) -> None:
         """Show a last line without newline, and end the rewritten line with one."""
         if self.partial:
-            self.show(self.partial)
-            self.partial = ""
+            self.write("\n")
+        if self.mode == "line" and self.done is not None and self.done != self.last:
+            self.show(self.done)
         if self.mode == "line" and not self.notebook and self.width:
             self.target.write("\n")
             self.target.flush()
