@@ -153,6 +153,8 @@ def test_experiment_writes_a_self_contained_report_that_chromium_shows(experimen
     alone = tmp_path / "alone" / "report.html"
     alone.parent.mkdir()
     shutil.copy(page, alone)
+    browser.call("Runtime.evaluate", expression="1")
+    browser.events.clear()  # about:blank's own load event must not count as the page's
     browser.call("Page.navigate", url=alone.as_uri())
     browser.wait_event("Page.loadEventFired")
     time.sleep(0.3)  # late console messages
@@ -199,3 +201,17 @@ def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):
     proc = parsgd("report", tmp_path, "--html", tmp_path / "x.html", check=False)
     assert proc.returncode == 1 and proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
     assert not (tmp_path / "x.html").exists()
+
+
+@pytest.mark.slow
+def test_experiment_refuses_a_report_html_it_did_not_write(tmp_path):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "report.html").write_text("<p>mine</p>")
+    args = ["experiment", "--workers", "2", "--modes", "sequential", "--dataset", "synthetic", "--num-samples",
+            "512", "--epochs", "1", "-q", "--out", out]
+    proc = parsgd(*args, check=False)
+    assert proc.returncode == 1 and "report.html" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert (out / "report.html").read_text() == "<p>mine</p>"
+    parsgd(*args, "--force")
+    assert "parsgd report" in (out / "report.html").read_text()
