@@ -9,7 +9,8 @@ keywords become the argument list the shell would pass (`--num-samples=1024`; Tr
 a list for an option that takes several values or may be repeated), which the command's own parser
 reads: the same checks, defaults, environment variables and error messages as `parsgd CMD ...`, then
 the command's own function, which calls the same job in parsgd/jobs/. A click usage error becomes an
-OptionError (a UsageError, exit 2), with the message the CLI would print after `error: `.
+OptionError (a UsageError, exit 2), with the message the CLI would print after `error: `
+(parsgd/cli/calls.py: click's exceptions stay inside the CLI layer).
 """
 from __future__ import annotations
 
@@ -17,21 +18,13 @@ import inspect
 
 import click
 
-from parsgd.errors import Interrupted, UsageError, UserError
+from parsgd.cli.calls import OptionError, parse, run
 
 
 def _default(p: click.Parameter):
     """The parameter's default as a keyword shows it: None for none (click's UNSET sentinel) or a callable."""
     d = p.default
     return None if callable(d) or type(d).__name__ == "Sentinel" or repr(d).endswith("UNSET") else d
-
-
-class OptionError(UsageError):
-    """A keyword the command does not take, or a value its parser refuses (the CLI's exit 2)."""
-
-    def __init__(self, message: str, exit_code: int = 2):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def keyword_names(command: click.Command) -> dict[str, click.Parameter]:
@@ -88,31 +81,12 @@ def to_argv(command: click.Command, options: dict, prog: str) -> list[str]:
 
 def make_context(command: click.Command, options: dict, prog: str) -> click.Context:
     """The parsed click Context of `command` for `options`; raises OptionError as the CLI would fail."""
-    from parsgd.cli import cli
-
-    parent = click.Context(cli, info_name="parsgd")
-    try:
-        return command.make_context(command.name, to_argv(command, options, prog), parent=parent)
-    except click.ClickException as exc:
-        raise OptionError(exc.format_message(), exc.exit_code) from None
+    return parse(command, to_argv(command, options, prog))
 
 
 def run_context(command: click.Command, ctx: click.Context):
-    """Run the parsed command; returns what its function returns. Click errors become OptionError,
-    Ctrl-C Interrupted (exit 130), other UserErrors pass through."""
-    try:
-        with ctx:
-            return command.invoke(ctx)
-    except click.ClickException as exc:
-        raise OptionError(exc.format_message(), exc.exit_code) from None
-    except click.exceptions.Abort:
-        raise Interrupted() from None
-    except KeyboardInterrupt:
-        raise Interrupted() from None
-    except click.exceptions.Exit as exc:
-        if exc.exit_code:
-            raise UserError(f"parsgd {command.name} exited with status {exc.exit_code}") from None
-        return None
+    """Run the parsed command (parsgd.cli.calls.run); returns what its function returns."""
+    return run(command, ctx)
 
 
 def call(command: click.Command, options: dict, prog: str | None = None):
