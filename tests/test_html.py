@@ -195,6 +195,8 @@ def test_report_html_of_run_directories(experiment_dir, tmp_path):
     assert '<svg class="tl"' in text  # the PS run's timeline
     plain = parsgd("report", experiment_dir).stdout
     assert plain.splitlines()[0].split()[:2] == ["run", "P"]
+    mixed = parsgd("report", experiment_dir, experiment_dir / "sequential", "--html", tmp_path / "m.html", check=False)
+    assert mixed.returncode == 2 and "experiment folder" in mixed.stderr and not (tmp_path / "m.html").exists()
 
 
 def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):

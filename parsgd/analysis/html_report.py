@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from parsgd.analysis.experiments import experiment_baseline, experiment_runs, is_experiment_dir
+from parsgd.analysis.experiments import ExperimentFolderGiven, experiment_baseline, experiment_runs, is_experiment_dir
 from parsgd.analysis.html_timeline import ZOOM_SCRIPT, timeline_html
 from parsgd.analysis.linkreport import link_section
 from parsgd.analysis.rundirs import Run, RunDirError, load_run
@@ -48,7 +48,8 @@ svg.tl { flex: 1; width: 100%; cursor: grab; display: block; }
 def load_targets(paths) -> tuple[list[Run], Run, Path | None]:
     """(runs, baseline, experiment folder or None) for one experiment folder or run directories.
 
-    Raises RunDirError for a folder that is neither, or an experiment folder without finished runs.
+    Raises RunDirError for a folder that is neither, or an experiment folder without finished runs,
+    ExperimentFolderGiven (exit 2) for an experiment folder among others.
     """
     paths = [Path(p) for p in paths]
     if len(paths) == 1 and is_experiment_dir(paths[0]):
@@ -57,6 +58,10 @@ def load_targets(paths) -> tuple[list[Run], Run, Path | None]:
             raise RunDirError(f"{paths[0]} is an experiment folder without a finished run: nothing to report; "
                               "rerun the experiment")
         return runs, experiment_baseline(runs), paths[0]
+    folders = [p for p in paths if is_experiment_dir(p)]
+    if folders:
+        raise ExperimentFolderGiven(f"{folders[0]} is an experiment folder: report it alone, or give its runs "
+                                    "among the others")
     runs = [load_run(p) for p in paths]
     return runs, experiment_baseline(runs), None
 

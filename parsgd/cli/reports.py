@@ -120,7 +120,7 @@ def trace(run_dir, out):
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(), metavar="RUN_DIR... | EXPERIMENT_DIR")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), cls=Option,
-              show_default="the text report on stdout",
+              show_default="the comparison table on stdout",
               help="Write ONE self-contained HTML file (plots, zoomable timeline, tables, every run's config; "
                    "no network request) and print its path.")
 def report(paths, html_file):
