@@ -56,7 +56,7 @@ class Browser:
 
         self.stack = ExitStack()
         self.profile = tmp / "profile"
-        self.proc = subprocess.Popen([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu",
+        self.proc = subprocess.Popen([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                                       "--no-first-run", "--disable-extensions", "--disable-background-networking",
                                       "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
                                       f"--user-data-dir={self.profile}", "--window-size=1400,1000", "about:blank"],
