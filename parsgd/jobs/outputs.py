@@ -121,7 +121,8 @@ def remove_stale(out: Path, previous: list[str], written: list[str], echo=click.
 
 def write_outputs(run_dirs: list[Path], out: Path, cfg: RunConfig, echo=click.echo, tried=(), previous=(),
                   since: float | None = None, extra=(), repeat: int = 1) -> tuple[list[Path], list[dict]]:
-    """Report (printed and written), experiment.json / .csv and PNGs from the finished run directories,
+    """Report (printed and written), report.html (analysis/html_report.py: the PNGs inlined), experiment.json
+    / .csv and PNGs from the finished run directories,
     then remove what the previous experiment in `out` wrote and this one did not (remove_stale).
 
     Several runs of one configuration (--repeat) are one row of the table and one point (median,
