@@ -45,8 +45,8 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
         shown = [o["data"]["text/plain"] for o in c.outputs if o.get("output_type") == "display_data"
                  and "text/plain" in o["data"] and "<parsgd" not in o["data"]["text/plain"]]
         assert len(shown) == runs, (c.source, shown)
-        if "parsgd.experiment(" not in c.source:
-            assert all("done: " in text for text in shown)  # the run's done line stays
+        kept = "report: " if "parsgd.experiment(" in c.source else "done: "
+        assert all(kept in text for text in shown), shown  # the run's done line (the experiment's report line) stays
     assert (tmp_path / "example-runs").is_dir()
 
 

@@ -7,8 +7,8 @@ The jobs print their lines (`epoch 3/10 ...`, `done: ...`) through click.echo to
 `printing(mode)` sys.stdout is a ProgressLine that shows them as
 
     "line"   one line rewritten in place: an IPython display handle updated in a notebook (Jupyter
-             keeps ONE output), a carriage return elsewhere; the run's `done: ...` line stays (else the
-             last line).
+             keeps ONE output), a carriage return elsewhere; the run's `done: ...` line (an experiment's
+             `report: ...` line) stays, else the last line.
     "lines"  every line as the CLI prints it.
     "none"   nothing (errors are raised all the same; stderr's notes are left alone).
     "auto"   "line" in a notebook or on a terminal, else "lines" (a log file keeps every line).
@@ -23,7 +23,8 @@ import sys
 from parsgd.errors import UsageError
 
 MODES = ("auto", "line", "lines", "none")
-DONE = re.compile(r"(\[[^\]]+\] )?done: ")  # training/divergence.py's done_line, maybe relayed by launch
+# training/divergence.py's done_line (maybe relayed by launch as `[server] done: ...`), experiment's `report: ...`
+DONE = re.compile(r"(\[[^\]]+\] )?(done|report): ")
 
 
 def in_notebook() -> bool:
