@@ -102,12 +102,15 @@ def plots_html(runs: list[Run], folder: Path | None, pngs=None) -> str:
 
 def link_bytes(run: Run) -> list[dict]:
     """Per process of a parameter-server run (its own link on emulated hosts): bytes per timed step it
-    sent (`out`) and received (`in`), from comm.jsonl's send / recv spans after the warm-up."""
+    sent (`out`) and received (`in`), from comm.jsonl's send / recv spans after the warm-up (every step
+    when none came after it)."""
     comm = run.comm
     if comm is None or not len(comm):
         return []
     first = int(run.summary.get("warmup_steps") or 1)
     timed = comm.step >= first
+    if not timed.any():  # a run no longer than the warm-up: every step (the server_bytes table is left out)
+        timed = comm.step >= 0
     steps = max(1, len(np.unique(comm.step[timed])))
     rows = []
     for role, rank in comm.tracks():
