@@ -29,6 +29,9 @@ def _cell(key: str, fmt: str, value) -> str:
         return str(value)
 
 
+cell = _cell  # public: the HTML report (html_report.py) formats its cells as these tables do
+
+
 def format_table(rows: list[dict], columns=None) -> str:
     """Aligned plain-text table (a header line, a dashes line, one line per row) of `rows`.
 

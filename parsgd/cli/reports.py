@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from parsgd.config import DATASETS
+
 from parsgd.cli.options import (Option, build_config, check_range, force_option, list_items, list_spec, no_repeats,
                                 parse_int_list, parse_str_list, run_dir_value, training_options)
 
@@ -115,4 +117,41 @@ def trace(run_dir, out):
     click.echo(f"wrote {n} spans to {out}: open it in https://ui.perfetto.dev or chrome://tracing")
 
 
-COMMANDS = (experiment, plot, trace)
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(), metavar="RUN_DIR... | EXPERIMENT_DIR")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), cls=Option,
+              show_default="the comparison table on stdout",
+              help="Write ONE self-contained HTML file (plots, zoomable timeline, tables, every run's config; "
+                   "no network request) and print its path.")
+def report(paths, html_file):
+    """Report runs or an experiment folder: the comparison table, or with --html FILE one HTML page of everything."""
+    if html_file:
+        from parsgd.analysis.html_report import write_html
+
+        click.echo(str(write_html(paths, html_file)))
+        return
+    from parsgd.analysis.html_report import load_targets
+    from parsgd.analysis.report import comparison_rows, format_table
+
+    runs, baseline, _ = load_targets(paths)
+    click.echo(format_table(comparison_rows(runs, baseline)))
+
+
+@click.command(name="eval")
+@click.argument("target", type=click.Path(), metavar="RUN_DIR_OR_MODEL")
+@click.option("--dataset", type=click.Choice(DATASETS), cls=Option, show_default="the run's own (a bare model: auto)",
+              help="Score the model on this dataset's test split.")
+@click.option("--data-dir", "--data_dir", "data_dir", cls=Option, envvar="PARSGD_DATA_DIR", show_envvar=True,
+              show_default="the run's own, else $XDG_CACHE_HOME/parsgd",
+              help="Folder with mnist/ and fashion-mnist/ IDX files.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def eval_command(target, dataset, data_dir, as_json):
+    """Score a saved model (a run directory or its model.npz): test loss, accuracy, confusion matrix."""
+    from parsgd.analysis.evaluate import evaluate_model, format_evaluation
+    from parsgd.files import json_text
+
+    result = evaluate_model(target, dataset, data_dir)
+    click.echo(json_text(result) if as_json else format_evaluation(result))
+
+
+COMMANDS = (experiment, plot, trace, report, eval_command)

@@ -6,7 +6,7 @@ Sequential runs once; then, for each worker count P, the Pool baseline and the p
 over each transport; with `repeat` R > 1 that whole round runs R times (interleaved, so a slow
 spell of the machine spreads over the configurations). Each run writes its own run directory under
 `out` (`sequential`, `pool-p2`, `ps-p2-shm`, ...; `sequential-r1`, `sequential-r2`, ... when R > 1);
-the report, experiment.json / .csv and the plots are read back from those directories only. A run
+the report, report.html, experiment.json / .csv and the plots are read back from those directories only. A run
 that fails is reported and skipped; the others still run and are compared. Rerun into the same
 `out`, it removes what the previous experiment wrote there and this one did not write again, and
 says so (jobs/outputs.py). A configuration that

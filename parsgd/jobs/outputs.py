@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from parsgd.analysis.experiments import EXPERIMENT_FILE, experiment_baseline, read_experiment
+from parsgd.analysis.html_report import HTML_FILE
 from parsgd.analysis.plots import EXPERIMENT_PNGS
 from parsgd.analysis.rundirs import RunDirError
 from parsgd.config import RunConfig
@@ -24,7 +25,7 @@ from parsgd.training.rundir import RUN_FILES, ForeignFiles, earlier_run, written
 
 REPORT_FILE = "experiment_report.txt"
 CAPACITY_FILE = "capacity.json"  # `--link`: parsgd.jobs.emulate.measure_capacity
-OUTPUTS = (REPORT_FILE, EXPERIMENT_FILE, "experiment.csv", CAPACITY_FILE, *EXPERIMENT_PNGS)
+OUTPUTS = (REPORT_FILE, EXPERIMENT_FILE, "experiment.csv", CAPACITY_FILE, *EXPERIMENT_PNGS, HTML_FILE)
 MTIME_SLACK_S = 1.0  # a file's mtime comes from a coarser clock than time.time(): it may read a little earlier
 
 
@@ -120,7 +121,8 @@ def remove_stale(out: Path, previous: list[str], written: list[str], echo=click.
 
 def write_outputs(run_dirs: list[Path], out: Path, cfg: RunConfig, echo=click.echo, tried=(), previous=(),
                   since: float | None = None, extra=(), repeat: int = 1) -> tuple[list[Path], list[dict]]:
-    """Report (printed and written), experiment.json / .csv and PNGs from the finished run directories,
+    """Report (printed and written), report.html (analysis/html_report.py: the PNGs inlined), experiment.json
+    / .csv and PNGs from the finished run directories,
     then remove what the previous experiment in `out` wrote and this one did not (remove_stale).
 
     Several runs of one configuration (--repeat) are one row of the table and one point (median,
@@ -132,6 +134,8 @@ def write_outputs(run_dirs: list[Path], out: Path, cfg: RunConfig, echo=click.ec
     written. Returns (the files written, the comparison rows of the table).
     """
     from parsgd.analysis import plots, report, results
+    from parsgd.analysis.html_report import build_page
+    from parsgd.files import write_file
     from parsgd.training.rundir import machine_info
     from parsgd.analysis.rundirs import load_run
 
@@ -149,14 +153,14 @@ def write_outputs(run_dirs: list[Path], out: Path, cfg: RunConfig, echo=click.ec
         echo("")
         echo(path.read_text(encoding="utf-8").rstrip())
         pngs = plots.plot_experiment(runs, baseline, out, echo)
-        written = [path]
+        written = [path, write_file(out / HTML_FILE, build_page(runs, baseline, out, pngs).encode("utf-8"))]
     tables = [out / EXPERIMENT_FILE, out / "experiment.csv"]
     files = [p.name for p in [*written, *tables, *pngs, *extra]]
     meta["files"] = files + run_files([*tried, *run_dirs], out, time.time() if since is None else since)
     written += results.write_results(out, recs, meta)
     echo("")
     if runs:
-        echo(f"report: {written[0]}")
+        echo(f"report: {written[0]}, {written[1]}")
     echo(f"tables: {', '.join(str(p) for p in tables)}")
     if pngs:
         echo(f"plots:  {', '.join(str(p) for p in pngs)}")
