@@ -17,9 +17,10 @@ def pytest_sessionfinish(session, exitstatus):
 # Files whose tests create or count machine-wide things (network namespaces, sshd's /run/sshd, the
 # Slurm daemons, parsgd_* segments in /dev/shm) and check that none is left: under pytest-xdist they
 # all run on one worker, one after another, so no other test's live namespace or segment is counted.
-MACHINE_WIDE = {"test_cluster.py", "test_colocate.py", "test_hostile.py", "test_hosts.py", "test_options.py",
-                "test_ps.py", "test_slurm.py", "test_ssh.py"}
-MACHINE_WIDE_TESTS = {"test_on_an_emulated_link_both_plots_draw_the_reports_link_time"}
+MACHINE_WIDE = {"test_cluster.py", "test_colocate.py", "test_delay.py", "test_hostile.py",
+                "test_hosts.py", "test_options.py", "test_ps.py", "test_slurm.py", "test_ssh.py"}
+MACHINE_WIDE_TESTS = {"test_on_an_emulated_link_both_plots_draw_the_reports_link_time",
+                      "test_notebook_runs[03_estimate_then_measure.ipynb]"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -27,7 +28,7 @@ def pytest_collection_modifyitems(config, items):
     unit of work, so the other worker shares out the rest while it runs instead of waiting at the end."""
     import pytest
     machine_wide = [item for item in items
-                    if item.path.name in MACHINE_WIDE or item.originalname in MACHINE_WIDE_TESTS]
+                    if item.path.name in MACHINE_WIDE or {item.name, item.originalname} & MACHINE_WIDE_TESTS]
     for item in machine_wide:
         item.add_marker(pytest.mark.xdist_group("machine-wide"))
     chosen = set(map(id, machine_wide))
