@@ -25,7 +25,7 @@ from parsgd.data import load_dataset
 from parsgd.model.keyranges import key_ranges
 from parsgd.model.mlp import Workspace, loss_and_grad
 from parsgd.ps import protocol as proto
-from parsgd.ps.channel import (SEND_TIMEOUT_S, recv_frames_within, recv_message, send_now, send_within,
+from parsgd.ps.channel import (SEND_TIMEOUT_S, recv_frames_within, recv_message, send_now,
                                spin_for_message)
 from parsgd.ps.commlog import WorkerSpans
 from parsgd.ps.faults import FaultPlan
@@ -35,6 +35,7 @@ from parsgd.ps.rows import ShardRows
 from parsgd.ps.shm import SessionBuffer, host_identity
 from parsgd.ps.sockets import configure_dealer, dealer_context
 from parsgd.ps.stops import Stopped, StopSignals, WorkerExit
+from parsgd.ps.worker_logs import ShippedLogs
 
 HELLO_RETRY_S = 1.0           # resend HELLO this often while no server answers (Lazy Pirate)
 STATUS_EVERY_S = 5.0
@@ -57,7 +58,7 @@ class WorkerOptions:
     name: str = ""
 
 
-class Worker:
+class Worker(ShippedLogs):
     """A parameter-server worker: registers (HELLO / WELCOME / READY), computes the shards it is sent,
     heartbeats from its own thread, and ships its comm spans when the server says STOP.
 
@@ -311,28 +312,6 @@ class Worker:
 
     def _recv_frames(self):
         return recv_frames_within(self.sock, self.max_msg_bytes, self.echo)
-
-    def _ship_logs(self, timeout_s: float = 0.0) -> None:
-        """The spans not sent yet, in LOGS chunks no larger than a gradient frame (the server streams
-        them into comm.jsonl). During training a chunk that cannot leave at once waits for the next
-        try: a vanished server must not delay the worker noticing it."""
-        rows = max(1, self.kr.n * np.dtype(self.cfg.dtype).itemsize // (proto.SPAN_COLUMNS * 8))
-        for chunk in self.log.unshipped(rows):
-            if not self._send(proto.Logs(self.incarnation, self.session, self.rank, chunk).to_frames(), timeout_s):
-                break
-            self.log.shipped_one(chunk)
-
-    def _leave(self) -> None:
-        """On a signal: the empty LOGS that says this session leaves, if it has one (best effort, 0.2 s)."""
-        if getattr(self, "rank", None) is not None and self.sock is not None:
-            send_within(self.sock, proto.Logs(self.incarnation, self.session, self.rank, np.zeros((0, proto.SPAN_COLUMNS))).to_frames(), 0.2)
-            self.sock.setsockopt(zmq.LINGER, 200)
-
-    def _send_logs(self) -> None:
-        """At STOP: the rest of the spans, then an empty chunk that ends them."""
-        self.sock.setsockopt(zmq.LINGER, 2000)  # the LOGS must leave before the socket closes
-        self._ship_logs(SEND_TIMEOUT_S)
-        self._send(proto.Logs(self.incarnation, self.session, self.rank, np.zeros((0, proto.SPAN_COLUMNS))).to_frames())
 
     def close(self) -> None:
         self._stop_heartbeats()
