@@ -10,6 +10,8 @@ computes for STEP has a NaN / an Inf), killpush@STEP[:SECONDS] (SIGKILL itself S
 0.2, after its GRAD for STEP left: pushed and applied, then gone), cutpush@STEP (SIGKILL itself the
 moment that GRAD is handed to the socket: over tcp the frame is cut mid-transfer), deaf@STEP
 (after its GRAD for STEP it never reads its socket again, while its heartbeat thread goes on),
+killpart@STEP (--overlap: SIGKILL itself 0.2 s after the first PART of its gradient for STEP left: some
+parts sent, the others and the GRAD never),
 wrongshard@STEP / wrongsize@STEP (its GRAD for STEP names the next shard / has one element too
 few: a broken worker, answered with ERROR BAD_MESSAGE),
 drop=P / dup=P (drop or duplicate each outgoing GRAD with probability P), delay=P:SECONDS,
@@ -42,10 +44,10 @@ class FaultSpecError(UsageError, ValueError):
 
 
 ONCE = ("kill", "crash", "stop", "hang", "nan", "inf", "killpush", "cutpush", "deaf", "wrongshard", "wrongsize",
-        "partition")
+        "partition", "killpart")
 RATES = ("drop", "dup", "delay", "droptask")
 HELP = ("kill@STEP, crash@STEP, stop@STEP:SECONDS, hang@STEP:SECONDS, nan@STEP, inf@STEP, killpush@STEP[:SECONDS], "
-        "cutpush@STEP, deaf@STEP, wrongshard@STEP, wrongsize@STEP, partition@STEP:SECONDS (launch --link), "
+        "cutpush@STEP, killpart@STEP, deaf@STEP, wrongshard@STEP, wrongsize@STEP, partition@STEP:SECONDS (launch --link), "
         "drop=P, dup=P, delay=P:SECONDS, droptask=P, "
         "slow=FACTOR, seed=N")
 PARTITION_SETTLE_S = 0.5      # partition: the launcher takes this worker's link down meanwhile, before its GRAD

@@ -30,6 +30,7 @@ from parsgd.ps.channel import (SEND_TIMEOUT_S, recv_frames_within, recv_message,
 from parsgd.ps.commlog import WorkerSpans
 from parsgd.ps.faults import FaultPlan
 from parsgd.ps.heartbeat import Heartbeats
+from parsgd.ps.overlap_worker import PartsLost, WorkerOverlap
 from parsgd.ps.range_links import RangeLinks
 from parsgd.ps.rows import ShardRows
 from parsgd.ps.shm import SessionBuffer, host_identity
@@ -152,6 +153,7 @@ class Worker(ShippedLogs):
                                     self.session, self.rank, cfg.workers, cfg.dtype, self.stops, self.log,
                                     self.hb_s * self.liveness, self.echo, None if welcome.shm else self.opts.connect)
         self.shard_rows = ShardRows(cfg, self.data, self.log)
+        self.overlap = WorkerOverlap(self) if cfg.overlap != "none" else None  # --overlap: ps/overlap_worker.py
         self._close_buf()
         if welcome.shm:
             try:
@@ -282,22 +284,31 @@ class Worker(ShippedLogs):
             params, grad = self.full, self.full_grad
         # The shard's share of the batch mean (sum of its row gradients / batch rows): the server only adds.
         with np.errstate(over="ignore", invalid="ignore"):  # a non-finite result is the server's to judge
-            loss_sum, correct = loss_and_grad(params, self.sizes, rows, self.data.y_train[idx], grad, self.ws,
-                                              scale=1.0 / task.batch)
+            if self.overlap is not None:  # the parts leave as backprop finishes them (and arrive, params None)
+                try:
+                    loss_sum, correct = self.overlap.compute(task, params, rows, self.data.y_train[idx], grad,
+                                                             1.0 / task.batch)
+                except PartsLost as exc:
+                    self.echo(f"worker {self.rank}: shard {task.shard} of step {task.step} abandoned ({exc})")
+                    return False
+            else:
+                loss_sum, correct = loss_and_grad(params, self.sizes, rows, self.data.y_train[idx], grad, self.ws,
+                                                  scale=1.0 / task.batch)
+                self.faults.corrupt(task.step, self.rank, grad)
         self.faults.straggle(self.log.now() - t)
-        self.faults.corrupt(task.step, self.rank, grad)
         end = self.log.add("compute", task.step, t)
         finite = True
         if self.links is not None:  # every part to its owner at once; the GRAD once every range holds its own
             self.kr.gather(grad, 0, out=slot)
-            if self.buf is None:  # server 0's part goes ahead of the GRAD, on the same connection
+            if self.buf is None and self.overlap is None:  # server 0's part ahead of the GRAD, same connection
                 self._send(proto.Push(self.incarnation, self.session, task.step, task.shard, slot).to_frames(),
                            self.hb_s * self.liveness)
-            finite = self.links.push(task.step, task.shard, grad)
+            finite = self.links.push(task.step, task.shard, grad, parts=self.overlap is not None)
             if finite is None:
                 return False
+        sent = self.buf is not None or self.links or self.overlap  # the gradient is in shm, PUSHes or PARTs
         msg = proto.Grad(self.incarnation, self.session, task.step, task.shard, task.lo, task.hi, idx.size,
-                         loss_sum, correct, end - t, None if self.buf is not None or self.links else slot, finite,
+                         loss_sum, correct, end - t, None if sent else slot, finite,
                          versions if self.cfg.consistency != "bsp" else [])
         frames = self.faults.mangle(task.step, msg, self.cfg.workers).to_frames()
         t = self.log.add("serialize", task.step, end)
