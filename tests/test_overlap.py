@@ -145,7 +145,8 @@ def test_a_worker_killed_with_some_parts_sent_leaves_the_update_intact(tmp_path,
     """Worker 0 SIGKILLs itself 0.2 s after the first PART of step 5 left: the server holds that part,
     never the GRAD; the shard goes to another worker and the step's sum uses only that worker's parts."""
     run = tmp_path / "run"
-    result = launch(run, "--overlap", "layer", "--faults", "killpart=worker0@step5", "--transport", "tcp", workers=3)
+    result = launch(run, "--overlap", "layer", "--faults", "killpart=worker0@step5", "--transport", "tcp",
+                    "--step-timeout", "5", workers=3)  # the death (1 s of silence) is seen before the timeout
     assert "fault injection: killpart at step 5" in result.stdout
     dead = [e for e in events(run) if e["event"] == "dead"]
     assert len(dead) == 1 and dead[0]["step"] == 5, dead
