@@ -23,7 +23,7 @@ import msgpack
 import numpy as np
 import zmq
 
-VERSION = 4                                          # §9 the protocol version, `v` of every header
+VERSION = 5                                          # §9 the protocol version, `v` of every header
 DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}   # §3 payload types
 SPANS = ("serialize", "send", "recv", "deserialize", "compute", "wait", "aggregate", "update")  # §4.8
 SPAN_COLUMNS = 6                                     # §4.8 span_code, step, t, dur, bytes, server
