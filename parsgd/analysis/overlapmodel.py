@@ -15,6 +15,13 @@ crosses the server's link, each direction on its own. One step, from the server'
               at the server it is served in order of readiness r = S_k + alpha:
               D = max(r + bytes_k / R, D_prev + bytes_k / R) + o   (its own link, then the server's)
     step      max D over every worker's last bucket + the server's own work (sum, update, copies)
+    server    its one I/O thread handles every byte in and out at c s/byte (copies, CURVE), one after the
+              other: a part is out when both the link and that thread are done with it (C_j >= IO_j),
+              a gradient in when both are (D >= IO)
+
+A run calibrates it (`estimate_overlap`): the residual, what the run's measured step took beyond the
+recurrence at its own P, link and mode (wake-ups, the emulated hosts sharing the cores), is added to
+every prediction, as costmodel.py's overhead o.
 
 `none` is the same recurrence with one part each way (the TASK carries the parameters). f_i and b_i are
 measured by timing model/mlp.backward_layers on ceil(B / P) rows on this machine (the segment between its
@@ -44,6 +51,7 @@ HEADER_BYTES = 128            # a PART / TASK / GRAD header (msgpack), beside it
 BUCKETS = (4096, 16384, 65536, 262144, 1048576)   # bucket sizes the advice tries (bytes)
 TIMING_REPEATS = 15           # backward passes timed per row count (median of each segment)
 TIE = 0.01                    # within 1% of the best, the fewer-message choice is advised
+SMALL_BYTES = 4096            # server recv spans below this size measure the per-message cost o
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,8 @@ class Pipeline:
     message_s: float = 0.0
     server_s: float = 0.0
     header_bytes: int = HEADER_BYTES
+    cpu_s_per_byte: float = 0.0   # c: the server's one I/O thread, per byte in or out (copies, CURVE)
+    residual_s: float = 0.0       # what the calibration run took beyond the recurrence (wake-ups, cores shared)
 
 
 def buckets_of(layer_bytes, overlap: str, bucket_bytes: int) -> list[tuple[int, int, int]]:
@@ -82,11 +92,12 @@ def step_time(p: Pipeline, overlap: str, bucket_bytes: int = 65536) -> dict:
     plan = buckets_of(p.layer_bytes, overlap, bucket_bytes)
     pulls = list(reversed(plan))  # first layer first
     beta = 1.0 / p.rate
-    clock, arrivals = 0.0, []
+    clock, io, arrivals = 0.0, 0.0, []
     for _ in range(p.workers):  # the server's uplink: worker-major, parts first layer first
         got = {}
-        for k, (lo, hi, nbytes) in enumerate(pulls):
-            clock += p.message_s + (nbytes + p.header_bytes) * beta
+        for lo, hi, nbytes in pulls:
+            io += (nbytes + p.header_bytes) * p.cpu_s_per_byte
+            clock = max(clock + p.message_s + (nbytes + p.header_bytes) * beta, io)
             for i in range(lo, hi + 1):
                 got[i] = clock + p.alpha_s
         arrivals.append(got)
@@ -106,8 +117,9 @@ def step_time(p: Pipeline, overlap: str, bucket_bytes: int = 65536) -> dict:
             ready.append((start + p.alpha_s, nbytes + p.header_bytes))
     server = 0.0
     for r, nbytes in sorted(ready):
-        server = max(r + nbytes * beta, server + nbytes * beta) + p.message_s
-    return {"step_s": server + p.server_s, "last_gradient_s": server, "messages": len(plan),
+        io = max(io, r) + nbytes * p.cpu_s_per_byte
+        server = max(r + nbytes * beta, server + nbytes * beta, io) + p.message_s
+    return {"step_s": server + p.server_s + p.residual_s, "last_gradient_s": server, "messages": len(plan),
             "compute_s": float(sum(p.forward_s) + sum(p.backward_s))}
 
 
@@ -166,16 +178,20 @@ def advise(pipe: Pipeline, buckets=BUCKETS) -> dict:
     saved = choices["none"]["step_s"] - choices[best]["step_s"]
     why = (f"{best} saves {saved * 1e3:.2f} ms of the none step's {choices['none']['step_s'] * 1e3:.2f} ms"
            if best != "none" else "none: every extra message costs more (alpha, o) than the backward it would hide")
-    return {"choices": choices, "best": best, "bucket_bytes": bucket, "why": why}
+    plan = buckets_of(pipe.layer_bytes, "bucket", bucket)
+    words = ", ".join(f"layer{'s' if hi > lo else ''} {hi}{f'-{lo}' if hi > lo else ''} ({nbytes / 1e3:.1f} KB)"
+                      for lo, hi, nbytes in plan)
+    return {"choices": choices, "best": best, "bucket_bytes": bucket, "why": f"{why}; bucket {bucket} B sends {words}"}
 
 
 def pipeline_for(sizes, dtype: str, batch: int, workers: int, rate: float, alpha_s: float = 0.0,
-                 message_s: float = 0.0, server_s: float = 0.0, scale: float = 1.0, timings=None) -> Pipeline:
+                 message_s: float = 0.0, server_s: float = 0.0, scale: float = 1.0, timings=None,
+                 cpu_s_per_byte: float = 0.0, residual_s: float = 0.0) -> Pipeline:
     """A Pipeline for the model `sizes` at P = workers: layer times measured on ceil(batch / P) rows
     (or `timings`, (forward, backward) lists) times `scale`."""
     f, b = timings or measure_layers(sizes, math.ceil(batch / workers), dtype)
     return Pipeline(tuple(x * scale for x in f), tuple(x * scale for x in b), layer_bytes(sizes, dtype), workers,
-                    rate, alpha_s, message_s, server_s)
+                    rate, alpha_s, message_s, server_s, HEADER_BYTES, cpu_s_per_byte, residual_s)
 
 
 def estimate_overlap(run_dir, workers=None, links=None, alpha_s: float | None = None) -> dict:
@@ -183,8 +199,11 @@ def estimate_overlap(run_dir, workers=None, links=None, alpha_s: float | None = 
 
     Rate: each of `links` (RATE strings, payload = RATE x 1448/1514), else the run's own (link.json).
     alpha: `alpha_s`, else link.json's rtt_s / 2 (the link check's round trip), else 0. o: the median of
-    server 0's recv spans (its cost per message). Layer times: measured here, scaled to the run's own
-    compute (overlapreport: the slowest worker's, parts excluded); server work: stepparts' median.
+    server 0's recv spans of messages under SMALL_BYTES (at least 10), else half the link check's
+    unshaped ping-pong intercept, else 0; c: that check's unshaped per-byte cost (0 without one).
+    The residual (see the module doc) is fitted at the run's own P, link and mode. Layer times: measured
+    here, scaled to the run's own compute (overlapreport: the slowest worker's, parts excluded); server
+    work: stepparts' median.
     Returns {"run", "alpha_s", "message_s", "scale", "measured" (the run's step s), "predicted" (its own
     choice at its P and link, or None without a link), "advice": [{workers, link, ...advise()}]}.
     Raises RunDirError (not a BSP parameter-server run; no link rate and no `links`)."""
@@ -202,19 +221,28 @@ def estimate_overlap(run_dir, workers=None, links=None, alpha_s: float | None = 
     link = read_link(run.path) or {}
     alpha = alpha_s if alpha_s is not None else float(link.get("rtt_s") or 0.0) / 2
     comm = run.comm
-    recv = comm.dur_s[(comm.role == "server") & (comm.rank == 0) & (comm.span == "recv") & (comm.step >= 1)]
-    o = float(np.median(recv)) if len(recv) else 0.0
+    small = ((comm.role == "server") & (comm.rank == 0) & (comm.span == "recv") & (comm.step >= 1)
+             & (comm.bytes < SMALL_BYTES))
+    unshaped = ((link.get("calibration") or {}).get("unshaped") or {})
+    fits = [unshaped[k] for k in ("up_fit", "down_fit") if k in unshaped]
+    c = float(np.mean([f["beta_s_per_byte"] for f in fits])) if fits else 0.0   # the link check's per-byte cost
+    if np.count_nonzero(small) >= 10:   # o: what server 0 spends on a small message (PARTs of small layers)
+        o = float(np.median(comm.dur_s[small]))
+    else:                               # half the link check's unshaped ping-pong intercept, or 0
+        o = float(np.mean([f["alpha_s"] for f in fits])) / 2 if fits else 0.0
     timings = measure_layers(sizes, math.ceil(batch / p_run), dtype)
     scale = fig["compute"] / max(1e-12, sum(timings[0]) + sum(timings[1])) if fig["compute"] > 0 else 1.0
     out = {"run": str(run.path), "overlap": fig["overlap"], "bucket_bytes": int(cfg.get("bucket_bytes") or 65536),
-           "alpha_s": alpha, "message_s": o, "scale": scale, "measured": fig["step"], "predicted": None, "advice": []}
+           "alpha_s": alpha, "message_s": o, "cpu_s_per_byte": c, "scale": scale, "measured": fig["step"],
+           "predicted": None, "residual_s": 0.0, "advice": []}
     if own:
-        pipe = pipeline_for(sizes, dtype, batch, p_run, own[0], alpha, o, parts["server"], scale, timings)
+        pipe = pipeline_for(sizes, dtype, batch, p_run, own[0], alpha, o, parts["server"], scale, timings, c)
         out["predicted"] = step_time(pipe, fig["overlap"], out["bucket_bytes"])["step_s"]
+        out["residual_s"] = max(0.0, fig["step"] - out["predicted"])
     for p in workers or [p_run]:
         t = timings if p == p_run else measure_layers(sizes, math.ceil(batch / p), dtype)
         for name, rate in rates:
-            pipe = pipeline_for(sizes, dtype, batch, p, rate, alpha, o, parts["server"], scale, t)
+            pipe = pipeline_for(sizes, dtype, batch, p, rate, alpha, o, parts["server"], scale, t, c, out["residual_s"])
             out["advice"].append({"workers": p, "link": name if isinstance(name, str) else format_rate(name),
                                   **advise(pipe)})
     return out
@@ -227,7 +255,9 @@ def format_overlap(est: dict) -> str:
              f"{est['scale']:.2f} to the run's compute"]
     if est["predicted"] is not None:
         lines.append(f"the run itself (--overlap {est['overlap']}): measured {est['measured'] * 1e3:.2f} ms a step, "
-                     f"predicted {est['predicted'] * 1e3:.2f} ms ({est['predicted'] / est['measured'] - 1:+.0%})")
+                     f"the recurrence alone {est['predicted'] * 1e3:.2f} ms "
+                     f"({est['predicted'] / est['measured'] - 1:+.0%}); the residual {est['residual_s'] * 1e3:.2f} ms "
+                     "is added to every prediction below")
     names = list(est["advice"][0]["choices"]) if est["advice"] else []
     lines.append(f"{'P':>4}  {'link':>8}  " + "  ".join(f"{n.replace('bucket ', 'b'):>9}" for n in names)
                  + "  advice (ms per step)")
