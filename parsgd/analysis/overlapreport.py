@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from parsgd.analysis.costmodel import read_link
-from parsgd.analysis.rundirs import Run
+from parsgd.analysis.rundirs import Run, overlap_word
 from parsgd.analysis.stepparts import step_parts
 
 
@@ -80,6 +80,30 @@ def overlap_figures(run: Run) -> dict | None:
         out["comm"] = parts["link_need"] + 2 * alpha
         out["hidden"] = min(1.0, max(0.0, out["compute"] + out["comm"] - out["step"]) / out["comm"])
     return out
+
+
+def hidden_vs_none(group: list[Run], groups: list[list[Run]]) -> list[str]:
+    """`  against <the none run of the same configuration>: ...`: (step_none - step) / (step_none - compute_none),
+    the share of the `none` step's communication this overlap mode removed (medians over the repeats);
+    [] for a `none` group or when the experiment has no `none` twin."""
+    first = group[0]
+    overlap = str(first.config.get("overlap") or "none")
+    if overlap == "none" or first.mode != "ps":
+        return []
+    twin_label = first.label.replace(overlap_word(overlap, first.config.get("bucket_bytes")), "", 1)
+    twin = next((g for g in groups if g[0].label == twin_label), None)
+    mine = [f for f in map(overlap_figures, group) if f]
+    base = [f for f in map(overlap_figures, twin or []) if f]
+    if not mine or not base:
+        return []
+    step = float(np.median([f["step"] for f in mine]))
+    none_step, none_compute = (float(np.median([f[k] for f in base])) for k in ("step", "compute"))
+    comm = none_step - none_compute
+    share = (none_step - step) / comm if comm > 0 else 0.0
+    what = (f"{share:.0%} hidden" if share >= 0 else
+            f"nothing hidden: the extra messages cost {(step - none_step) * 1e3:.2f} ms more than they hid")
+    return [f"  against {twin_label}: {none_step * 1e3:.2f} -> {step * 1e3:.2f} ms a step; of its "
+            f"{comm * 1e3:.2f} ms beyond the compute, {what}"]
 
 
 def overlap_sentence(fig: dict) -> str:

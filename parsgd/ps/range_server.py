@@ -314,6 +314,8 @@ class RangeServer:
         if buf is not None:
             self.segments.release(buf)
         self.parts = {k: v for k, v in self.parts.items() if k[2] != session}
+        if getattr(self, "assembler", None) is not None:
+            self.assembler.discard(session)  # --overlap: a gone worker's parts never enter an APPLY
 
     # -- logs and closing -------------------------------------------------------------------------
     def _ship_logs(self, final: bool = False) -> None:
