@@ -161,7 +161,7 @@ def comm_section(runs: list[Run], row: dict | None) -> list[str]:
         out += textwrap.wrap(f"what a step waits for ({parts['steps']} timed steps{each}): {bound_sentence(parts)}",
                              100, initial_indent="  ", subsequent_indent="    ")
     fig = overlap_figures(first)
-    if fig is not None and (fig["overlap"] != "none" or fig["comm"] is not None):
+    if fig is not None and fig["overlap"] != "none":  # --overlap: what the parts hid (analysis/overlapreport.py)
         out += textwrap.wrap(overlap_sentence(fig), 100, initial_indent="  ", subsequent_indent="    ")
     out += server_lines(first)
     roles = [r for r in ROLE_ORDER if r in bd]
