@@ -16,6 +16,8 @@ from parsgd.config import ConfigError, RunConfig
 from parsgd.model.keyranges import key_ranges
 from parsgd.model.mlp import Workspace, backward_layers, init_params, layer_bounds, loss_and_grad, n_params
 from parsgd.ps import protocol as proto
+from parsgd.analysis.overlapreport import hidden_vs_none, overlap_figures
+from parsgd.analysis.rundirs import load_run
 from parsgd.ps.overlap import PartAssembler, pieces, pull_plan, push_plan
 from procs import PY, events, load_params, sequential_params
 from tracecheck import comm_overlaps
@@ -114,23 +116,34 @@ def launch(out, *extra, workers=2):
 
 
 @pytest.fixture(scope="module")
-def none_model(tmp_path_factory):
+def none_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("none")
     launch(tmp / "run", "--overlap", "none", workers=3)
-    return load_params(tmp / "run")
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def none_model(none_run):
+    return load_params(none_run)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("servers,overlap", [(1, "layer"), (1, "bucket"), (2, "layer"), (2, "bucket")])
-def test_overlap_trains_the_none_model_bit_for_bit(tmp_path, none_model, servers, overlap):
+@pytest.mark.parametrize("servers,overlap", [(1, "layer"), (1, "bucket"), (2, "layer")])  # S=2: layer 0 in two pieces
+def test_overlap_trains_the_none_model_bit_for_bit(tmp_path, none_run, none_model, servers, overlap):
     out = tmp_path / "run"
-    launch(out, "--overlap", overlap, "--bucket-bytes", "2048", "--servers", str(servers), workers=3)
+    result = launch(out, "--overlap", overlap, "--bucket-bytes", "2048", "--servers", str(servers), workers=3)
+    assert "shared memory is not offered" in result.stdout
     assert np.array_equal(load_params(out), none_model)
     comm = [json.loads(ln) for ln in (out / "comm.jsonl").read_text().splitlines()]
     sends = [r for r in comm if r["role"] == "worker" and r["span"] == "send" and r["step"] == 4]
     parts = len(push_plan((784, 32, 16, 10), overlap, 2048, 8))   # 3 layers; buckets of >= 2 KiB: 2
     assert len(sends) >= parts + 1, "a send span per part (per server with S servers), then the GRAD's"
     assert comm_overlaps(out / "comm.jsonl") == [], "the part spans nest in the compute span"
+    if servers == 1:  # the report's figures: layers 2 and 1 (5,584 of 206,464 bytes) leave during backprop
+        fig, base = overlap_figures(load_run(out)), overlap_figures(load_run(none_run))
+        assert base["early"] == 0 and 0.02 < fig["early"] < 0.05 and fig["overlap"] == overlap
+        line, = hidden_vs_none([load_run(out)], [[load_run(none_run)]])
+        assert line.startswith(f"  against {load_run(none_run).label}: ") and "beyond the compute" in line
 
 
 @pytest.mark.slow

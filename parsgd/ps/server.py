@@ -28,6 +28,8 @@ class ParameterServer(ServerLoop):
         cfg, own = self.cfg, self.shard_grads.shape[1]
         # --overlap: the gradient parts ahead of each GRAD; with one server, the parameters go out in parts
         self.parts = PartAssembler(own, self.params.dtype, self.n_shards) if cfg.overlap != "none" else None
+        if self.parts is not None and self.opts.shm:
+            self.echo(f"--overlap {cfg.overlap}: the parts travel through the socket; shared memory is not offered")
         self.pulls = (pull_plan(cfg.sizes, cfg.overlap, cfg.bucket_bytes, self.params.itemsize)
                       if cfg.servers == 1 else [])
 
