@@ -455,6 +455,8 @@ class Worker:
         self.incarnation, self.rank, self.config = welcome["incarnation"], welcome["rank"], welcome["config"]
         self.heartbeat_s, self.liveness = welcome["heartbeat_s"], welcome["liveness"]
         cfg = self.config
+        if cfg.get("overlap", "none") != "none":   # §16: not implemented here, so refused
+            raise RuntimeError(f"this worker implements --overlap none only, the server runs {cfg['overlap']}")
         key = (cfg["dataset"], cfg["data_dir"], cfg["num_samples"], cfg["seed"], cfg["dtype"])
         if key != self.data_key:
             self.data, self.data_key, self.orders = load_data(cfg, self.data_dir), key, {}

@@ -169,3 +169,14 @@ def test_a_worker_killed_with_some_parts_sent_leaves_the_update_intact(tmp_path,
              if r["role"] == "server" and r["span"] == "recv"]
     assert recvs.count(5) > recvs.count(4), "the dead worker's part of step 5 reached the server"
     assert np.array_equal(load_params(run), none_model)
+
+
+def test_experiment_plans_each_overlap_mode_for_bsp_only():
+    from parsgd.jobs.experiment import plan
+    configs = plan([2], ("ps",), ("tcp",), consistencies=("bsp", "async"), overlaps=("none", "layer", "bucket"),
+                   bucket_bytes=4096)
+    assert [(c.consistency, c.overlap) for c in configs] == [("bsp", "none"), ("bsp", "layer"), ("bsp", "bucket"),
+                                                            ("async", "none")]
+    assert [c.label for c in configs] == ["ps P=2 tcp", "ps P=2 tcp overlap layer", "ps P=2 tcp overlap bucket 4096 B",
+                                          "ps P=2 tcp async"]
+    assert len({c.dirname for c in configs}) == 4
