@@ -14,6 +14,8 @@ DATASETS = ("auto", "mnist", "fashion-mnist", "synthetic")
 DTYPES = ("float32", "float64")
 CONSISTENCY = ("bsp", "ssp", "async")
 SHARD_BY = ("elements", "layer")   # model/keyranges.py
+OVERLAP = ("none", "layer", "bucket")   # ps/overlap.py
+BUCKET_BYTES = 65536               # --bucket-bytes default: merges the small last layers, leaves W1 alone
 MAX_SERVERS = 64
 N_INPUTS = 784
 N_CLASSES = 10
@@ -44,6 +46,8 @@ class RunConfig:
     lr_staleness: str = "none"      # inverse: an update's lr is lr / (staleness + 1) (Zhang et al. 2016)
     servers: int = 1                # parameter servers, each holding a key range (model/keyranges.py)
     shard_by: str = "elements"      # how the key ranges are cut: elements (even, aligned) or layer (whole layers)
+    overlap: str = "none"           # push each layer / bucket of the gradient while backprop goes on (ps/overlap.py)
+    bucket_bytes: int = BUCKET_BYTES  # --overlap bucket: a bucket is sent once it holds at least this many bytes
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -91,6 +95,13 @@ class RunConfig:
         if self.shard_by == "layer" and self.servers > len(self.hidden) + 1:
             raise ConfigError(f"--servers {self.servers} --shard-by layer: the model has {len(self.hidden) + 1} layers, "
                               "so a server would own nothing; use fewer servers or --shard-by elements")
+        if self.overlap not in OVERLAP:
+            raise ConfigError(f"--overlap must be one of {', '.join(OVERLAP)}, got {self.overlap!r}")
+        if self.overlap != "none" and self.consistency != "bsp":
+            raise ConfigError(f"--overlap {self.overlap} is for --consistency bsp only (ssp / async apply whole "
+                              "batches as they arrive); use --overlap none")
+        if not 1 <= self.bucket_bytes <= 2**40:
+            raise ConfigError(f"--bucket-bytes must be a whole number of bytes from 1 to 2**40, got {self.bucket_bytes}")
         if self.workers > self.batch_size:
             raise ConfigError(
                 f"--workers {self.workers} is more than --batch-size {self.batch_size}: "

@@ -23,7 +23,7 @@ import msgpack
 import numpy as np
 import zmq
 
-VERSION = 4                                          # §9 the protocol version, `v` of every header
+VERSION = 5                                          # §9 the protocol version, `v` of every header
 DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}   # §3 payload types
 SPANS = ("serialize", "send", "recv", "deserialize", "compute", "wait", "aggregate", "update")  # §4.8
 SPAN_COLUMNS = 6                                     # §4.8 span_code, step, t, dur, bytes, server
@@ -455,6 +455,8 @@ class Worker:
         self.incarnation, self.rank, self.config = welcome["incarnation"], welcome["rank"], welcome["config"]
         self.heartbeat_s, self.liveness = welcome["heartbeat_s"], welcome["liveness"]
         cfg = self.config
+        if cfg.get("overlap", "none") != "none":   # §16: not implemented here, so refused
+            raise RuntimeError(f"this worker implements --overlap none only, the server runs {cfg['overlap']}")
         key = (cfg["dataset"], cfg["data_dir"], cfg["num_samples"], cfg["seed"], cfg["dtype"])
         if key != self.data_key:
             self.data, self.data_key, self.orders = load_data(cfg, self.data_dir), key, {}

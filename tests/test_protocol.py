@@ -62,6 +62,10 @@ MESSAGES = [
     proto.Fetch(3, 10, True),
     proto.State(3, 11, 10, False, PARAMS),
     proto.Forget(3, 7),
+    # protocol 5: --overlap (docs/protocol.md section 16)
+    proto.Part(3, 7, 10, 1, 200, 1200, PARAMS),
+    proto.Part(3, 7, 10, 0, 0, 4, np.arange(4, dtype=np.float64)),
+    proto.Welcome(3, 7, 1, RunConfig(overlap="bucket", bucket_bytes=4096).to_dict(), 1.0, 1.0, 3),
 ]
 
 

@@ -16,6 +16,7 @@ import textwrap
 import numpy as np
 
 from parsgd.analysis.rundirs import Run
+from parsgd.analysis.overlapreport import overlap_figures, overlap_sentence
 from parsgd.analysis.stepparts import WAIT_PARTS, bound_sentence, server_bytes, step_parts
 from parsgd.analysis.tables import format_table
 
@@ -159,6 +160,9 @@ def comm_section(runs: list[Run], row: dict | None) -> list[str]:
     if parts:
         out += textwrap.wrap(f"what a step waits for ({parts['steps']} timed steps{each}): {bound_sentence(parts)}",
                              100, initial_indent="  ", subsequent_indent="    ")
+    fig = overlap_figures(first)
+    if fig is not None and fig["overlap"] != "none":  # --overlap: what the parts hid (analysis/overlapreport.py)
+        out += textwrap.wrap(overlap_sentence(fig), 100, initial_indent="  ", subsequent_indent="    ")
     out += server_lines(first)
     roles = [r for r in ROLE_ORDER if r in bd]
     cats = list(dict.fromkeys(c for r in roles for c in bd[r]["seconds"]))

@@ -22,6 +22,7 @@ from parsgd.analysis.results import (CHECK_STEPS, CHECK_TOL, MIN_TIMED_S, MIN_TI
 from parsgd.analysis.commreport import (CATEGORIES, ROLE_ORDER, comm_breakdown, comm_section,  # noqa: F401
                                         median_parts)
 from parsgd.analysis.linkreport import link_section
+from parsgd.analysis.overlapreport import hidden_vs_none
 from parsgd.analysis.tables import COLUMNS, format_table  # noqa: F401 (format_table: re-exported)
 from parsgd.analysis.rundirs import Run
 from parsgd.files import ensure_dir, write_file
@@ -263,7 +264,8 @@ def write_report(out_dir, runs: list[Run], baseline: Run, config=None, machine: 
         "Same-model check", "-" * 16, *check_lines(rows),
         "Communication overhead (parameter-server runs)", "-" * 46]
     for group in ps_groups:
-        lines += comm_section(group, by_label.get(group[0].label))
+        section = comm_section(group, by_label.get(group[0].label))
+        lines += section[:2] + hidden_vs_none(group, ps_groups) + section[2:]  # --overlap: against its none twin
     if not ps_groups:
         lines += ["no parameter-server runs in this experiment", ""]
     lines += link_section(runs, out_dir)  # emulated hosts (launch --link): capacity, floor, bounds, estimate

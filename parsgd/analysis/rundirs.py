@@ -119,6 +119,7 @@ class Run:
             servers = int(self.config.get("servers") or 1)
             if servers > 1:
                 label += f" S={servers}" + (" by layer" if self.config.get("shard_by") == "layer" else "")
+            label += overlap_word(str(self.config.get("overlap") or "none"), self.config.get("bucket_bytes"))
         return ", ".join([label, *self.setup_words])
 
     @property
@@ -155,6 +156,13 @@ class Run:
         """One metrics.jsonl field over the epochs: float64 array of shape (epochs,), 0.0 where the key is
         absent, NaN where its value is null (e.g. test_acc of an empty test split): plots show a gap."""
         return np.array([m.get(name, 0.0) for m in self.metrics], dtype=np.float64)
+
+
+def overlap_word(overlap: str, bucket_bytes) -> str:
+    """' overlap layer', ' overlap bucket 65536 B' (--overlap, ps/overlap.py), '' for none: a label's part."""
+    if overlap == "none":
+        return ""
+    return f" overlap {overlap}" + (f" {int(bucket_bytes or 0)} B" if overlap == "bucket" else "")
 
 
 def setup_words(setup: dict) -> list[str]:

@@ -24,8 +24,15 @@ DELAY_LIST = "one-way delays separated by commas or spaces, e.g. --link-delay 0,
 @click.option("--link-delay", "--link_delay", "link_delays", multiple=True, cls=Option, show_default="the run's own",
               help="One-way link delays to predict, e.g. 0,5ms (per-message alpha: the unshaped one plus the delay).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per prediction, one per line.")
-def estimate(run_dir, workers, links, servers, server_link, link_delays, as_json):
+@click.option("--overlap", is_flag=True,
+              help="Predict the step with --overlap none, layer and buckets, and advise one (any BSP "
+                   "parameter-server run; the pipeline model of analysis/overlapmodel.py).")
+@click.option("--alpha", type=float, cls=Option, show_default="link.json's rtt_s / 2, else 0",
+              help="--overlap: one-way latency of every message, in seconds.")
+def estimate(run_dir, workers, links, servers, server_link, link_delays, as_json, overlap, alpha):
     """Predict step time, epoch time, speedup and communication share for other worker counts and links."""
+    if overlap:
+        return _estimate_overlap(run_dir, workers, links, alpha, as_json)
     from parsgd.analysis.costmodel import estimate as run_estimate, format_estimate
     from parsgd.cluster.rates import parse_delay, parse_rates
     from parsgd.config import ConfigError
@@ -46,6 +53,20 @@ def estimate(run_dir, workers, links, servers, server_link, link_delays, as_json
             click.echo(json.dumps(p))
     else:
         click.echo(format_estimate(model, predictions))
+
+
+def _estimate_overlap(run_dir, workers, links, alpha, as_json):
+    from parsgd.analysis.overlapmodel import estimate_overlap, format_overlap
+    from parsgd.cli.options import check_range
+    from parsgd.cluster.rates import parse_rates
+
+    check_range("--alpha", alpha, alpha is None or 0 <= alpha < 60, "a finite number of seconds from 0 to 60")
+    given = click.get_current_context().get_parameter_source("workers").name == "COMMANDLINE"
+    counts = no_repeats(parse_int_list(workers, "--workers"), "--workers") if given else None
+    rates = list_items(links, "--link", LINK_LIST)
+    parse_rates(rates, "--link")
+    est = estimate_overlap(run_dir, counts, rates or None, alpha)
+    click.echo(json.dumps(est) if as_json else format_overlap(est))
 
 
 COMMANDS = (estimate,)

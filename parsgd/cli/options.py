@@ -9,7 +9,8 @@ import math
 
 import click
 
-from parsgd.config import CONSISTENCY, DATASETS, DTYPES, SHARD_BY, ConfigError, RunConfig, ServerOptions
+from parsgd.config import (BUCKET_BYTES, CONSISTENCY, DATASETS, DTYPES, OVERLAP, SHARD_BY, ConfigError, RunConfig,
+                           ServerOptions)
 
 
 def list_items(value, name: str, how: str) -> list[str]:
@@ -130,7 +131,7 @@ def training_options(f):
 
 def build_config(workers: int, dataset, data_dir, num_samples, epochs, batch_size, lr, momentum,
                  hidden, seed, dtype, consistency="bsp", staleness=0, lr_staleness="none", servers=1,
-                 shard_by="elements", **_) -> RunConfig:
+                 shard_by="elements", overlap="none", bucket_bytes=BUCKET_BYTES, **_) -> RunConfig:
     """RunConfig from the parsed training options.
 
     Raises ConfigError (exit 2) naming the option when a value is out of range, click.BadParameter
@@ -139,7 +140,8 @@ def build_config(workers: int, dataset, data_dir, num_samples, epochs, batch_siz
     return RunConfig(dataset=dataset, data_dir=data_dir, num_samples=num_samples, epochs=epochs,
                      batch_size=batch_size, lr=lr, momentum=momentum, hidden=parse_int_list(hidden, "--hidden"),
                      seed=seed, dtype=dtype, workers=workers, consistency=consistency, staleness=staleness,
-                     lr_staleness=lr_staleness, servers=servers, shard_by=shard_by)
+                     lr_staleness=lr_staleness, servers=servers, shard_by=shard_by, overlap=overlap,
+                     bucket_bytes=bucket_bytes)
 
 
 # What `server --resume` and `launch --resume` check against the checkpoint (parsgd.jobs.serve.resume_config)
@@ -184,6 +186,11 @@ def ranges_options(f):
                      show_default=True,
                      help="elements: equal 64-byte aligned ranges (as ps-lite); layer: whole layers, greedily "
                           "onto the least-loaded server (as MXNet)."),
+        click.option("--overlap", type=click.Choice(OVERLAP), default="none", show_default=True,
+                     help="bsp: push each layer's gradient (layer) or each full bucket (bucket) while backprop "
+                          "computes the earlier layers; the parameters come back first layer first."),
+        click.option("--bucket-bytes", "--bucket_bytes", "bucket_bytes", type=int, default=BUCKET_BYTES,
+                     show_default=True, help="--overlap bucket: send a bucket of layers once it holds this many bytes."),
     ])
 
 

@@ -27,6 +27,11 @@ LINK_LIST = "link rates separated by commas or spaces, e.g. --link 100mbit,1gbit
 @click.option("--faults", default="",
               help="Fault schedule of every parameter-server configuration, as `parsgd launch --faults`, e.g. "
                    "slow=worker1:3 (a straggler: where the consistency models differ).")
+@click.option("--overlap", "overlaps", multiple=True, default=("none",), show_default=True,
+              help="Overlap modes to run every bsp parameter-server configuration with: none, layer, bucket "
+                   "(see `parsgd launch --help`), e.g. none,layer,bucket.")
+@click.option("--bucket-bytes", "--bucket_bytes", "bucket_bytes", type=int, default=65536, show_default=True,
+              help="--overlap bucket: bytes of a bucket (launch --bucket-bytes).")
 @click.option("--link", "links", multiple=True,
               help="Run every parameter-server configuration on emulated hosts over links of each of these rates, "
                    "e.g. 100mbit,1gbit (root only; see `parsgd launch --link`).")
@@ -37,8 +42,8 @@ LINK_LIST = "link rates separated by commas or spaces, e.g. --link 100mbit,1gbit
 @click.option("--verbose", "-v", is_flag=True, help="Show every line of the server and worker processes.")
 @force_option
 @training_options
-def experiment(workers, modes, transports, consistencies, staleness, faults, links, repeat, quiet, verbose, force,
-               out, **opts):
+def experiment(workers, modes, transports, consistencies, staleness, faults, overlaps, bucket_bytes, links, repeat,
+               quiet, verbose, force, out, **opts):
     """Compare sequential, Pool and parameter-server training with one seed: table, report, plots."""
     from parsgd.jobs.experiment import MODES, run_experiment
     from parsgd.jobs.launch import TRANSPORTS, check_ipc_room
@@ -58,7 +63,9 @@ def experiment(workers, modes, transports, consistencies, staleness, faults, lin
     consistencies = no_repeats(parse_str_list(consistencies, CONSISTENCY, "--consistency"), "--consistency")
     check_range("--staleness", staleness, staleness >= 0 and (staleness == 0 or "ssp" in consistencies),
                 "a whole number >= 0, for --consistency ssp only")
-    cfg = build_config(1, **opts)
+    from parsgd.config import OVERLAP
+    overlaps = no_repeats(parse_str_list(overlaps, OVERLAP, "--overlap"), "--overlap")
+    cfg = build_config(1, bucket_bytes=bucket_bytes, **opts)
     workers_list = no_repeats(parse_int_list(workers, "--workers"), "--workers")
     for p in workers_list:
         if not 1 <= p <= cfg.batch_size:
@@ -73,7 +80,7 @@ def experiment(workers, modes, transports, consistencies, staleness, faults, lin
     cfg, data = load_data(cfg, quiet)
     run_experiment(cfg, workers_list, modes, transports, out or "results", quiet=quiet, verbose=verbose, data=data,
                    repeat=repeat, links=links, consistencies=consistencies, staleness=staleness,
-                   faults=faults, force=force)
+                   faults=faults, force=force, overlaps=overlaps)
 
 
 for _param in experiment.params:

@@ -48,6 +48,13 @@ def _layout(sizes: tuple) -> tuple[tuple[tuple[int, int, tuple[int, ...]], ...],
     return tuple(spans), offset
 
 
+def layer_bounds(sizes) -> list[tuple[int, int]]:
+    """Per layer i, the (lo, hi) element range of W_i then b_i in the flat vector (they are adjacent):
+    [(0, 200960), (200960, 201216)] merged into (0, 201216) for the first layer of 784-256-..."""
+    spans, _ = _layout(tuple(sizes))
+    return [(spans[2 * i][0], spans[2 * i + 1][1]) for i in range(len(spans) // 2)]
+
+
 def layer_views(flat: np.ndarray, sizes) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per layer, W (fan_in, fan_out) and b (fan_out,) as views into `flat` ((n_params(sizes),), any
     dtype, contiguous); writing a view writes the flat vector. Raises AssertionError if flat.size is
@@ -98,14 +105,18 @@ class Workspace:
         return bufs
 
 
-def forward(params, sizes, x, ws: Workspace) -> list[np.ndarray]:
+def forward(params, sizes, x, ws: Workspace, before_layer=None) -> list[np.ndarray]:
     """Per layer the (B, fan_out) output for x (B, sizes[0]): ReLU for hidden layers, and the last
     entry holds the logits (B, sizes[-1]). The arrays are `ws` buffers (see Workspace).
+    `before_layer(i)`, if given, is called before layer i reads its W and b (a worker waits there for
+    that layer's parameters to arrive: --overlap); it changes no number.
     Raises ValueError (from np.matmul) if x has the wrong width, AssertionError as layer_views does."""
     acts = ws.activations(x.shape[0])[:len(sizes) - 1]
     layers = layer_views(params, sizes)
     h = x
     for i, (w, b) in enumerate(layers):
+        if before_layer is not None:
+            before_layer(i)
         z = acts[i]
         np.matmul(h, w, out=z)  # (B, fan_in) @ (fan_in, fan_out) -> (B, fan_out)
         z += b
@@ -123,7 +134,23 @@ def _log_softmax_inplace(z: np.ndarray) -> np.ndarray:
 
 
 def loss_and_grad(params, sizes, x, y, grad_out, ws: Workspace, scale=None) -> tuple[float, int]:
-    """Writes scale * d(sum of row losses)/d(params) into grad_out; returns (loss_sum, correct).
+    """See backward_layers (the same computation, run to its end)."""
+    steps = backward_layers(params, sizes, x, y, grad_out, ws, scale)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def backward_layers(params, sizes, x, y, grad_out, ws: Workspace, scale=None, before_layer=None):
+    """A generator: yields layer index i (last layer first) as soon as grad_out's W_i and b_i (the
+    range layer_bounds(sizes)[i]) hold their final values, while the earlier layers are still to be
+    computed; returns (loss_sum, correct) (StopIteration.value). loss_and_grad runs it to the end:
+    the same operations in the same order, so the numbers are the same bit for bit (--overlap layer /
+    bucket push each range from the yield). `before_layer` is passed to `forward`.
+
+    Writes scale * d(sum of row losses)/d(params) into grad_out; returns (loss_sum, correct).
 
     params: (n_params(sizes),) float32 or float64. x: (B, sizes[0]) of the same dtype. y: (B,)
     integer labels in 0..sizes[-1]-1. grad_out: (n_params(sizes),) of the same dtype, entirely
@@ -140,7 +167,7 @@ def loss_and_grad(params, sizes, x, y, grad_out, ws: Workspace, scale=None) -> t
     """
     rows = x.shape[0]
     scale = 1.0 / rows if scale is None else scale
-    acts = forward(params, sizes, x, ws)
+    acts = forward(params, sizes, x, ws, before_layer)
     logits = acts[-1]
     idx = np.arange(rows)
     correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
@@ -157,6 +184,7 @@ def loss_and_grad(params, sizes, x, y, grad_out, ws: Workspace, scale=None) -> t
         gw, gb = grads[i]
         np.matmul(h_prev.T, dz, out=gw)  # (fan_in, B) @ (B, fan_out) -> (fan_in, fan_out)
         np.sum(dz, axis=0, out=gb)
+        yield i  # W_i, b_i final: nothing below writes them again (the caller may send them now)
         if i > 0:
             dh = deltas[i - 1]
             np.matmul(dz, layers[i][0].T, out=dh)  # (B, fan_out) @ (fan_out, fan_in) -> (B, fan_in)

@@ -10,6 +10,8 @@ computes for STEP has a NaN / an Inf), killpush@STEP[:SECONDS] (SIGKILL itself S
 0.2, after its GRAD for STEP left: pushed and applied, then gone), cutpush@STEP (SIGKILL itself the
 moment that GRAD is handed to the socket: over tcp the frame is cut mid-transfer), deaf@STEP
 (after its GRAD for STEP it never reads its socket again, while its heartbeat thread goes on),
+killpart@STEP (--overlap: SIGKILL itself 0.2 s after the first PART of its gradient for STEP left: some
+parts sent, the others and the GRAD never),
 wrongshard@STEP / wrongsize@STEP (its GRAD for STEP names the next shard / has one element too
 few: a broken worker, answered with ERROR BAD_MESSAGE), partition@STEP:SECONDS and
 latency@STEP:SECONDS:DELAY (with launch --link: the launcher takes the worker's link down, or adds
@@ -44,10 +46,10 @@ class FaultSpecError(UsageError, ValueError):
 
 
 ONCE = ("kill", "crash", "stop", "hang", "nan", "inf", "killpush", "cutpush", "deaf", "wrongshard", "wrongsize",
-        "partition", "latency")
+        "partition", "latency", "killpart")
 RATES = ("drop", "dup", "delay", "droptask")
 HELP = ("kill@STEP, crash@STEP, stop@STEP:SECONDS, hang@STEP:SECONDS, nan@STEP, inf@STEP, killpush@STEP[:SECONDS], "
-        "cutpush@STEP, deaf@STEP, wrongshard@STEP, wrongsize@STEP, partition@STEP:SECONDS (launch --link), "
+        "cutpush@STEP, killpart@STEP, deaf@STEP, wrongshard@STEP, wrongsize@STEP, partition@STEP:SECONDS (launch --link), "
         "latency@STEP:SECONDS:DELAY (launch --link, DELAY e.g. 20ms), "
         "drop=P, dup=P, delay=P:SECONDS, droptask=P, "
         "slow=FACTOR, seed=N")

@@ -50,7 +50,7 @@ def on_hello(srv, identity: bytes, msg: proto.Hello, frames, t: float) -> None:
             srv.router.reply_error(identity, "BUSY", "the server has as many workers as it takes", "HELLO")
             return
         member = srv.members.admit(identity, msg.session, msg.host, msg.pid, msg.name)
-        if srv.opts.shm and msg.host == srv.host:
+        if srv.opts.shm and msg.host == srv.host and srv.cfg.overlap == "none":  # --overlap: PARTs on the socket
             try:
                 member.buf = srv.segments.create(msg.session)
             except OSError as exc:  # /dev/shm full or the name taken: the payload goes through the socket
@@ -144,6 +144,14 @@ def on_grad(srv, identity: bytes, msg: proto.Grad, frames, t: float) -> None:
         src = srv.shard_grads[s]
     elif msg.grad is None and (member.session, msg.step, s) in srv.staged:  # S servers: its PUSH came first
         src = srv.staged.pop((member.session, msg.step, s))
+    elif msg.grad is None and getattr(srv, "parts", None) is not None:  # --overlap: its PARTs came first
+        src = srv.parts.take((member.session, msg.step, s))
+        if src is None:
+            strike(srv, identity, f"GRAD of step {msg.step} shard {s} before PARTs covering it", answers="GRAD")
+            return
+        np.copyto(srv.shard_grads[s], src)
+        srv.parts.give_back(src)
+        src = srv.shard_grads[s]
     else:
         strike(srv, identity, f"GRAD payload does not match the model ({srv.shard_grads.shape[1]} x {srv.params.dtype})",
                answers="GRAD")
@@ -167,6 +175,24 @@ def on_push(srv, identity: bytes, msg: proto.Push, frames, t: float) -> None:
     if len(srv.staged) > 2 * srv.n_shards + 8:  # a dead worker's parts, late ones: only current steps stay
         srv.staged = {k: v for k, v in srv.staged.items() if k[1] >= srv.step}
     srv.staged[(member.session, msg.step, msg.shard)] = np.array(msg.grad, copy=True)
+
+
+def on_part(srv, identity: bytes, msg: proto.Part, frames, t: float) -> None:
+    """--overlap: a part of a shard's gradient, ahead of its GRAD on the same connection (ps/overlap.py)."""
+    member = _fenced(srv, identity, msg)
+    if member is None:
+        return
+    srv.log.add("recv", msg.step, t, proto.frames_nbytes(frames[1:]))
+    if getattr(srv, "parts", None) is None:
+        strike(srv, identity, "PART: this server runs with --overlap none", answers="PART")
+        return
+    st = srv.scheduler.cur  # late parts (a shard since reassigned, an old step) are not kept
+    if st is None or msg.shard >= len(st.shards) or srv.scheduler.check(
+            member.session, msg.step, msg.shard, *st.shards[msg.shard]) is not None:
+        return
+    why = srv.parts.add((member.session, msg.step, msg.shard), msg.lo, msg.hi, msg.values)
+    if why is not None:
+        strike(srv, identity, why, answers="PART")
 
 
 def on_pull(srv, identity: bytes, msg: proto.Pull, frames, t: float) -> None:
@@ -266,5 +292,5 @@ def on_non_finite(srv, s: int, owner: int | None) -> None:
     srv.events("non_finite_grad", step=srv.scheduler.cur.step, shard=s, rank=member.rank if member else None)
 
 
-HANDLERS = {proto.Hello: on_hello, proto.Ready: on_ready, proto.Grad: on_grad, proto.Push: on_push,
+HANDLERS = {proto.Hello: on_hello, proto.Ready: on_ready, proto.Grad: on_grad, proto.Push: on_push, proto.Part: on_part,
             proto.Pull: on_pull, proto.Heartbeat: on_heartbeat, proto.Logs: on_logs, proto.Error: on_error}

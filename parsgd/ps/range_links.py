@@ -127,12 +127,15 @@ class RangeLinks:
         self.log.add("deserialize", step, t)
         return [got[r].version for r in sorted(got) if r]
 
-    def push(self, step: int, shard: int, grad: np.ndarray) -> bool | None:
+    def push(self, step: int, shard: int, grad: np.ndarray, parts: bool = False) -> bool | None:
         """Its parts of `grad` ((n,), the whole gradient of shard `shard`) to their owners; True when every
-        one took its part as finite, False if one found a NaN or Inf, None when one did not answer."""
+        one took its part as finite, False if one found a NaN or Inf, None when one did not answer.
+        `parts`: --overlap sent them in PARTs already, so each PUSH carries no payload (docs/protocol.md 16)."""
         self._step = step
 
         def push(r):
+            if parts:
+                return proto.Push(self.incarnation, self.session, step, shard, None)
             buf = self.bufs.get(r)
             if buf is not None:
                 self.kr.gather(grad, r, out=buf.slots[shard])

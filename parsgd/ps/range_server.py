@@ -37,6 +37,7 @@ from parsgd.ps import protocol as proto
 from parsgd.ps.channel import SEND_TIMEOUT_S, recv_message, send_within
 from parsgd.ps.commlog import WorkerSpans
 from parsgd.ps.router import Router
+from parsgd.ps.overlap import PartAssembler
 from parsgd.ps.shm import Segments, host_identity
 from parsgd.ps.sockets import configure_dealer, dealer_context
 from parsgd.ps.stops import StopSignals, WorkerExit
@@ -124,6 +125,7 @@ class RangeServer:
         for session in list(self.attached):
             self._forget(session)
         self.parts.clear()
+        self.assembler = PartAssembler(size, self.params.dtype, cfg.workers)  # --overlap: PARTs ahead of a PUSH
         self.pulls.clear()
         self.last_heard = self.next_ping = time.monotonic()
         self.echo(f"server {self.opts.rank}: ranges {self.ranges.describe(self.opts.rank)} ({size} parameters) at step "
@@ -254,6 +256,11 @@ class RangeServer:
             self._pull(identity, msg)
         elif isinstance(msg, proto.Push):
             self._push(identity, msg, frames, t)
+        elif isinstance(msg, proto.Part) and self.cfg.overlap != "none":  # kept until the shard's PUSH
+            self.log.add("recv", msg.step, t, proto.frames_nbytes(frames[1:]))
+            why = self.assembler.add((msg.session, msg.step, msg.shard), msg.lo, msg.hi, msg.values)
+            if why is not None:
+                self.router.reply_error(identity, "BAD_MESSAGE", why, "PART")
         else:
             self.router.reply_error(identity, "BAD_MESSAGE", f"{msg.TYPE} is not for a range server", msg.TYPE)
 
@@ -290,6 +297,8 @@ class RangeServer:
         buf = self.attached[msg.session][1]
         src = msg.grad if msg.grad is not None else (buf.slots[msg.shard] if buf is not None and
                                                      msg.shard < self.cfg.workers else None)
+        if msg.grad is None and self.cfg.overlap != "none":  # its PARTs came first (ps/overlap.py)
+            src = self.assembler.take((msg.session, msg.step, msg.shard))
         if src is None or src.size != self.params.size or src.dtype != self.params.dtype:
             self.router.reply_error(identity, "BAD_MESSAGE", f"PUSH of {getattr(src, 'size', 0)} values for a range "
                                     f"of {self.params.size}", "PUSH")
@@ -305,6 +314,8 @@ class RangeServer:
         if buf is not None:
             self.segments.release(buf)
         self.parts = {k: v for k, v in self.parts.items() if k[2] != session}
+        if getattr(self, "assembler", None) is not None:
+            self.assembler.discard(session)  # --overlap: a gone worker's parts never enter an APPLY
 
     # -- logs and closing -------------------------------------------------------------------------
     def _ship_logs(self, final: bool = False) -> None:

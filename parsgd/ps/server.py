@@ -14,6 +14,7 @@ import numpy as np
 from parsgd.ps import protocol as proto
 from parsgd.ps.handlers import on_non_finite
 from parsgd.ps.loop import POLL_MAX_S, ServerLoop
+from parsgd.ps.overlap import PartAssembler, pull_plan
 from parsgd.ps.scheduler import Scheduler
 
 
@@ -24,6 +25,13 @@ class ParameterServer(ServerLoop):
         super().__init__(*args, **kw)
         self.scheduler = Scheduler(self.n_shards)
         self.sum_buf = self.grad  # where shard gradients (this server's part) are summed; self.grad: the step's sum
+        cfg, own = self.cfg, self.shard_grads.shape[1]
+        # --overlap: the gradient parts ahead of each GRAD; with one server, the parameters go out in parts
+        self.parts = PartAssembler(own, self.params.dtype, self.n_shards) if cfg.overlap != "none" else None
+        if self.parts is not None and self.opts.shm:
+            self.echo(f"--overlap {cfg.overlap}: the parts travel through the socket; shared memory is not offered")
+        self.pulls = (pull_plan(cfg.sizes, cfg.overlap, cfg.bucket_bytes, self.params.itemsize)
+                      if cfg.servers == 1 else [])
 
     def batch_gradient(self, epoch, step, order, lo, hi):
         self.scheduler.begin(step, epoch, lo, hi)
@@ -79,9 +87,13 @@ class ParameterServer(ServerLoop):
             self._load_params(member, st.step)  # a no-op unless it joined during this step
             payload = None
         else:  # with S servers every part is pulled, this server's too, so no TASK waits behind another's
-            payload = self.send_buf if self.rangeset is None else None
+            payload = self.send_buf if self.rangeset is None and not self.pulls else None
         task = proto.Task(self.incarnation, member.session, st.step, st.epoch, s, lo, hi, st.batch,
                           self.log.now(), payload)
         if self.send(member, task, st.step):
             self.members.sent_task(member, st.step, s)
+            if member.buf is None:  # --overlap, one server: first layer first, the next forward starts with it
+                for a, b in self.pulls:
+                    self.send(member, proto.Part(self.incarnation, member.session, st.step, s, a, b,
+                                                 self.send_buf[a:b]), st.step)
 

@@ -25,16 +25,18 @@ from parsgd.data import load_dataset
 from parsgd.model.keyranges import key_ranges
 from parsgd.model.mlp import Workspace, loss_and_grad
 from parsgd.ps import protocol as proto
-from parsgd.ps.channel import (SEND_TIMEOUT_S, recv_frames_within, recv_message, send_now, send_within,
+from parsgd.ps.channel import (SEND_TIMEOUT_S, recv_frames_within, recv_message, send_now,
                                spin_for_message)
 from parsgd.ps.commlog import WorkerSpans
 from parsgd.ps.faults import FaultPlan
 from parsgd.ps.heartbeat import Heartbeats
+from parsgd.ps.overlap_worker import PartsLost, WorkerOverlap
 from parsgd.ps.range_links import RangeLinks
 from parsgd.ps.rows import ShardRows
 from parsgd.ps.shm import SessionBuffer, host_identity
 from parsgd.ps.sockets import configure_dealer, dealer_context
 from parsgd.ps.stops import Stopped, StopSignals, WorkerExit
+from parsgd.ps.worker_logs import ShippedLogs
 
 HELLO_RETRY_S = 1.0           # resend HELLO this often while no server answers (Lazy Pirate)
 STATUS_EVERY_S = 5.0
@@ -57,7 +59,7 @@ class WorkerOptions:
     name: str = ""
 
 
-class Worker:
+class Worker(ShippedLogs):
     """A parameter-server worker: registers (HELLO / WELCOME / READY), computes the shards it is sent,
     heartbeats from its own thread, and ships its comm spans when the server says STOP.
 
@@ -151,6 +153,7 @@ class Worker:
                                     self.session, self.rank, cfg.workers, cfg.dtype, self.stops, self.log,
                                     self.hb_s * self.liveness, self.echo, None if welcome.shm else self.opts.connect)
         self.shard_rows = ShardRows(cfg, self.data, self.log)
+        self.overlap = WorkerOverlap(self) if cfg.overlap != "none" else None  # --overlap: ps/overlap_worker.py
         self._close_buf()
         if welcome.shm:
             try:
@@ -281,22 +284,31 @@ class Worker:
             params, grad = self.full, self.full_grad
         # The shard's share of the batch mean (sum of its row gradients / batch rows): the server only adds.
         with np.errstate(over="ignore", invalid="ignore"):  # a non-finite result is the server's to judge
-            loss_sum, correct = loss_and_grad(params, self.sizes, rows, self.data.y_train[idx], grad, self.ws,
-                                              scale=1.0 / task.batch)
+            if self.overlap is not None:  # the parts leave as backprop finishes them (and arrive, params None)
+                try:
+                    loss_sum, correct = self.overlap.compute(task, params, rows, self.data.y_train[idx], grad,
+                                                             1.0 / task.batch)
+                except PartsLost as exc:
+                    self.echo(f"worker {self.rank}: shard {task.shard} of step {task.step} abandoned ({exc})")
+                    return False
+            else:
+                loss_sum, correct = loss_and_grad(params, self.sizes, rows, self.data.y_train[idx], grad, self.ws,
+                                                  scale=1.0 / task.batch)
+                self.faults.corrupt(task.step, self.rank, grad)
         self.faults.straggle(self.log.now() - t)
-        self.faults.corrupt(task.step, self.rank, grad)
         end = self.log.add("compute", task.step, t)
         finite = True
         if self.links is not None:  # every part to its owner at once; the GRAD once every range holds its own
             self.kr.gather(grad, 0, out=slot)
-            if self.buf is None:  # server 0's part goes ahead of the GRAD, on the same connection
+            if self.buf is None and self.overlap is None:  # server 0's part ahead of the GRAD, same connection
                 self._send(proto.Push(self.incarnation, self.session, task.step, task.shard, slot).to_frames(),
                            self.hb_s * self.liveness)
-            finite = self.links.push(task.step, task.shard, grad)
+            finite = self.links.push(task.step, task.shard, grad, parts=self.overlap is not None)
             if finite is None:
                 return False
+        sent = self.buf is not None or self.links or self.overlap  # the gradient is in shm, PUSHes or PARTs
         msg = proto.Grad(self.incarnation, self.session, task.step, task.shard, task.lo, task.hi, idx.size,
-                         loss_sum, correct, end - t, None if self.buf is not None or self.links else slot, finite,
+                         loss_sum, correct, end - t, None if sent else slot, finite,
                          versions if self.cfg.consistency != "bsp" else [])
         frames = self.faults.mangle(task.step, msg, self.cfg.workers).to_frames()
         t = self.log.add("serialize", task.step, end)
@@ -311,28 +323,6 @@ class Worker:
 
     def _recv_frames(self):
         return recv_frames_within(self.sock, self.max_msg_bytes, self.echo)
-
-    def _ship_logs(self, timeout_s: float = 0.0) -> None:
-        """The spans not sent yet, in LOGS chunks no larger than a gradient frame (the server streams
-        them into comm.jsonl). During training a chunk that cannot leave at once waits for the next
-        try: a vanished server must not delay the worker noticing it."""
-        rows = max(1, self.kr.n * np.dtype(self.cfg.dtype).itemsize // (proto.SPAN_COLUMNS * 8))
-        for chunk in self.log.unshipped(rows):
-            if not self._send(proto.Logs(self.incarnation, self.session, self.rank, chunk).to_frames(), timeout_s):
-                break
-            self.log.shipped_one(chunk)
-
-    def _leave(self) -> None:
-        """On a signal: the empty LOGS that says this session leaves, if it has one (best effort, 0.2 s)."""
-        if getattr(self, "rank", None) is not None and self.sock is not None:
-            send_within(self.sock, proto.Logs(self.incarnation, self.session, self.rank, np.zeros((0, proto.SPAN_COLUMNS))).to_frames(), 0.2)
-            self.sock.setsockopt(zmq.LINGER, 200)
-
-    def _send_logs(self) -> None:
-        """At STOP: the rest of the spans, then an empty chunk that ends them."""
-        self.sock.setsockopt(zmq.LINGER, 2000)  # the LOGS must leave before the socket closes
-        self._ship_logs(SEND_TIMEOUT_S)
-        self._send(proto.Logs(self.incarnation, self.session, self.rank, np.zeros((0, proto.SPAN_COLUMNS))).to_frames())
 
     def close(self) -> None:
         self._stop_heartbeats()

@@ -1,6 +1,7 @@
 """Wire protocol: the message types; with wire.py the only code that knows bytes. Servers and workers
 speak in message objects (`to_frames` / `decode`): base.py (the base class, the registry, decode),
-core.py (coordinator and workers: HELLO ... ERROR), ranges.py (range servers, `--servers S`).
+core.py (coordinator and workers: HELLO ... ERROR), ranges.py (range servers, `--servers S`), parts.py
+(PART, `--overlap layer|bucket`).
 
     python -m pytest tests/test_protocol.py -q
 
@@ -20,7 +21,7 @@ size, msgpack well-formedness, version, type, the exact set of fields, field typ
 frame count, dtype and payload length (checked before `frombuffer`). Encoding runs the same
 field checks, so a sender never puts on the wire what a receiver would refuse.
 
-Protocol 4 (this one) added range servers (SHELLO ... FORGET; WELCOME.servers, GRAD.finite and
+Protocol 5 (this one) added PART (--overlap); 4 range servers (SHELLO ... FORGET; WELCOME.servers, GRAD.finite and
 .versions, ERROR.answers); 3 READY.faults; 2 TASK.batch, HEARTBEAT.busy and
 .tasks, READY.dataset and READY.data_dtype; versions are compared for equality. The specification is
 docs/protocol.md.
@@ -37,6 +38,7 @@ from parsgd.ps.protocol.base import (ERROR_CODES, PROTOCOL_VERSION, SPANS, TYPES
                                      decode)
 from parsgd.ps.protocol.core import (SPAN_COLUMNS, Error, Grad, Heartbeat, Hello, Logs, Ready, Stop,  # noqa: F401
                                      Task, Welcome)
+from parsgd.ps.protocol.parts import Part  # noqa: F401
 from parsgd.ps.protocol.ranges import (Ack, Apply, Attach, Attached, Fetch, Forget, Params, Pull,  # noqa: F401
                                        Push, ServerHello, ServerWelcome, State)
 from parsgd.ps.wire import (BOOL, DTYPES, HEADER_MAX, ID, INT, MAX_CONFIG_KEYS, MAX_ELEMENTS,  # noqa: F401

@@ -12,7 +12,7 @@ import numpy as np
 from parsgd.ps.wire import (DTYPES, HEADER_MAX, MAX_CONFIG_KEYS, MAX_ELEMENTS, MAX_LIST, ProtocolError,
                             VersionMismatch, frame_buffer, payload_array, short)
 
-PROTOCOL_VERSION = 4            # 4: range servers (--servers S); 3: READY.faults; 2: TASK.batch, HEARTBEAT.busy/.tasks
+PROTOCOL_VERSION = 5            # 5: PART (--overlap); 4: range servers (--servers S); 3: READY.faults; 2: TASK.batch, HEARTBEAT.busy/.tasks
 SPANS = ("serialize", "send", "recv", "deserialize", "compute", "wait", "aggregate", "update")
 ERROR_CODES = ("VERSION", "DATA_MISMATCH", "STALE", "BAD_MESSAGE", "BUSY")
 TYPES: dict[str, type] = {}     # TYPE -> message class, filled by `register` as the message modules load
