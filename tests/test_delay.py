@@ -86,6 +86,9 @@ def relays_running() -> list[int]:
     return found
 
 
+CLOCK_SKEW_S = 0.0005   # between two vCPUs' clocks on a VM: 34 us seen once under load
+
+
 def test_the_relay_releases_each_chunk_at_its_arrival_plus_d_without_capping_the_rate(monkeypatch):
     """Timestamp release: every message arrives >= D after it was sent (less the relay's WAKE_AHEAD_S),
     100 messages 1 ms apart all arrive within their own span + D (one sleep of D per chunk would take
@@ -107,7 +110,8 @@ def test_the_relay_releases_each_chunk_at_its_arrival_plus_d_without_capping_the
     times = [tuple(map(float, line.split())) for line in out.splitlines()]
     assert len(times) == count
     latency = [got - at for at, got in times]
-    assert min(latency) >= d - WAKE_AHEAD_S, min(latency)
+    # less WAKE_AHEAD_S and CLOCK_SKEW_S: sender and receiver read the monotonic clock on different vCPUs
+    assert min(latency) >= d - WAKE_AHEAD_S - CLOCK_SKEW_S, min(latency)
     assert statistics.median(latency) <= d + 0.01, latency
     span = times[-1][0] - times[0][0]
     assert times[-1][1] - times[0][0] <= span + d + 0.05, (span, times[-1][1] - times[0][0])

@@ -71,6 +71,15 @@ def read_link(run_dir) -> dict | None:
         raise RunDirError(f"{path}: cannot read it ({exc}); re-run the emulated launch") from None
 
 
+def one_way_latency_s(link: dict | None) -> float:
+    """A message's one-way latency on the run's emulated link, in seconds: half the link check's measured
+    round trip of an empty message (link.json `calibration.rtt.measured_s`: any --link-delay D plus the
+    unshaped path), 0.0 when there is none (not emulated, or a link.json from before the round trip)."""
+    rtt = ((link or {}).get("calibration") or {}).get("rtt") or {}
+    value = rtt.get("measured_s")
+    return float(value) / 2 if isinstance(value, (int, float)) and value >= 0 else 0.0
+
+
 def _bucket(rate_bps: float) -> int:
     args = tbf_args(rate_bps)
     return int(args[args.index("burst") + 1])

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from parsgd.analysis.costmodel import read_link
+from parsgd.analysis.costmodel import one_way_latency_s, read_link
 from parsgd.analysis.overlapreport import overlap_figures
 from parsgd.analysis.rundirs import RunDirError, load_run
 from parsgd.analysis.stepparts import link_rate, step_parts
@@ -198,7 +198,7 @@ def estimate_overlap(run_dir, workers=None, links=None, alpha_s: float | None = 
     """The pipeline calibrated on a BSP parameter-server run and the advice per (P, link).
 
     Rate: each of `links` (RATE strings, payload = RATE x 1448/1514), else the run's own (link.json).
-    alpha: `alpha_s`, else link.json's rtt_s / 2 (the link check's round trip), else 0. o: the median of
+    alpha: `alpha_s`, else half the link check's round trip (link.json calibration.rtt.measured_s) (the link check's round trip), else 0. o: the median of
     server 0's recv spans of messages under SMALL_BYTES (at least 10), else half the link check's
     unshaped ping-pong intercept, else 0; c: that check's unshaped per-byte cost (0 without one).
     The residual (see the module doc) is fitted at the run's own P, link and mode. Layer times: measured
@@ -219,7 +219,7 @@ def estimate_overlap(run_dir, workers=None, links=None, alpha_s: float | None = 
     if not rates:
         raise RunDirError(f"{run.path} ran on no emulated link: give the rates to predict, e.g. --link 100mbit,1gbit")
     link = read_link(run.path) or {}
-    alpha = alpha_s if alpha_s is not None else float(link.get("rtt_s") or 0.0) / 2
+    alpha = alpha_s if alpha_s is not None else one_way_latency_s(link)
     comm = run.comm
     small = ((comm.role == "server") & (comm.rank == 0) & (comm.span == "recv") & (comm.step >= 1)
              & (comm.bytes < SMALL_BYTES))

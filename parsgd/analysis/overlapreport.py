@@ -10,7 +10,7 @@ Per timed step (analysis/stepparts.py's steps: server 0's, after the warm-up), m
              inside them (with --overlap the parts leave, and the parameters arrive, within compute)
     comm     the step's communication done after the compute, as `none` does it: the busiest link's
              (out + in) / rate plus one round trip, 2 alpha (the GRAD out, the next TASK back; alpha =
-             link.json's rtt_s / 2, 0 without); emulated links only
+             half the link check's round trip (link.json calibration.rtt.measured_s), 0 without); emulated links only
     hidden   max(0, compute + comm - step) / comm, at most 1: the share of comm the step did not pay
     early    the workers' gradient bytes (send spans) that left while backprop still had layers to compute
              (inside a compute span, all but its last part), as a share of all their bytes sent
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from parsgd.analysis.costmodel import read_link
+from parsgd.analysis.costmodel import one_way_latency_s, read_link
 from parsgd.analysis.rundirs import Run, overlap_word
 from parsgd.analysis.stepparts import step_parts
 
@@ -69,7 +69,7 @@ def overlap_figures(run: Run) -> dict | None:
     steps = sorted({int(s) for s in comm.step[server & (comm.span == "wait") & (comm.step >= first)]})
     compute, early = _own_compute(comm, steps)
     link = read_link(run.path) or {}
-    alpha = float(link.get("rtt_s") or 0.0) / 2
+    alpha = one_way_latency_s(link)
     sends = (comm.role == "worker") & (comm.span == "send") & (comm.step >= first)
     workers = max(1, len({int(r) for r in comm.rank[sends]}))
     messages = 2 * int(np.count_nonzero(sends)) / max(1, len(steps)) / workers  # each way, per worker

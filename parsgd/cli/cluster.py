@@ -27,7 +27,7 @@ DELAY_LIST = "one-way delays separated by commas or spaces, e.g. --link-delay 0,
 @click.option("--overlap", is_flag=True,
               help="Predict the step with --overlap none, layer and buckets, and advise one (any BSP "
                    "parameter-server run; the pipeline model of analysis/overlapmodel.py).")
-@click.option("--alpha", type=float, cls=Option, show_default="link.json's rtt_s / 2, else 0",
+@click.option("--alpha", type=float, cls=Option, show_default="half the link check's round trip, else 0",
               help="--overlap: one-way latency of every message, in seconds.")
 def estimate(run_dir, workers, links, servers, server_link, link_delays, as_json, overlap, alpha):
     """Predict step time, epoch time, speedup and communication share for other worker counts and links."""
