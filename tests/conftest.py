@@ -15,10 +15,11 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 # Files whose tests create or count machine-wide things (network namespaces, sshd's /run/sshd, the
-# Slurm daemons, parsgd_* segments in /dev/shm) and check that none is left: under pytest-xdist they
-# all run on one worker, one after another, so no other test's live namespace or segment is counted.
+# Slurm daemons) and check that none is left: under pytest-xdist they all run on one worker, one after
+# another, so no other test's live namespace is counted. (Shared-memory checks count only segments whose
+# server is gone: tests/test_ps.py orphan_segments.)
 MACHINE_WIDE = {"test_cluster.py", "test_colocate.py", "test_delay.py", "test_hostile.py",
-                "test_hosts.py", "test_options.py", "test_ps.py", "test_slurm.py", "test_ssh.py"}
+                "test_hosts.py", "test_options.py", "test_slurm.py", "test_ssh.py"}
 MACHINE_WIDE_TESTS = {"test_on_an_emulated_link_both_plots_draw_the_reports_link_time",
                       "test_notebook_runs[03_estimate_then_measure.ipynb]"}
 

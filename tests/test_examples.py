@@ -22,15 +22,8 @@ def stdout_lines(cell) -> int:
                if o.get("output_type") == "stream" and o.get("name") == "stdout")
 
 
-# A notebook that builds emulated hosts (network namespaces) runs in conftest.py's "machine-wide" xdist
-# group, with the tests that count namespaces, never beside them.
-MACHINE_WIDE = {"03_estimate_then_measure.ipynb"}
-NOTEBOOKS = [pytest.param(p.name, marks=[pytest.mark.xdist_group("machine-wide")] if p.name in MACHINE_WIDE else [])
-             for p in sorted(EXAMPLES.glob("*.ipynb"))]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.ipynb")))
 def test_notebook_runs(name, tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
