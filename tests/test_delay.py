@@ -98,6 +98,9 @@ def test_the_relay_releases_each_chunk_at_its_arrival_plus_d_without_capping_the
     net = EmulatedNet(["server", "w0"], None, d).create()
     try:
         assert net.latency.via == "relay" and len(relays_running()) == 2
+        rules = subprocess.run(["ip", "netns", "exec", net.ns("server"), "nft", "list", "ruleset"],
+                               capture_output=True, text=True, check=True).stdout
+        assert 'iifname "eth0"' in rules and "redirect to :4999" in rules, rules
         recv = subprocess.Popen([sys.executable, "-c", RECEIVER, str(count), str(bulk)], stdout=subprocess.PIPE,
                                 text=True, preexec_fn=net.preexec("server"))
         assert recv.stdout.readline().strip() == "up"
@@ -180,6 +183,19 @@ def test_a_sigkilled_delayed_launcher_leaves_no_relay_and_its_namespaces_are_swe
         netns.sweep_stale()  # what the next emulated launch does first
         assert not netns.namespaces(run.pid)
     assert snapshot() == before
+
+
+def test_no_delay_means_no_relay_and_no_rule():
+    """D = 0 without latency faults: the path is what it was (no relay process, no nftables rule)."""
+    net = EmulatedNet(["server", "w0"], 1e9).create()
+    try:
+        assert net.latency.via is None and not relays_running()
+        for role in ("server", "w0"):
+            rules = subprocess.run(["ip", "netns", "exec", net.ns(role), "nft", "list", "ruleset"],
+                                   capture_output=True, text=True, check=True).stdout
+            assert "redirect" not in rules, rules
+    finally:
+        net.destroy()
 
 
 @pytest.mark.parametrize("bad", ["-1ms", "abc"])

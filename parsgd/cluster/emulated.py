@@ -90,6 +90,7 @@ class EmulatedNet:
                                      "process: is a launcher of the same pid in another pid namespace? "
                                      "remove it if not")
         try:
+            self.latency.resolve()
             for name in netns.namespaces(self.pid):  # a dead launcher of the same pid left these
                 netns.delete_namespace(name)
             netns.sweep_stale(keep_pid=self.pid)

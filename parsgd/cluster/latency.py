@@ -116,10 +116,14 @@ class LinkLatency:
     the base one-way `delay_s`, and latency faults (`add`)."""
 
     def __init__(self, net, delay_s: float, faults: bool = False):
-        self.net, self.delay_s = net, delay_s
-        self.via = choose_via() if delay_s or faults else None
+        self.net, self.delay_s, self.wanted = net, delay_s, bool(delay_s or faults)
+        self.via: str | None = None   # set by `resolve`, which EmulatedNet.create calls first
         self.relays: HostRelays | None = None
         self.extra: dict[str, float] = {}   # netem: host -> extra seconds now in force
+
+    def resolve(self) -> None:
+        """Decides `via` (choose_via: NoDelayError) when a delay is wanted."""
+        self.via = choose_via() if self.wanted else None
 
     def netem_args(self, role: str, host_side: bool) -> list[str] | None:
         """netem parameters for host `role`'s eth0 (`host_side`: its outgoing side, the base delay plus

@@ -162,11 +162,13 @@ def _say_what_bounds(out: Path, echo) -> None:
         echo(f"[launch] what a step waits for ({parts['steps']} timed steps): {bound_sentence(parts)}")
 
 
-def launch_resume_command(run_dir, transport: str, link: str | None = None, colocate: bool = False) -> str:
-    """`parsgd launch --resume RUN_DIR` (+ --transport unless shm, --colocate): what continues an
-    interrupted launch."""
+def launch_resume_command(run_dir, transport: str, link: str | None = None, colocate: bool = False,
+                          delay: str | None = None) -> str:
+    """`parsgd launch --resume RUN_DIR` (+ --transport unless shm, --link [--link-delay], --colocate): what
+    continues an interrupted launch."""
     words = ["parsgd", "launch", "--resume", str(run_dir)] + (["--link", link] if link else [] if transport == "shm"
                                                              else ["--transport", transport])
+    words += ["--link-delay", delay] if link and delay else []
     return shlex.join(words + (["--colocate"] if colocate else []))
 
 
@@ -249,7 +251,8 @@ def launch(cfg: RunConfig | None, opts: ServerOptions, transport: str = "shm", o
         from parsgd.jobs.emulate import EmulatedRun
         net = EmulatedRun(link, workers, tmp, echo, servers=cfg.servers)
         bind, transport = net.bind, "tcp"
-    resume_command = launch_resume_command(out, transport, link and link.rate, opts.colocate)
+    resume_command = launch_resume_command(out, transport, link and link.rate, opts.colocate,
+                                           link.delay if link and link.delay_s else None)
     spec = ServerSpec(config=None if resume else cfg, out=str(out), resume=str(out) if resume else None,
                       given=given if resume else None, force=force,
                       server=dataclasses.replace(opts, bind=bind, shm=transport == "shm",
