@@ -124,22 +124,25 @@ def main() -> None:
 
 def table_lines(runs, workers, links, delays, missing) -> list[str]:
     lines = ["| P | link | delay | none ms | layer ms | bucket 64 KiB ms | hidden layer / bucket | "
-             "estimate / measured (none, layer, bucket) | advice |", "|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+             "estimate / measured (none, layer, bucket) | advised | bucket to pick |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     for p in workers:
         for link in links:
             for delay in delays:
                 mine = [r for r in runs if (r["workers"], r["link"], r["delay"]) == (p, link, delay)]
                 if not mine:
                     why = missing.get((p, link, delay), "not run")
-                    lines.append(f"| {p} | {link} | {delay} | - | - | - | - | - | missing: {why} |")
+                    lines.append(f"| {p} | {link} | {delay} | - | - | - | - | - | missing: {why} | - |")
                     continue
                 med = {m: {k: statistics.median(r[k] for r in mine if r["mode"] == m)
                            for k in ("step_s", "hidden", "estimate_s")} for m in MODES}
                 ratio = ", ".join(f"{med[m]['estimate_s'] / med[m]['step_s']:.2f}" for m in MODES)
                 adv = statistics.mode(r["advice"] for r in mine)
+                bucket = statistics.mode(r["advice_bucket"] for r in mine)
                 lines.append(f"| {p} | {link} | {delay} | {med['none']['step_s'] * 1e3:.1f} | "
                              f"{med['layer']['step_s'] * 1e3:.1f} | {med['bucket']['step_s'] * 1e3:.1f} | "
-                             f"{med['layer']['hidden']:.0%} / {med['bucket']['hidden']:.0%} | {ratio} | {adv} |")
+                             f"{med['layer']['hidden']:.0%} / {med['bucket']['hidden']:.0%} | {ratio} | {adv} | "
+                             f"{bucket // 1024} KiB |")
     return lines
 
 

@@ -47,6 +47,7 @@ from parsgd.analysis.rundirs import RunDirError, load_run
 from parsgd.analysis.stepparts import link_rate, step_parts
 from parsgd.cluster.emulated import wire_efficiency
 from parsgd.cluster.rates import format_rate, parse_rate
+from parsgd.config import BUCKET_BYTES
 from parsgd.model.mlp import Workspace, backward_layers, init_params, layer_bounds, n_params
 
 HEADER_BYTES = 128            # a PART / TASK / GRAD header (msgpack), beside its payload
@@ -176,8 +177,10 @@ def advise(pipe: Pipeline, buckets=BUCKETS) -> dict:
     best_s = min(c["step_s"] for c in choices.values())
     near = [k for k, c in choices.items() if c["step_s"] <= best_s * (1 + TIE)]
     best = min(near, key=lambda k: (choices[k]["messages"], choices[k]["step_s"]))
-    bucket = min((b for b in buckets), key=lambda b: (choices[f"bucket {b}"]["step_s"],
-                                                     choices[f"bucket {b}"]["messages"]))
+    bucket = min(buckets, key=lambda b: (round(choices[f"bucket {b}"]["step_s"], 9), choices[f"bucket {b}"]["messages"],
+                                         b != BUCKET_BYTES, b))  # equal buckets: the default's size
+    if best.startswith("bucket ") and choices[f"bucket {bucket}"]["step_s"] <= choices[best]["step_s"]:
+        best = f"bucket {bucket}"
     saved = choices["none"]["step_s"] - choices[best]["step_s"]
     why = (f"{best} saves {saved * 1e3:.2f} ms of the none step's {choices['none']['step_s'] * 1e3:.2f} ms"
            if best != "none" else "none: every extra message costs more (alpha, o) than the backward it would hide")
