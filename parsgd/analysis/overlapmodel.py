@@ -177,10 +177,15 @@ def advise(pipe: Pipeline, buckets=BUCKETS) -> dict:
     best_s = min(c["step_s"] for c in choices.values())
     near = [k for k, c in choices.items() if c["step_s"] <= best_s * (1 + TIE)]
     best = min(near, key=lambda k: (choices[k]["messages"], choices[k]["step_s"]))
-    bucket = min(buckets, key=lambda b: (round(choices[f"bucket {b}"]["step_s"], 9), choices[f"bucket {b}"]["messages"],
-                                         b != BUCKET_BYTES, b))  # equal buckets: the default's size
-    if best.startswith("bucket ") and choices[f"bucket {bucket}"]["step_s"] <= choices[best]["step_s"]:
+    def same(b):  # the key of a bucket size: equal buckets (same step, same messages) prefer the default's size
+        c = choices[f"bucket {b}"]
+        return round(c["step_s"], 9), c["messages"], b != BUCKET_BYTES, b
+    if best.startswith("bucket "):
+        mine = same(int(best.split()[1]))[:2]
+        bucket = min((b for b in buckets if same(b)[:2] == mine), key=same)
         best = f"bucket {bucket}"
+    else:
+        bucket = min(buckets, key=same)
     saved = choices["none"]["step_s"] - choices[best]["step_s"]
     why = (f"{best} saves {saved * 1e3:.2f} ms of the none step's {choices['none']['step_s'] * 1e3:.2f} ms"
            if best != "none" else "none: every extra message costs more (alpha, o) than the backward it would hide")
