@@ -13,8 +13,8 @@ rows, one epoch (20 steps, 10 timed), modes interleaved within a round. Per conf
   (all of it that is not the slowest worker's compute) the mode removed, against the `none` run of the
   same round, P, link and delay; `none` is 0 by definition;
 - estimate: analysis/overlapmodel.py calibrated on that `none` run (its compute, its server work, its
-  measured link rate, alpha = link.json's rtt_s / 2, else D) predicting each mode; the ratio estimate /
-  measured;
+  measured link rate, alpha = half the link check's round trip, else D) predicting each mode; the ratio
+  estimate / measured;
 - advice: the model's best choice and bucket size at that P, link and delay.
 
 A delay the launcher refuses (no netem, no delay relay yet: exit 2) is recorded as a missing row with the
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -40,17 +41,24 @@ BUCKET = 65536
 DATA = ["--dataset", "synthetic", "--num-samples", "5120", "--epochs", "1", "--batch-size", "256"]
 
 
-def launch(out: Path, p: int, link: str, delay: str, mode: str) -> tuple[dict | None, str]:
+def launch(out: Path, p: int, link: str, delay: str, mode: str, env=None) -> tuple[dict | None, str]:
     cmd = [sys.executable, "-m", "parsgd", "launch", "--workers", str(p), "--link", link, *DATA, "--overlap", mode,
            "--bucket-bytes", str(BUCKET), "--out", str(out)]
     if delay not in ("0", "0ms"):
         cmd[cmd.index("--overlap"):cmd.index("--overlap")] = ["--link-delay", delay]
-    got = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    got = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     if got.returncode != 0:
         lines = [ln for ln in got.stderr.splitlines() if ln.startswith("error:")] or got.stderr.splitlines()[-1:]
         return None, (lines[0] if lines else f"exit {got.returncode}")
     fig = overlap_figures(load_run(out))
     return fig, ""
+
+
+def measured_one_way(path: Path) -> float:
+    """Half the link check's round trip (link.json `calibration.rtt.measured_s`, or an older `rtt_s`), 0 without."""
+    link = json.loads(path.read_text())
+    rtt = ((link.get("calibration") or {}).get("rtt") or {}).get("measured_s", link.get("rtt_s"))
+    return float(rtt) / 2 if isinstance(rtt, (int, float)) and rtt > 0 else 0.0
 
 
 def seconds(delay: str) -> float:
@@ -68,7 +76,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--out", default=str(Path(__file__).parent))
     ap.add_argument("--readme", default="", help="replace the table between <!-- overlap-table --> markers here")
+    ap.add_argument("--parsgd", default="", help="run the launches with this parsgd checkout first on PYTHONPATH")
     args = ap.parse_args()
+    env = None
+    if args.parsgd:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([args.parsgd, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     workers = [int(p) for p in args.workers.split(",")]
     links, delays = args.links.split(","), args.delays.split(",")
     tmp = Path(tempfile.mkdtemp(prefix="parsgd-overlap-"))
@@ -83,7 +95,7 @@ def main() -> None:
                     got = {}
                     for mode in MODES:
                         out = tmp / f"r{rnd}-p{p}-{link}-{delay}-{mode}"
-                        fig, why = launch(out, p, link, delay, mode)
+                        fig, why = launch(out, p, link, delay, mode, env)
                         if fig is None:
                             missing[key] = why
                             print(f"missing P={p} {link} {delay}: {why}", flush=True)
@@ -92,8 +104,7 @@ def main() -> None:
                     if key in missing:
                         continue
                     none = got["none"]
-                    link_json = json.loads((Path(none["path"]) / "link.json").read_text())
-                    alpha = None if "rtt_s" in link_json else seconds(delay)  # the link check's, else D
+                    alpha = measured_one_way(Path(none["path"]) / "link.json") or seconds(delay)  # the check's, else D
                     est = estimate_overlap(none["path"], [p], None, alpha)
                     advice = est["advice"][0]
                     for mode in MODES:
@@ -124,22 +135,25 @@ def main() -> None:
 
 def table_lines(runs, workers, links, delays, missing) -> list[str]:
     lines = ["| P | link | delay | none ms | layer ms | bucket 64 KiB ms | hidden layer / bucket | "
-             "estimate / measured (none, layer, bucket) | advice |", "|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+             "estimate / measured (none, layer, bucket) | advised | bucket to pick |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     for p in workers:
         for link in links:
             for delay in delays:
                 mine = [r for r in runs if (r["workers"], r["link"], r["delay"]) == (p, link, delay)]
                 if not mine:
                     why = missing.get((p, link, delay), "not run")
-                    lines.append(f"| {p} | {link} | {delay} | - | - | - | - | - | missing: {why} |")
+                    lines.append(f"| {p} | {link} | {delay} | - | - | - | - | - | missing: {why} | - |")
                     continue
                 med = {m: {k: statistics.median(r[k] for r in mine if r["mode"] == m)
                            for k in ("step_s", "hidden", "estimate_s")} for m in MODES}
                 ratio = ", ".join(f"{med[m]['estimate_s'] / med[m]['step_s']:.2f}" for m in MODES)
                 adv = statistics.mode(r["advice"] for r in mine)
+                bucket = statistics.mode(r["advice_bucket"] for r in mine)
                 lines.append(f"| {p} | {link} | {delay} | {med['none']['step_s'] * 1e3:.1f} | "
                              f"{med['layer']['step_s'] * 1e3:.1f} | {med['bucket']['step_s'] * 1e3:.1f} | "
-                             f"{med['layer']['hidden']:.0%} / {med['bucket']['hidden']:.0%} | {ratio} | {adv} |")
+                             f"{med['layer']['hidden']:.0%} / {med['bucket']['hidden']:.0%} | {ratio} | {adv} | "
+                             f"{bucket // 1024} KiB |")
     return lines
 
 

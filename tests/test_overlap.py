@@ -139,6 +139,13 @@ def test_overlap_trains_the_none_model_bit_for_bit(tmp_path, none_run, none_mode
     parts = len(push_plan((784, 32, 16, 10), overlap, 2048, 8))   # 3 layers; buckets of >= 2 KiB: 2
     assert len(sends) >= parts + 1, "a send span per part (per server with S servers), then the GRAD's"
     assert comm_overlaps(out / "comm.jsonl") == [], "the part spans nest in the compute span"
+    if servers == 1:  # P3: the parameter parts reach each worker first layer first, inside its compute span
+        pulls = [(hi - lo) * 8 for lo, hi in pull_plan((784, 32, 16, 10), overlap, 2048, 8)]
+        for rank in {r["rank"] for r in comm if r["role"] == "worker"}:
+            recvs = sorted((r["t"], r["bytes"]) for r in comm if r["role"] == "worker" and r["rank"] == rank
+                           and r["span"] == "recv" and r["step"] == 4)
+            if recvs:  # the TASK (a header), then each part: its payload and a header of < 300 bytes
+                assert len(recvs) == 1 + len(pulls) and all(0 < b - p < 300 for (_, b), p in zip(recvs[1:], pulls))
     if servers == 1:  # the report's figures: layers 2 and 1 (5,584 of 206,464 bytes) leave during backprop
         fig, base = overlap_figures(load_run(out)), overlap_figures(load_run(none_run))
         assert base["early"] == 0 and 0.02 < fig["early"] < 0.05 and fig["overlap"] == overlap

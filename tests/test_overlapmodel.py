@@ -46,6 +46,19 @@ def test_two_workers_share_the_server_link_by_hand():
     assert step_time(one_layer, "none")["step_s"] == 7.5   # ready at 3 and 5, through at 5 and 7
 
 
+def test_sealing_and_opening_each_message_by_hand():
+    # 0.5 s/byte at each end: the 2-byte parameters sealed by 1, on the link by 3, opened by 4; backward
+    # to 5; the gradient sealed by 6, through by 8, opened by 9
+    one = Pipeline((0.0,), (1.0,), (2,), 1, 1.0, cpu_s_per_byte=0.5, header_bytes=0)
+    assert step_time(one, "none")["step_s"] == 9.0
+    # two layers (4 B, 1 B): parts sealed by 2 and 2.5, on the link by 6 and 7, open by 8 and 7.5, so the
+    # forward starts at 8; layer 1's gradient (backward 8..10) sealed by 10.5, through by 11.5, open by 12;
+    # layer 0's (to 13) sealed by 15, through by 19, open by 21; none: all 5 B: 2.5 + 5 + 2.5 + 5 + 2.5 + 5
+    # + 2.5 = 25
+    assert step_time(pipe(cpu_s_per_byte=0.5), "layer")["step_s"] == 21.0
+    assert step_time(pipe(cpu_s_per_byte=0.5), "none")["step_s"] == 25.0
+
+
 def test_buckets_are_the_workers_push_plan():
     for sizes in [(784, 256, 128, 10), (784, 32, 16, 10), (784, 64, 10)]:
         for mode, b in [("layer", 1), ("bucket", 4096), ("bucket", 65536), ("bucket", 10**9)]:

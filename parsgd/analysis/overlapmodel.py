@@ -15,9 +15,11 @@ crosses the server's link, each direction on its own. One step, from the server'
               at the server it is served in order of readiness r = S_k + alpha:
               D = max(r + bytes_k / R, D_prev + bytes_k / R) + o   (its own link, then the server's)
     step      max D over every worker's last bucket + the server's own work (sum, update, copies)
-    server    its one I/O thread handles every byte in and out at c s/byte (copies, CURVE), one after the
-              other: a part is out when both the link and that thread are done with it (C_j >= IO_j),
-              a gradient in when both are (D >= IO)
+    CPU       each end seals a message (copies, CURVE encryption) at c s/byte before it goes on the link
+              and opens it (decryption) once all of it is in: the server on its one I/O thread, in and
+              out one after the other; a worker on its own. So C_j = max(C_{j-1}, IO_j) + o + bytes/R,
+              with IO_j = IO_{j-1} + c bytes_j, a part usable at C_j + alpha + c bytes_j, a bucket on
+              the link from max(its sealing, the link free), and the step's end the server's last opening
 
 A run calibrates it (`estimate_overlap`): the residual, what the run's measured step took beyond the
 recurrence at its own P, link and mode (wake-ups, the emulated hosts sharing the cores), is added to
@@ -45,6 +47,7 @@ from parsgd.analysis.rundirs import RunDirError, load_run
 from parsgd.analysis.stepparts import link_rate, step_parts
 from parsgd.cluster.emulated import wire_efficiency
 from parsgd.cluster.rates import format_rate, parse_rate
+from parsgd.config import BUCKET_BYTES
 from parsgd.model.mlp import Workspace, backward_layers, init_params, layer_bounds, n_params
 
 HEADER_BYTES = 128            # a PART / TASK / GRAD header (msgpack), beside its payload
@@ -91,15 +94,15 @@ def step_time(p: Pipeline, overlap: str, bucket_bytes: int = 65536) -> dict:
     "last_gradient_s"} of one step (the recurrence of the module docstring). Raises nothing."""
     plan = buckets_of(p.layer_bytes, overlap, bucket_bytes)
     pulls = list(reversed(plan))  # first layer first
-    beta = 1.0 / p.rate
+    beta, c, h = 1.0 / p.rate, p.cpu_s_per_byte, p.header_bytes
     clock, io, arrivals = 0.0, 0.0, []
     for _ in range(p.workers):  # the server's uplink: worker-major, parts first layer first
         got = {}
         for lo, hi, nbytes in pulls:
-            io += (nbytes + p.header_bytes) * p.cpu_s_per_byte
-            clock = max(clock + p.message_s + (nbytes + p.header_bytes) * beta, io)
+            io += (nbytes + h) * c                                 # sealed by the server's I/O thread, then sent
+            clock = max(clock, io) + p.message_s + (nbytes + h) * beta
             for i in range(lo, hi + 1):
-                got[i] = clock + p.alpha_s
+                got[i] = clock + p.alpha_s + (nbytes + h) * c      # opened by the worker once all of it is in
         arrivals.append(got)
     ready: list[tuple[float, int]] = []
     for got in arrivals:
@@ -110,16 +113,17 @@ def step_time(p: Pipeline, overlap: str, bucket_bytes: int = 65536) -> dict:
         for i in range(len(p.backward_s) - 1, -1, -1):
             t += p.backward_s[i]
             done[i] = t
-        free = 0.0
+        free = sealed = 0.0
         for lo, _, nbytes in plan:
-            start = max(done[lo], free)
-            free = start + (nbytes + p.header_bytes) * beta
-            ready.append((start + p.alpha_s, nbytes + p.header_bytes))
-    server = 0.0
+            sealed = max(done[lo], sealed) + (nbytes + h) * c       # the worker's I/O thread, then its link
+            start = max(sealed, free)
+            free = start + (nbytes + h) * beta
+            ready.append((start + p.alpha_s, nbytes + h))
+    link = 0.0
     for r, nbytes in sorted(ready):
-        io = max(io, r) + nbytes * p.cpu_s_per_byte
-        server = max(r + nbytes * beta, server + nbytes * beta, io) + p.message_s
-    return {"step_s": server + p.server_s + p.residual_s, "last_gradient_s": server, "messages": len(plan),
+        link = max(r + nbytes * beta, link + nbytes * beta) + p.message_s
+        io = max(io, link) + nbytes * c                             # opened by the server once all of it is in
+    return {"step_s": io + p.server_s + p.residual_s, "last_gradient_s": io, "messages": len(plan),
             "compute_s": float(sum(p.forward_s) + sum(p.backward_s))}
 
 
@@ -173,8 +177,15 @@ def advise(pipe: Pipeline, buckets=BUCKETS) -> dict:
     best_s = min(c["step_s"] for c in choices.values())
     near = [k for k, c in choices.items() if c["step_s"] <= best_s * (1 + TIE)]
     best = min(near, key=lambda k: (choices[k]["messages"], choices[k]["step_s"]))
-    bucket = min((b for b in buckets), key=lambda b: (choices[f"bucket {b}"]["step_s"],
-                                                     choices[f"bucket {b}"]["messages"]))
+    def same(b):  # the key of a bucket size: equal buckets (same step, same messages) prefer the default's size
+        c = choices[f"bucket {b}"]
+        return round(c["step_s"], 9), c["messages"], b != BUCKET_BYTES, b
+    if best.startswith("bucket "):
+        mine = same(int(best.split()[1]))[:2]
+        bucket = min((b for b in buckets if same(b)[:2] == mine), key=same)
+        best = f"bucket {bucket}"
+    else:
+        bucket = min(buckets, key=same)
     saved = choices["none"]["step_s"] - choices[best]["step_s"]
     why = (f"{best} saves {saved * 1e3:.2f} ms of the none step's {choices['none']['step_s'] * 1e3:.2f} ms"
            if best != "none" else "none: every extra message costs more (alpha, o) than the backward it would hide")
