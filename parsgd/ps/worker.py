@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import random
 import time
-from dataclasses import dataclass
 
 import click
 import numpy as np
@@ -35,6 +34,7 @@ from parsgd.ps.rows import ShardRows
 from parsgd.ps.shm import SessionBuffer, host_identity
 from parsgd.ps.sockets import configure_dealer, dealer_context
 from parsgd.ps.stops import Stopped, StopSignals, WorkerExit
+from parsgd.ps.worker_options import WorkerOptions, data_key  # noqa: F401 (WorkerOptions: imported from here)
 
 HELLO_RETRY_S = 1.0           # resend HELLO this often while no server answers (Lazy Pirate)
 STATUS_EVERY_S = 5.0
@@ -44,17 +44,6 @@ MAX_FRAME_BYTES = proto.MAX_ELEMENTS * 8 + proto.HEADER_MAX
 # Spans go to the server in LOGS chunks this often while the worker trains (and all at STOP), so a
 # SIGKILLed worker loses at most this much of its timeline.
 LOGS_EVERY_S = 1.0
-
-
-@dataclass(frozen=True)
-class WorkerOptions:
-    """How a worker reaches its server; times in seconds. Everything else comes in WELCOME."""
-    connect: str = "tcp://127.0.0.1:5555"
-    connect_timeout_s: float = 60.0
-    data_dir: str | None = None
-    keys_dir: str | None = None
-    faults: str = ""
-    name: str = ""
 
 
 class Worker:
@@ -343,7 +332,3 @@ class Worker:
         if self.own_ctx:
             self.ctx.term()
 
-
-def data_key(cfg: RunConfig) -> tuple:
-    """What decides a worker's data: a WELCOME with another key means loading it again."""
-    return cfg.dataset, cfg.data_dir, cfg.num_samples, cfg.seed, cfg.dtype
