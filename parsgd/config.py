@@ -15,6 +15,9 @@ DTYPES = ("float32", "float64")
 CONSISTENCY = ("bsp", "ssp", "async")
 SHARD_BY = ("elements", "layer")   # model/keyranges.py
 MAX_SERVERS = 64
+CODECS = ("none", "fp16", "sign", "qsgd", "topk", "randk", "powersgd")  # model/codecs.py
+MAX_LEVELS = 32767  # qsgd levels must fit an int16 with its sign
+CODEC_HOW = "none, fp16, sign, qsgd:LEVELS, topk:FRACTION, randk:FRACTION or powersgd:RANK"
 N_INPUTS = 784
 N_CLASSES = 10
 SEED_MAX = 2**64 - 1  # NumPy takes any seed >= 0; the WELCOME message carries it as a msgpack uint64
@@ -44,6 +47,8 @@ class RunConfig:
     lr_staleness: str = "none"      # inverse: an update's lr is lr / (staleness + 1) (Zhang et al. 2016)
     servers: int = 1                # parameter servers, each holding a key range (model/keyranges.py)
     shard_by: str = "elements"      # how the key ranges are cut: elements (even, aligned) or layer (whole layers)
+    compress: str = "none"          # what a worker pushes: none, fp16, sign, qsgd:S, topk:F, randk:F, powersgd:R
+    error_feedback: bool = True     # lossy codecs: the worker keeps what encoding lost and adds it next time
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -91,6 +96,7 @@ class RunConfig:
         if self.shard_by == "layer" and self.servers > len(self.hidden) + 1:
             raise ConfigError(f"--servers {self.servers} --shard-by layer: the model has {len(self.hidden) + 1} layers, "
                               "so a server would own nothing; use fewer servers or --shard-by elements")
+        compress_spec(self.compress, self.sizes)
         if self.workers > self.batch_size:
             raise ConfigError(
                 f"--workers {self.workers} is more than --batch-size {self.batch_size}: "
@@ -130,6 +136,38 @@ def _from_dict(cls, d: dict):
         raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad {cls.__name__}: {exc}") from None
+
+
+def compress_spec(text: str, sizes) -> tuple[str, float | int | None]:
+    """--compress 'topk:0.01' -> ('topk', 0.01), checked against the model's layer sizes (powersgd's rank).
+
+    Raises ConfigError (exit 2) naming --compress: an unknown codec, a fraction outside (0, 1], levels
+    outside 1..32767, a rank below 1 or above the smallest weight matrix's min(fan_in, fan_out).
+    """
+    name, _, arg = str(text).strip().partition(":")
+    if name not in CODECS:
+        raise ConfigError(f"--compress {text!r}: unknown codec {name!r}; use {CODEC_HOW}")
+    if name in ("none", "fp16", "sign"):
+        if arg:
+            raise ConfigError(f"--compress {text!r}: {name} takes no parameter; write --compress {name}")
+        return name, None
+    what = {"qsgd": "LEVELS", "topk": "FRACTION", "randk": "FRACTION", "powersgd": "RANK"}[name]
+    try:
+        value = float(arg) if what == "FRACTION" else int(arg)
+    except ValueError:
+        raise ConfigError(f"--compress {text!r}: {name} needs a {what.lower()}, e.g. --compress "
+                          f"{name}:{dict(LEVELS=4, FRACTION=0.01, RANK=2)[what]}") from None
+    if what == "FRACTION" and not (math.isfinite(value) and 0 < value <= 1):
+        raise ConfigError(f"--compress {text!r}: the fraction must be in (0, 1], e.g. {name}:0.01")
+    if what == "LEVELS" and not 1 <= value <= MAX_LEVELS:
+        raise ConfigError(f"--compress {text!r}: qsgd levels must be a whole number from 1 to {MAX_LEVELS}")
+    if what == "RANK":
+        shapes = [(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+        i, (a, b) = min(enumerate(shapes), key=lambda t: min(t[1]))
+        if not 1 <= value <= min(a, b):
+            raise ConfigError(f"--compress {text!r}: the rank must be from 1 to {min(a, b)}, the size of the "
+                              f"smallest layer (layer {i + 1}, {a}x{b})")
+    return name, value
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,7 @@ class AsyncServer(ServerLoop):
         self._last_update = now
         self._step_compute += msg.compute_s / max(1, len(live))  # the workers compute side by side
         member = self.members.get(session)
-        self.updates.write({**record, "rank": member.rank if member else None, "t": round(t, 6)})
+        ef = {"ef": [session, msg.ef_seq]} if msg.ef_seq >= 0 else {}  # whose residual (parsgd replay)
+        self.updates.write({**record, "rank": member.rank if member else None, **ef, "t": round(t, 6)})
         self.segments.close_retired()  # a dead worker's segment: src, if it was one, is no longer read
         self.dispatch()

@@ -127,9 +127,10 @@ class RangeLinks:
         self.log.add("deserialize", step, t)
         return [got[r].version for r in sorted(got) if r]
 
-    def push(self, step: int, shard: int, grad: np.ndarray) -> bool | None:
-        """Its parts of `grad` ((n,), the whole gradient of shard `shard`) to their owners; True when every
-        one took its part as finite, False if one found a NaN or Inf, None when one did not answer."""
+    def push(self, step: int, shard: int, grad: np.ndarray, packed: list | None = None) -> bool | None:
+        """Its parts of `grad` ((n,), the whole gradient of shard `shard`) to their owners (`packed[r]`, the
+        encoded part of server r, instead over a socket with --compress); True when every one took its part
+        as finite, False if one found a NaN or Inf, None when one did not answer."""
         self._step = step
 
         def push(r):
@@ -137,7 +138,8 @@ class RangeLinks:
             if buf is not None:
                 self.kr.gather(grad, r, out=buf.slots[shard])
                 return proto.Push(self.incarnation, self.session, step, shard, None)
-            return proto.Push(self.incarnation, self.session, step, shard, np.ascontiguousarray(self.kr.gather(grad, r)))
+            return proto.Push(self.incarnation, self.session, step, shard,
+                              packed[r] if packed else np.ascontiguousarray(self.kr.gather(grad, r)))
         ranges = [r for r in self.socks if r]  # server 0's part goes ahead of the GRAD (ps/worker.py)
         self._send_all(push, ranges)
         got = self._gather(proto.Ack, lambda r, m: m.step == step and m.shard == shard and m.session == self.session,

@@ -27,6 +27,7 @@ from parsgd.ps import protocol as proto
 from parsgd.ps.channel import (SEND_TIMEOUT_S, recv_frames_within, recv_message, send_now, send_within,
                                spin_for_message)
 from parsgd.ps.commlog import WorkerSpans
+from parsgd.ps.compression import WireCodec
 from parsgd.ps.faults import FaultPlan
 from parsgd.ps.heartbeat import Heartbeats
 from parsgd.ps.range_links import RangeLinks
@@ -132,6 +133,7 @@ class Worker:
         self.kr = key_ranges(cfg.sizes, cfg.dtype, cfg.servers, cfg.shard_by)
         n = self.kr.size(0)  # the coordinator's part (the whole vector with one server)
         self.grads = np.zeros((cfg.workers, n), cfg.dtype)  # one per shard: a sent buffer is never reused early
+        self.codec = WireCodec.for_run(cfg, self.kr)  # a new session: a new residual (ps/compression.py)
         self._close_links()
         if welcome.servers:  # --servers S: the other servers' parts come from and go to them directly
             self.full = np.zeros(self.kr.n, cfg.dtype)           # the whole vector: every part of a step
@@ -276,17 +278,20 @@ class Worker:
         self.faults.corrupt(task.step, self.rank, grad)
         end = self.log.add("compute", task.step, t)
         finite = True
+        # --compress: grad becomes what the servers decode; `packed` per server the bytes that travel
+        packed, ef_seq = self.codec.push(grad, task.step, task.shard) if self.codec else (None, -1)
         if self.links is not None:  # every part to its owner at once; the GRAD once every range holds its own
             self.kr.gather(grad, 0, out=slot)
             if self.buf is None:  # server 0's part goes ahead of the GRAD, on the same connection
-                self._send(proto.Push(self.incarnation, self.session, task.step, task.shard, slot).to_frames(),
-                           self.hb_s * self.liveness)
-            finite = self.links.push(task.step, task.shard, grad)
+                self._send(proto.Push(self.incarnation, self.session, task.step, task.shard,
+                                      packed[0] if packed else slot).to_frames(), self.hb_s * self.liveness)
+            finite = self.links.push(task.step, task.shard, grad, packed)
             if finite is None:
                 return False
         msg = proto.Grad(self.incarnation, self.session, task.step, task.shard, task.lo, task.hi, idx.size,
-                         loss_sum, correct, end - t, None if self.buf is not None or self.links else slot, finite,
-                         versions if self.cfg.consistency != "bsp" else [])
+                         loss_sum, correct, end - t, None if self.buf is not None or self.links else
+                         packed[0] if packed else slot, finite, versions if self.cfg.consistency != "bsp" else [],
+                         ef_seq)
         frames = self.faults.mangle(task.step, msg, self.cfg.workers).to_frames()
         t = self.log.add("serialize", task.step, end)
         for copy in self.faults.outgoing(task.step, self.rank):
