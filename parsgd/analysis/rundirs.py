@@ -119,6 +119,7 @@ class Run:
             servers = int(self.config.get("servers") or 1)
             if servers > 1:
                 label += f" S={servers}" + (" by layer" if self.config.get("shard_by") == "layer" else "")
+            label += compress_word(self.config.get("compress"), self.config.get("error_feedback", True))
         return ", ".join([label, *self.setup_words])
 
     @property
@@ -155,6 +156,13 @@ class Run:
         """One metrics.jsonl field over the epochs: float64 array of shape (epochs,), 0.0 where the key is
         absent, NaN where its value is null (e.g. test_acc of an empty test split): plots show a gap."""
         return np.array([m.get(name, 0.0) for m in self.metrics], dtype=np.float64)
+
+
+def compress_word(compress, error_feedback) -> str:
+    """' topk:0.01', ' sign no-EF' or '' (--compress none) for a run label."""
+    if not compress or compress == "none":
+        return ""
+    return f" {compress}" + ("" if error_feedback else " no-EF")
 
 
 def setup_words(setup: dict) -> list[str]:

@@ -49,17 +49,20 @@ class Configuration:
     consistency: str = "bsp"  # ps: launch --consistency
     staleness: int = 0        # ps, ssp: launch --staleness
     faults: str = ""          # ps: launch --faults
+    compress: str = "none"    # ps: launch --compress
+    error_feedback: bool = True
 
     @property
     def label(self) -> str:
         """The same short name runs.Run.label gives the finished run."""
-        from parsgd.analysis.rundirs import setup_words
+        from parsgd.analysis.rundirs import compress_word, setup_words
 
         if self.mode == "sequential":
             return "sequential"
         return ", ".join([f"{self.mode} P={self.workers}" + (f" {self.transport}" if self.transport else "")
                           + (f"@{self.link}" if self.link else "")
-                          + (f" {self.consistency}" if self.consistency != "bsp" else ""),
+                          + (f" {self.consistency}" if self.consistency != "bsp" else "")
+                          + compress_word(self.compress, self.error_feedback),
                           *setup_words({"faults": self.faults})])
 
     @property
@@ -68,7 +71,9 @@ class Configuration:
             return "sequential"
         return (f"{self.mode}-p{self.workers}" + (f"-{self.transport}" if self.transport else "")
                 + (f"-{self.link}" if self.link else "")
-                + (f"-{self.consistency}" if self.consistency != "bsp" else ""))
+                + (f"-{self.consistency}" if self.consistency != "bsp" else "")
+                + (f"-{self.compress.replace(':', '')}" if self.compress != "none" else "")
+                + ("-noef" if self.compress != "none" and not self.error_feedback else ""))
 
 
 class RunsDiverged(ExperimentFailed):
@@ -82,19 +87,19 @@ class ModelMismatch(ExperimentFailed):
 
 
 def plan(workers_list, modes, transports, links=(), consistencies=("bsp",), staleness: int = 0,
-         faults: str = "") -> list[Configuration]:
+         faults: str = "", compresses=("none",), error_feedback: bool = True) -> list[Configuration]:
     """Sequential first, then per P (in the given order, duplicates dropped): pool, then ps per transport,
     or, with `links` (rates of `launch --link`), ps over tcp on each link (emulated hosts); each ps
     configuration once per consistency model, in the given order (ssp with `staleness`), with the
-    `faults` schedule."""
+    `faults` schedule, and once per codec of `compresses` (launch --compress, with `error_feedback`)."""
     configs = [Configuration("sequential", 1)] if "sequential" in modes else []
     for p in dict.fromkeys(workers_list):
         if "pool" in modes:
             configs.append(Configuration("pool", p))
         if "ps" in modes:
             nets = [("tcp", rate) for rate in links] if links else [(t, None) for t in dict.fromkeys(transports)]
-            configs += [Configuration("ps", p, t, rate, c, staleness if c == "ssp" else 0, faults)
-                        for t, rate in nets for c in dict.fromkeys(consistencies)]
+            configs += [Configuration("ps", p, t, rate, c, staleness if c == "ssp" else 0, faults, z, error_feedback)
+                        for t, rate in nets for c in dict.fromkeys(consistencies) for z in dict.fromkeys(compresses)]
     return configs
 
 
@@ -155,7 +160,8 @@ def _run_ps(config: Configuration, cfg: RunConfig, run_dir: Path, output: _Child
     if config.link:
         from parsgd.jobs.emulate import LinkOptions
         link = LinkOptions(config.link)
-    cfg = cfg.replace(workers=config.workers, consistency=config.consistency, staleness=config.staleness)
+    cfg = cfg.replace(workers=config.workers, consistency=config.consistency, staleness=config.staleness,
+                      compress=config.compress, error_feedback=config.error_feedback)
     return launch(cfg, ServerOptions(faults=config.faults), config.transport, run_dir, echo=output, link=link,
                   worker_faults=parse_launch_faults(config.faults, config.workers), force=force, notes=False)
 
@@ -209,7 +215,7 @@ def _run_one(config: Configuration, cfg: RunConfig, data, run_dir: Path, echo, e
 
 def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: bool = False, echo=click.echo,
                    verbose: bool = False, data=None, repeat: int = 1, links=(), consistencies=("bsp",),
-                   staleness: int = 0, faults: str = "", force: bool = False) -> list[Path]:
+                   staleness: int = 0, faults: str = "", force: bool = False, compresses=("none",)) -> list[Path]:
     """Run every configuration, then print and write the report and the plots; returns the run dirs.
 
     `cfg`: the training options (its `workers` is ignored; each configuration sets its own).
@@ -221,7 +227,8 @@ def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: 
     the machine's unshaped capacity is measured (capacity.json, and the report's first link figure).
     `consistencies`: every ps configuration runs under each of these models, ssp with `staleness`
     (cfg's own consistency is not used: sequential and Pool are bulk-synchronous anyway). `faults`:
-    every ps configuration's `launch --faults` schedule (checked by the caller for every P). `force`: a
+    every ps configuration's `launch --faults` schedule (checked by the caller for every P). `compresses`:
+    every ps configuration runs with each of these `launch --compress` codecs (cfg.error_feedback). `force`: a
     run directory may replace files parsgd did not write (else that configuration fails), and `out`
     files with the experiment's output names that no experiment recorded (else nothing runs). More worker
     processes than cores: one warning line first.
@@ -238,7 +245,8 @@ def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: 
     from parsgd.training.rundir import prepare_dir
 
     out = prepare_dir(out)
-    configs = plan(workers_list, modes, transports, links, consistencies, staleness, faults)
+    configs = plan(workers_list, modes, transports, links, consistencies, staleness, faults, compresses,
+                   cfg.error_feedback)
     if not configs:
         raise UsageError("nothing to run: give at least one mode, and --workers for pool and ps")
     previous, since = previous_outputs(out, force), time.time()

@@ -112,6 +112,20 @@ class Compressor:
         return out
 
 
+def push_ratio(config: dict) -> float:
+    """Encoded / raw bytes of one pushed gradient (every server's part) for a run's config.json `config`
+    (1.0 for --compress none or a config without it)."""
+    from parsgd.model.keyranges import key_ranges
+
+    spec = config.get("compress") or "none"
+    if spec == "none":
+        return 1.0
+    sizes, dtype = (784, *config.get("hidden", (256, 128)), 10), str(config.get("dtype") or "float32")
+    kr = key_ranges(sizes, dtype, int(config.get("servers") or 1), str(config.get("shard_by") or "elements"))
+    c = Compressor(spec, sizes, dtype, kr, 0)
+    return sum(c.nbytes(s) for s in range(kr.servers)) / (kr.n * np.dtype(dtype).itemsize)
+
+
 class Residual:
     """A worker session's error-feedback residual and its place in the session's sequence of gradients."""
 
