@@ -113,7 +113,8 @@ class RangeLinks:
 
     def pull(self, step: int, full: np.ndarray) -> list[int] | None:
         """The servers' parameters for `step` into `full` ((n,), the whole vector; server 0's part only when it
-        is linked, not in shared memory); returns the versions of servers 1..S-1, or None when one did not
+        is linked, not in shared memory); returns the versions of the servers it pulled from (1..S-1, and
+        0 first when linked: a later version than its TASK's under ssp / async), or None when one did not
         answer."""
         self._step = step
         self._send_all(lambda r: proto.Pull(self.incarnation, self.session, step))
@@ -125,7 +126,7 @@ class RangeLinks:
             part = msg.params if msg.params is not None else self.bufs[r].params
             self.kr.scatter(part, r, full)
         self.log.add("deserialize", step, t)
-        return [got[r].version for r in sorted(got) if r]
+        return [got[r].version for r in sorted(got)]
 
     def push(self, step: int, shard: int, grad: np.ndarray, packed: list | None = None) -> bool | None:
         """Its parts of `grad` ((n,), the whole gradient of shard `shard`) to their owners (`packed[r]`, the

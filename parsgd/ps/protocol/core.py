@@ -124,7 +124,7 @@ class Grad(Message):
     compute_s: float
     grad: np.ndarray | None
     finite: bool = True        # every range server took its part as finite (S > 1; always true for S = 1)
-    versions: list = dataclass_field(default_factory=list)  # versions of ranges 1..S-1 the gradient used
+    versions: list = dataclass_field(default_factory=list)  # versions of ranges [0 if pulled,] 1..S-1 it used
     ef_seq: int = -1           # --compress with error feedback: this gradient's place in the session's residual sequence
     TYPE, PAYLOAD = "GRAD", "grad"
     PAYLOAD_DTYPES = PACKED    # --compress: grad is the encoded bytes (protocol/packed.py)
