@@ -196,3 +196,14 @@ def test_bad_compress_values_exit_2_naming_the_option(spec, words):
 def test_parse_codec_keeps_the_parameter():
     assert parse_codec("topk:0.01", SIZES) == Codec("topk", 0.01) and Codec("topk", 0.01).spec == "topk:0.01"
     assert parse_codec("powersgd:10", SIZES).param == 10
+
+
+def test_estimate_counts_a_grad_at_its_encoded_size():
+    import dataclasses
+
+    from parsgd.analysis.costmodel import Model
+    m = Model(alpha_s=0, cpu_s_per_byte=0, message_bytes=4e6, row_s=0, batch=256, cores=2, server_const_s=0,
+              server_per_worker_s=0, worker_copy_s=0, seq_step_s=1, steps_per_epoch=1, run_workers=4,
+              run_link="100mbit", overlap=1.0)
+    raw, pulls_only = m.parts(4, 100e6)["link"], dataclasses.replace(m, push_ratio=0.0).parts(4, 100e6)["link"]
+    assert pulls_only == pytest.approx(raw / 2, rel=0.02)  # f = 1: P TASKs of m out, P GRADs of g in

@@ -258,7 +258,8 @@ def estimate(run_dir, workers=(2, 4, 8, 16, 64), links=None, servers=None,
 def format_estimate(model: Model, predictions: list[dict]) -> str:
     """The model's parameters and a table of predictions, as `parsgd estimate` prints them."""
     lines = [f"calibrated on P={model.run_workers} at {model.run_link}: alpha {model.alpha_s * 1e6:.0f} us, "
-             f"CPU {model.cpu_s_per_byte * 1e9:.2f} ns/byte (copies, CURVE), message {model.message_bytes / 1e3:.1f} KB, "
+             f"CPU {model.cpu_s_per_byte * 1e9:.2f} ns/byte (copies, CURVE), message {model.message_bytes / 1e3:.1f} KB"
+             + (f" (a GRAD {model.push_ratio:.3f} of it: --compress)" if model.push_ratio != 1 else "") + ", "
              f"{model.row_s * 1e6:.1f} us/row alone, server {model.server_const_s * 1e3:.2f} ms + "
              f"{model.server_per_worker_s * 1e3:.2f} ms x P, {model.cores} cores shared by the emulated hosts",
              f"{'P':>4}  {'S':>3}  {'link':>8}  {'step ms':>9}  {'epoch s':>8}  {'speedup':>9}  {'comm %':>6}  bound"]
