@@ -10,10 +10,13 @@ import json
 import numpy as np
 import pytest
 
+from parsgd.analysis.compress_plots import compression_series
+from parsgd.analysis.rundirs import load_run
 from parsgd.model.mlp import init_params
 from procs import load_params, parsgd
 
-ARGS = ["--dataset", "synthetic", "--num-samples", "2000", "--epochs", "3", "--hidden", "32,16"]
+DATA = ["--dataset", "synthetic", "--num-samples", "2000", "--hidden", "32,16"]
+ARGS = [*DATA, "--epochs", "3"]
 SIZES = (784, 32, 16, 10)
 
 pytestmark = pytest.mark.slow
@@ -51,6 +54,10 @@ def test_compressed_runs_replay_to_the_bit(tmp_path, codec, extra, transport):
         raw = init_params(SIZES, 42, "float32").nbytes
         sends = [c for c in comm if c.get("span") == "send" and c.get("role", "worker") != "server" and c.get("bytes")]
         assert sends and max(c["bytes"] for c in sends) < 0.6 * raw, max(c["bytes"] for c in sends)
+        (series,) = compression_series([load_run(out)])  # compression.png: pushes encoded, pulls raw
+        assert series["push_kb"] < 0.6 * series["raw_push_kb"] and series["ratio"] < 0.8, series
+        if "--consistency" not in extra:  # bsp: each step pulls and pushes P whole vectors
+            assert series["raw_push_kb"] == pytest.approx(series["pull_kb"], rel=0.05), series
     replays(out)
 
 
@@ -89,4 +96,20 @@ def test_a_dead_workers_residual_goes_with_it_and_a_new_session_starts_from_zero
     assert len(seqs) == 4, seqs  # three first sessions and the restarted one
     for s in seqs.values():  # each session's residual moved through every gradient it sent, in order
         assert s == list(range(len(s))), s
+    replays(out)
+
+
+def test_a_resumed_run_starts_its_residuals_from_zero_and_replays(tmp_path):
+    """2 epochs, then `launch --resume --epochs 3`: the new sessions' residuals start at zero at the
+    checkpoint (the old ones held error from steps that are redone or gone) and replay follows."""
+    out = tmp_path / "run"
+    parsgd_args = ["--compress", "topk:0.05", "--transport", "tcp"]
+    result = parsgd("launch", "--workers", "2", *parsgd_args, *DATA, "--epochs", "2", "--out", out)
+    assert result.returncode == 0, result.stdout[-3000:]
+    before = {s for u in updates(out) for s, _ in u["ef"]}
+    result = parsgd("launch", "--resume", out, "--epochs", "3")
+    assert result.returncode == 0 and "resuming" in result.stdout, result.stdout[-3000:] + result.stderr[-2000:]
+    recs = updates(out)
+    after = [u for u in recs if not {s for s, _ in u["ef"]} <= before]
+    assert after and after[0]["update"] == 16 and sorted(q for _, q in after[0]["ef"]) == [0, 0], after[:1]
     replays(out)
