@@ -207,3 +207,22 @@ def test_estimate_counts_a_grad_at_its_encoded_size():
               run_link="100mbit", overlap=1.0)
     raw, pulls_only = m.parts(4, 100e6)["link"], dataclasses.replace(m, push_ratio=0.0).parts(4, 100e6)["link"]
     assert pulls_only == pytest.approx(raw / 2, rel=0.02)  # f = 1: P TASKs of m out, P GRADs of g in
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["fp16", "sign", "qsgd:4", "qsgd:300", "topk:0.01", "randk:0.01", "powersgd:2"]),
+       st.integers(0, 2**32), st.integers(0, 3))
+def test_any_bytes_of_the_right_length_decode_or_raise_protocol_error(spec, seed, servers_minus_1):
+    """What a server does with a hostile payload: a vector of its part's size, or ProtocolError."""
+    from parsgd.ps.compression import WireCodec
+
+    cfg = RunConfig(compress=spec, servers=servers_minus_1 + 1, hidden=(32, 16))
+    codec = WireCodec(cfg, key_ranges(cfg.sizes, cfg.dtype, cfg.servers))
+    s = seed % cfg.servers
+    need = sum(dt.itemsize * n for piece in codec.fields[s] for dt, n in piece)
+    junk = np.random.default_rng(seed).integers(0, 256, need + (seed % 3 == 0) * (seed % 5 - 2), dtype=np.uint8)
+    try:
+        out = codec.decoded("PUSH", junk, 3, 1, s)
+    except proto.ProtocolError:
+        return
+    assert out.shape == (codec.compressor.kr.size(s),) and out.dtype == np.float32

@@ -120,7 +120,8 @@ class Codec:
         return [np.ascontiguousarray(p, dt).reshape(-1), np.ascontiguousarray(q, dt).reshape(-1)]
 
     def decode(self, arrays, shape, dtype, rng: np.random.Generator | None) -> np.ndarray:
-        """The piece ((prod(shape),), `dtype`) the encoded `arrays` stand for."""
+        """The piece ((prod(shape),), `dtype`) the encoded `arrays` stand for; ValueError for a topk index
+        outside the piece (bytes from a broken or hostile peer)."""
         dt, size = np.dtype(dtype), math.prod(shape)
         if self.name in ("none", "fp16") or (self.name == "powersgd" and len(shape) != 2):
             return arrays[0].astype(dt)
@@ -131,7 +132,10 @@ class Codec:
             return (arrays[0][0].astype(np.float64) * arrays[1] / int(self.param)).astype(dt)
         out = np.zeros(size, dt)
         if self.name == "topk":
-            out[arrays[0].astype(np.intp)] = arrays[1]
+            idx = arrays[0].astype(np.intp)
+            if idx.size and idx.max() >= size:
+                raise ValueError(f"topk index {idx.max()} is outside the piece of {size} values")
+            out[idx] = arrays[1]
         elif self.name == "randk":
             out[random_indices(rng, size, self.k(size))] = arrays[0]
         else:  # P Q^T, without BLAS: the same bits in the server, the worker and replay, whatever their threads

@@ -88,6 +88,10 @@ class Compressor:
         """Encode `grad` ((n,), the whole vector) for every server: [[arrays of piece 0, ...], ...] per
         server. `grad` is overwritten with what the server will decode; `residual` ((n,)), if given, is
         added first and left holding v - decoded. Returns the encoded arrays per server, per piece."""
+        with np.errstate(over="ignore", invalid="ignore"):  # a non-finite gradient is the server's to judge
+            return self._compress(grad, step, shard, residual)
+
+    def _compress(self, grad, step, shard, residual) -> list:
         if residual is not None:
             np.add(grad, residual, out=grad)             # v = g + e
         out = []
@@ -107,8 +111,10 @@ class Compressor:
     def decode(self, arrays: list, step: int, shard: int, server: int) -> np.ndarray:
         """Server `server`'s part ((kr.size(server),), the run's dtype) from its pieces' arrays."""
         out = np.empty(self.kr.size(server), self.dtype)
-        for i, (p, a) in enumerate(zip(self.pieces[server], arrays)):
-            out[p.at:p.at + p.hi - p.lo] = self.codec.decode(a, p.shape, self.dtype, self._rng(step, shard, server, i))
+        with np.errstate(over="ignore", invalid="ignore"):  # a non-finite result is the server's to judge
+            for i, (p, a) in enumerate(zip(self.pieces[server], arrays)):
+                out[p.at:p.at + p.hi - p.lo] = self.codec.decode(a, p.shape, self.dtype,
+                                                                 self._rng(step, shard, server, i))
         return out
 
 

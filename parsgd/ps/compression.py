@@ -18,6 +18,7 @@ from parsgd.config import RunConfig
 from parsgd.model.compressor import Compressor, Residual
 from parsgd.model.keyranges import KeyRanges
 from parsgd.ps.protocol.packed import pack, unpack
+from parsgd.ps.wire import ProtocolError
 
 
 class WireCodec:
@@ -44,4 +45,7 @@ class WireCodec:
     def decoded(self, where: str, payload, step: int, shard: int, server: int = 0) -> np.ndarray:
         """Server `server`'s part ((size,), the run's dtype) of a GRAD / PUSH payload; ProtocolError
         naming `where` when the payload is not this run's encoding."""
-        return self.compressor.decode(unpack(where, payload, self.fields[server]), step, shard, server)
+        try:
+            return self.compressor.decode(unpack(where, payload, self.fields[server]), step, shard, server)
+        except ValueError as exc:  # ProtocolError is one too; the codec's own checks are plain ValueErrors
+            raise exc if isinstance(exc, ProtocolError) else ProtocolError(f"{where}: {exc}") from None
