@@ -180,7 +180,7 @@ def check_lines(rows: list[dict]) -> list[str]:
                        f"{'s' if len(passed) > 1 else ''} pass (largest difference {worst:.1e})")
     if any(r["check_ok"] is None and r["same_model"] != "reference" for r in rows):
         verdict.append("  not judged: '-' has no check.npz (an older parsgd), 'n/a (not bsp)' is a stale-"
-                       "synchronous or asynchronous run, another model by design")
+                       "synchronous or asynchronous run, or one with a lossy --compress: another model by design")
     return [*text, *verdict, *textwrap.wrap(FLOAT32_DIVERGENCE, 100), ""]
 
 
