@@ -24,7 +24,7 @@ from parsgd.analysis.costmodel import step_figures
 from parsgd.analysis.rundirs import load_run
 from parsgd.model.compressor import push_ratio
 
-CODECS = ("none", "fp16", "sign", "qsgd:4", "topk:0.01", "randk:0.01", "powersgd:4")
+CODECS = ("none", "fp16", "sign", "qsgd:16", "topk:0.01", "randk:0.01", "powersgd:4")
 LINKS = ("100mbit", "1gbit")
 TARGET = 0.85
 ARGS = ["--workers", "4", "--dataset", "fashion-mnist", "--epochs", "3", "--batch-size", "1024"]
@@ -33,8 +33,9 @@ ARGS = ["--workers", "4", "--dataset", "fashion-mnist", "--epochs", "3", "--batc
 def run(out: Path, link: str, codec: str) -> dict:
     proc = subprocess.run([sys.executable, "-m", "parsgd", "launch", *ARGS, "--link", link, "--compress", codec,
                            "--out", str(out)], capture_output=True, text=True, timeout=3600)
-    if proc.returncode not in (0, 3):  # 3: diverged, still a finished run to report
-        raise SystemExit(f"{codec} at {link} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    if proc.returncode not in (0, 3):  # 3: diverged, still a finished run to report; else a row saying why
+        why = next((line for line in proc.stderr.splitlines() if line.startswith("error: ")), proc.stderr[-300:])
+        return {"link": link, "codec": codec, "failed": why, "path": str(out)}
     r = load_run(out)
     f = step_figures(r)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -53,6 +54,9 @@ def table(rows: list[dict]) -> str:
     lines = [f"| link | codec | KB/step (server link) | ratio to none | push/raw | step ms | time to {TARGET} test acc | "
              "final test acc |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if "failed" in r:
+            lines.append(f"| {r['link']} | {r['codec']} | - | - | - | - | stopped: {r['failed'][7:]} | - |")
+            continue
         base = next(b for b in rows if b["link"] == r["link"] and b["codec"] == "none")
         tta = f"{r['time_to_target_s']:.1f} s" if r["time_to_target_s"] is not None else "not reached"
         lines.append(f"| {r['link']} | {r['codec']} | {r['bytes_per_step'] / 1e3:.0f} | "
@@ -67,12 +71,16 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent))
     ap.add_argument("--codecs", default=",".join(CODECS))
     ap.add_argument("--links", default=",".join(LINKS))
+    ap.add_argument("--done", help="JSON lines this script printed earlier in the same session: rows to keep")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="parsgd-compress-"))
+    done = [json.loads(line) for line in Path(args.done).read_text().splitlines()
+            if line.startswith("{")] if args.done else []
     rows = []
     for link in args.links.split(","):
         for codec in args.codecs.split(","):
-            rows.append(run(tmp / f"{link}-{codec.replace(':', '')}", link, codec))
+            kept = [r for r in done if r["link"] == link and r["codec"] == codec and "failed" not in r]
+            rows.append(kept[0] if kept else run(tmp / f"{link}-{codec.replace(':', '')}", link, codec))
             print(json.dumps(rows[-1]), flush=True)
     out = Path(args.out)
     (out / "compress.json").write_text(json.dumps({"args": ARGS, "target": TARGET, "rows": rows}, indent=1) + "\n")

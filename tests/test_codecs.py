@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from parsgd.config import ConfigError, RunConfig
-from parsgd.model.codecs import Codec, parse_codec
+from parsgd.model.codecs import QSGD_BUCKET, Codec, parse_codec
 from parsgd.model.compressor import Compressor, Residual, pieces, push_ratio
 from parsgd.model.keyranges import key_ranges
 from parsgd.ps import protocol as proto
@@ -23,7 +23,7 @@ from procs import cli_run, one_line_error
 
 SIZES = (784, 256, 128, 10)
 FINITE = st.floats(-1e3, 1e3, allow_nan=False, width=32)
-VECTORS = arrays(np.float32, st.integers(1, 300), elements=FINITE)
+VECTORS = arrays(np.float32, st.integers(1, 1300), elements=FINITE)  # qsgd: up to 3 buckets
 
 
 def roundtrip(codec: Codec, v: np.ndarray, shape=None, seed: int = 7):
@@ -54,12 +54,14 @@ def test_sign_is_the_mean_magnitude_times_the_sign(v):
 def test_qsgd_rounds_stochastically_onto_its_levels(v, s, seed):
     codec = Codec("qsgd", s)
     (norm, q), d = roundtrip(codec, v, seed=seed)
-    assert norm[0] == np.float32(np.linalg.norm(v.astype(np.float64)))
-    r = np.abs(v.astype(np.float64)) / float(np.linalg.norm(v.astype(np.float64)) or 1) * s
+    buckets = [v[i:i + QSGD_BUCKET].astype(np.float64) for i in range(0, v.size, QSGD_BUCKET)]
+    assert np.array_equal(norm, np.array([np.linalg.norm(b) for b in buckets], np.float32))
+    each = np.repeat([np.linalg.norm(b) or 1.0 for b in buckets], QSGD_BUCKET)[:v.size]
+    r = np.abs(v.astype(np.float64)) / each * s
     levels = np.abs(q.astype(np.int64))
     assert np.all((levels == np.floor(r)) | (levels == np.minimum(np.floor(r) + 1, s)))  # floor or the next level
     assert np.all((q == 0) | (np.sign(q) == np.sign(v)))
-    assert np.array_equal(d, (float(norm[0]) * q.astype(np.float64) / s).astype(np.float32))
+    assert np.array_equal(d, (np.repeat(norm.astype(np.float64), QSGD_BUCKET)[:v.size] * q / s).astype(np.float32))
 
 
 def test_qsgd_is_unbiased():

@@ -12,8 +12,10 @@ seeds it from the run seed, step, shard, part and piece); only qsgd, randk and p
 - fp16: every value as IEEE float16 (round to nearest even; beyond +-65504 becomes +-inf).
 - sign: scaled sign, (||v||_1 / len) * sign(v) with sign(0) = +1: one float and one bit a value
   (1-bit SGD, Seide et al. 2014; the scale of EF-signSGD, Karimireddy et al. 2019).
-- qsgd:s: ||v||_2 * sign(v_i) * l_i / s, l_i = floor(s |v_i| / ||v||_2 + u_i), u_i ~ U[0, 1): stochastic
-  rounding onto s levels, unbiased (Alistarh et al. 2017, QSGD), sent as int8 (s <= 127) or int16.
+- qsgd:s: n_b * sign(v_i) * l_i / s, l_i = floor(s |v_i| / n_b + u_i), u_i ~ U[0, 1), n_b = ||v_b||_2 of
+  v_i's bucket of QSGD_BUCKET values: stochastic rounding onto s levels, unbiased (Alistarh et al.
+  2017, QSGD, with their bucketing: one norm per 512 values bounds the variance), sent as int8
+  (s <= 127) or int16.
 - topk:f: the k = ceil(f len) values of largest magnitude (NaN and inf first) and their indices
   (Lin et al. 2018, Deep Gradient Compression); the rest is zero.
 - randk:f: k = ceil(f len) values at indices drawn uniformly without replacement; the indices are
@@ -33,6 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from parsgd.config import compress_spec
+
+QSGD_BUCKET = 512  # values per qsgd norm (Alistarh et al. 2017 use buckets of 512)
 
 
 
@@ -71,7 +75,7 @@ class Codec:
         if self.name == "sign":
             return [(dt, 1), (np.dtype("u1"), -(-size // 8))]
         if self.name == "qsgd":
-            return [(dt, 1), (np.dtype("i1" if self.param <= 127 else "<i2"), size)]
+            return [(dt, -(-size // QSGD_BUCKET)), (np.dtype("i1" if self.param <= 127 else "<i2"), size)]
         if self.name == "topk":
             return [(np.dtype("<u4"), self.k(size)), (dt, self.k(size))]
         if self.name == "randk":
@@ -97,14 +101,13 @@ class Codec:
             return [np.array([scale], dt), np.packbits(v >= 0, bitorder="little")]
         if self.name == "qsgd":
             s = int(self.param)
-            norm = float(np.linalg.norm(v.astype(np.float64)))
+            norms = bucket_norms(v)
+            each = np.repeat(norms, QSGD_BUCKET)[:v.size]
             u = rng.random(v.size)
-            if not (norm > 0 and math.isfinite(norm)):  # zero: all levels 0; NaN / inf: decodes to NaN
-                levels = np.zeros(v.size)
-            else:
-                levels = np.floor(np.abs(v) / norm * s + u)
+            ok = (each > 0) & np.isfinite(each)  # zero: level 0; NaN / inf: decodes to NaN
+            levels = np.where(ok, np.floor(np.abs(v) / np.where(ok, each, 1.0) * s + u), 0.0)
             q = (np.where(v < 0, -1.0, 1.0) * np.minimum(levels, s)).astype(self.fields(shape, dt)[1][0])
-            return [np.array([norm], dt), q]
+            return [norms.astype(dt), q]
         if self.name == "topk":
             idx = top_indices(v, self.k(v.size))
             return [idx.astype("<u4"), v[idx]]
@@ -129,7 +132,8 @@ class Codec:
             bits = np.unpackbits(arrays[1], count=size, bitorder="little").astype(bool)
             return np.where(bits, arrays[0][0], -arrays[0][0]).astype(dt)
         if self.name == "qsgd":
-            return (arrays[0][0].astype(np.float64) * arrays[1] / int(self.param)).astype(dt)
+            each = np.repeat(arrays[0].astype(np.float64), QSGD_BUCKET)[:size]
+            return (each * arrays[1] / int(self.param)).astype(dt)
         out = np.zeros(size, dt)
         if self.name == "topk":
             idx = arrays[0].astype(np.intp)
@@ -143,6 +147,13 @@ class Codec:
             p, q = arrays[0].reshape(shape[0], r), arrays[1].reshape(shape[1], r)
             out[:] = np.einsum("ir,jr->ij", p, q, optimize=False).reshape(-1)
         return out
+
+
+def bucket_norms(v: np.ndarray) -> np.ndarray:
+    """||v_b||_2 (binary64) of each bucket of QSGD_BUCKET values of v (the last one may be shorter)."""
+    sq = np.zeros(-(-v.size // QSGD_BUCKET) * QSGD_BUCKET)
+    sq[:v.size] = v.astype(np.float64) ** 2
+    return np.sqrt(sq.reshape(-1, QSGD_BUCKET).sum(axis=1))
 
 
 def top_indices(v: np.ndarray, k: int) -> np.ndarray:
