@@ -144,7 +144,7 @@ def test_bad_hosts_are_one_line_and_leave_nothing(tmp_path, hosts):
 
 @pytest.mark.parametrize("answer, said", [
     ("echo 'parsgd node 0.0.1 protocol 1'; exec cat >/dev/null",
-     "the host answers 'parsgd node 0.0.1 protocol 1', this launcher is 'parsgd node 0.1.0 protocol 4': install the "
+     "the host answers 'parsgd node 0.0.1 protocol 1', this launcher is 'parsgd node 0.1.0 protocol 5': install the "
      "same parsgd version there"),
     ("echo 'a login script line'; echo \"error: No such command 'node'.\" >&2; exit 2",
      "No such command 'node'.; that parsgd has no `node` command: install this version there"),
