@@ -17,6 +17,9 @@ SHARD_BY = ("elements", "layer")   # model/keyranges.py
 OVERLAP = ("none", "layer", "bucket")   # ps/overlap.py
 BUCKET_BYTES = 65536               # --bucket-bytes default: merges the small last layers, leaves W1 alone
 MAX_SERVERS = 64
+CODECS = ("none", "fp16", "sign", "qsgd", "topk", "randk", "powersgd")  # model/codecs.py
+MAX_LEVELS = 32767  # qsgd levels must fit an int16 with its sign
+CODEC_HOW = "none, fp16, sign, qsgd:LEVELS, topk:FRACTION, randk:FRACTION or powersgd:RANK"
 N_INPUTS = 784
 N_CLASSES = 10
 SEED_MAX = 2**64 - 1  # NumPy takes any seed >= 0; the WELCOME message carries it as a msgpack uint64
@@ -48,6 +51,8 @@ class RunConfig:
     shard_by: str = "elements"      # how the key ranges are cut: elements (even, aligned) or layer (whole layers)
     overlap: str = "none"           # push each layer / bucket of the gradient while backprop goes on (ps/overlap.py)
     bucket_bytes: int = BUCKET_BYTES  # --overlap bucket: a bucket is sent once it holds at least this many bytes
+    compress: str = "none"          # what a worker pushes: none, fp16, sign, qsgd:S, topk:F, randk:F, powersgd:R
+    error_feedback: bool = True     # lossy codecs: the worker keeps what encoding lost and adds it next time
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -102,6 +107,10 @@ class RunConfig:
                               "batches as they arrive); use --overlap none")
         if not 1 <= self.bucket_bytes <= 2**40:
             raise ConfigError(f"--bucket-bytes must be a whole number of bytes from 1 to 2**40, got {self.bucket_bytes}")
+        compress_spec(self.compress, self.sizes)
+        if self.overlap != "none" and self.compress != "none":
+            raise ConfigError(f"--overlap {self.overlap} with --compress {self.compress}: not supported together "
+                              "(a PART carries raw values); use --overlap none or --compress none")
         if self.workers > self.batch_size:
             raise ConfigError(
                 f"--workers {self.workers} is more than --batch-size {self.batch_size}: "
@@ -141,6 +150,38 @@ def _from_dict(cls, d: dict):
         raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad {cls.__name__}: {exc}") from None
+
+
+def compress_spec(text: str, sizes) -> tuple[str, float | int | None]:
+    """--compress 'topk:0.01' -> ('topk', 0.01), checked against the model's layer sizes (powersgd's rank).
+
+    Raises ConfigError (exit 2) naming --compress: an unknown codec, a fraction outside (0, 1], levels
+    outside 1..32767, a rank below 1 or above the smallest weight matrix's min(fan_in, fan_out).
+    """
+    name, _, arg = str(text).strip().partition(":")
+    if name not in CODECS:
+        raise ConfigError(f"--compress {text!r}: unknown codec {name!r}; use {CODEC_HOW}")
+    if name in ("none", "fp16", "sign"):
+        if arg:
+            raise ConfigError(f"--compress {text!r}: {name} takes no parameter; write --compress {name}")
+        return name, None
+    what = {"qsgd": "LEVELS", "topk": "FRACTION", "randk": "FRACTION", "powersgd": "RANK"}[name]
+    try:
+        value = float(arg) if what == "FRACTION" else int(arg)
+    except ValueError:
+        raise ConfigError(f"--compress {text!r}: {name} needs a {what.lower()}, e.g. --compress "
+                          f"{name}:{dict(LEVELS=4, FRACTION=0.01, RANK=2)[what]}") from None
+    if what == "FRACTION" and not (math.isfinite(value) and 0 < value <= 1):
+        raise ConfigError(f"--compress {text!r}: the fraction must be in (0, 1], e.g. {name}:0.01")
+    if what == "LEVELS" and not 1 <= value <= MAX_LEVELS:
+        raise ConfigError(f"--compress {text!r}: qsgd levels must be a whole number from 1 to {MAX_LEVELS}")
+    if what == "RANK":
+        shapes = [(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+        i, (a, b) = min(enumerate(shapes), key=lambda t: min(t[1]))
+        if not 1 <= value <= min(a, b):
+            raise ConfigError(f"--compress {text!r}: the rank must be from 1 to {min(a, b)}, the size of the "
+                              f"smallest layer (layer {i + 1}, {a}x{b})")
+    return name, value
 
 
 @dataclass(frozen=True)

@@ -334,7 +334,7 @@ class Parts:
         return np.concatenate([flat[lo:hi] for lo, hi in self.ranges[r]])
 
     def pull(self, step: int, n: int, dtype) -> tuple[np.ndarray, list[int]]:
-        """The whole vector of `step` from every server's PARAMS, and the versions of servers 1..S-1."""
+        """The whole vector of `step` from every server's PARAMS, and the versions of servers 0..S-1 (§4.5)."""
         for r in self.socks:
             self._send(r, {"type": "PULL", "incarnation": self.w.incarnation, "session": self.w.session, "step": step})
         got = self._gather("PARAMS", self.socks)
@@ -344,7 +344,7 @@ class Parts:
             for lo, hi in self.ranges[r]:
                 flat[lo:hi] = payload[at:at + hi - lo]
                 at += hi - lo
-        return flat, [got[r][0]["version"] for r in sorted(got) if r]
+        return flat, [got[r][0]["version"] for r in sorted(got)]
 
     def push(self, step: int, shard: int, grad: np.ndarray) -> bool:
         """Server 0's part on the main socket (before the GRAD), the others to their servers; True when
@@ -560,7 +560,8 @@ class Worker:
         header = {"type": "GRAD", "incarnation": self.incarnation, "session": self.session, "step": task["step"],
                   "shard": task["shard"], "lo": task["lo"], "hi": task["hi"], "count": int(idx.size),
                   "loss_sum": loss_sum, "correct": correct, "compute_s": compute_s,
-                  "finite": True, "versions": []}  # one server: no range servers to report on (§15)
+                  "finite": True, "versions": [],  # one server: no range servers to report on (§15)
+                  "ef_seq": -1}                     # §17: this worker does not compress (config.compress none)
         if self.parts is not None:            # §15.3: the parts first, the GRAD (no payload) once ACKed
             header["finite"] = self.parts.push(task["step"], task["shard"], grad)
             header["versions"] = versions if cfg["consistency"] != "bsp" else []

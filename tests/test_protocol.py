@@ -57,6 +57,9 @@ MESSAGES = [
     proto.Params(7, 10, 10, 0.5, None),
     proto.Push(3, 7, 10, 1, PARAMS),
     proto.Push(3, 7, 10, 1, None),
+    # protocol 5: --compress (docs/protocol.md section 17): encoded bytes, GRAD.ef_seq
+    proto.Push(3, 7, 10, 1, np.arange(13, dtype=np.uint8)),
+    proto.Grad(3, 7, 10, 0, 0, 128, 128, 1.0, 1, 0.0, np.arange(9, dtype=np.uint8), True, [], 4),
     proto.Ack(7, 10, 1, True),
     proto.Apply(3, 10, [7, 0, 9], 0.05),
     proto.Fetch(3, 10, True),

@@ -15,13 +15,14 @@ One step with P workers, message m bytes (the parameter vector plus a header, bo
 network (every byte crosses the server's link, each direction shaped on its own):
 
     step(P, RATE) = S(P) + compute(P) + W k(P) + comm(P) + o
-    comm(P)       = 2 (alpha_0 + d) + max(link((P + 1 + f (P - 1)) m), (P + 2) m c)
+    comm(P)       = 2 (alpha_0 + d) + max(link(P m + (1 + f (P - 1)) g), (P + 2) m c)    (g = m, or --compress's GRAD)
     link(b)       = max(b - 2 bucket, 0) x 8 / (RATE e)                         (tbf lets `bucket` bytes pass at once)
     compute(P)    = r x ceil(B / P) x k(P)                                      (the slowest shard)
     S(P)          = s0 + s1 x P                                                 (the server's serial CPU time)
     k(n)          = max(1, n / cores)                                           (emulated hosts share the cores)
 
-Every byte of a step crosses the server's link: P TASKs out, then P GRADs in. With f = 1 no GRAD
+Every byte of a step crosses the server's link: P TASKs out, then P GRADs in. With --compress a GRAD
+is g = m x (encoded / raw bytes of the codec, model/compressor.push_ratio) bytes; TASKs stay m. With f = 1 no GRAD
 moves before the last TASK is through (the synchronous bound, 2 P m); with f = 0 worker i's GRAD
 follows right behind its own TASK and only one message's time is added (P + 1 messages). parsgd
 sends the TASKs back to back and TCP delivers them partly one after the other, so f lies between:
@@ -48,6 +49,7 @@ import numpy as np
 from parsgd.analysis.rundirs import Run, RunDirError, load_run
 from parsgd.cluster.emulated import tbf_args, wire_efficiency
 from parsgd.cluster.rates import format_rate, parse_rate
+from parsgd.model.compressor import push_ratio
 
 LINK_FILE = "link.json"
 SOURCES = ("R. W. Hockney, The communication challenge for MPP: Intel Paragon and Meiko CS-2, Parallel "
@@ -166,6 +168,7 @@ class Model:
     run_servers: int = 1      # S of the calibration run
     server_cpu_share: float = 1.0  # max / mean parameters of one server (1 for --shard-by elements)
     latency_s: float = 0.0    # d: the run's one-way link delay, fitted from the link check's round trips
+    push_ratio: float = 1.0   # --compress: a GRAD's bytes / a TASK's (model/compressor.push_ratio)
 
     def share(self, busy: float) -> float:
         return max(1.0, busy / self.cores)
@@ -178,13 +181,14 @@ class Model:
         its gradient out, whatever S is); `delay_s`: the one-way link delay d (default: the run's)."""
         p, m, c = workers, self.message_bytes, self.cpu_s_per_byte
         d = self.latency_s if delay_s is None else delay_s
+        g = m * self.push_ratio   # a GRAD: the encoded gradient (--compress), else m
         f = self.overlap if overlap is None else overlap
         share = 1.0 if servers == 1 else self.server_cpu_share / servers  # of each message, on the busiest server
         srate = server_rate_bps or rate_bps
         unit, sunit = 8 / (rate_bps * wire_efficiency()), 8 / (srate * wire_efficiency())
-        server_link = max((p + 1 + f * (p - 1)) * m * share - 2 * min(_bucket(srate), m * share), 0) * sunit
-        worker_link = 0.0 if servers == 1 else max(2 * m - 2 * min(_bucket(rate_bps), m), 0) * unit
-        cpu_s = p * m * share * c   # the busiest server's I/O thread: every TASK part out, every GRAD part in
+        server_link = max((p * m + (1 + f * (p - 1)) * g) * share - 2 * min(_bucket(srate), m * share), 0) * sunit
+        worker_link = 0.0 if servers == 1 else max(m + g - 2 * min(_bucket(rate_bps), m), 0) * unit
+        cpu_s = p * (m + g) / 2 * share * c   # the busiest server's I/O thread: every TASK part out, every GRAD part in
         return {"serial": self.server_const_s + self.server_per_worker_s * p * share,
                 "compute": self.row_s * math.ceil(self.batch / p) * self.share(p + servers - 1),
                 "copies": self.worker_copy_s * self.share(p + servers - 1), "link": max(server_link, worker_link),
@@ -198,7 +202,7 @@ class Model:
         helps), `cpu`, or `latency` (the messages' fixed cost 2 alpha, delays included, is the largest part)."""
         t = self.parts(workers, rate_bps, servers=servers, server_rate_bps=server_rate_bps, delay_s=delay_s)
         # CPU-bound: nothing hides the first message's encryption and the last one's decryption
-        comm = t["fixed"] + max(t["link"], t["cpu"] + 2 * self.message_bytes * self.cpu_s_per_byte)
+        comm = t["fixed"] + max(t["link"], t["cpu"] + (1 + self.push_ratio) * self.message_bytes * self.cpu_s_per_byte)
         step = t["serial"] + t["compute"] + t["copies"] + comm + self.overhead_s
         epoch = step * self.steps_per_epoch
         bound = ("cpu" if t["cpu"] > t["link"] else "workers' links" if t["worker_link"] > t["server_link"]
@@ -240,7 +244,8 @@ def calibrate(run_dir) -> Model:
                   server_per_worker_s=f["server_var_s"] / p, worker_copy_s=f["worker_copy_s"],
                   seq_step_s=float(grad.get("batch", row_s * batch)) + f["server_const_s"],
                   steps_per_epoch=math.ceil(f["steps"] / max(1, len(run.metrics))), run_workers=p,
-                  run_link=link["rate"], run_servers=servers, server_cpu_share=kr.imbalance(), latency_s=latency)
+                  run_link=link["rate"], run_servers=servers, server_cpu_share=kr.imbalance(), latency_s=latency,
+                  push_ratio=push_ratio(run.config))
     return fit(model, p, link["rate_bps"], f["step_s"], servers, link.get("server_rate_bps"))
 
 
@@ -275,7 +280,8 @@ def format_estimate(model: Model, predictions: list[dict]) -> str:
     """The model's parameters and a table of predictions, as `parsgd estimate` prints them."""
     lines = [f"calibrated on P={model.run_workers} at {model.run_link}: alpha {model.alpha_s * 1e6:.0f} us"
              + (f" + {model.latency_s * 1e3:.2f} ms one-way delay" if model.latency_s else "") + ", "
-             f"CPU {model.cpu_s_per_byte * 1e9:.2f} ns/byte (copies, CURVE), message {model.message_bytes / 1e3:.1f} KB, "
+             f"CPU {model.cpu_s_per_byte * 1e9:.2f} ns/byte (copies, CURVE), message {model.message_bytes / 1e3:.1f} KB"
+             + (f" (a GRAD {model.push_ratio:.3f} of it: --compress)" if model.push_ratio != 1 else "") + ", "
              f"{model.row_s * 1e6:.1f} us/row alone, server {model.server_const_s * 1e3:.2f} ms + "
              f"{model.server_per_worker_s * 1e3:.2f} ms x P, {model.cores} cores shared by the emulated hosts",
              f"{'P':>4}  {'S':>3}  {'link':>8}  {'delay':>7}  {'step ms':>9}  {'epoch s':>8}  {'speedup':>9}  {'comm %':>6}  bound"]

@@ -117,7 +117,7 @@ def plot_epoch_time(runs: list[Run], path) -> Path:
 
 # Every PNG `parsgd experiment` may draw into its folder (plot_experiment), in the order it draws them.
 EXPERIMENT_PNGS = ("loss.png", "accuracy.png", "epoch_time.png", "speedup.png", "comm_overhead.png",
-                   "accuracy_time.png", "step_timeline.png", "staleness.png", "server_load.png")
+                   "accuracy_time.png", "step_timeline.png", "staleness.png", "server_load.png", "compression.png")
 
 
 def plot_experiment(runs, baseline, out_dir, echo=None) -> list[Path]:
@@ -127,7 +127,8 @@ def plot_experiment(runs, baseline, out_dir, echo=None) -> list[Path]:
     relative to (added to runs if missing). speedup.png has every run (repeats: median and min-max);
     the other plots the first run of each configuration: loss, accuracy, epoch_time, speedup,
     comm_overhead, accuracy_time, then step_timeline when a run is a parameter-server run,
-    staleness when one is ssp or async, server_load when one had more than one server (EXPERIMENT_PNGS;
+    staleness when one is ssp or async, server_load when one had more than one server, compression when
+    one compressed its gradients (EXPERIMENT_PNGS;
     `echo(line)`, if given, hears why server_load is missing when no such run has a timed step).
     Returns the paths written, in that order. Raises RunDirError when a path is not a loadable run
     directory, WriteError when out_dir cannot be written.
@@ -148,7 +149,7 @@ def plot_experiment(runs, baseline, out_dir, echo=None) -> list[Path]:
         paths.append(plot_step_timeline(ps_runs, out / "step_timeline.png"))
     if progress_plots.staleness_histograms(first):  # any ssp / async run
         paths.append(progress_plots.plot_staleness(first, out / "staleness.png"))
-    return paths + _server_load(first, out, echo)
+    return paths + _server_load(first, out, echo) + _compression(first, out)
 
 
 def _server_load(runs: list[Run], out: Path, echo=None) -> list[Path]:
@@ -163,6 +164,14 @@ def _server_load(runs: list[Run], out: Path, echo=None) -> list[Path]:
     if path is None and echo is not None:
         echo(f"no server_load.png: it shows bytes per timed step, and {', '.join(run_labels(several))} had none "
              "(too short: the first steps are warm-up); train longer")
+    return [path] if path else []
+
+
+def _compression(runs: list[Run], out: Path) -> list[Path]:
+    """[compression.png] when a parameter-server run compressed its gradients (--compress), else []."""
+    from parsgd.analysis.compress_plots import plot_compression
+
+    path = plot_compression(runs, out / "compression.png")
     return [path] if path else []
 
 
@@ -205,4 +214,4 @@ def plot_runs(run_dirs, out_dir=None, echo=None) -> list[Path]:
     if ps_runs:
         paths += [plot_step_timeline(ps_runs, out / "step_timeline.png"),
                   plot_comm_overhead(runs, out / "comm_overhead.png")]
-    return paths + _server_load(runs, out, echo)
+    return paths + _server_load(runs, out, echo) + _compression(runs, out)

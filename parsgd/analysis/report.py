@@ -181,7 +181,7 @@ def check_lines(rows: list[dict]) -> list[str]:
                        f"{'s' if len(passed) > 1 else ''} pass (largest difference {worst:.1e})")
     if any(r["check_ok"] is None and r["same_model"] != "reference" for r in rows):
         verdict.append("  not judged: '-' has no check.npz (an older parsgd), 'n/a (not bsp)' is a stale-"
-                       "synchronous or asynchronous run, another model by design")
+                       "synchronous or asynchronous run, or one with a lossy --compress: another model by design")
     return [*text, *verdict, *textwrap.wrap(FLOAT32_DIVERGENCE, 100), ""]
 
 
@@ -193,7 +193,8 @@ How to read this
   scaling. For the baseline itself min-max is its own run-to-run spread. A row marked `too short to
   time` rests on fewer than {min_steps} timed steps or {min_s:g} s (its own or the baseline's): do not
   read its speedup. same model: the check above (ok + the difference, or FAILED). comm % is the
-  share of step time spent communicating (summary.json comm_share); KB/step counts bytes sent plus
+  share of step time spent communicating (summary.json comm_share); push/raw = a pushed gradient's
+  encoded bytes / its raw bytes (--compress; pulls stay raw); KB/step counts bytes sent plus
   received per optimisation step. consistency: the parameter server's model (ssp with its bound S);
   stale mean / max: how many updates were applied between an update's pull and its push (updates.jsonl;
   0 under bsp). Every record is in experiment.json and experiment.csv.

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from parsgd.analysis.rundirs import Run, RunDirError
+from parsgd.model.compressor import push_ratio
 from parsgd.files import json_text, write_file
 from parsgd.config import N_CLASSES
 from parsgd.training.divergence import MIN_JUDGED_STEPS, judge
@@ -47,7 +48,7 @@ TOO_SHORT = "too short to time"
 RECORD_FIELDS = ("run", "mode", "transport", "consistency", "P", "repeat", "steps", "warmup_steps", "timed_steps", "timed_s",
                  "ms_per_step", "speedup", "efficiency", "total_s", "wall_s", "train_acc", "test_acc",
                  "train_loss", "test_loss", "diverged", "diverged_why", "target_acc", "time_to_acc_s",
-                 "comm_share", "bytes_per_step", "check_steps", "check_diff",
+                 "comm_share", "bytes_per_step", "push_ratio", "check_steps", "check_diff",
                  "check_tol", "same_model", "staleness_mean", "staleness_max", "too_short", "note", "blas_threads",
                  "faults", "colocate", "link", "path")
 # Final test accuracies further apart than this (or a diverged run): the runs reach different models, so
@@ -122,10 +123,11 @@ def check_update(run: Run) -> tuple[np.ndarray, int] | None:
 def same_model(run: Run, reference: Run) -> dict:
     """{"steps", "diff", "tol", "ok", "not_bsp"}: the relative difference of run's update after its
     first steps from reference's, and whether it is within CHECK_TOL. ok is None when one of them has
-    no check.npz, or when one is not bulk-synchronous (`not_bsp`: --consistency ssp / async train
+    no check.npz, or when one is not bulk-synchronous or compresses (`not_bsp`: --consistency ssp / async and --compress train
     another model by design, so their difference is reported, not judged)."""
     tol = max(CHECK_TOL.get(str(r.config.get("dtype")), CHECK_TOL["float32"]) for r in (run, reference))
-    not_bsp = any(r.config.get("consistency", "bsp") != "bsp" for r in (run, reference))
+    not_bsp = any(r.config.get("consistency", "bsp") != "bsp" or r.config.get("compress", "none") != "none"
+                  for r in (run, reference))  # a lossy codec also trains another model by design
     mine, ref = check_update(run), check_update(reference)
     if mine is None or ref is None:
         return {"steps": None, "diff": None, "tol": tol, "ok": None, "not_bsp": not_bsp}
@@ -239,6 +241,7 @@ def records(runs: list[Run], baseline: Run) -> list[dict]:
                 "train_acc": _final(run, "train_acc"), "test_acc": _final(run, "test_acc"),
                 "train_loss": _final(run, "train_loss"), "test_loss": _final(run, "test_loss"),
                 "comm_share": _comm_share(run), "bytes_per_step": moved / steps if steps else None,
+                "push_ratio": push_ratio(run.config),  # --compress: a GRAD's encoded / raw bytes
                 "check_steps": check["steps"], "check_diff": check["diff"], "check_tol": check["tol"],
                 "same_model": check["ok"], "not_bsp": check["not_bsp"], "staleness_mean": stale_mean,
                 "staleness_max": stale_max, "too_short": too_short,
@@ -333,7 +336,7 @@ def table_rows(recs: list[dict]) -> list[dict]:
             "check_ok": None if None in oks else all(oks), "check_diff": max(diffs) if diffs else None,
             "check_tol": first["check_tol"],
             "comm_share": _median(r["comm_share"] for r in rs),
-            "bytes_per_step": _median(r["bytes_per_step"] for r in rs),
+            "bytes_per_step": _median(r["bytes_per_step"] for r in rs), "push_ratio": first["push_ratio"],
             "too_short": too_short, "above_p": above, "diverged": diverged,
             "diverged_why": next((r["diverged_why"] for r in rs if r["diverged"]), None),
             **({"time_to_acc": tta, "tta_speedup": base_tta / tta if base_tta and tta else None,

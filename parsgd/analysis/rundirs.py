@@ -120,6 +120,7 @@ class Run:
             if servers > 1:
                 label += f" S={servers}" + (" by layer" if self.config.get("shard_by") == "layer" else "")
             label += overlap_word(str(self.config.get("overlap") or "none"), self.config.get("bucket_bytes"))
+            label += compress_word(self.config.get("compress"), self.config.get("error_feedback", True))
         return ", ".join([label, *self.setup_words])
 
     @property
@@ -163,6 +164,13 @@ def overlap_word(overlap: str, bucket_bytes) -> str:
     if overlap == "none":
         return ""
     return f" overlap {overlap}" + (f" {int(bucket_bytes or 0)} B" if overlap == "bucket" else "")
+
+
+def compress_word(compress, error_feedback) -> str:
+    """' topk:0.01', ' sign no-EF' or '' (--compress none) for a run label."""
+    if not compress or compress == "none":
+        return ""
+    return f" {compress}" + ("" if error_feedback else " no-EF")
 
 
 def setup_words(setup: dict) -> list[str]:

@@ -14,7 +14,7 @@ COLUMNS = [("run", "run", "{}"), ("P", "P", "{:d}"), ("runs", "runs", "{:d}"), (
            ("same_model", "same model", "{}"), ("consistency", "consistency", "{}"),
            ("staleness_mean", "stale mean", "{:.2f}"), ("staleness_max", "stale max", "{:d}"),
            ("comm_share", "comm %", "{:.1%}"),
-           ("bytes_per_step", "KB/step", "{:.1f}"), ("note", "note", "{}")]
+           ("bytes_per_step", "KB/step", "{:.1f}"), ("push_ratio", "push/raw", "{:.3f}"), ("note", "note", "{}")]
 _SCALE = {"bytes_per_step": 1e-3}
 
 

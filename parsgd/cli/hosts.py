@@ -8,7 +8,8 @@ import sys
 import click
 from click.core import ParameterSource
 
-from parsgd.cli.options import (Option, _apply, build_config, build_server_options, consistency_options, force_option,
+from parsgd.cli.options import (Option, _apply, build_config, build_server_options, compress_options,
+                                consistency_options, force_option,
                                 ranges_options, server_options, training_options)
 
 HOST_OPTIONS = ("hostfile", "hosts", "rsh", "remote_python", "remote_env", "port", "dry_run")
@@ -74,6 +75,7 @@ def launch_on_hosts(ctx: click.Context, workers: int, sopts, force: bool, out, o
                    "is loopback).")
 @server_options
 @ranges_options
+@compress_options
 @consistency_options
 @force_option
 @training_options

@@ -131,7 +131,8 @@ def training_options(f):
 
 def build_config(workers: int, dataset, data_dir, num_samples, epochs, batch_size, lr, momentum,
                  hidden, seed, dtype, consistency="bsp", staleness=0, lr_staleness="none", servers=1,
-                 shard_by="elements", overlap="none", bucket_bytes=BUCKET_BYTES, **_) -> RunConfig:
+                 shard_by="elements", overlap="none", bucket_bytes=BUCKET_BYTES, compress="none",
+                 error_feedback=True, **_) -> RunConfig:
     """RunConfig from the parsed training options.
 
     Raises ConfigError (exit 2) naming the option when a value is out of range, click.BadParameter
@@ -141,12 +142,13 @@ def build_config(workers: int, dataset, data_dir, num_samples, epochs, batch_siz
                      batch_size=batch_size, lr=lr, momentum=momentum, hidden=parse_int_list(hidden, "--hidden"),
                      seed=seed, dtype=dtype, workers=workers, consistency=consistency, staleness=staleness,
                      lr_staleness=lr_staleness, servers=servers, shard_by=shard_by, overlap=overlap,
-                     bucket_bytes=bucket_bytes)
+                     bucket_bytes=bucket_bytes, compress=compress, error_feedback=error_feedback)
 
 
 # What `server --resume` and `launch --resume` check against the checkpoint (parsgd.jobs.serve.resume_config)
 RESUME_CHECKED = ("dataset", "data_dir", "num_samples", "epochs", "batch_size", "lr", "momentum", "hidden", "seed",
-                  "dtype", "workers", "out", "consistency", "staleness", "lr_staleness", "servers", "shard_by")
+                  "dtype", "workers", "out", "consistency", "staleness", "lr_staleness", "servers", "shard_by",
+                  "compress", "error_feedback")
 
 
 def given_options(ctx: click.Context, names=RESUME_CHECKED) -> dict:
@@ -174,6 +176,20 @@ def consistency_options(f):
                      default="none", show_default=True,
                      help="inverse: an update's learning rate is lr / (staleness + 1) (Zhang et al. 2016)."),
     ])
+
+
+def compress_options(f):
+    """What a worker pushes (`server`, `launch`; part of the RunConfig; experiment takes a list of codecs)."""
+    return _apply(f, [compress_option, error_feedback_option])
+
+
+compress_option = click.option(
+    "--compress", default="none", show_default=True, metavar="CODEC",
+    help="Gradient codec of every push: none, fp16, sign, qsgd:LEVELS, topk:FRACTION, randk:FRACTION, "
+         "powersgd:RANK (pulls stay raw; README \"Gradient compression\").")
+error_feedback_option = click.option(
+    "--error-feedback/--no-error-feedback", "error_feedback", default=True, show_default=True,
+    help="Lossy codecs: each worker adds what encoding lost to its next gradient (Seide 2014, Karimireddy 2019).")
 
 
 def ranges_options(f):

@@ -5,7 +5,8 @@ import click
 
 from parsgd.config import DATASETS
 
-from parsgd.cli.options import (Option, build_config, check_range, force_option, list_items, list_spec, no_repeats,
+from parsgd.cli.options import (Option, build_config, check_range, error_feedback_option, force_option, list_items,
+                                list_spec, no_repeats,
                                 parse_int_list, parse_str_list, run_dir_value, training_options)
 
 LINK_LIST = "link rates separated by commas or spaces, e.g. --link 100mbit,1gbit"  # how to write a --link list
@@ -22,6 +23,10 @@ LINK_LIST = "link rates separated by commas or spaces, e.g. --link 100mbit,1gbit
 @click.option("--consistency", "consistencies", multiple=True, default=("bsp",), show_default=True,
               help="Consistency models to run every parameter-server configuration under: bsp, ssp, async "
                    "(see `parsgd launch --help`), e.g. bsp,async.")
+@click.option("--compress", "compresses", multiple=True, default=("none",), show_default=True,
+              help="Gradient codecs to run every parameter-server configuration with (see `parsgd launch --help`), "
+                   "e.g. none,fp16,topk:0.01.")
+@error_feedback_option
 @click.option("--staleness", type=int, default=0, show_default=True,
               help="ssp: how many clocks a worker may run ahead of the slowest live one (launch --staleness).")
 @click.option("--faults", default="",
@@ -42,8 +47,8 @@ LINK_LIST = "link rates separated by commas or spaces, e.g. --link 100mbit,1gbit
 @click.option("--verbose", "-v", is_flag=True, help="Show every line of the server and worker processes.")
 @force_option
 @training_options
-def experiment(workers, modes, transports, consistencies, staleness, faults, overlaps, bucket_bytes, links, repeat,
-               quiet, verbose, force, out, **opts):
+def experiment(workers, modes, transports, consistencies, compresses, staleness, faults, overlaps, bucket_bytes,
+               links, repeat, quiet, verbose, force, out, **opts):
     """Compare sequential, Pool and parameter-server training with one seed: table, report, plots."""
     from parsgd.jobs.experiment import MODES, run_experiment
     from parsgd.jobs.launch import TRANSPORTS, check_ipc_room
@@ -66,6 +71,13 @@ def experiment(workers, modes, transports, consistencies, staleness, faults, ove
     from parsgd.config import OVERLAP
     overlaps = no_repeats(parse_str_list(overlaps, OVERLAP, "--overlap"), "--overlap")
     cfg = build_config(1, bucket_bytes=bucket_bytes, **opts)
+    compresses = no_repeats(tuple(list_items(compresses, "--compress", "codecs separated by commas, e.g. "
+                                             "--compress none,topk:0.01")), "--compress")
+    for z in compresses:
+        cfg.replace(compress=z)  # a bad codec: exit 2 before anything runs
+    if "none" not in overlaps and "none" not in compresses:
+        raise click.UsageError(f"--overlap {','.join(overlaps)} with --compress {','.join(compresses)}: not supported "
+                               "together (an overlap mode runs with --compress none only); add none to one list")
     workers_list = no_repeats(parse_int_list(workers, "--workers"), "--workers")
     for p in workers_list:
         if not 1 <= p <= cfg.batch_size:
@@ -80,7 +92,7 @@ def experiment(workers, modes, transports, consistencies, staleness, faults, ove
     cfg, data = load_data(cfg, quiet)
     run_experiment(cfg, workers_list, modes, transports, out or "results", quiet=quiet, verbose=verbose, data=data,
                    repeat=repeat, links=links, consistencies=consistencies, staleness=staleness,
-                   faults=faults, force=force, overlaps=overlaps)
+                   faults=faults, force=force, overlaps=overlaps, compresses=compresses)
 
 
 for _param in experiment.params:

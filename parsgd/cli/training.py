@@ -5,7 +5,8 @@ import click
 from click.core import ParameterSource
 
 from parsgd.cli.hosts import hosts_options
-from parsgd.cli.options import (Option, consistency_options, build_config, build_server_options, check_range,
+from parsgd.cli.options import (Option, compress_options, consistency_options, build_config, build_server_options,
+                                check_range,
                                 force_option, given_options, list_spec, ranges_options, run_dir_value,
                                 server_options, training_options)
 
@@ -58,6 +59,7 @@ def _spec_alone(ctx: click.Context) -> None:
 @click.option("--connect-timeout", "--connect_timeout", "connect_timeout", type=float, default=60.0,
               show_default=True, help="--rank 1..S-1: seconds to keep trying to reach server 0 before giving up.")
 @ranges_options
+@compress_options
 @consistency_options
 @force_option
 @training_options
@@ -130,6 +132,7 @@ def worker(connect, connect_timeout, data_dir, keys_dir, faults, name):
 @click.option("--keys", "keys_dir", type=click.Path(),
               help="With --link: the CURVE key folder (`parsgd keygen`); default: keys made for the run.")
 @ranges_options
+@compress_options
 @consistency_options
 @force_option
 @hosts_options

@@ -51,11 +51,13 @@ class Configuration:
     faults: str = ""          # ps: launch --faults
     overlap: str = "none"     # ps, bsp: launch --overlap
     bucket_bytes: int = 65536  # ps, --overlap bucket: launch --bucket-bytes
+    compress: str = "none"    # ps: launch --compress
+    error_feedback: bool = True
 
     @property
     def label(self) -> str:
         """The same short name runs.Run.label gives the finished run."""
-        from parsgd.analysis.rundirs import overlap_word, setup_words
+        from parsgd.analysis.rundirs import compress_word, overlap_word, setup_words
 
         if self.mode == "sequential":
             return "sequential"
@@ -63,6 +65,7 @@ class Configuration:
                           + (f"@{self.link}" if self.link else "")
                           + (f" {self.consistency}" if self.consistency != "bsp" else "")
                           + overlap_word(self.overlap, self.bucket_bytes),
+                          + compress_word(self.compress, self.error_feedback),
                           *setup_words({"faults": self.faults})])
 
     @property
@@ -73,7 +76,9 @@ class Configuration:
                 + (f"-{self.link}" if self.link else "")
                 + (f"-{self.consistency}" if self.consistency != "bsp" else "")
                 + (f"-{self.overlap}" + (str(self.bucket_bytes) if self.overlap == "bucket" else "")
-                   if self.overlap != "none" else ""))
+                   if self.overlap != "none" else "")
+                + (f"-{self.compress.replace(':', '')}" if self.compress != "none" else "")
+                + ("-noef" if self.compress != "none" and not self.error_feedback else ""))
 
 
 class RunsDiverged(ExperimentFailed):
@@ -87,20 +92,25 @@ class ModelMismatch(ExperimentFailed):
 
 
 def plan(workers_list, modes, transports, links=(), consistencies=("bsp",), staleness: int = 0,
-         faults: str = "", overlaps=("none",), bucket_bytes: int = 65536) -> list[Configuration]:
+         faults: str = "", overlaps=("none",), bucket_bytes: int = 65536, compresses=("none",),
+         error_feedback: bool = True) -> list[Configuration]:
     """Sequential first, then per P (in the given order, duplicates dropped): pool, then ps per transport,
     or, with `links` (rates of `launch --link`), ps over tcp on each link (emulated hosts); each ps
     configuration once per consistency model, in the given order (ssp with `staleness`), with the
-    `faults` schedule; bsp ones once per `overlaps` mode (launch --overlap, with `bucket_bytes`)."""
+    `faults` schedule; bsp ones once per `overlaps` mode (launch --overlap, with `bucket_bytes`); each
+    once per codec of `compresses` (launch --compress, with `error_feedback`), an overlap other than none
+    only with --compress none (the two are not supported together: config.RunConfig)."""
     configs = [Configuration("sequential", 1)] if "sequential" in modes else []
     for p in dict.fromkeys(workers_list):
         if "pool" in modes:
             configs.append(Configuration("pool", p))
         if "ps" in modes:
             nets = [("tcp", rate) for rate in links] if links else [(t, None) for t in dict.fromkeys(transports)]
-            configs += [Configuration("ps", p, t, rate, c, staleness if c == "ssp" else 0, faults, o, bucket_bytes)
+            configs += [Configuration("ps", p, t, rate, c, staleness if c == "ssp" else 0, faults, o, bucket_bytes,
+                                      z, error_feedback)
                         for t, rate in nets for c in dict.fromkeys(consistencies)
-                        for o in (dict.fromkeys(overlaps) if c == "bsp" else ("none",))]
+                        for o in (dict.fromkeys(overlaps) if c == "bsp" else ("none",))
+                        for z in dict.fromkeys(compresses) if o == "none" or z == "none"]
     return configs
 
 
@@ -162,7 +172,8 @@ def _run_ps(config: Configuration, cfg: RunConfig, run_dir: Path, output: _Child
         from parsgd.jobs.emulate import LinkOptions
         link = LinkOptions(config.link)
     cfg = cfg.replace(workers=config.workers, consistency=config.consistency, staleness=config.staleness,
-                      overlap=config.overlap, bucket_bytes=config.bucket_bytes)
+                      overlap=config.overlap, bucket_bytes=config.bucket_bytes,
+                      compress=config.compress, error_feedback=config.error_feedback)
     return launch(cfg, ServerOptions(faults=config.faults), config.transport, run_dir, echo=output, link=link,
                   worker_faults=parse_launch_faults(config.faults, config.workers), force=force, notes=False)
 
@@ -216,7 +227,8 @@ def _run_one(config: Configuration, cfg: RunConfig, data, run_dir: Path, echo, e
 
 def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: bool = False, echo=click.echo,
                    verbose: bool = False, data=None, repeat: int = 1, links=(), consistencies=("bsp",),
-                   staleness: int = 0, faults: str = "", force: bool = False, overlaps=("none",)) -> list[Path]:
+                   staleness: int = 0, faults: str = "", force: bool = False, overlaps=("none",),
+                   compresses=("none",)) -> list[Path]:
     """Run every configuration, then print and write the report and the plots; returns the run dirs.
 
     `cfg`: the training options (its `workers` is ignored; each configuration sets its own).
@@ -229,7 +241,9 @@ def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: 
     `consistencies`: every ps configuration runs under each of these models, ssp with `staleness`
     (cfg's own consistency is not used: sequential and Pool are bulk-synchronous anyway). `faults`:
     every ps configuration's `launch --faults` schedule (checked by the caller for every P). `overlaps`:
-    every bsp ps configuration runs with each `launch --overlap` mode (cfg.bucket_bytes). `force`: a
+    every bsp ps configuration runs with each `launch --overlap` mode (cfg.bucket_bytes). `compresses`:
+    every ps configuration runs with each of these `launch --compress` codecs (cfg.error_feedback); an
+    overlap other than none runs with --compress none only. `force`: a
     run directory may replace files parsgd did not write (else that configuration fails), and `out`
     files with the experiment's output names that no experiment recorded (else nothing runs). More worker
     processes than cores: one warning line first.
@@ -247,7 +261,7 @@ def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: 
 
     out = prepare_dir(out)
     configs = plan(workers_list, modes, transports, links, consistencies, staleness, faults, overlaps,
-                   cfg.bucket_bytes)
+                   cfg.bucket_bytes, compresses, cfg.error_feedback)
     if not configs:
         raise UsageError("nothing to run: give at least one mode, and --workers for pool and ps")
     previous, since = previous_outputs(out, force), time.time()

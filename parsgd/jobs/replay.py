@@ -24,6 +24,7 @@ from threadpoolctl import threadpool_limits
 from parsgd.config import RunConfig
 from parsgd.data import epoch_order, load_dataset
 from parsgd.errors import UserError
+from parsgd.model.compressor import Compressor, Residual
 from parsgd.model.keyranges import key_ranges
 from parsgd.model.mlp import Workspace, init_params, loss_and_grad
 from parsgd.model.optim import sgd_momentum_
@@ -49,6 +50,39 @@ def _read(run: Path):
     return RunConfig.from_dict(meta["config"]), updates, final
 
 
+class Recompress:
+    """--compress: each shard's gradient encoded and decoded as its worker did, with that worker's
+    residual (updates.jsonl `ef`: [session, ef_seq] per shard; model/compressor.py)."""
+
+    def __init__(self, cfg: RunConfig, kr, run: Path):
+        self.compressor = Compressor(cfg.compress, cfg.sizes, cfg.dtype, kr, cfg.seed)
+        self.bsp, self.ef, self.run = cfg.consistency == "bsp", cfg.error_feedback, run
+        self.residuals: dict[int, Residual] = {}  # per worker session
+
+    def __call__(self, u: dict, step: int, grads) -> None:
+        """Overwrite each of `grads` ((n,) per shard of update u, at `step`) with what its server decoded."""
+        efs = (u.get("ef") or [None] * len(grads)) if self.bsp else [u.get("ef")]
+        # a session's residual moves in the order it encoded (ef_seq), whichever shards those were
+        for k in sorted(range(len(grads)), key=lambda k: tuple(efs[k] or (0, 0))):
+            residual = None
+            if self.ef:
+                if efs[k] is None:
+                    raise ReplayError(f"{self.run / 'updates.jsonl'}: update {u['update']} does not say whose "
+                                      f"error-feedback residual shard {k} used: re-run it with this parsgd")
+                session, seq = efs[k]
+                r = self.residuals.setdefault(session, Residual(grads.shape[1], grads.dtype))
+                if seq == 0:
+                    r.e[:], r.seq = 0, 0
+                if seq != r.seq:
+                    raise ReplayError(f"update {u['update']} shard {k}: its worker's residual had moved with a "
+                                      f"gradient the server ignored (ef_seq {seq}, replay is at {r.seq}): "
+                                      "this run cannot be replayed")
+                residual, _ = r.next()
+            self.compressor.compress(grads[k], step, k if self.bsp else 0, residual)
+            if residual is not None:
+                self.residuals[session].settle()
+
+
 def replay(run_dir, echo=print) -> float:
     """Redo RUN_DIR's updates; returns max |replayed - model.npz| (0.0 when reproduced to the bit).
 
@@ -63,7 +97,7 @@ def replay(run_dir, echo=print) -> float:
         raise ReplayError(f"{run / 'updates.jsonl'} holds {len(updates)} updates, not the run's "
                           f"{cfg.epochs * spe} in order: replay needs a finished run")
     params = init_params(cfg.sizes, cfg.seed, cfg.dtype)
-    velocity, grad, part, scratch = (np.zeros_like(params) for _ in range(4))
+    velocity, grad, scratch = (np.zeros_like(params) for _ in range(3))
     ws, rows = Workspace(cfg.sizes, cfg.dtype), np.empty((B, data.x_train.shape[1]), data.x_train.dtype)
     kr = key_ranges(cfg.sizes, cfg.dtype, cfg.servers, cfg.shard_by)
     last_use: dict[int, int] = {}
@@ -74,6 +108,8 @@ def replay(run_dir, echo=print) -> float:
     composite = np.empty_like(params)
     orders: dict[int, np.ndarray] = {}
     parts = cfg.workers if cfg.consistency == "bsp" else 1
+    bufs = np.zeros((parts, params.size), params.dtype)  # each shard's gradient
+    compressed = None if cfg.compress == "none" else Recompress(cfg, kr, run)
     with threadpool_limits(1), np.errstate(over="ignore", invalid="ignore"):
         for i, u in enumerate(updates):
             order = orders.setdefault(u["epoch"], epoch_order(n, cfg.seed, u["epoch"]))
@@ -86,13 +122,17 @@ def replay(run_dir, echo=print) -> float:
                     kr.scatter(kr.gather(versions[v], r), r, composite)
                 pulled = composite
             lo, hi = u["batch"] * B, min(n, (u["batch"] + 1) * B)
-            for k, (a, b) in enumerate(s for s in shard_bounds(lo, hi, parts) if s[0] < s[1]):
+            shards = [s for s in shard_bounds(lo, hi, parts) if s[0] < s[1]]
+            for k, (a, b) in enumerate(shards):
                 idx = order[a:b]
                 np.take(data.x_train, idx, axis=0, out=rows[:idx.size])
-                loss_and_grad(pulled, cfg.sizes, rows[:idx.size], data.y_train[idx], part if k else grad, ws,
+                loss_and_grad(pulled, cfg.sizes, rows[:idx.size], data.y_train[idx], bufs[k], ws,
                               scale=1.0 / (hi - lo))
-                if k:
-                    grad += part  # shard order, as the server adds them
+            if compressed is not None:  # as each worker encoded its shard, with its residual
+                compressed(u, u["epoch"] * spe + u["batch"], bufs[:len(shards)])
+            np.copyto(grad, bufs[0])
+            for k in range(1, len(shards)):
+                grad += bufs[k]  # shard order, as the server adds them
             for v in set(used):
                 if last_use.get(v) == i:
                     del versions[v]

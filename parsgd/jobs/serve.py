@@ -38,7 +38,8 @@ class ResumeMismatch(UsageError):
 FLAGS = {"dataset": "--dataset", "data_dir": "--data-dir", "num_samples": "--num-samples", "epochs": "--epochs",
          "batch_size": "--batch-size", "lr": "--lr", "momentum": "--momentum", "hidden": "--hidden",
          "seed": "--seed", "dtype": "--dtype", "workers": "--workers", "out": "--out", "consistency": "--consistency",
-         "staleness": "--staleness", "lr_staleness": "--lr-staleness", "servers": "--servers", "shard_by": "--shard-by"}
+         "staleness": "--staleness", "lr_staleness": "--lr-staleness", "servers": "--servers", "shard_by": "--shard-by",
+         "compress": "--compress", "error_feedback": "--error-feedback"}
 
 
 def _show(value) -> str:

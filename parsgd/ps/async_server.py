@@ -106,7 +106,8 @@ class AsyncServer(ServerLoop):
         live = [m.session for m in self.members.live()]
         record = self.scheduler.applied(b, live)
         if self.rangeset is not None:  # each range was pulled at its own version: the stalest sets the lr
-            versions = [record["version"], *msg.versions]  # of servers 0..S-1 when it was computed
+            # of servers 0..S-1 when it was computed (server 0's from its PULL when the worker pulled it so)
+            versions = list(msg.versions) if len(msg.versions) == self.cfg.servers else [record["version"], *msg.versions]
             record.update(versions=versions, staleness=record["update"] - min(versions),
                           staleness_by_server=[record["update"] - v for v in versions])
         t = self.log.now()
@@ -124,6 +125,7 @@ class AsyncServer(ServerLoop):
         self._last_update = now
         self._step_compute += msg.compute_s / max(1, len(live))  # the workers compute side by side
         member = self.members.get(session)
-        self.updates.write({**record, "rank": member.rank if member else None, "t": round(t, 6)})
+        ef = {"ef": [session, msg.ef_seq]} if msg.ef_seq >= 0 else {}  # whose residual (parsgd replay)
+        self.updates.write({**record, "rank": member.rank if member else None, **ef, "t": round(t, 6)})
         self.segments.close_retired()  # a dead worker's segment: src, if it was one, is no longer read
         self.dispatch()

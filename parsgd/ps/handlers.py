@@ -10,6 +10,7 @@ missing from the table is a protocol error (a worker never sends TASK, WELCOME o
 """
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 
 from parsgd import __version__
@@ -134,6 +135,8 @@ def on_grad(srv, identity: bytes, msg: proto.Grad, frames, t: float) -> None:
         return
     t = srv.log.now()
     s = msg.shard
+    if (msg := _decoded(srv, identity, msg)) is None:
+        return
     if member.buf is not None and not busy_again:
         src = member.buf.slots[s]  # read in place: the worker writes it again only after a new TASK
     elif member.buf is not None:
@@ -167,6 +170,8 @@ def on_push(srv, identity: bytes, msg: proto.Push, frames, t: float) -> None:
     if member is None:
         return
     srv.log.add("recv", msg.step, t, proto.frames_nbytes(frames[1:]))
+    if (msg := _decoded(srv, identity, msg)) is None:
+        return
     own = srv.shard_grads.shape[1]
     if msg.grad is None or msg.grad.size != own or msg.grad.dtype != srv.params.dtype or srv.rangeset is None:
         strike(srv, identity, f"PUSH of {getattr(msg.grad, 'size', 0)} values: this server holds {own} and takes "
@@ -193,6 +198,18 @@ def on_part(srv, identity: bytes, msg: proto.Part, frames, t: float) -> None:
     why = srv.parts.add((member.session, msg.step, msg.shard), msg.lo, msg.hi, msg.values)
     if why is not None:
         strike(srv, identity, why, answers="PART")
+
+
+def _decoded(srv, identity: bytes, msg):
+    """GRAD / PUSH with its payload decoded (--compress, ps/compression.py), as it is without; None after
+    a strike when the payload is not this run's encoding."""
+    if srv.codec is None or msg.grad is None:
+        return msg
+    try:
+        return dataclasses.replace(msg, grad=srv.codec.decoded(msg.TYPE, msg.grad, msg.step, msg.shard))
+    except proto.ProtocolError as exc:
+        strike(srv, identity, str(exc), answers=msg.TYPE)
+        return None
 
 
 def on_pull(srv, identity: bytes, msg: proto.Pull, frames, t: float) -> None:

@@ -29,6 +29,7 @@ from parsgd.ps import protocol as proto
 from parsgd.ps.checkpoint import save_checkpoint
 from parsgd.ps.colocated import ADDRESS as COLOCATED_ADDRESS, ColocatedWorker
 from parsgd.ps.commlog import COMM_FLUSH_S, CommLog, CommStream, format_summary, summarize
+from parsgd.ps.compression import WireCodec
 from parsgd.ps.events import EventLog, UpdateLog
 from parsgd.ps.handlers import HANDLERS, on_timer, strike
 from parsgd.ps.membership import Member, Membership
@@ -70,7 +71,7 @@ class ServerLoop(OwnRanges, Trainer):
         self.log = CommLog()
         # --servers S: this server (0) coordinates and owns the key ranges of server 0 (model/keyranges.py)
         self.key_ranges = key_ranges(cfg.sizes, cfg.dtype, cfg.servers, cfg.shard_by)
-        own = self.key_ranges.size(0)
+        own, self.codec = self.key_ranges.size(0), WireCodec.for_run(cfg, self.key_ranges)  # --compress
         if cfg.servers > 1:
             self.grad = np.empty(own, self.params.dtype)  # its own part of a step's gradient
         # frames: identity, header, payload (a range server's STATE: its parameters and velocity)

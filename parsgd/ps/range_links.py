@@ -113,7 +113,8 @@ class RangeLinks:
 
     def pull(self, step: int, full: np.ndarray) -> list[int] | None:
         """The servers' parameters for `step` into `full` ((n,), the whole vector; server 0's part only when it
-        is linked, not in shared memory); returns the versions of servers 1..S-1, or None when one did not
+        is linked, not in shared memory); returns the versions of the servers it pulled from (1..S-1, and
+        0 first when linked: a later version than its TASK's under ssp / async), or None when one did not
         answer."""
         self._step = step
         self._send_all(lambda r: proto.Pull(self.incarnation, self.session, step))
@@ -125,11 +126,13 @@ class RangeLinks:
             part = msg.params if msg.params is not None else self.bufs[r].params
             self.kr.scatter(part, r, full)
         self.log.add("deserialize", step, t)
-        return [got[r].version for r in sorted(got) if r]
+        return [got[r].version for r in sorted(got)]
 
-    def push(self, step: int, shard: int, grad: np.ndarray, parts: bool = False) -> bool | None:
-        """Its parts of `grad` ((n,), the whole gradient of shard `shard`) to their owners; True when every
-        one took its part as finite, False if one found a NaN or Inf, None when one did not answer.
+    def push(self, step: int, shard: int, grad: np.ndarray, parts: bool = False,
+             packed: list | None = None) -> bool | None:
+        """Its parts of `grad` ((n,), the whole gradient of shard `shard`) to their owners (`packed[r]`, the
+        encoded part of server r, instead over a socket with --compress); True when every one took its part
+        as finite, False if one found a NaN or Inf, None when one did not answer.
         `parts`: --overlap sent them in PARTs already, so each PUSH carries no payload (docs/protocol.md 16)."""
         self._step = step
 
@@ -140,7 +143,8 @@ class RangeLinks:
             if buf is not None:
                 self.kr.gather(grad, r, out=buf.slots[shard])
                 return proto.Push(self.incarnation, self.session, step, shard, None)
-            return proto.Push(self.incarnation, self.session, step, shard, np.ascontiguousarray(self.kr.gather(grad, r)))
+            return proto.Push(self.incarnation, self.session, step, shard,
+                              packed[r] if packed else np.ascontiguousarray(self.kr.gather(grad, r)))
         ranges = [r for r in self.socks if r]  # server 0's part goes ahead of the GRAD (ps/worker.py)
         self._send_all(push, ranges)
         got = self._gather(proto.Ack, lambda r, m: m.step == step and m.shard == shard and m.session == self.session,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import click
 import numpy as np
@@ -36,6 +36,7 @@ from parsgd.model.optim import all_finite, sgd_momentum_
 from parsgd.ps import protocol as proto
 from parsgd.ps.channel import SEND_TIMEOUT_S, recv_message, send_within
 from parsgd.ps.commlog import WorkerSpans
+from parsgd.ps.compression import WireCodec
 from parsgd.ps.router import Router
 from parsgd.ps.overlap import PartAssembler
 from parsgd.ps.shm import Segments, host_identity
@@ -115,6 +116,7 @@ class RangeServer:
         cfg = RunConfig.from_dict(w.config)
         self.cfg, self.incarnation, self.hb_s, self.liveness = cfg, w.incarnation, w.heartbeat_s, w.liveness
         self.ranges = key_ranges(cfg.sizes, cfg.dtype, cfg.servers, cfg.shard_by)
+        self.codec = WireCodec.for_run(cfg, self.ranges)  # --compress: PUSH payloads are encoded
         size = self.ranges.size(self.opts.rank)
         if w.state.size != 2 * size or n_params(cfg.sizes) != self.ranges.n:
             raise RangeServerExit(f"server 0 sent a state of {w.state.size} values for a range of {size}")
@@ -295,6 +297,12 @@ class RangeServer:
     def _push(self, identity: bytes, msg: proto.Push, frames, t: float) -> None:
         self.log.add("recv", msg.step, t, proto.frames_nbytes(frames[1:]))
         buf = self.attached[msg.session][1]
+        if self.codec is not None and msg.grad is not None:
+            try:
+                msg = replace(msg, grad=self.codec.decoded("PUSH", msg.grad, msg.step, msg.shard, self.opts.rank))
+            except proto.ProtocolError as exc:
+                self.router.reply_error(identity, "BAD_MESSAGE", str(exc), "PUSH")
+                return
         src = msg.grad if msg.grad is not None else (buf.slots[msg.shard] if buf is not None and
                                                      msg.shard < self.cfg.workers else None)
         if msg.grad is None and self.cfg.overlap != "none":  # its PARTs came first (ps/overlap.py)

@@ -32,6 +32,7 @@ class ParameterServer(ServerLoop):
             self.echo(f"--overlap {cfg.overlap}: the parts travel through the socket; shared memory is not offered")
         self.pulls = (pull_plan(cfg.sizes, cfg.overlap, cfg.bucket_bytes, self.params.itemsize)
                       if cfg.servers == 1 else [])
+        self.ef: dict[int, list[int]] = {}  # --compress with error feedback: shard -> [session, ef_seq] accepted
 
     def batch_gradient(self, epoch, step, order, lo, hi):
         self.scheduler.begin(step, epoch, lo, hi)
@@ -67,12 +68,16 @@ class ParameterServer(ServerLoop):
         self.grad = self.sum_buf
         self.segments.close_retired()  # after the update: self.grad may have been a retired slot
         spe = self.steps_per_epoch  # every shard of the step is in: nothing stale, one update per batch
+        ef = {"ef": [self.ef.get(s) for s in range(self.n_shards)]} if self.ef else {}  # replay's residuals
         self.updates.write({"update": self.step, "epoch": self.step // spe, "batch": self.step % spe, "rank": None,
-                            "version": self.step, "staleness": 0, "t": round(self.log.now(), 6)})
+                            "version": self.step, "staleness": 0, **ef, "t": round(self.log.now(), 6)})
+        self.ef = {}
 
     def gradient_in(self, s: int, src: np.ndarray, msg: proto.Grad) -> None:
         """Shard s of the step is in; the step ends when every shard is (see batch_gradient)."""
         self.scheduler.complete(s, src, msg.loss_sum, msg.correct, msg.compute_s, msg.finite)
+        if msg.ef_seq >= 0:  # the last accepted copy of the shard counts (a non-finite one is given again)
+            self.ef[s] = [msg.session, msg.ef_seq]
 
     def assign(self, s: int, avoid: int | None = None) -> None:
         """Give shard s of the current step to a live worker (see Scheduler.assign) and send its TASK."""

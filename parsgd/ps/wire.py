@@ -27,6 +27,7 @@ MAX_LIST = 1024                  # elements of a list inside the config
 MAX_INT = 2**53                  # counters, sizes, steps: exact in a float64 too
 MAX_ID = 2**63                   # session and incarnation ids
 DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
+PACKED = {**DTYPES, "uint8": np.dtype("u1")}  # GRAD and PUSH with --compress: the encoded bytes (protocol/packed.py)
 
 
 class ProtocolError(ValueError):
@@ -135,15 +136,15 @@ def frame_buffer(where: str, frame) -> memoryview:
         raise ProtocolError(f"{where}: frame is not a contiguous buffer") from None
 
 
-def payload_array(where: str, header: dict, frame) -> np.ndarray:
+def payload_array(where: str, header: dict, frame, dtypes: dict = DTYPES) -> np.ndarray:
     dtype, n = header["dtype"], header["n"]
-    if type(dtype) is not str or dtype not in DTYPES:
-        raise ProtocolError(f"{where}.dtype: expected one of {sorted(DTYPES)}, got {short(dtype)}")
+    if type(dtype) is not str or dtype not in dtypes:
+        raise ProtocolError(f"{where}.dtype: expected one of {sorted(dtypes)}, got {short(dtype)}")
     n = int_in(0, MAX_ELEMENTS + 1)(f"{where}.n", n)
     buf = frame_buffer(where, frame)
-    if buf.nbytes != n * DTYPES[dtype].itemsize:      # before frombuffer: no allocation, no copy
+    if buf.nbytes != n * dtypes[dtype].itemsize:      # before frombuffer: no allocation, no copy
         raise ProtocolError(f"{where}: payload of {buf.nbytes} bytes, header says {n} x {dtype}")
-    return np.frombuffer(buf, dtype=DTYPES[dtype], count=n)
+    return np.frombuffer(buf, dtype=dtypes[dtype], count=n)
 
 
 def recv_frames(socket: zmq.Socket, max_frames: int, max_bytes: int, flags: int = 0) -> list:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import random
 import time
-from dataclasses import dataclass
 
 import click
 import numpy as np
@@ -28,6 +27,7 @@ from parsgd.ps import protocol as proto
 from parsgd.ps.channel import (SEND_TIMEOUT_S, recv_frames_within, recv_message, send_now,
                                spin_for_message)
 from parsgd.ps.commlog import WorkerSpans
+from parsgd.ps.compression import WireCodec
 from parsgd.ps.faults import FaultPlan
 from parsgd.ps.heartbeat import Heartbeats
 from parsgd.ps.overlap_worker import PartsLost, WorkerOverlap
@@ -37,6 +37,7 @@ from parsgd.ps.shm import SessionBuffer, host_identity
 from parsgd.ps.sockets import configure_dealer, dealer_context
 from parsgd.ps.stops import Stopped, StopSignals, WorkerExit
 from parsgd.ps.worker_logs import ShippedLogs
+from parsgd.ps.worker_options import WorkerOptions, data_key  # noqa: F401 (WorkerOptions: imported from here)
 
 HELLO_RETRY_S = 1.0           # resend HELLO this often while no server answers (Lazy Pirate)
 STATUS_EVERY_S = 5.0
@@ -46,17 +47,6 @@ MAX_FRAME_BYTES = proto.MAX_ELEMENTS * 8 + proto.HEADER_MAX
 # Spans go to the server in LOGS chunks this often while the worker trains (and all at STOP), so a
 # SIGKILLed worker loses at most this much of its timeline.
 LOGS_EVERY_S = 1.0
-
-
-@dataclass(frozen=True)
-class WorkerOptions:
-    """How a worker reaches its server; times in seconds. Everything else comes in WELCOME."""
-    connect: str = "tcp://127.0.0.1:5555"
-    connect_timeout_s: float = 60.0
-    data_dir: str | None = None
-    keys_dir: str | None = None
-    faults: str = ""
-    name: str = ""
 
 
 class Worker(ShippedLogs):
@@ -145,6 +135,7 @@ class Worker(ShippedLogs):
         self.kr = key_ranges(cfg.sizes, cfg.dtype, cfg.servers, cfg.shard_by)
         n = self.kr.size(0)  # the coordinator's part (the whole vector with one server)
         self.grads = np.zeros((cfg.workers, n), cfg.dtype)  # one per shard: a sent buffer is never reused early
+        self.codec = WireCodec.for_run(cfg, self.kr)  # a new session: a new residual (ps/compression.py)
         self._close_links()
         if welcome.servers:  # --servers S: the other servers' parts come from and go to them directly
             self.full = np.zeros(self.kr.n, cfg.dtype)           # the whole vector: every part of a step
@@ -298,18 +289,20 @@ class Worker(ShippedLogs):
         self.faults.straggle(self.log.now() - t)
         end = self.log.add("compute", task.step, t)
         finite = True
+        # --compress: grad becomes what the servers decode; `packed` per server the bytes that travel
+        packed, ef_seq = self.codec.push(grad, task.step, task.shard) if self.codec else (None, -1)
         if self.links is not None:  # every part to its owner at once; the GRAD once every range holds its own
             self.kr.gather(grad, 0, out=slot)
             if self.buf is None and self.overlap is None:  # server 0's part ahead of the GRAD, same connection
-                self._send(proto.Push(self.incarnation, self.session, task.step, task.shard, slot).to_frames(),
-                           self.hb_s * self.liveness)
-            finite = self.links.push(task.step, task.shard, grad, parts=self.overlap is not None)
+                self._send(proto.Push(self.incarnation, self.session, task.step, task.shard,
+                                      packed[0] if packed else slot).to_frames(), self.hb_s * self.liveness)
+            finite = self.links.push(task.step, task.shard, grad, parts=self.overlap is not None, packed=packed)
             if finite is None:
                 return False
         sent = self.buf is not None or self.links or self.overlap  # the gradient is in shm, PUSHes or PARTs
         msg = proto.Grad(self.incarnation, self.session, task.step, task.shard, task.lo, task.hi, idx.size,
-                         loss_sum, correct, end - t, None if sent else slot, finite,
-                         versions if self.cfg.consistency != "bsp" else [])
+                         loss_sum, correct, end - t, None if sent else packed[0] if packed else slot, finite,
+                         versions if self.cfg.consistency != "bsp" else [], ef_seq)
         frames = self.faults.mangle(task.step, msg, self.cfg.workers).to_frames()
         t = self.log.add("serialize", task.step, end)
         for copy in self.faults.outgoing(task.step, self.rank):
@@ -333,7 +326,3 @@ class Worker(ShippedLogs):
         if self.own_ctx:
             self.ctx.term()
 
-
-def data_key(cfg: RunConfig) -> tuple:
-    """What decides a worker's data: a WELCOME with another key means loading it again."""
-    return cfg.dataset, cfg.data_dir, cfg.num_samples, cfg.seed, cfg.dtype

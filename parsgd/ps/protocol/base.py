@@ -12,7 +12,8 @@ import numpy as np
 from parsgd.ps.wire import (DTYPES, HEADER_MAX, MAX_CONFIG_KEYS, MAX_ELEMENTS, MAX_LIST, ProtocolError,
                             VersionMismatch, frame_buffer, payload_array, short)
 
-PROTOCOL_VERSION = 5            # 5: PART (--overlap); 4: range servers (--servers S); 3: READY.faults; 2: TASK.batch, HEARTBEAT.busy/.tasks
+PROTOCOL_VERSION = 5            # 5: PART (--overlap), --compress (GRAD / PUSH uint8 payloads, GRAD.ef_seq);
+                                # 4: range servers (--servers S); 3: READY.faults; 2: TASK.batch, HEARTBEAT.busy/.tasks
 SPANS = ("serialize", "send", "recv", "deserialize", "compute", "wait", "aggregate", "update")
 ERROR_CODES = ("VERSION", "DATA_MISMATCH", "STALE", "BAD_MESSAGE", "BUSY")
 TYPES: dict[str, type] = {}     # TYPE -> message class, filled by `register` as the message modules load
@@ -30,6 +31,7 @@ class Message:
     FIELDS: ClassVar[dict]
     PAYLOAD: ClassVar[str | None] = None      # name of the array field, if any
     PAYLOAD_REQUIRED: ClassVar[bool] = False
+    PAYLOAD_DTYPES: ClassVar[dict] = DTYPES   # GRAD and PUSH also take uint8 (wire.PACKED)
 
     def payload(self) -> np.ndarray | None:
         return getattr(self, self.PAYLOAD) if self.PAYLOAD else None
@@ -51,10 +53,10 @@ class Message:
         if array is None and self.PAYLOAD_REQUIRED:
             raise ProtocolError(f"{self.TYPE}: {self.PAYLOAD} is required")
         if array is not None:
-            if (not isinstance(array, np.ndarray) or array.dtype not in DTYPES.values()
+            if (not isinstance(array, np.ndarray) or array.dtype not in self.PAYLOAD_DTYPES.values()
                     or not array.flags.c_contiguous or array.size > MAX_ELEMENTS):
                 raise ProtocolError(f"{self.TYPE}.{self.PAYLOAD}: need a C-contiguous "
-                                    f"little-endian float32/float64 array of <= {MAX_ELEMENTS}")
+                                    f"little-endian {'/'.join(self.PAYLOAD_DTYPES)} array of <= {MAX_ELEMENTS}")
             self.check_payload(array)
             header["dtype"], header["n"] = array.dtype.name, int(array.size)
         packed = msgpack.packb(header, use_bin_type=True)
@@ -83,7 +85,7 @@ class Message:
         if len(frames) != n_frames:
             raise ProtocolError(f"{cls.TYPE}: expected {n_frames} frames, got {len(frames)}")
         if cls.PAYLOAD:
-            values[cls.PAYLOAD] = cls._shape(payload_array(cls.TYPE, header, frames[1])) if has_payload else None
+            values[cls.PAYLOAD] = cls._shape(payload_array(cls.TYPE, header, frames[1], cls.PAYLOAD_DTYPES)) if has_payload else None
         msg = cls(**values)
         msg.check()
         if msg.payload() is not None:

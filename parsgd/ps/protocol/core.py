@@ -8,7 +8,7 @@ from dataclasses import dataclass, field as dataclass_field
 import numpy as np
 
 from parsgd.ps.protocol.base import DTYPES, PROTOCOL_VERSION, SPANS, ERROR_CODES, Message, register
-from parsgd.ps.wire import (BOOL, ID, INT, MAX_SERVERS, NAME, TEXT, TIME, ProtocolError, config_map, float_in,
+from parsgd.ps.wire import (BOOL, ID, INT, MAX_SERVERS, NAME, PACKED, TEXT, TIME, ProtocolError, config_map, float_in,
                             int_in, ints, names, short)
 
 SPAN_COLUMNS = 6               # LOGS rows: code, step, t, dur, bytes, server (-1: none)
@@ -124,11 +124,13 @@ class Grad(Message):
     compute_s: float
     grad: np.ndarray | None
     finite: bool = True        # every range server took its part as finite (S > 1; always true for S = 1)
-    versions: list = dataclass_field(default_factory=list)  # versions of ranges 1..S-1 the gradient used
+    versions: list = dataclass_field(default_factory=list)  # versions of ranges [0 if pulled,] 1..S-1 it used
+    ef_seq: int = -1           # --compress with error feedback: this gradient's place in the session's residual sequence
     TYPE, PAYLOAD = "GRAD", "grad"
+    PAYLOAD_DTYPES = PACKED    # --compress: grad is the encoded bytes (protocol/packed.py)
     FIELDS = dict(incarnation=ID, session=ID, step=INT, shard=INT, lo=INT, hi=INT, count=INT,
                   loss_sum=float_in(finite=False), correct=INT, compute_s=float_in(lo=0.0), finite=BOOL,
-                  versions=ints)
+                  versions=ints, ef_seq=int_in(-1))
 
     def check(self):
         if not (self.lo < self.hi and self.count == self.hi - self.lo and self.correct <= self.count):

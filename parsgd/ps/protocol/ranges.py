@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from parsgd.ps.protocol.base import Message, register
-from parsgd.ps.wire import (BOOL, ID, INT, NAME, TIME, ProtocolError, config_map, float_in, ids, int_in)
+from parsgd.ps.wire import (BOOL, ID, INT, NAME, PACKED, TIME, ProtocolError, config_map, float_in, ids, int_in)
 
 
 @register
@@ -109,6 +109,7 @@ class Push(Message):
     shard: int
     grad: np.ndarray | None
     TYPE, PAYLOAD = "PUSH", "grad"
+    PAYLOAD_DTYPES = PACKED    # --compress: grad is the encoded bytes (protocol/packed.py)
     FIELDS = dict(incarnation=ID, session=ID, step=INT, shard=INT)
 
 
