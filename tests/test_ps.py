@@ -1,6 +1,5 @@
 """The parameter server with real processes on free loopback ports, against the sequential oracle."""
 import json
-import os
 import signal
 import socket
 import subprocess

@@ -64,7 +64,7 @@ class Configuration:
         return ", ".join([f"{self.mode} P={self.workers}" + (f" {self.transport}" if self.transport else "")
                           + (f"@{self.link}" if self.link else "")
                           + (f" {self.consistency}" if self.consistency != "bsp" else "")
-                          + overlap_word(self.overlap, self.bucket_bytes),
+                          + overlap_word(self.overlap, self.bucket_bytes)
                           + compress_word(self.compress, self.error_feedback),
                           *setup_words({"faults": self.faults})])
 
