@@ -46,7 +46,9 @@ def launch(out: Path, p: int, link: str, delay: str, mode: str, env=None) -> tup
            "--bucket-bytes", str(BUCKET), "--out", str(out)]
     if delay not in ("0", "0ms"):
         cmd[cmd.index("--overlap"):cmd.index("--overlap")] = ["--link-delay", delay]
-    got = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    # `python -m` puts the working directory first on sys.path: with another checkout, run from the run's folder
+    got = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env,
+                         cwd=str(out.parent) if env is not None else None)
     if got.returncode != 0:
         lines = [ln for ln in got.stderr.splitlines() if ln.startswith("error:")] or got.stderr.splitlines()[-1:]
         return None, (lines[0] if lines else f"exit {got.returncode}")
