@@ -24,10 +24,13 @@ MACHINE_WIDE_TESTS = {"test_on_an_emulated_link_both_plots_draw_the_reports_link
                       "test_notebook_runs[03_estimate_then_measure.ipynb]"}
 
 
+import pytest
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the group marks
 def pytest_collection_modifyitems(config, items):
     """Marks the machine-wide tests as one xdist group and moves them first: the group is the longest
     unit of work, so the other worker shares out the rest while it runs instead of waiting at the end."""
-    import pytest
     machine_wide = [item for item in items
                     if item.path.name in MACHINE_WIDE or {item.name, item.originalname} & MACHINE_WIDE_TESTS]
     for item in machine_wide:
