@@ -248,10 +248,7 @@ class EmulatedRun:
                 self.net.latency.remove(f"w{i}")
             except netns.NetworkError:
                 pass  # the run ended meanwhile and removed the network
-        timer = threading.Timer(seconds, restore)
-        timer.daemon = True
-        timer.start()
-        self.timers.append(timer)
+        self._later(seconds, restore)
 
     def partition(self, i: int, seconds: float) -> None:
         """Takes worker i's link down now and brings it back after `seconds` (a timer thread)."""
@@ -265,7 +262,11 @@ class EmulatedRun:
                 self.echo(f"[launch] worker {i}'s link is up again")
             except netns.NetworkError:
                 pass  # the run ended meanwhile and removed the network
-        timer = threading.Timer(seconds, heal)
+        self._later(seconds, heal)
+
+    def _later(self, seconds: float, action) -> None:
+        """Runs `action` after `seconds` on a daemon timer thread (cancelled when the run closes)."""
+        timer = threading.Timer(seconds, action)
         timer.daemon = True
         timer.start()
         self.timers.append(timer)
