@@ -214,3 +214,22 @@ def test_a_bad_latency_fault_is_one_line_exit_2(tmp_path):
     no_link = subprocess.run(PY + ["launch", "--workers", "2", *ARGS, "--faults", "latency=worker1@step4:2s:20ms"],
                              capture_output=True, text=True, timeout=60)
     assert no_link.returncode == 2 and "a latency fault is for emulated hosts" in no_link.stderr, no_link.stderr
+
+
+def test_an_experiment_runs_its_links_with_the_delay_and_refuses_it_without_a_link(tmp_path):
+    """experiment --link R --link-delay D: every link configuration's launch has the delay (its link.json,
+    the link check's round trip within 10% of 2D + the unshaped one); --link-delay without --link: exit 2."""
+    out = tmp_path / "x"
+    got = subprocess.run(PY + ["experiment", "--modes", "ps", "--workers", "2", "--link", "1gbit",
+                               "--link-delay", "5ms", "--quiet", *ARGS, "--out", str(out)],
+                         capture_output=True, text=True, timeout=180)
+    ok(got)
+    [link_file] = list(out.glob("*/link.json"))
+    link = json.loads(link_file.read_text())
+    rtt = link["calibration"]["rtt"]
+    assert link["delay_s"] == 0.005 and abs(rtt["measured_s"] / (2 * 0.005 + rtt["unshaped_s"]) - 1) <= 0.10, rtt
+    no_link = subprocess.run(PY + ["experiment", "--modes", "ps", "--workers", "2", "--link-delay", "5ms", *ARGS,
+                                   "--out", str(tmp_path / "n")], capture_output=True, text=True, timeout=60)
+    assert no_link.returncode == 2 and len(no_link.stderr.splitlines()) == 1, no_link.stderr
+    assert no_link.stderr.startswith("error: --link-delay is for emulated hosts") and not (tmp_path / "n").exists()
+    assert not relays_running()

@@ -37,6 +37,8 @@ LINK_LIST = "link rates separated by commas or spaces, e.g. --link 100mbit,1gbit
                    "(see `parsgd launch --help`), e.g. none,layer,bucket.")
 @click.option("--bucket-bytes", "--bucket_bytes", "bucket_bytes", type=int, default=65536, show_default=True,
               help="--overlap bucket: bytes of a bucket (launch --bucket-bytes).")
+@click.option("--link-delay", "--link_delay", "link_delay",
+              help="With --link: every link's one-way latency, e.g. 5ms (see `parsgd launch --link-delay`).")
 @click.option("--link", "links", multiple=True,
               help="Run every parameter-server configuration on emulated hosts over links of each of these rates, "
                    "e.g. 100mbit,1gbit (root only; see `parsgd launch --link`).")
@@ -48,7 +50,7 @@ LINK_LIST = "link rates separated by commas or spaces, e.g. --link 100mbit,1gbit
 @force_option
 @training_options
 def experiment(workers, modes, transports, consistencies, compresses, staleness, faults, overlaps, bucket_bytes,
-               links, repeat, quiet, verbose, force, out, **opts):
+               link_delay, links, repeat, quiet, verbose, force, out, **opts):
     """Compare sequential, Pool and parameter-server training with one seed: table, report, plots."""
     from parsgd.jobs.experiment import MODES, run_experiment
     from parsgd.jobs.launch import TRANSPORTS, check_ipc_room
@@ -59,8 +61,8 @@ def experiment(workers, modes, transports, consistencies, compresses, staleness,
     from parsgd.jobs.emulate import link_options
     links = parse_rates(list_items(links, "--link", LINK_LIST))
     list_spec(faults, "--faults", "slow=worker1:3,seed=7")
-    if links:
-        link_options(links[0], None, None, "tcp", faults)  # root with CAP_NET_ADMIN, before anything starts
+    if links or link_delay is not None:  # root with CAP_NET_ADMIN, netem or nft, before anything starts
+        link_options(links[0] if links else None, link_delay, None, "tcp", faults)
 
     modes = no_repeats(parse_str_list(modes, MODES, "--modes"), "--modes")
     transports = no_repeats(parse_str_list(transports, TRANSPORTS, "--transport"), "--transport")
@@ -92,7 +94,7 @@ def experiment(workers, modes, transports, consistencies, compresses, staleness,
     cfg, data = load_data(cfg, quiet)
     run_experiment(cfg, workers_list, modes, transports, out or "results", quiet=quiet, verbose=verbose, data=data,
                    repeat=repeat, links=links, consistencies=consistencies, staleness=staleness,
-                   faults=faults, force=force, overlaps=overlaps, compresses=compresses)
+                   faults=faults, force=force, overlaps=overlaps, compresses=compresses, link_delay=link_delay)
 
 
 for _param in experiment.params:

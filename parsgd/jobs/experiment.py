@@ -53,6 +53,7 @@ class Configuration:
     bucket_bytes: int = 65536  # ps, --overlap bucket: launch --bucket-bytes
     compress: str = "none"    # ps: launch --compress
     error_feedback: bool = True
+    link_delay: str | None = None  # with link: launch --link-delay (one for every link of the experiment)
 
     @property
     def label(self) -> str:
@@ -93,13 +94,14 @@ class ModelMismatch(ExperimentFailed):
 
 def plan(workers_list, modes, transports, links=(), consistencies=("bsp",), staleness: int = 0,
          faults: str = "", overlaps=("none",), bucket_bytes: int = 65536, compresses=("none",),
-         error_feedback: bool = True) -> list[Configuration]:
+         error_feedback: bool = True, link_delay: str | None = None) -> list[Configuration]:
     """Sequential first, then per P (in the given order, duplicates dropped): pool, then ps per transport,
     or, with `links` (rates of `launch --link`), ps over tcp on each link (emulated hosts); each ps
     configuration once per consistency model, in the given order (ssp with `staleness`), with the
     `faults` schedule; bsp ones once per `overlaps` mode (launch --overlap, with `bucket_bytes`); each
     once per codec of `compresses` (launch --compress, with `error_feedback`), an overlap other than none
-    only with --compress none (the two are not supported together: config.RunConfig)."""
+    only with --compress none (the two are not supported together: config.RunConfig); every link with
+    the one-way `link_delay` (launch --link-delay)."""
     configs = [Configuration("sequential", 1)] if "sequential" in modes else []
     for p in dict.fromkeys(workers_list):
         if "pool" in modes:
@@ -107,7 +109,7 @@ def plan(workers_list, modes, transports, links=(), consistencies=("bsp",), stal
         if "ps" in modes:
             nets = [("tcp", rate) for rate in links] if links else [(t, None) for t in dict.fromkeys(transports)]
             configs += [Configuration("ps", p, t, rate, c, staleness if c == "ssp" else 0, faults, o, bucket_bytes,
-                                      z, error_feedback)
+                                      z, error_feedback, link_delay if rate else None)
                         for t, rate in nets for c in dict.fromkeys(consistencies)
                         for o in (dict.fromkeys(overlaps) if c == "bsp" else ("none",))
                         for z in dict.fromkeys(compresses) if o == "none" or z == "none"]
@@ -170,7 +172,8 @@ def _run_ps(config: Configuration, cfg: RunConfig, run_dir: Path, output: _Child
     link = None
     if config.link:
         from parsgd.jobs.emulate import LinkOptions
-        link = LinkOptions(config.link)
+        kinds = {item.split("=", 1)[0].strip() for item in config.faults.split(",")}
+        link = LinkOptions(config.link, config.link_delay, latency_faults="latency" in kinds)
     cfg = cfg.replace(workers=config.workers, consistency=config.consistency, staleness=config.staleness,
                       overlap=config.overlap, bucket_bytes=config.bucket_bytes,
                       compress=config.compress, error_feedback=config.error_feedback)
@@ -228,7 +231,7 @@ def _run_one(config: Configuration, cfg: RunConfig, data, run_dir: Path, echo, e
 def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: bool = False, echo=click.echo,
                    verbose: bool = False, data=None, repeat: int = 1, links=(), consistencies=("bsp",),
                    staleness: int = 0, faults: str = "", force: bool = False, overlaps=("none",),
-                   compresses=("none",)) -> list[Path]:
+                   compresses=("none",), link_delay: str | None = None) -> list[Path]:
     """Run every configuration, then print and write the report and the plots; returns the run dirs.
 
     `cfg`: the training options (its `workers` is ignored; each configuration sets its own).
@@ -237,7 +240,8 @@ def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: 
     None); the PS server loads the same rows itself from the same options. `repeat`: how many times
     each configuration runs (rounds of all of them, one after the other). `links`: rates of `launch
     --link` (preflight done by the caller): every ps configuration runs on each, on emulated hosts, after
-    the machine's unshaped capacity is measured (capacity.json, and the report's first link figure).
+    the machine's unshaped capacity is measured (capacity.json, and the report's first link figure);
+    `link_delay`: each of those links' one-way delay (launch --link-delay, e.g. "5ms").
     `consistencies`: every ps configuration runs under each of these models, ssp with `staleness`
     (cfg's own consistency is not used: sequential and Pool are bulk-synchronous anyway). `faults`:
     every ps configuration's `launch --faults` schedule (checked by the caller for every P). `overlaps`:
@@ -261,7 +265,7 @@ def run_experiment(cfg: RunConfig, workers_list, modes, transports, out, quiet: 
 
     out = prepare_dir(out)
     configs = plan(workers_list, modes, transports, links, consistencies, staleness, faults, overlaps,
-                   cfg.bucket_bytes, compresses, cfg.error_feedback)
+                   cfg.bucket_bytes, compresses, cfg.error_feedback, link_delay)
     if not configs:
         raise UsageError("nothing to run: give at least one mode, and --workers for pool and ps")
     previous, since = previous_outputs(out, force), time.time()
