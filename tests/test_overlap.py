@@ -107,6 +107,22 @@ def test_overlap_is_bsp_only_and_bad_values_are_one_line():
     assert result.stderr.startswith("error: --overlap bucket is for --consistency bsp only")
 
 
+@pytest.mark.parametrize("command, words", [
+    ("launch", ["--workers", "2"]),
+    ("experiment", ["--modes", "ps", "--workers", "2", "--overlap", "layer,bucket", "--compress", "topk:0.1,sign"]),
+])
+def test_overlap_with_compression_is_refused_in_one_line(command, words, tmp_path):
+    """A PART carries raw values: --overlap layer|bucket with a codec is exit 2 before anything runs (an
+    experiment runs its overlap modes with --compress none only, so it needs none in one of the lists)."""
+    with pytest.raises(ConfigError, match="not supported together"):
+        RunConfig(overlap="layer", compress="fp16")
+    extra = ["--overlap", "layer", "--compress", "fp16"] if command == "launch" else []
+    result = subprocess.run(PY + [command, *words, *extra, "--dataset", "synthetic", "--out", str(tmp_path / "o")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert "not supported together" in result.stderr and not (tmp_path / "o").exists()
+
+
 def launch(out, *extra, workers=2):
     result = subprocess.run(PY + ["launch", "--workers", str(workers), *ARGS, *KNOBS, "--out", str(out), *extra],
                             capture_output=True, text=True, timeout=180)
@@ -187,3 +203,9 @@ def test_experiment_plans_each_overlap_mode_for_bsp_only():
     assert [c.label for c in configs] == ["ps P=2 tcp", "ps P=2 tcp overlap layer", "ps P=2 tcp overlap bucket 4096 B",
                                           "ps P=2 tcp async"]
     assert len({c.dirname for c in configs}) == 4
+
+
+def test_an_experiment_plans_overlap_modes_with_compress_none_only():
+    from parsgd.jobs.experiment import plan
+    configs = plan([2], ("ps",), ("tcp",), overlaps=("none", "layer"), compresses=("none", "topk:0.1"))
+    assert [(c.overlap, c.compress) for c in configs] == [("none", "none"), ("none", "topk:0.1"), ("layer", "none")]
