@@ -282,6 +282,8 @@ def still_valid(msg, key, value):
         return type(value) is str and len(value) <= STRING_MAX[key]
     if key in ("servers", "versions"):  # lists: of addresses (NAME), of versions (INT)
         return type(value) is list and not value
+    if key == "sessions":  # APPLY: a non-empty list of session ids ([1] is one)
+        return type(value) is list and bool(value) and all(type(v) is int and v >= 0 for v in value)
     return key == "config" and type(value) is dict
 
 
