@@ -102,12 +102,7 @@ class HostRelays:
             except OSError:
                 pass
         for proc in self.procs.values():
-            try:
-                proc.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            proc.stdout.close()
+            netns.reap(proc, 1.0)
         self.procs.clear()
 
 

@@ -93,6 +93,18 @@ def run(argv: list[str], what: str, ok_missing: bool = False, stdin: str | None 
     return done.stdout
 
 
+def reap(proc: subprocess.Popen, timeout_s: float) -> None:
+    """Waits up to `timeout_s` for a process this run started in a namespace (a delay relay, a probe
+    server), then SIGKILLs it and waits, and closes its stdout pipe: nothing is left running or open."""
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
 def ip(ns: str, *args: str, what: str = "configure the emulated network", ok_missing: bool = False) -> str:
     """`ip -n NS ARGS`: never the machine's own namespace (ip fails if NS does not exist)."""
     return run(["ip", "-n", ns, *args], what, ok_missing)

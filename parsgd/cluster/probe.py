@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from parsgd.cluster.netns import NetworkError
+from parsgd.cluster.netns import NetworkError, reap
 
 MIN_REPS, MAX_REPS, SIZE_BUDGET_S = 3, 15, 0.4   # ping-pong repetitions per size and direction
 RTT_REPS = 21                                    # empty round trips for rtt_s (their median)
@@ -225,12 +225,7 @@ def _measure(net, keys: str, sizes: list[int], client_role: str, stream: bool) -
         raise NetworkError(f"the link probe took more than {PROBE_TIMEOUT_S:g} s (at: {last[0]}; server: "
                            f"{said[0] or 'silent'})") from None
     finally:
-        try:
-            server.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        server.stdout.close()
+        reap(server, 5)
 
 
 def main(argv: list[str]) -> int:
