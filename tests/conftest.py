@@ -14,26 +14,18 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(CACHE_DIR, ignore_errors=True)
 
 
-# Files whose tests create or count machine-wide things (network namespaces, sshd's /run/sshd, the
-# Slurm daemons) and check that none is left: under pytest-xdist they all run on one worker, one after
-# another, so no other test's live namespace is counted. (Shared-memory checks count only segments whose
-# server is gone: tests/test_ps.py orphan_segments.)
-MACHINE_WIDE = {"test_cluster.py", "test_colocate.py", "test_delay.py", "test_hostile.py",
-                "test_hosts.py", "test_options.py", "test_slurm.py", "test_ssh.py"}
-MACHINE_WIDE_TESTS = {"test_on_an_emulated_link_both_plots_draw_the_reports_link_time",
-                      "test_notebook_runs[03_estimate_then_measure.ipynb]"}
-
-
+# Tests that create or count machine-wide things (network namespaces, sshd's /run/sshd, the Slurm
+# daemons) and check that none is left carry the mark xdist_group("machine-wide") (a module's
+# pytestmark, or the test's own): under pytest-xdist (--dist loadgroup) they all run on one worker, one
+# after another, so no other test's live namespace is counted. The marks are set where the tests are:
+# a hook that adds them here runs after pytest-xdist's own in some pytest versions (9.2), which then
+# ignores them. (Shared-memory checks count only segments whose server is gone: test_ps.orphan_segments.)
 import pytest
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the group marks
 def pytest_collection_modifyitems(config, items):
-    """Marks the machine-wide tests as one xdist group and moves them first: the group is the longest
-    unit of work, so the other worker shares out the rest while it runs instead of waiting at the end."""
-    machine_wide = [item for item in items
-                    if item.path.name in MACHINE_WIDE or {item.name, item.originalname} & MACHINE_WIDE_TESTS]
-    for item in machine_wide:
-        item.add_marker(pytest.mark.xdist_group("machine-wide"))
-    chosen = set(map(id, machine_wide))
-    items[:] = machine_wide + [item for item in items if id(item) not in chosen]
+    """Moves the machine-wide group first: it is the longest unit of work, so the other worker shares
+    out the rest while it runs instead of waiting at the end."""
+    def machine_wide(item) -> bool:
+        return any(m.args[:1] == ("machine-wide",) for m in item.iter_markers("xdist_group"))
+    items[:] = [item for item in items if machine_wide(item)] + [item for item in items if not machine_wide(item)]

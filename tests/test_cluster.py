@@ -24,7 +24,7 @@ from parsgd.cluster.emulated import EmulatedNet
 from procs import PY, Procs, load_params, sequential_params
 from tracecheck import comm_overlaps, trace_overlaps
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("machine-wide")]  # machine-wide: tests/conftest.py
 ARGS = ["--dataset", "synthetic", "--num-samples", "2030", "--epochs", "1", "--hidden", "32,16",
         "--batch-size", "100", "--dtype", "float64", "--seed", "11"]
 NO_CHECK = {"PARSGD_LINK_CHECK": "0"}   # no link calibration: the runs that do not need it start faster

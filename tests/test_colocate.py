@@ -16,6 +16,8 @@ import pytest
 
 from procs import PY, cli_run, load_params, one_line_error, sequential_params
 
+pytestmark = pytest.mark.xdist_group("machine-wide")  # machine-wide: tests/conftest.py
+
 ARGS = ["--dataset", "synthetic", "--num-samples", "2030", "--epochs", "1", "--hidden", "32,16",
         "--batch-size", "100", "--dtype", "float64", "--seed", "11"]
 

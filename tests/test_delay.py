@@ -22,7 +22,7 @@ from parsgd.cluster.relay import CHUNK_BYTES, WAKE_AHEAD_S
 from procs import PY, Procs, load_params, sequential_params
 from test_cluster import ARGS, NO_CHECK, launch, ok, snapshot
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("machine-wide")]  # machine-wide: tests/conftest.py
 
 RECEIVER = """
 import socket, sys, time

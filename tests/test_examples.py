@@ -22,8 +22,13 @@ def stdout_lines(cell) -> int:
                if o.get("output_type") == "stream" and o.get("name") == "stdout")
 
 
+# the emulated-links notebook builds network namespaces: tests/conftest.py's machine-wide group
+NOTEBOOKS = [pytest.param(p.name, marks=[pytest.mark.xdist_group("machine-wide")] if p.name.startswith("03_") else [])
+             for p in sorted(EXAMPLES.glob("*.ipynb"))]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.ipynb")))
+@pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs(name, tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient

@@ -36,7 +36,7 @@ from parsgd.ps.shm import host_identity
 from parsgd.ps.sockets import HANDSHAKE_IVL_MS
 from procs import Procs, ends_cleanly, events, load_params, no_traceback, sequential_params
 
-pytestmark = pytest.mark.slow  # real server and worker processes, faults waited out
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("machine-wide")]  # real server and worker processes, faults waited out; machine-wide: tests/conftest.py
 
 ARGS = ["--dataset", "synthetic", "--num-samples", "2000", "--hidden", "32,16", "--batch-size", "100",
         "--dtype", "float64", "--epochs", "12", "--seed", "7"]

@@ -16,7 +16,7 @@ from hostnet import IpNamedHosts
 from procs import PY, load_params, sequential_params
 from test_cluster import _namespaces_usable
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("machine-wide")]  # machine-wide: tests/conftest.py
 ARGS = ["--dataset", "synthetic", "--num-samples", "2030", "--epochs", "1", "--hidden", "32,16",
         "--batch-size", "100", "--dtype", "float64", "--seed", "11"]
 NETNS_RSH = "ip netns exec {host}"

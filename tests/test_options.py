@@ -12,6 +12,8 @@ from procs import one_line_error as _one_line_error
 from parsgd.config import RunConfig, ServerOptions
 from parsgd.data import write_idx
 
+pytestmark = pytest.mark.xdist_group("machine-wide")  # machine-wide: tests/conftest.py
+
 TINY = ["--dataset", "synthetic", "--num-samples", "256", "--epochs", "1", "--hidden", "8", "--batch-size", "64"]
 
 

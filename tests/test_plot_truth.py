@@ -239,6 +239,7 @@ def link_run(tmp_path_factory):
     return load_run(out)
 
 
+@pytest.mark.xdist_group("machine-wide")  # network namespaces: tests/conftest.py
 def test_on_an_emulated_link_both_plots_draw_the_reports_link_time(link_run, drawn, tmp_path):
     parts = step_parts(link_run)
     assert parts["link"] > 0.5 * parts["step"], parts   # 100mbit: the bytes on the link are most of a step

@@ -19,7 +19,7 @@ import pytest
 from procs import stop_daemons, free_port, load_params, sequential_params
 from test_hosts import ARGS, LONG, node_dirs
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("machine-wide")]  # machine-wide: tests/conftest.py
 CHECKOUT = Path(__file__).resolve().parent.parent
 SLURM_CONF = """ClusterName=parsgdtest
 SlurmctldHost=localhost(127.0.0.1)

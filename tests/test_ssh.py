@@ -22,7 +22,7 @@ from procs import stop_daemons, PY, descendants, load_params, sequential_params
 from test_cluster import _namespaces_usable
 from test_hosts import ARGS, LONG, node_dirs
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("machine-wide")]  # machine-wide: tests/conftest.py
 SSHD = "/usr/sbin/sshd"
 CHECKOUT = Path(__file__).resolve().parent.parent  # the parsgd the hosts run: this one, wherever it is
 SSHD_CONFIG = """ListenAddress {address}
