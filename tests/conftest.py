@@ -20,7 +20,6 @@ def pytest_sessionfinish(session, exitstatus):
 # after another, so no other test's live namespace is counted. The marks are set where the tests are:
 # a hook that adds them here runs after pytest-xdist's own in some pytest versions (9.2), which then
 # ignores them. (Shared-memory checks count only segments whose server is gone: test_ps.orphan_segments.)
-import pytest
 
 
 def pytest_collection_modifyitems(config, items):
